@@ -1,0 +1,107 @@
+//! `agent validate`: the pure checks from `shared::config`, plus the ones that need the machine
+//! (credential files readable, variables set, CA bundles parse). Never prints a secret: it reads
+//! secret files only to see that they are non-empty.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use shared::config::{self, Credentials, Loaded, Problem};
+
+use super::Output;
+
+/// Exit code when the config has problems.
+const EXIT_INVALID: u8 = 1;
+
+pub fn run(
+    file: &Path,
+    output: Output,
+    env: &dyn Fn(&str) -> Option<String>,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("{}: cannot read", file.display()))?;
+    let problems = match config::parse(&text, env) {
+        Err(structural) => vec![structural],
+        Ok(loaded) => {
+            let mut all = loaded.validate();
+            all.extend(machine_checks(&loaded, file, env));
+            all
+        }
+    };
+    let name = file.display();
+    match output {
+        Output::Json => {
+            let list: Vec<_> = problems
+                .iter()
+                .map(|p| serde_json::json!({"path": p.path, "line": p.line, "message": p.message}))
+                .collect();
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"file": name.to_string(), "valid": problems.is_empty(), "problems": list})
+            )?;
+        }
+        Output::Human if problems.is_empty() => writeln!(out, "{name}: ok")?,
+        Output::Human => {
+            for p in &problems {
+                writeln!(out, "{name}: {p}")?;
+            }
+            let n = problems.len();
+            writeln!(out, "{name}: {n} problem{}", if n == 1 { "" } else { "s" })?;
+        }
+    }
+    Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_INVALID) })
+}
+
+/// Checks that need files and the environment; relative paths are relative to the config file.
+fn machine_checks(l: &Loaded, file: &Path, env: &dyn Fn(&str) -> Option<String>) -> Vec<Problem> {
+    let base = file.parent().unwrap_or(Path::new("."));
+    let c = &l.config;
+    let mut problems = Vec::new();
+    let check_creds = |path: &str, creds: &Credentials, problems: &mut Vec<Problem>| {
+        if let Some(f) = &creds.password_file {
+            match std::fs::read(base.join(f)) {
+                Err(e) => problems.push(l.problem(&format!("{path}.passwordFile"), format!("{f}: cannot read: {e}"))),
+                Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => {
+                    problems.push(l.problem(&format!("{path}.passwordFile"), format!("{f} is empty")))
+                }
+                Ok(_) => {}
+            }
+        }
+        if let Some(var) = &creds.password_env
+            && env(var).is_none_or(|v| v.is_empty())
+        {
+            problems.push(l.problem(&format!("{path}.passwordEnv"), format!("${var} is not set")));
+        }
+    };
+    if let Some(a) = &c.git.auth {
+        check_creds("git.auth", a, &mut problems);
+    }
+    for (i, r) in c.registries.iter().enumerate() {
+        if let Some(a) = &r.auth {
+            check_creds(&format!("registries[{i}].auth"), a, &mut problems);
+        }
+    }
+    let mut check_ca = |path: String, f: &str| match std::fs::read_to_string(base.join(f)) {
+        Err(e) => problems.push(l.problem(&path, format!("{f}: cannot read: {e}"))),
+        Ok(pem) if !pem.contains("-----BEGIN CERTIFICATE-----") => {
+            problems.push(l.problem(&path, format!("{f} holds no PEM certificate")))
+        }
+        Ok(_) => {}
+    };
+    if let Some(ca) = &c.git.ca_file {
+        check_ca("git.caFile".into(), ca);
+    }
+    for (i, r) in c.registries.iter().enumerate() {
+        if let Some(ca) = &r.ca_file {
+            check_ca(format!("registries[{i}].caFile"), ca);
+        }
+    }
+    if let Some(kc) = &c.kube.kubeconfig
+        && !base.join(kc).is_file()
+    {
+        problems.push(l.problem("kube.kubeconfig", format!("{kc}: no such file")));
+    }
+    problems
+}

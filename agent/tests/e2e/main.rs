@@ -1,0 +1,10 @@
+//! The e2e suite: one test binary (one link step), run by `cargo xtask test` against the testenv.
+//! Every test isolates itself (own namespace, git repo, registry repository, fault proxy), so the
+//! suite runs in parallel; waits are conditions with deadlines, never fixed sleeps.
+
+// Helpers outside #[test] functions unwrap too: in a test, a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+mod cli;
+mod testenv_is_real;
+mod util;

@@ -1,0 +1,641 @@
+//! The node's agent configuration: its YAML schema, environment overrides and validation.
+//!
+//! Parsing and validation are pure: the caller reads the file and the environment and passes them
+//! in. Secrets never live in this file; it names the file or environment variable that holds
+//! each one, so a config can be printed, validated and shared without leaking anything.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::redact;
+use crate::yaml_lines::LineIndex;
+
+/// The whole config file.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentConfig {
+    pub identity: Identity,
+    pub git: GitSource,
+    #[serde(default)]
+    pub registries: Vec<Registry>,
+    #[serde(default)]
+    pub kube: Kube,
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub rollout: RolloutDefaults,
+    /// Local state (last-known-good records, caches).
+    #[serde(default = "defaults::state_dir")]
+    pub state_dir: String,
+}
+
+/// Who this agent is: targets in the repo select on these labels.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Identity {
+    pub node_name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Also take labels from the Kubernetes Node object named `nodeName` (config labels win).
+    #[serde(default)]
+    pub labels_from_node: bool,
+}
+
+/// The GitOps repository.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GitSource {
+    pub url: String,
+    /// Branch to follow.
+    #[serde(default = "defaults::git_ref", rename = "ref")]
+    pub reference: String,
+    /// Folder inside the repo that holds the bundles.
+    #[serde(default = "defaults::git_path")]
+    pub path: String,
+    #[serde(default)]
+    pub auth: Option<Credentials>,
+    /// PEM bundle of extra CAs trusted for this source only.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    #[serde(default = "defaults::poll_interval")]
+    pub poll_interval: String,
+}
+
+/// An OCI registry (Harbor or any distribution-compatible one).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Registry {
+    /// Host (and port) as written in image references, e.g. `harbor.example:443`.
+    pub host: String,
+    /// Other names of the same registry (Harbor's external URL vs the host in manifests).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub auth: Option<Credentials>,
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    #[serde(default = "defaults::max_concurrency")]
+    pub max_concurrency: u32,
+}
+
+/// Basic credentials; the password comes from a file (re-read when it changes) or a variable.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Credentials {
+    pub username: String,
+    #[serde(default)]
+    pub password_file: Option<String>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+/// How to reach the API server. No kubeconfig means in-cluster service account.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Kube {
+    #[serde(default)]
+    pub kubeconfig: Option<String>,
+    #[serde(default)]
+    pub context: Option<String>,
+    /// Namespace of the agent's own state (last-known-good Secrets, Lease).
+    #[serde(default = "defaults::namespace")]
+    pub namespace: String,
+}
+
+/// HTTP listener for health, metrics, status and webhooks.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Server {
+    #[serde(default = "defaults::listen")]
+    pub listen: String,
+}
+
+/// Rollout policy used when a bundle does not set its own.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RolloutDefaults {
+    #[serde(default = "defaults::progress_deadline")]
+    pub progress_deadline: String,
+    #[serde(default = "defaults::verify_window")]
+    pub verify_window: String,
+    #[serde(default = "defaults::drain_window")]
+    pub drain_window: String,
+}
+
+mod defaults {
+    pub fn state_dir() -> String {
+        "/var/lib/gitops-agent".into()
+    }
+    pub fn git_ref() -> String {
+        "main".into()
+    }
+    pub fn git_path() -> String {
+        ".".into()
+    }
+    /// Argo CD polls every 120 s + jitter, Fleet every 15 s (which exhausted Git hosts, fleet
+    /// #3486); with webhooks for latency, 60 s keeps hundreds of stores cheap for one Gitea.
+    pub fn poll_interval() -> String {
+        "60s".into()
+    }
+    /// Harbor's default per-project pull concurrency is unbounded; 4 keeps a store polite.
+    pub fn max_concurrency() -> u32 {
+        4
+    }
+    pub fn namespace() -> String {
+        "gitops-agent".into()
+    }
+    pub fn listen() -> String {
+        "0.0.0.0:8080".into()
+    }
+    /// Kubernetes' own default `progressDeadlineSeconds` is 600; stores want to know sooner.
+    pub fn progress_deadline() -> String {
+        "5m".into()
+    }
+    pub fn verify_window() -> String {
+        "0s".into()
+    }
+    /// Stack B's WebSocket drain: 30 s grace before an old pod terminates.
+    pub fn drain_window() -> String {
+        "30s".into()
+    }
+}
+
+impl Default for Kube {
+    fn default() -> Self {
+        Kube { kubeconfig: None, context: None, namespace: defaults::namespace() }
+    }
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server { listen: defaults::listen() }
+    }
+}
+
+impl Default for RolloutDefaults {
+    fn default() -> Self {
+        RolloutDefaults {
+            progress_deadline: defaults::progress_deadline(),
+            verify_window: defaults::verify_window(),
+            drain_window: defaults::drain_window(),
+        }
+    }
+}
+
+/// One thing wrong with a config, located by field path and, where known, line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted field path (`git.url`, `registries[1].auth`), or the environment variable.
+    pub path: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}: line {}: {}", self.path, line, self.message),
+            None => write!(f, "{}: {}", self.path, self.message),
+        }
+    }
+}
+
+/// Environment variables that override deployment-relevant settings (the container image and the
+/// systemd unit set these instead of templating the file).
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("GITOPS_AGENT_NODE_NAME", "identity.nodeName"),
+    ("GITOPS_AGENT_GIT_URL", "git.url"),
+    ("GITOPS_AGENT_GIT_REF", "git.ref"),
+    ("GITOPS_AGENT_GIT_PATH", "git.path"),
+    ("GITOPS_AGENT_POLL_INTERVAL", "git.pollInterval"),
+    ("GITOPS_AGENT_KUBECONFIG", "kube.kubeconfig"),
+    ("GITOPS_AGENT_NAMESPACE", "kube.namespace"),
+    ("GITOPS_AGENT_LISTEN", "server.listen"),
+    ("GITOPS_AGENT_STATE_DIR", "stateDir"),
+];
+
+/// A parsed config with what is needed to explain it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: AgentConfig,
+    /// Field paths whose value came from an environment variable, with that variable's name.
+    pub overridden: BTreeMap<String, String>,
+    lines: LineIndex,
+}
+
+/// Parses `text`, applies environment overrides from `env`, and validates the result.
+///
+/// Returns every problem found. YAML syntax and structural errors (unknown key, wrong type) stop
+/// parsing, so they come alone; all value problems are reported together.
+pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Vec<Problem>> {
+    let loaded = parse(text, env).map_err(|p| vec![p])?;
+    let problems = loaded.validate();
+    if problems.is_empty() { Ok(loaded) } else { Err(problems) }
+}
+
+/// Parses `text` and applies environment overrides, without validating values (for callers that
+/// add checks of their own and want every problem in one list: see [`Loaded::validate`]).
+pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Problem> {
+    let lines = LineIndex::new(text);
+    let mut config: AgentConfig = serde_saphyr::from_str(text).map_err(|e| structural(&e, &lines))?;
+    let mut overridden = BTreeMap::new();
+    for (var, path) in ENV_OVERRIDES {
+        if let Some(value) = env(var) {
+            apply_override(&mut config, path, value);
+            overridden.insert((*path).to_owned(), (*var).to_owned());
+        }
+    }
+    Ok(Loaded { config, overridden, lines })
+}
+
+fn structural(e: &serde_saphyr::Error, lines: &LineIndex) -> Problem {
+    // serde-saphyr's Display is "error: line L column C: MESSAGE" plus a source snippet; keep
+    // MESSAGE and name the field written on that line, if any.
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or("invalid YAML").trim();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let message = match first.split_once(": ") {
+        Some((prefix, rest)) if prefix.starts_with("line ") && prefix.contains(" column ") => rest,
+        _ => first,
+    };
+    let at = e.location().map(|l| (l.line() as usize, l.column() as usize));
+    let path = at.and_then(|(l, c)| lines.path_at(l, c)).unwrap_or("(document)").to_owned();
+    Problem { path, line: at.map(|(l, _)| l), message: message.to_owned() }
+}
+
+fn apply_override(c: &mut AgentConfig, path: &str, value: String) {
+    match path {
+        "identity.nodeName" => c.identity.node_name = value,
+        "git.url" => c.git.url = value,
+        "git.ref" => c.git.reference = value,
+        "git.path" => c.git.path = value,
+        "git.pollInterval" => c.git.poll_interval = value,
+        "kube.kubeconfig" => c.kube.kubeconfig = Some(value),
+        "kube.namespace" => c.kube.namespace = value,
+        "server.listen" => c.server.listen = value,
+        "stateDir" => c.state_dir = value,
+        other => unreachable!("ENV_OVERRIDES names a path apply_override does not know: {other}"),
+    }
+}
+
+impl Loaded {
+    /// A problem about `path`, located the same way validation locates its own (for checks
+    /// the caller makes with I/O, such as "passwordFile is not readable").
+    pub fn problem(&self, path: &str, message: String) -> Problem {
+        let mut v = Validator { loaded: self, problems: Vec::new() };
+        v.push(path, message);
+        v.problems.pop().expect("push adds one problem")
+    }
+
+    /// Every value problem of the parsed config.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut v = Validator { loaded: self, problems: Vec::new() };
+        let c = &self.config;
+
+        v.check(c.identity.node_name.trim().is_empty(), "identity.nodeName", || "must not be empty".into());
+        if let Err(msg) = dns_subdomain(&c.identity.node_name) {
+            v.check(!c.identity.node_name.is_empty(), "identity.nodeName", || msg.clone());
+        }
+        for (k, val) in &c.identity.labels {
+            let path = format!("identity.labels.{k}");
+            if let Err(msg) = label_key(k) {
+                v.push(&path, msg);
+            }
+            if let Err(msg) = label_value(val) {
+                v.push(&path, msg);
+            }
+        }
+
+        v.url("git.url", &c.git.url, &["https", "http", "file"]);
+        v.check(c.git.reference.trim().is_empty(), "git.ref", || "must name a branch".into());
+        v.check(c.git.path.split('/').any(|s| s == ".."), "git.path", || {
+            format!("{:?} must stay inside the repository (no \"..\")", c.git.path)
+        });
+        v.duration("git.pollInterval", &c.git.poll_interval, Some(Duration::from_secs(5)));
+        if let Some(auth) = &c.git.auth {
+            v.credentials("git.auth", auth);
+            if c.git.url.starts_with("http://") {
+                v.push("git.auth", "credentials would be sent in clear text over http://; use https://".into());
+            }
+        }
+        if let Some(ca) = &c.git.ca_file {
+            v.check(ca.trim().is_empty(), "git.caFile", || "must not be empty".into());
+        }
+
+        let mut seen_hosts = BTreeMap::new();
+        for (i, r) in c.registries.iter().enumerate() {
+            let base = format!("registries[{i}]");
+            for (j, host) in std::iter::once(&r.host).chain(r.aliases.iter()).enumerate() {
+                let path = if j == 0 { format!("{base}.host") } else { format!("{base}.aliases[{}]", j - 1) };
+                if let Err(msg) = registry_host(host) {
+                    v.push(&path, msg);
+                } else if let Some(prev) = seen_hosts.insert(host.to_ascii_lowercase(), path.clone()) {
+                    v.push(&path, format!("{host:?} is already configured at {prev}"));
+                }
+            }
+            if let Some(auth) = &r.auth {
+                v.credentials(&format!("{base}.auth"), auth);
+            }
+            v.check(r.max_concurrency == 0, &format!("{base}.maxConcurrency"), || "must be at least 1".into());
+        }
+
+        if let Some(kc) = &c.kube.kubeconfig {
+            v.check(kc.trim().is_empty(), "kube.kubeconfig", || {
+                "must not be empty (omit it for in-cluster access)".into()
+            });
+        }
+        if let Err(msg) = dns_label(&c.kube.namespace) {
+            v.push("kube.namespace", msg);
+        }
+        if c.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            v.push("server.listen", format!("{:?} is not an address:port such as 0.0.0.0:8080", c.server.listen));
+        }
+        v.duration("rollout.progressDeadline", &c.rollout.progress_deadline, Some(Duration::from_secs(1)));
+        v.duration("rollout.verifyWindow", &c.rollout.verify_window, None);
+        v.duration("rollout.drainWindow", &c.rollout.drain_window, None);
+        v.check(c.state_dir.trim().is_empty(), "stateDir", || "must not be empty".into());
+        v.problems
+    }
+}
+
+impl AgentConfig {
+    /// The poll interval; only valid on a validated config.
+    pub fn poll_interval(&self) -> Duration {
+        humantime::parse_duration(&self.git.poll_interval).expect("validated by config::load")
+    }
+}
+
+struct Validator<'a> {
+    loaded: &'a Loaded,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn push(&mut self, path: &str, message: String) {
+        // A value set by an environment variable is reported against that variable: the file's
+        // line would point at a value that is not the one in force.
+        let (path, line) = match self.loaded.overridden.get(path) {
+            Some(var) => (format!("{path} (from ${var})"), None),
+            None => (path.to_owned(), self.loaded.lines.line(path)),
+        };
+        self.problems.push(Problem { path, line, message });
+    }
+
+    fn check(&mut self, bad: bool, path: &str, message: impl FnOnce() -> String) {
+        if bad {
+            self.push(path, message());
+        }
+    }
+
+    fn url(&mut self, path: &str, raw: &str, schemes: &[&str]) {
+        if redact::has_userinfo(raw) {
+            // Never echo the value: it holds a secret.
+            self.push(path, "must not contain credentials; use the auth section (passwordFile or passwordEnv)".into());
+            return;
+        }
+        match Url::parse(raw) {
+            Err(e) => self.push(path, format!("{raw:?} is not a valid URL: {e}")),
+            Ok(u) if !schemes.contains(&u.scheme()) => self
+                .push(path, format!("unsupported scheme {:?} (expected one of: {})", u.scheme(), schemes.join(", "))),
+            Ok(u) if u.scheme() != "file" && u.host_str().is_none_or(str::is_empty) => {
+                self.push(path, format!("{raw:?} has no host"))
+            }
+            Ok(_) => {}
+        }
+    }
+
+    fn duration(&mut self, path: &str, raw: &str, min: Option<Duration>) {
+        match humantime::parse_duration(raw) {
+            Err(e) => self.push(path, format!("{raw:?} is not a duration such as 30s or 5m: {e}")),
+            Ok(d) => {
+                if let Some(min) = min.filter(|m| d < *m) {
+                    self.push(path, format!("{raw} is shorter than the minimum {}", humantime::format_duration(min)));
+                }
+            }
+        }
+    }
+
+    fn credentials(&mut self, path: &str, c: &Credentials) {
+        self.check(c.username.trim().is_empty(), &format!("{path}.username"), || "must not be empty".into());
+        match (&c.password_file, &c.password_env) {
+            (None, None) => self.push(path, "needs passwordFile or passwordEnv".into()),
+            (Some(_), Some(_)) => self.push(path, "set passwordFile or passwordEnv, not both".into()),
+            (Some(f), None) if f.trim().is_empty() => {
+                self.push(&format!("{path}.passwordFile"), "must not be empty".into())
+            }
+            (None, Some(e)) if !is_env_name(e) => {
+                self.push(&format!("{path}.passwordEnv"), format!("{e:?} is not an environment variable name"))
+            }
+            _ => {}
+        }
+    }
+}
+
+fn is_env_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// RFC 1123 label, as Kubernetes requires for namespaces.
+fn dns_label(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok { Ok(()) } else { Err(format!("{s:?} is not a DNS label (lower case letters, digits, '-', at most 63)")) }
+}
+
+/// RFC 1123 subdomain, as Kubernetes requires for node names.
+fn dns_subdomain(s: &str) -> Result<(), String> {
+    let ok = s.len() <= 253 && s.split('.').all(|l| dns_label(l).is_ok());
+    if ok { Ok(()) } else { Err(format!("{s:?} is not a valid node name (DNS subdomain)")) }
+}
+
+/// Kubernetes label key: optional DNS-subdomain prefix + '/' + name of at most 63 characters.
+fn label_key(k: &str) -> Result<(), String> {
+    let (prefix, name) = match k.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    if prefix.is_some_and(|p| dns_subdomain(p).is_err()) || label_value(name).is_err() || name.is_empty() {
+        return Err(format!("{k:?} is not a valid label key"));
+    }
+    Ok(())
+}
+
+/// Kubernetes label value: at most 63 characters, alphanumerics with '-', '_', '.' inside.
+fn label_value(v: &str) -> Result<(), String> {
+    let ok = v.len() <= 63
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && v.bytes().next().is_none_or(|b| b.is_ascii_alphanumeric())
+        && v.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric());
+    if ok { Ok(()) } else { Err(format!("{v:?} is not a valid label value")) }
+}
+
+/// `host` or `host:port`, as written before the first `/` of an image reference.
+fn registry_host(h: &str) -> Result<(), String> {
+    if h.contains("://") || h.contains('/') {
+        return Err(format!("{h:?} must be a host[:port], without scheme or path"));
+    }
+    let (host, port) = match h.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (h, None),
+    };
+    if let Some(p) = port
+        && p.parse::<u16>().is_err()
+    {
+        return Err(format!("{h:?} has an invalid port {p:?}"));
+    }
+    let host_ok = !host.is_empty()
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') && !l.starts_with('-'));
+    if host_ok { Ok(()) } else { Err(format!("{h:?} is not a valid registry host")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "\
+identity:
+  nodeName: store-node-1
+  labels: {store: store1, env: qa}
+git:
+  url: https://git.example/stores/gitops.git
+  auth:
+    username: agent
+    passwordFile: /run/secrets/git
+registries:
+  - host: harbor.example
+    aliases: [harbor-ext.example:8443]
+    auth:
+      username: robot$store1+agent
+      passwordEnv: HARBOR_SECRET
+";
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match load(text, &no_env) {
+            Ok(_) => vec![],
+            Err(p) => p.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn a_good_config_loads_with_defaults_filled_in() {
+        let l = load(GOOD, &no_env).expect("valid");
+        assert_eq!(l.config.git.reference, "main");
+        assert_eq!(l.config.poll_interval(), Duration::from_secs(60));
+        assert_eq!(l.config.registries[0].max_concurrency, 4);
+        assert_eq!(l.config.identity.labels["env"], "qa");
+    }
+
+    #[test]
+    fn an_unsupported_scheme_names_field_line_and_scheme() {
+        let text = GOOD.replace("https://git.example/stores/gitops.git", "ftp://git.example/x");
+        assert_eq!(
+            problems(&text),
+            vec![r#"git.url: line 5: unsupported scheme "ftp" (expected one of: https, http, file)"#]
+        );
+    }
+
+    #[test]
+    fn every_value_problem_is_reported_at_once() {
+        let text = GOOD
+            .replace("store-node-1", "Store_Node")
+            .replace("passwordFile: /run/secrets/git", "passwordEnv: 9bad")
+            .replace("harbor-ext.example:8443", "harbor.example");
+        let p = problems(&(text + "rollout:\n  drainWindow: soon\n"));
+        assert_eq!(p.len(), 4, "{p:#?}");
+        assert!(p[0].starts_with("identity.nodeName: line 2:"), "{p:#?}");
+        assert!(p[1].starts_with("git.auth.passwordEnv: line 8:"), "{p:#?}");
+        assert!(p[2].starts_with("registries[0].aliases[0]: line 11:"), "{p:#?}");
+        assert!(p[3].starts_with("rollout.drainWindow: line 16:"), "{p:#?}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_with_its_line() {
+        let p = problems(&GOOD.replace("  auth:\n    username: agent", "  auht:\n    username: agent"));
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert!(p[0].starts_with("git.auht: line 6: unknown field `auht`"), "{p:#?}");
+    }
+
+    #[test]
+    fn credentials_in_a_url_are_refused_without_echoing_them() {
+        let p = problems(&GOOD.replace("https://git.example", "https://agent:hunter2@git.example"));
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert!(p[0].starts_with("git.url: line 5: must not contain credentials"), "{p:#?}");
+        assert!(!p[0].contains("hunter2"));
+    }
+
+    #[test]
+    fn environment_overrides_win_and_their_problems_name_the_variable() {
+        let env = |k: &str| match k {
+            "GITOPS_AGENT_GIT_URL" => Some("ftp://elsewhere".to_owned()),
+            "GITOPS_AGENT_NODE_NAME" => Some("store-node-7".to_owned()),
+            _ => None,
+        };
+        let p: Vec<String> = load(GOOD, &env).expect_err("ftp").iter().map(ToString::to_string).collect();
+        assert_eq!(
+            p,
+            vec![
+                r#"git.url (from $GITOPS_AGENT_GIT_URL): unsupported scheme "ftp" (expected one of: https, http, file)"#
+            ]
+        );
+
+        let env = |k: &str| (k == "GITOPS_AGENT_NODE_NAME").then(|| "store-node-7".to_owned());
+        assert_eq!(load(GOOD, &env).expect("valid").config.identity.node_name, "store-node-7");
+    }
+
+    #[test]
+    fn invalid_yaml_is_located() {
+        let p = problems("identity: [unclosed\n");
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert!(p[0].starts_with("identity: line 1:"), "{p:#?}");
+    }
+
+    #[test]
+    fn an_unknown_key_in_a_line_with_a_flow_mapping_names_that_key() {
+        let p = problems("identity:\n  nodeName: n\n  lables: {a: b}\ngit:\n  url: https://x.example\n");
+        assert_eq!(
+            p,
+            vec!["identity.lables: line 3: unknown field `lables`, expected one of nodeName, labels, labelsFromNode"]
+        );
+    }
+
+    #[test]
+    fn missing_required_sections_are_named() {
+        let p = problems("identity:\n  nodeName: n1\n");
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert!(p[0].contains("git"), "{p:#?}");
+    }
+
+    #[test]
+    fn every_env_override_maps_to_a_known_field() {
+        for (var, _) in ENV_OVERRIDES {
+            let env = |k: &str| (k == *var).then(|| "x".to_owned());
+            // Must not hit the unreachable!() in apply_override.
+            let _ = load(GOOD, &env);
+        }
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    #[test]
+    fn the_shipped_example_config_is_valid() {
+        let text = include_str!("../../deploy/examples/agent.yaml");
+        let loaded = super::load(text, &|_| None).expect("deploy/examples/agent.yaml must stay valid");
+        assert_eq!(loaded.config.registries[0].auth.as_ref().map(|a| a.username.as_str()), Some("robot$store1+agent"));
+    }
+}

@@ -1,0 +1,9 @@
+//! Pure types and decisions of gitops-agent.
+//!
+//! Architecture invariant: nothing in this crate does I/O, reads the clock or the environment.
+//! Callers pass file contents, environment look-ups and `now` in; the crate's dependency list
+//! (no tokio, kube, gix, reqwest) keeps it that way.
+
+pub mod config;
+pub mod redact;
+pub mod yaml_lines;

@@ -1,0 +1,16 @@
+//! Development tasks for gitops-agent, and the test support the e2e suite uses.
+//!
+//! `cargo xtask testenv ...` runs a real local environment: Kubernetes control plane with KWOK
+//! nodes, an OCI registry with Harbor-style token auth, and a Git server, all on 127.0.0.1.
+
+pub mod fault_proxy;
+pub mod http;
+pub mod kwok_stages;
+pub mod paths;
+pub mod pki;
+pub mod seed;
+pub mod support;
+pub mod testenv;
+pub mod tls;
+pub mod token_service;
+pub mod tools;

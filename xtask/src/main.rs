@@ -1,0 +1,188 @@
+//! `cargo xtask`: development tasks (test environment, test suite, demo).
+
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use xtask::{paths, seed, testenv};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Development tasks for gitops-agent")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The local test environment (control plane + KWOK, registry, git server) on 127.0.0.1.
+    Testenv {
+        #[command(subcommand)]
+        cmd: TestenvCmd,
+    },
+    /// Sets up everything missing, starts the testenv, and runs lints and the whole test suite.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// The one-command demo on the local test environment.
+    Demo,
+}
+
+#[derive(Subcommand)]
+enum TestenvCmd {
+    /// Builds what is missing (cached), then starts everything; does nothing if already up.
+    Up {
+        /// How long KWOK takes to make a good pod Ready.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        pod_ready_delay: Duration,
+    },
+    /// Stops exactly what `up` started and checks nothing is left listening.
+    Down,
+    /// Shows which components run.
+    Status,
+    /// Prints shell exports for the endpoints and credentials (`eval "$(cargo xtask testenv env)"`).
+    Env,
+    /// Pushes the Stack B fixture images and git repository.
+    Seed,
+    /// Runs the registry token service (started by `up`).
+    #[command(hide = true)]
+    ServeToken {
+        #[arg(long)]
+        config: std::path::PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    xtask::tls::install_crypto_provider();
+    match cli.cmd {
+        Cmd::Testenv { cmd } => match cmd {
+            TestenvCmd::Up { pod_ready_delay } => {
+                let info = testenv::up(&testenv::UpOptions { pod_ready_delay }).await?;
+                eprintln!("testenv: KUBECONFIG={}  (more: cargo xtask testenv env)", info.kubeconfig.display());
+            }
+            TestenvCmd::Down => testenv::down()?,
+            TestenvCmd::Status => {
+                let ok = testenv::status(&mut std::io::stdout()).await?;
+                if !ok {
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+            TestenvCmd::Env => {
+                let info = testenv::EnvInfo::load(&paths::run_dir())?;
+                print!("{}", testenv::env_exports(&info));
+            }
+            TestenvCmd::Seed => {
+                let info = testenv::running(&paths::run_dir())
+                    .context("the testenv is not up: run `cargo xtask testenv up` first")?;
+                seed::seed(&info)?;
+            }
+            TestenvCmd::ServeToken { config } => {
+                let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+                xtask::token_service::serve(serde_json::from_str(&text)?).await?;
+            }
+        },
+        Cmd::Test { args } => return test(&args).await,
+        Cmd::Demo => demo().await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Lints, then the whole suite against the testenv (started here, and stopped again if it was not
+/// running before).
+async fn test(extra: &[String]) -> Result<ExitCode> {
+    let root = paths::workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let was_up = testenv::running(&paths::run_dir()).is_some();
+    testenv::up(&testenv::UpOptions::default()).await?;
+    let steps: Vec<(&str, Vec<&str>)> = vec![
+        ("format", vec!["fmt", "--all", "--check"]),
+        ("clippy", vec!["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+    ];
+    let mut failed = Vec::new();
+    for (name, args) in steps {
+        eprintln!("xtask test: {name}");
+        if !Command::new(&cargo).args(&args).current_dir(&root).status()?.success() {
+            failed.push(name);
+        }
+    }
+    eprintln!("xtask test: cargo test --workspace");
+    let status = Command::new(&cargo).args(["test", "--workspace"]).args(extra).current_dir(&root).status()?;
+    if !status.success() {
+        failed.push("tests");
+    }
+    if !was_up {
+        testenv::down()?;
+    }
+    if failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("xtask test: failed: {}", failed.join(", "));
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Until the daemon lands (`agent run`), the demo brings up the environment, seeds Stack B,
+/// validates an agent config pointed at it, and says how to look around.
+async fn demo() -> Result<()> {
+    let info = testenv::up(&testenv::UpOptions::default()).await?;
+    seed::seed(&info)?;
+    let root = paths::workspace_root();
+    let dir = root.join("target/demo");
+    std::fs::create_dir_all(&dir)?;
+    let secret = dir.join("git-password");
+    std::fs::write(&secret, &info.git_agent.password)?;
+    let registry_secret = dir.join("registry-password");
+    std::fs::write(&registry_secret, &info.registry_agent.password)?;
+    let config = dir.join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "identity:\n  nodeName: {node}\n  labels: {{store: store1, env: qa}}\ngit:\n  url: {git}/{repo}.git\n  path: stack-b\n  \
+             caFile: {ca}\n  auth:\n    username: {git_user}\n    passwordFile: {secret}\nregistries:\n- host: {registry}\n  \
+             caFile: {ca}\n  auth:\n    username: {reg_user:?}\n    passwordFile: {registry_secret}\nkube:\n  kubeconfig: {kubeconfig}\n\
+             stateDir: {state}\n",
+            node = info.node_name,
+            git = info.git_base,
+            repo = seed::STACK_B_REPO,
+            ca = info.ca_cert.display(),
+            git_user = info.git_agent.username,
+            secret = secret.display(),
+            registry = info.registry,
+            reg_user = info.registry_agent.username,
+            registry_secret = registry_secret.display(),
+            kubeconfig = info.kubeconfig.display(),
+            state = dir.join("state").display(),
+        ),
+    )?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(["run", "--quiet", "--package", "agent", "--", "validate", "--config"])
+        .arg(&config)
+        .current_dir(&root)
+        .status()?;
+    if !status.success() {
+        bail!("agent validate rejected the demo config {}", config.display());
+    }
+    println!();
+    println!("The test environment is up and seeded with the Stack B repository and images.");
+    println!("  agent config:  {}", config.display());
+    println!("  endpoints:     eval \"$(cargo xtask testenv env)\"; kubectl get nodes");
+    println!("  stop it:       cargo xtask testenv down");
+    println!("The full demo (agent run, rollout, automatic rollback) comes with the daemon.");
+    Ok(())
+}

@@ -1,0 +1,254 @@
+//! Test support: how integration tests reach a running testenv (starting it if needed) and get
+//! their own namespace, git repository, registry repository and fault proxy, so tests never
+//! interfere with each other and run in parallel.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::api::{Api, DeleteParams, PostParams};
+
+use crate::fault_proxy::FaultProxy;
+use crate::paths;
+use crate::testenv::{self, Creds, EnvInfo};
+
+/// A kube client from a kubeconfig file.
+pub async fn kube_client(kubeconfig: &Path) -> Result<kube::Client> {
+    crate::tls::install_crypto_provider();
+    let kc =
+        kube::config::Kubeconfig::read_from(kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(cfg)?)
+}
+
+/// Creates a KWOK-managed node (no taints) unless it exists.
+pub async fn ensure_node(
+    client: &kube::Client,
+    name: &str,
+    labels: &[(&str, &str)],
+    extra_capacity: &[(&str, &str)],
+) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    if nodes.get_opt(name).await?.is_some() {
+        return Ok(());
+    }
+    let mut all_labels = serde_json::json!({
+        "type": "kwok",
+        "kubernetes.io/hostname": name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+    });
+    for (k, v) in labels {
+        all_labels[*k] = serde_json::Value::String((*v).to_owned());
+    }
+    let mut capacity = serde_json::json!({"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi"});
+    for (k, v) in extra_capacity {
+        capacity[*k] = serde_json::Value::String((*v).to_owned());
+    }
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": all_labels,
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+        },
+        "spec": {},
+        "status": {"capacity": capacity, "allocatable": capacity},
+    }))?;
+    nodes.create(&PostParams::default(), &node).await.with_context(|| format!("creating node {name}"))?;
+    Ok(())
+}
+
+/// Waits until the node's Ready condition is True.
+pub async fn wait_node_ready(client: &kube::Client, name: &str, timeout: Duration) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ready = nodes
+            .get_opt(name)
+            .await?
+            .and_then(|n| n.status)
+            .and_then(|s| s.conditions)
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("node {name} not Ready within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A unique, DNS-safe name with a readable hint: `t-<hint>-<random>`.
+pub fn unique(hint: &str) -> String {
+    let clean: String = hint
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .collect::<String>()
+        .trim_matches('-')
+        .chars()
+        .take(30)
+        .collect();
+    format!("t-{}-{:06x}", clean.trim_end_matches('-'), rand::random::<u32>() & 0xff_ffff)
+}
+
+/// The testenv, as a test sees it.
+#[derive(Debug)]
+pub struct TestEnv {
+    pub info: EnvInfo,
+}
+
+/// Which testenv service a fault proxy fronts.
+#[derive(Debug, Clone, Copy)]
+pub enum Upstream {
+    ApiServer,
+    Registry,
+    TokenService,
+    Git,
+}
+
+impl TestEnv {
+    /// The running testenv; starts it (`cargo xtask testenv up`) on first use if it is not up.
+    pub fn get() -> &'static TestEnv {
+        static ENV: OnceLock<TestEnv> = OnceLock::new();
+        ENV.get_or_init(|| {
+            crate::tls::install_crypto_provider();
+            let run = paths::run_dir();
+            let info = match testenv::running(&run) {
+                Some(info) => info,
+                None => {
+                    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                        .args(["run", "--quiet", "--package", "xtask", "--", "testenv", "up"])
+                        .current_dir(paths::workspace_root())
+                        .status()
+                        .expect("running `cargo xtask testenv up`");
+                    assert!(status.success(), "`cargo xtask testenv up` failed ({status})");
+                    EnvInfo::load(&run).expect("testenv env.json after up")
+                }
+            };
+            TestEnv { info }
+        })
+    }
+
+    pub async fn client(&self) -> kube::Client {
+        kube_client(&self.info.kubeconfig).await.expect("kube client for the testenv")
+    }
+
+    /// A fresh namespace for one test; deleted when the guard drops, unless the test failed
+    /// (then it stays for a look).
+    pub async fn namespace(&self, hint: &str) -> TestNamespace {
+        let name = unique(hint);
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": {"gitops-agent.test/e2e": "true"}},
+        }))
+        .expect("static namespace");
+        let api: Api<Namespace> = Api::all(self.client().await);
+        api.create(&PostParams::default(), &ns).await.expect("creating test namespace");
+        TestNamespace { name, kubeconfig: self.info.kubeconfig.clone() }
+    }
+
+    /// A new, empty bare repository on the git server, for this test alone.
+    pub fn git_repo(&self, hint: &str) -> GitRepo {
+        let name = unique(hint);
+        let path = self.info.git_repos_dir.join(format!("{name}.git"));
+        crate::seed::init_bare(&path).expect("creating bare repository");
+        GitRepo { url: format!("{}/{name}.git", self.info.git_base), name, path }
+    }
+
+    /// A registry repository name no other test uses (nothing is created until a push).
+    pub fn registry_repo(&self, hint: &str) -> String {
+        format!("tests/{}/app", unique(hint))
+    }
+
+    /// Pushes a small fixture image (CI robot) and returns its digest.
+    pub fn push_image(&self, repo: &str, tag: &str) -> String {
+        crate::seed::push_image(&self.info, repo, tag).expect("pushing fixture image")
+    }
+
+    /// Base URL of a testenv service.
+    pub fn url(&self, upstream: Upstream) -> String {
+        let p = self.info.ports;
+        let port = match upstream {
+            Upstream::ApiServer => p.apiserver,
+            Upstream::Registry => p.registry,
+            Upstream::TokenService => p.token,
+            Upstream::Git => p.git,
+        };
+        format!("https://127.0.0.1:{port}")
+    }
+
+    /// A fault proxy in front of one service, for this test alone.
+    pub async fn fault_proxy(&self, upstream: Upstream) -> FaultProxy {
+        FaultProxy::start(&self.url(upstream), &self.info.pki()).await.expect("starting fault proxy")
+    }
+
+    /// A kubeconfig (admin) whose server is `server` (e.g. a fault proxy's URL).
+    pub fn kubeconfig_for(&self, server: &str, dir: &Path) -> PathBuf {
+        let text = std::fs::read_to_string(&self.info.kubeconfig).expect("reading testenv kubeconfig");
+        let text = text.replace(&self.info.apiserver, server);
+        let path = dir.join("kubeconfig");
+        std::fs::write(&path, text).expect("writing kubeconfig");
+        path
+    }
+
+    /// `git` with the testenv CA trusted and `who`'s credentials (or none) configured.
+    pub fn git(&self, who: Option<&Creds>) -> Command {
+        let mut cmd = Command::new("git");
+        match who {
+            Some(c) => crate::seed::git_auth_env(&mut cmd, &self.info, c),
+            None => {
+                cmd.env("GIT_SSL_CAINFO", &self.info.ca_cert).env("GIT_TERMINAL_PROMPT", "0");
+            }
+        }
+        cmd
+    }
+
+    /// The API server's audit events (write requests), parsed.
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(&self.info.audit_log).unwrap_or_default();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+}
+
+/// A test's own namespace.
+#[derive(Debug)]
+pub struct TestNamespace {
+    pub name: String,
+    kubeconfig: PathBuf,
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("keeping namespace {} of a failed test", self.name);
+            return;
+        }
+        let name = self.name.clone();
+        let kubeconfig = self.kubeconfig.clone();
+        // Drop cannot be async; a short-lived thread with its own runtime does the delete.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async {
+                let client = kube_client(&kubeconfig).await.ok()?;
+                Api::<Namespace>::all(client).delete(&name, &DeleteParams::background()).await.ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// A test's own git repository on the git server.
+#[derive(Debug)]
+pub struct GitRepo {
+    pub name: String,
+    /// HTTPS URL (needs credentials).
+    pub url: String,
+    /// The bare repository on the server's disk.
+    pub path: PathBuf,
+}

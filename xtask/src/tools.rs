@@ -1,0 +1,159 @@
+//! The external programs the testenv runs: Go-built ones (cached by version) and Debian packages.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::paths;
+
+/// Kubernetes 1.33 matches the `k8s-openapi` `v1_33` floor the agent is built against.
+pub const KUBE_VERSION: &str = "v1.33.13";
+/// kubeadm pairs Kubernetes 1.31–1.33 with etcd 3.5.x; 3.5.21 is the client kube 1.33.13 links.
+pub const ETCD_VERSION: &str = "v3.5.21";
+/// KWOK 0.8 needs Go 1.26 (0.7 needs 1.24).
+pub const KWOK_VERSION: &str = "v0.8.0";
+pub const HELM_VERSION: &str = "v3.19.0";
+pub const KUSTOMIZE_VERSION: &str = "v5.7.1";
+
+/// Debian packages the testenv and the fixtures use, with the program that proves each present.
+pub const APT_PACKAGES: &[(&str, &str)] = &[
+    ("docker-registry", "docker-registry"),
+    ("lighttpd", "lighttpd"),
+    ("skopeo", "skopeo"),
+    ("openssl", "openssl"),
+    ("git", "git"),
+    ("curl", "curl"),
+];
+
+/// Paths of every Go-built binary.
+#[derive(Debug, Clone)]
+pub struct GoTools {
+    pub kube_apiserver: PathBuf,
+    pub kube_controller_manager: PathBuf,
+    pub kube_scheduler: PathBuf,
+    pub etcd: PathBuf,
+    pub kwok: PathBuf,
+    pub helm: PathBuf,
+    pub kustomize: PathBuf,
+}
+
+impl GoTools {
+    /// Where the binaries are (or will be) in the cache.
+    pub fn locate() -> GoTools {
+        let c = paths::cache_dir();
+        let kube = c.join(format!("kube-{KUBE_VERSION}/bin"));
+        GoTools {
+            kube_apiserver: kube.join("kube-apiserver"),
+            kube_controller_manager: kube.join("kube-controller-manager"),
+            kube_scheduler: kube.join("kube-scheduler"),
+            etcd: c.join(format!("etcd-{ETCD_VERSION}/bin/etcd")),
+            kwok: c.join(format!("kwok-{KWOK_VERSION}/bin/kwok")),
+            helm: c.join(format!("helm-{HELM_VERSION}/bin/helm")),
+            kustomize: c.join(format!("kustomize-{KUSTOMIZE_VERSION}/bin/kustomize")),
+        }
+    }
+
+    /// Builds whatever is missing from the cache; a warm cache costs nothing.
+    pub fn ensure() -> Result<GoTools> {
+        let t = GoTools::locate();
+        let c = paths::cache_dir();
+        let scripts = paths::workspace_root().join("xtask/go");
+        if ![&t.kube_apiserver, &t.kube_controller_manager, &t.kube_scheduler].iter().all(|p| p.exists()) {
+            let dir = c.join(format!("kube-{KUBE_VERSION}"));
+            eprintln!(
+                "testenv: building Kubernetes {KUBE_VERSION} control plane with Go (first time: ~10 min on 2 cores)"
+            );
+            run_script(&scripts.join("build-kube.sh"), &[KUBE_VERSION], &dir)?;
+        }
+        if !t.etcd.exists() {
+            let dir = c.join(format!("etcd-{ETCD_VERSION}"));
+            eprintln!("testenv: building etcd {ETCD_VERSION} with Go");
+            run_script(&scripts.join("build-etcd.sh"), &[ETCD_VERSION], &dir)?;
+        }
+        go_install(&t.kwok, &format!("sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"))?;
+        go_install(&t.helm, &format!("helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"))?;
+        go_install(&t.kustomize, &format!("sigs.k8s.io/kustomize/kustomize/v5@{KUSTOMIZE_VERSION}"))?;
+        Ok(t)
+    }
+}
+
+fn run_script(script: &Path, args: &[&str], dir: &Path) -> Result<()> {
+    let status = Command::new("bash")
+        .arg(script)
+        .args(args)
+        .arg(dir.join("bin"))
+        .arg(dir.join("src"))
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !status.success() {
+        bail!("{} {} failed ({status}); see its output above", script.display(), args.join(" "));
+    }
+    Ok(())
+}
+
+fn go_install(target: &Path, module: &str) -> Result<()> {
+    if target.exists() {
+        return Ok(());
+    }
+    let bin_dir = target.parent().expect("cache paths have a parent");
+    eprintln!("testenv: go install {module}");
+    let status = Command::new("go")
+        .args(["install", "-trimpath", "-ldflags", "-s -w", module])
+        .env("GOTOOLCHAIN", "local")
+        .env("CGO_ENABLED", "0")
+        .env("GOBIN", bin_dir)
+        .status()
+        .context("running `go` (is Go installed and on PATH?)")?;
+    if !status.success() {
+        bail!("go install {module} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Installs missing Debian packages (as root directly, otherwise through sudo when available).
+pub fn ensure_apt_packages() -> Result<()> {
+    let missing: Vec<&str> =
+        APT_PACKAGES.iter().filter(|(_, prog)| which(prog).is_none()).map(|(pkg, _)| *pkg).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("testenv: installing Debian packages: {}", missing.join(" "));
+    let root = nix::unistd::Uid::effective().is_root();
+    let sudo: &[&str] = if root { &[] } else { &["sudo", "-n"] };
+    let run = |args: &[&str]| -> Result<()> {
+        let mut cmd = Command::new(if root { args[0] } else { sudo[0] });
+        if !root {
+            cmd.args(&sudo[1..]).arg(args[0]);
+        }
+        let status = cmd.args(&args[1..]).env("DEBIAN_FRONTEND", "noninteractive").status()?;
+        if !status.success() {
+            bail!("`{}` failed ({status})", args.join(" "));
+        }
+        Ok(())
+    };
+    run(&["apt-get", "update", "-qq"]).context("apt-get update (needs root or passwordless sudo)")?;
+    let mut install = vec!["apt-get", "install", "-y", "-qq", "--no-install-recommends"];
+    install.extend(&missing);
+    run(&install).with_context(|| format!("installing {}", missing.join(" ")))?;
+    Ok(())
+}
+
+/// The path of `prog` on PATH (or in /usr/sbin, where lighttpd lives).
+pub fn which(prog: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/bin".into(), "/sbin".into()])
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+}
+
+/// Like [`which`], but an error that says which package provides the program.
+pub fn require(prog: &str) -> Result<PathBuf> {
+    which(prog).with_context(|| {
+        let pkg = APT_PACKAGES.iter().find(|(_, p)| *p == prog).map_or(prog, |(pkg, _)| *pkg);
+        format!(
+            "`{prog}` not found; install the Debian package {pkg} (cargo xtask testenv up does it when run as root)"
+        )
+    })
+}
