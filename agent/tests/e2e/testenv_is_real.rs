@@ -13,7 +13,7 @@ use xtask::fault_proxy::Fault;
 use xtask::http;
 use xtask::support::{TestEnv, Upstream};
 
-use crate::util::{wait_for, xtask};
+use crate::util::{free_port_block, wait_for, xtask};
 
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, \
                                application/vnd.docker.distribution.manifest.v2+json";
@@ -204,6 +204,7 @@ async fn the_audit_log_records_each_write_with_its_body() {
                 e["verb"] == "create"
                     && e["objectRef"]["resource"] == "configmaps"
                     && e["objectRef"]["namespace"] == ns.name.as_str()
+                    && e["objectRef"]["name"] == "flows"
             })
             .ok_or_else(|| "no event yet".to_owned())
     })
@@ -491,13 +492,15 @@ async fn a_fault_proxy_cut_also_ends_an_open_watch() {
 #[test]
 fn a_taken_port_fails_up_cleanly_and_leaves_nothing_started() {
     let dir = tempfile::tempdir().unwrap();
-    let base = 39_500u16;
+    let base = free_port_block(9);
     // Hold the registry's port (base + 6) as something else would.
     let _squatter = TcpListener::bind(("127.0.0.1", base + 6)).expect("test port free");
-    let env = [("GITOPS_TESTENV_DIR", dir.path().to_str().unwrap()), ("GITOPS_TESTENV_PORT_BASE", "39500")];
+    let base_text = base.to_string();
+    let env = [("GITOPS_TESTENV_DIR", dir.path().to_str().unwrap()), ("GITOPS_TESTENV_PORT_BASE", base_text.as_str())];
     let (ok, out) = xtask(&["testenv", "up"], &env);
     assert!(!ok, "up succeeded on a taken port: {out}");
-    assert!(out.contains("127.0.0.1:39506 (registry)") && out.contains("nothing was started"), "{out}");
+    let taken = format!("127.0.0.1:{} (registry)", base + 6);
+    assert!(out.contains(&taken) && out.contains("nothing was started"), "{out}");
     for port in (base..base + 9).filter(|p| *p != base + 6) {
         assert!(TcpListener::bind(("127.0.0.1", port)).is_ok(), "port {port} left listening");
     }
@@ -508,7 +511,9 @@ fn a_taken_port_fails_up_cleanly_and_leaves_nothing_started() {
 #[test]
 fn down_stops_everything_up_started_and_leaves_no_port_listening() {
     let dir = tempfile::tempdir().unwrap();
-    let env = [("GITOPS_TESTENV_DIR", dir.path().to_str().unwrap()), ("GITOPS_TESTENV_PORT_BASE", "39600")];
+    let base = free_port_block(9);
+    let base_text = base.to_string();
+    let env = [("GITOPS_TESTENV_DIR", dir.path().to_str().unwrap()), ("GITOPS_TESTENV_PORT_BASE", base_text.as_str())];
     let (ok, out) = xtask(&["testenv", "up"], &env);
     assert!(ok, "second testenv failed to start: {out}");
     let (ok, status) = xtask(&["testenv", "status"], &env);
@@ -521,7 +526,7 @@ fn down_stops_everything_up_started_and_leaves_no_port_listening() {
 
     let (ok, out) = xtask(&["testenv", "down"], &env);
     assert!(ok, "{out}");
-    for port in 39_600u16..39_609 {
+    for port in base..base + 9 {
         assert!(TcpListener::bind(("127.0.0.1", port)).is_ok(), "port {port} still listening after down");
     }
     for pid in pids {

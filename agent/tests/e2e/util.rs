@@ -34,3 +34,22 @@ pub fn xtask(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
+
+/// The first port of `n` consecutive free ports on 127.0.0.1 (for a second, throw-away testenv;
+/// picked at random so parallel runs on one machine do not collide).
+pub fn free_port_block(n: u16) -> u16 {
+    for _ in 0..200 {
+        let base = 40_000 + (rand_u16() % 2_000) * 10;
+        if (base..base + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no block of {n} free ports found");
+}
+
+fn rand_u16() -> u16 {
+    // Good enough spread for picking a port block; no crate needed.
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    (nanos ^ std::process::id().rotate_left(7)) as u16
+}
