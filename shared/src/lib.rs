@@ -5,5 +5,6 @@
 //! (no tokio, kube, gix, reqwest) keeps it that way.
 
 pub mod config;
+pub mod policy;
 pub mod redact;
 pub mod yaml_lines;

@@ -1,6 +1,7 @@
 //! Command-line interface. Only commands that work are listed; each writes to an `impl Write`
 //! so tests can read its output, and offers `--output json` where a machine may read it.
 
+mod policy;
 mod validate;
 
 use std::io::Write;
@@ -29,8 +30,29 @@ enum Cmd {
         #[arg(long, short, value_enum, default_value_t = Output::Human)]
         output: Output,
     },
+    /// Image tag policies (Flux's ImagePolicy language).
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
     /// Prints the version and the git commit it was built from.
     Version {
+        #[arg(long, short, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Shows the tag a policy chooses and why every other tag lost; exits 1 when none matches.
+    Test {
+        /// The policy in YAML, e.g. 'semver: ">=1.0.0 <2.0.0"' or
+        /// '{filterTags: {pattern: "^main-(?P<ts>[0-9]+)$", extract: "$ts"}, numerical: {order: asc}}'.
+        #[arg(long, short)]
+        policy: String,
+        /// Candidate tags, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        tags: Vec<String>,
         #[arg(long, short, value_enum, default_value_t = Output::Human)]
         output: Output,
     },
@@ -46,6 +68,7 @@ pub enum Output {
 pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Validate { config, output } => validate::run(&config, output, &|k| std::env::var(k).ok(), out),
+        Cmd::Policy { cmd: PolicyCmd::Test { policy, tags, output } } => policy::test(&policy, &tags, output, out),
         Cmd::Version { output } => {
             match output {
                 Output::Human => writeln!(out, "agent {}", version_line())?,

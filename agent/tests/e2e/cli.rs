@@ -113,5 +113,39 @@ fn help_lists_only_commands_that_work() {
         .take_while(|l| !l.is_empty())
         .map(|l| l.split_whitespace().next().unwrap())
         .collect();
-    assert_eq!(commands, vec!["validate", "version", "help"]);
+    assert_eq!(commands, vec!["validate", "policy", "version", "help"]);
+}
+
+#[test]
+fn policy_test_shows_the_choice_and_why_each_other_tag_lost() {
+    let out = agent(
+        &["policy", "test", "--policy", "semver: '>=1.0.0 <2.0.0'", "--tags", "1.0.0,1.2.0-broken,1.4.9,2.0.0,latest"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "chosen: 1.4.9\n  1.0.0         eligible, ranks lower\n  1.2.0-broken  dropped: pre-release, and the range names no pre-release\n  \
+         1.4.9         chosen\n  2.0.0         dropped: outside the semver range\n  latest        dropped: not a semantic version\n"
+    );
+}
+
+#[test]
+fn policy_test_without_a_match_says_so_and_exits_one() {
+    let out = agent(&["policy", "test", "-p", "semver: ~3.1", "--tags", "1.0.0,2.0.0", "-o", "json"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["chosen"], serde_json::Value::Null);
+    assert_eq!(v["candidates"][1]["reason"], "OutOfRange");
+}
+
+#[test]
+fn policy_test_with_a_bad_policy_names_the_value_and_exits_two() {
+    let out = agent(&["policy", "test", "-p", "semver: '>=1.x.3'", "--tags", "1.0.0"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: semver range \">=1.x.3\": \"1.x.3\": a number after a wildcard\n"
+    );
+    assert!(out.stdout.is_empty());
 }
