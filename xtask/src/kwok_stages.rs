@@ -17,6 +17,6 @@ mod tests {
     fn the_ready_delay_is_substituted_and_no_placeholder_is_left() {
         let c = config(Duration::from_millis(1234));
         assert!(c.contains("durationMilliseconds: 1234"));
-        assert!(!c.contains('@'), "placeholder left in KWOK config");
+        assert!(!c.contains("@POD_READY_DELAY_MS@"), "placeholder left in KWOK config");
     }
 }

@@ -16,10 +16,13 @@ pub const KWOK_VERSION: &str = "v0.8.0";
 pub const HELM_VERSION: &str = "v3.19.0";
 pub const KUSTOMIZE_VERSION: &str = "v5.7.1";
 
-/// Debian packages the testenv and the fixtures use, with the program that proves each present.
+/// Debian packages the testenv and the fixtures use, with what proves each present: a program on
+/// PATH, or an absolute file path. Installed without Recommends, so every needed package is listed
+/// (lighttpd's TLS module is only a Recommends of lighttpd).
 pub const APT_PACKAGES: &[(&str, &str)] = &[
     ("docker-registry", "docker-registry"),
     ("lighttpd", "lighttpd"),
+    ("lighttpd-mod-openssl", "/usr/lib/lighttpd/mod_openssl.so"),
     ("skopeo", "skopeo"),
     ("openssl", "openssl"),
     ("git", "git"),
