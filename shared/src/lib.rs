@@ -5,6 +5,7 @@
 //! (no tokio, kube, gix, reqwest) keeps it that way.
 
 pub mod config;
+pub mod image;
 pub mod policy;
 pub mod redact;
 pub mod yaml_lines;

@@ -509,7 +509,7 @@ fn a_taken_port_fails_up_cleanly_and_leaves_nothing_started() {
 }
 
 #[test]
-fn down_stops_everything_up_started_and_leaves_no_port_listening() {
+fn up_is_idempotent_and_down_stops_everything_it_started_leaving_no_port_listening() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_port_block(9);
     let base_text = base.to_string();
@@ -523,6 +523,18 @@ fn down_stops_everything_up_started_and_leaves_no_port_listening() {
         .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap().lines().next().unwrap().parse().unwrap())
         .collect();
     assert_eq!(pids.len(), 8, "one pid per component");
+
+    // `up` again is a no-op: same processes, nothing restarted.
+    let (ok, out) = xtask(&["testenv", "up"], &env);
+    assert!(ok && out.contains("already up"), "{out}");
+    let again: Vec<i32> = std::fs::read_dir(dir.path().join("pids"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap().lines().next().unwrap().parse().unwrap())
+        .collect();
+    let (mut a, mut b) = (pids.clone(), again);
+    a.sort_unstable();
+    b.sort_unstable();
+    assert_eq!(a, b, "a second up restarted components");
 
     let (ok, out) = xtask(&["testenv", "down"], &env);
     assert!(ok, "{out}");
