@@ -5,6 +5,7 @@
 //! (no tokio, kube, gix, reqwest) keeps it that way.
 
 pub mod config;
+pub mod fleet;
 pub mod image;
 pub mod policy;
 pub mod redact;

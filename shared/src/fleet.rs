@@ -1,0 +1,371 @@
+//! The subset of Fleet's `fleet.yaml` the agent understands, target matching on node labels, and
+//! Fleet's values layering. Pure: file contents come in as text, values files through a lookup.
+//!
+//! Values precedence, lowest to highest (Fleet's `bundlereader`): `helm.values` < each of
+//! `helm.valuesFiles` in order < the first matching target's `helm.values` < that target's
+//! `helm.valuesFiles`; then `global.fleet.clusterLabels` is injected. Maps deep-merge; lists and
+//! scalars replace; a `null` removes the key (Helm's coalescing). The chart's own `values.yaml`
+//! sits below all of this and is applied by Helm itself.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::config::Problem;
+use crate::yaml_lines::LineIndex;
+
+/// A parsed `fleet.yaml`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetYaml {
+    #[serde(default)]
+    pub default_namespace: Option<String>,
+    /// Forces every namespaced object into this namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub helm: Option<Helm>,
+    #[serde(default)]
+    pub kustomize: Option<Kustomize>,
+    #[serde(default)]
+    pub target_customizations: Vec<Target>,
+    #[serde(default)]
+    pub depends_on: Vec<DependsOn>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Helm {
+    /// A local path (relative to the bundle); remote charts are not supported.
+    #[serde(default)]
+    pub chart: Option<String>,
+    #[serde(default)]
+    pub release_name: Option<String>,
+    #[serde(default)]
+    pub values: Option<Value>,
+    #[serde(default)]
+    pub values_files: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Kustomize {
+    #[serde(default)]
+    pub dir: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Absent: the target matches no node. `{}`: it matches every node.
+    #[serde(default)]
+    pub cluster_selector: Option<LabelSelector>,
+    #[serde(default)]
+    pub helm: Option<Helm>,
+    #[serde(default)]
+    pub kustomize: Option<Kustomize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DependsOn {
+    pub name: String,
+}
+
+/// A Kubernetes label selector.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelSelector {
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub match_expressions: Vec<Requirement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Requirement {
+    pub key: String,
+    pub operator: Operator,
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Operator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+impl LabelSelector {
+    /// Kubernetes semantics: every matchLabels pair and every expression must hold.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| {
+                let have = labels.get(&r.key);
+                match r.operator {
+                    Operator::In => have.is_some_and(|v| r.values.contains(v)),
+                    Operator::NotIn => have.is_none_or(|v| !r.values.contains(v)),
+                    Operator::Exists => have.is_some(),
+                    Operator::DoesNotExist => have.is_none(),
+                }
+            })
+    }
+}
+
+/// Keys we read, per YAML path pattern (`[]` stands for any list index). Anything else is named
+/// in a warning: Fleet knows more keys than we implement, and silence would hide that.
+const KNOWN: &[(&str, &[&str])] = &[
+    ("", &["defaultNamespace", "namespace", "helm", "kustomize", "targetCustomizations", "dependsOn"]),
+    ("helm", &["chart", "releaseName", "values", "valuesFiles"]),
+    ("kustomize", &["dir"]),
+    ("targetCustomizations[]", &["name", "clusterSelector", "helm", "kustomize"]),
+    ("targetCustomizations[].helm", &["values", "valuesFiles"]),
+    ("targetCustomizations[].kustomize", &["dir"]),
+    ("targetCustomizations[].clusterSelector", &["matchLabels", "matchExpressions"]),
+    ("targetCustomizations[].clusterSelector.matchExpressions[]", &["key", "operator", "values"]),
+    ("dependsOn[]", &["name"]),
+];
+
+/// A key we do not implement, named with its path and line.
+pub type Warning = Problem;
+
+/// Parses `fleet.yaml`; an unreadable document or a wrong type is an error, unknown keys are
+/// warnings.
+pub fn parse(text: &str) -> Result<(FleetYaml, Vec<Warning>), Problem> {
+    let lines = LineIndex::new(text);
+    let raw: Value = serde_saphyr::from_str(text).map_err(|e| {
+        let first = e.to_string().lines().next().unwrap_or("invalid YAML").trim_start_matches("error: ").to_owned();
+        Problem { path: "(document)".into(), line: e.location().map(|l| l.line() as usize), message: first }
+    })?;
+    let raw = if raw.is_null() { Value::Object(Map::new()) } else { raw };
+    let mut warnings = Vec::new();
+    walk_unknown(&raw, "", "", &lines, &mut warnings);
+    let parsed: FleetYaml = serde_json::from_value(raw).map_err(|e| Problem {
+        path: "(document)".into(),
+        line: None,
+        message: format!("unexpected structure: {e}"),
+    })?;
+    Ok((parsed, warnings))
+}
+
+fn walk_unknown(v: &Value, path: &str, pattern: &str, lines: &LineIndex, out: &mut Vec<Warning>) {
+    match v {
+        Value::Object(map) => {
+            let Some((_, known)) = KNOWN.iter().find(|(p, _)| *p == pattern) else { return };
+            for (k, child) in map {
+                let child_path = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                if !known.contains(&k.as_str()) {
+                    out.push(Problem {
+                        line: lines.line(&child_path),
+                        path: child_path,
+                        message: format!("{k:?} is not supported by gitops-agent and is ignored"),
+                    });
+                    continue;
+                }
+                let child_pattern = if pattern.is_empty() { k.clone() } else { format!("{pattern}.{k}") };
+                walk_unknown(child, &child_path, &child_pattern, lines, out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                walk_unknown(item, &format!("{path}[{i}]"), &format!("{pattern}[]"), lines, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+impl FleetYaml {
+    /// The first target whose selector matches `labels` (Fleet uses the first match only).
+    pub fn target_for(&self, labels: &BTreeMap<String, String>) -> Option<&Target> {
+        self.target_customizations.iter().find(|t| t.cluster_selector.as_ref().is_some_and(|s| s.matches(labels)))
+    }
+
+    /// The layered Helm values for a node with `labels`; `read` returns a values file's parsed
+    /// content (paths as written, relative to the bundle), or an error naming the problem.
+    pub fn values_for(
+        &self,
+        labels: &BTreeMap<String, String>,
+        read: &dyn Fn(&str) -> Result<Value, String>,
+    ) -> Result<Value, String> {
+        let mut out = Value::Object(Map::new());
+        let mut layer = |helm: &Helm| -> Result<(), String> {
+            if let Some(v) = &helm.values {
+                merge(&mut out, v.clone());
+            }
+            for f in &helm.values_files {
+                merge(&mut out, read(f).map_err(|e| format!("values file {f}: {e}"))?);
+            }
+            Ok(())
+        };
+        if let Some(h) = &self.helm {
+            layer(h)?;
+        }
+        if let Some(h) = self.target_for(labels).and_then(|t| t.helm.as_ref()) {
+            layer(h)?;
+        }
+        let cluster_labels: Map<String, Value> =
+            labels.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+        merge(&mut out, serde_json::json!({"global": {"fleet": {"clusterLabels": cluster_labels}}}));
+        Ok(out)
+    }
+}
+
+/// Deep-merges `overlay` into `base`: maps merge key by key, anything else replaces, and a
+/// `null` in the overlay removes the key.
+pub fn merge(base: &mut Value, overlay: Value) {
+    match (base, overlay) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                if v.is_null() {
+                    b.remove(&k);
+                } else if let Some(existing) = b.get_mut(&k) {
+                    merge(existing, v);
+                } else {
+                    b.insert(k, v);
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn selector(yaml: &str) -> LabelSelector {
+        serde_saphyr::from_str(yaml).expect(yaml)
+    }
+
+    #[test]
+    fn label_selectors_follow_kubernetes_semantics() {
+        let node = labels(&[("store", "store1"), ("env", "qa")]);
+        let table: &[(&str, bool)] = &[
+            ("{}", true),
+            ("matchLabels: {store: store1}", true),
+            ("matchLabels: {store: store1, env: prod}", false),
+            ("matchExpressions: [{key: env, operator: In, values: [qa, prod]}]", true),
+            ("matchExpressions: [{key: env, operator: In, values: [prod]}]", false),
+            ("matchExpressions: [{key: env, operator: NotIn, values: [prod]}]", true),
+            ("matchExpressions: [{key: region, operator: NotIn, values: [eu]}]", true),
+            ("matchExpressions: [{key: store, operator: Exists}]", true),
+            ("matchExpressions: [{key: region, operator: Exists}]", false),
+            ("matchExpressions: [{key: region, operator: DoesNotExist}]", true),
+            ("{matchLabels: {env: qa}, matchExpressions: [{key: store, operator: DoesNotExist}]}", false),
+        ];
+        for (yaml, want) in table {
+            assert_eq!(selector(yaml).matches(&node), *want, "{yaml}");
+        }
+    }
+
+    const FLEET: &str = "\
+defaultNamespace: kiosk
+helm:
+  chart: ./
+  values:
+    orchestrator: {logLevel: info, replicas: 1}
+    list: [a, b]
+  valuesFiles: [values-base.yaml]
+targetCustomizations:
+- name: store1
+  clusterSelector:
+    matchLabels: {store: store1}
+  helm:
+    values:
+      store: {name: from-target-values}
+    valuesFiles: [values-store1.yaml]
+- name: qa
+  clusterSelector:
+    matchExpressions: [{key: env, operator: In, values: [qa]}]
+  helm:
+    valuesFiles: [values-qa.yaml]
+- name: nobody
+  helm:
+    values: {never: true}
+";
+
+    fn files(name: &str) -> Result<Value, String> {
+        match name {
+            "values-base.yaml" => {
+                Ok(json!({"orchestrator": {"logLevel": "warn"}, "store": {"name": "base", "lang": "de"}}))
+            }
+            "values-store1.yaml" => Ok(json!({"store": {"name": "store1"}, "list": ["c"]})),
+            "values-qa.yaml" => Ok(json!({"store": {"lang": "en"}})),
+            other => Err(format!("{other}: no such file")),
+        }
+    }
+
+    #[test]
+    fn every_values_layer_wins_the_keys_it_sets_in_fleet_order() {
+        let (f, warnings) = parse(FLEET).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let v = f.values_for(&labels(&[("store", "store1"), ("env", "qa")]), &files).unwrap();
+        // helm.values alone: replicas. valuesFiles over helm.values: logLevel, store.lang.
+        assert_eq!(v["orchestrator"], json!({"logLevel": "warn", "replicas": 1}));
+        assert_eq!(v["store"]["lang"], "de", "store1 target is first; qa's file is not applied");
+        // Target values over base files, then the target's files over its values.
+        assert_eq!(v["store"]["name"], "store1");
+        // Lists replace rather than merge.
+        assert_eq!(v["list"], json!(["c"]));
+        assert_eq!(v["global"]["fleet"]["clusterLabels"], json!({"store": "store1", "env": "qa"}));
+        assert!(v.get("never").is_none(), "a target without selector matches nothing");
+    }
+
+    #[test]
+    fn the_first_matching_target_is_used() {
+        let (f, _) = parse(FLEET).unwrap();
+        assert_eq!(f.target_for(&labels(&[("env", "qa")])).and_then(|t| t.name.as_deref()), Some("qa"));
+        assert_eq!(f.target_for(&labels(&[("env", "prod")])), None);
+        let v = f.values_for(&labels(&[("env", "qa")]), &files).unwrap();
+        assert_eq!(v["store"], json!({"name": "base", "lang": "en"}));
+    }
+
+    #[test]
+    fn null_removes_a_key_as_helm_does() {
+        let mut base = json!({"a": {"b": 1, "c": 2}});
+        merge(&mut base, json!({"a": {"b": null}}));
+        assert_eq!(base, json!({"a": {"c": 2}}));
+    }
+
+    #[test]
+    fn a_missing_values_file_names_the_file() {
+        let (f, _) = parse("helm:\n  valuesFiles: [nope.yaml]\n").unwrap();
+        let err = f.values_for(&BTreeMap::new(), &files).unwrap_err();
+        assert_eq!(err, "values file nope.yaml: nope.yaml: no such file");
+    }
+
+    #[test]
+    fn unknown_keys_are_warnings_that_name_path_and_line() {
+        let text = "defaultNamespace: x\nhelm:\n  repo: https://charts.example\n  chart: kiosk\n\
+                    targetCustomizations:\n- name: a\n  clusterGroup: stores\n  clusterSelector: {}\nrolloutStrategy: {}\n";
+        let (_, w) = parse(text).unwrap();
+        let got: Vec<String> = w.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            got,
+            vec![
+                r#"helm.repo: line 3: "repo" is not supported by gitops-agent and is ignored"#,
+                r#"rolloutStrategy: line 9: "rolloutStrategy" is not supported by gitops-agent and is ignored"#,
+                r#"targetCustomizations[0].clusterGroup: line 7: "clusterGroup" is not supported by gitops-agent and is ignored"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn broken_yaml_is_an_error_with_a_line() {
+        let e = parse("helm:\n  values: [unclosed\n").unwrap_err();
+        assert!(e.line.is_some(), "{e}");
+        let e = parse("helm:\n  valuesFiles: 7\n").unwrap_err();
+        assert!(e.message.contains("unexpected structure"), "{e}");
+    }
+}
