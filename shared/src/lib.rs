@@ -4,6 +4,7 @@
 //! Callers pass file contents, environment look-ups and `now` in; the crate's dependency list
 //! (no tokio, kube, gix, reqwest) keeps it that way.
 
+pub mod bundle;
 pub mod config;
 pub mod fleet;
 pub mod image;
