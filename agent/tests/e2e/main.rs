@@ -6,5 +6,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod cli;
+mod stack_b_fixture;
 mod testenv_is_real;
 mod util;
