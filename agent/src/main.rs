@@ -1,6 +1,6 @@
 //! The `agent` binary: wires the command line to the commands. No logic lives here.
 
-mod cli;
+use agent::cli;
 
 use std::process::ExitCode;
 

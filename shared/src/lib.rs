@@ -10,4 +10,5 @@ pub mod fleet;
 pub mod image;
 pub mod policy;
 pub mod redact;
+pub mod registry;
 pub mod yaml_lines;

@@ -146,6 +146,14 @@ impl TagPolicy {
         !matches!(self.kind, Kind::Digest(_))
     }
 
+    /// The one tag a digest policy follows (it needs no tag list).
+    pub fn tracked_tag(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Digest(tag) => Some(tag),
+            _ => None,
+        }
+    }
+
     /// Chooses among `tags`; the result lists every tag with what happened to it.
     pub fn select<'a>(&self, tags: impl IntoIterator<Item = &'a str>) -> Selection {
         let mut candidates = Vec::new();
@@ -637,6 +645,7 @@ mod tests {
     fn digest_tracking_needs_no_tag_list_and_keeps_its_tag() {
         let p = TagPolicy::parse("digest: {tag: latest}").unwrap();
         assert!(!p.needs_tag_list());
+        assert_eq!(p.tracked_tag(), Some("latest"));
         assert_eq!(p.select(TAGS.iter().copied()).chosen.as_deref(), Some("latest"));
         assert!(TagPolicy::parse("semver: '*'").unwrap().needs_tag_list());
     }

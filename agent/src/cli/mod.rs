@@ -50,9 +50,15 @@ enum PolicyCmd {
         /// '{filterTags: {pattern: "^main-(?P<ts>[0-9]+)$", extract: "$ts"}, numerical: {order: asc}}'.
         #[arg(long, short)]
         policy: String,
-        /// Candidate tags, comma-separated.
-        #[arg(long, value_delimiter = ',', required = true)]
+        /// Candidate tags, comma-separated (instead of IMAGE).
+        #[arg(long, value_delimiter = ',', required_unless_present = "image", conflicts_with = "image")]
         tags: Vec<String>,
+        /// An image repository (e.g. harbor.example/library/app): list its tags in the registry,
+        /// choose, and resolve the chosen tag's digest. Needs --config for the registry's auth.
+        image: Option<String>,
+        /// The agent config that names the registry, its CA and credentials.
+        #[arg(long, short, env = "GITOPS_AGENT_CONFIG", requires = "image")]
+        config: Option<PathBuf>,
         #[arg(long, short, value_enum, default_value_t = Output::Human)]
         output: Output,
     },
@@ -68,7 +74,12 @@ pub enum Output {
 pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Validate { config, output } => validate::run(&config, output, &|k| std::env::var(k).ok(), out),
-        Cmd::Policy { cmd: PolicyCmd::Test { policy, tags, output } } => policy::test(&policy, &tags, output, out),
+        Cmd::Policy { cmd: PolicyCmd::Test { policy, tags, image: None, output, .. } } => {
+            policy::test(&policy, &tags, output, out)
+        }
+        Cmd::Policy { cmd: PolicyCmd::Test { policy, image: Some(image), config, output, .. } } => {
+            policy::test_image(&policy, &image, config.as_deref(), output, out)
+        }
         Cmd::Version { output } => {
             match output {
                 Output::Human => writeln!(out, "agent {}", version_line())?,

@@ -3,6 +3,11 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use std::path::Path;
+
+use crate::source::registry::{Registry, RegistryOptions};
+use anyhow::Context;
+use shared::image::ImageRef;
 use shared::policy::{Outcome, TagPolicy};
 
 use super::Output;
@@ -13,6 +18,60 @@ const EXIT_NO_MATCH: u8 = 1;
 pub fn test(spec: &str, tags: &[String], output: Output, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     // A bad policy is an error (exit 2, on stderr), not "no match".
     let policy = TagPolicy::parse(spec)?;
+    report(&policy, tags, None, output, out)
+}
+
+/// The IMAGE form: tags come from the registry (only when the policy needs a list), and the
+/// chosen tag is resolved to its digest.
+pub fn test_image(
+    spec: &str,
+    image: &str,
+    config: Option<&Path>,
+    output: Output,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let policy = TagPolicy::parse(spec)?;
+    let image = ImageRef::parse(image)?;
+    let config_path = config.context("IMAGE needs --config (the registry's address, CA and credentials)")?;
+    let text =
+        std::fs::read_to_string(config_path).with_context(|| format!("{}: cannot read", config_path.display()))?;
+    let loaded = shared::config::load(&text, &|k| std::env::var(k).ok()).map_err(|problems| {
+        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("{}: invalid config:\n  {}", config_path.display(), list.join("\n  "))
+    })?;
+    let registry = loaded
+        .config
+        .registries
+        .iter()
+        .find(|r| r.host == image.registry || r.aliases.contains(&image.registry))
+        .with_context(|| format!("{}: no registry {:?} in {}", image, image.registry, config_path.display()))?;
+    let base = config_path.parent().unwrap_or(Path::new("."));
+    let reg = Registry::new(RegistryOptions::from_config(registry, base))?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let tags = match policy.tracked_tag() {
+            Some(tag) => vec![tag.to_owned()],
+            None => reg.list_tags(&image.repository).await?,
+        };
+        let sel = policy.select(tags.iter().map(String::as_str));
+        let digest = match &sel.chosen {
+            Some(tag) => {
+                let pinned = ImageRef { tag: Some(tag.clone()), digest: None, ..image.clone() };
+                Some(reg.resolve(&pinned).await?)
+            }
+            None => None,
+        };
+        report(&policy, &tags, digest.as_deref(), output, out)
+    })
+}
+
+fn report(
+    policy: &TagPolicy,
+    tags: &[String],
+    digest: Option<&str>,
+    output: Output,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
     let sel = policy.select(tags.iter().map(String::as_str));
     match output {
         Output::Json => {
@@ -27,11 +86,15 @@ pub fn test(spec: &str, tags: &[String], output: Output, out: &mut dyn Write) ->
                     }
                 })
                 .collect();
-            writeln!(out, "{}", serde_json::json!({"chosen": sel.chosen, "candidates": candidates}))?;
+            let doc = serde_json::json!({"chosen": sel.chosen, "digest": digest, "candidates": candidates});
+            writeln!(out, "{doc}")?;
         }
         Output::Human => {
             match &sel.chosen {
-                Some(tag) => writeln!(out, "chosen: {tag}")?,
+                Some(tag) => match digest {
+                    Some(d) => writeln!(out, "chosen: {tag} ({d})")?,
+                    None => writeln!(out, "chosen: {tag}")?,
+                },
                 None => writeln!(out, "no tag satisfies the policy ({} considered)", sel.candidates.len())?,
             }
             let width = sel.candidates.iter().map(|c| c.tag.len()).max().unwrap_or(0);

@@ -1,0 +1,468 @@
+//! Registry source: resolves image tags to digests with one HEAD request, lists tags only when a
+//! policy needs them, and speaks Harbor's token flow (Bearer tokens from the realm, with Basic
+//! robot credentials), Basic and anonymous auth, over TLS trusting the configured CA.
+//!
+//! Why not oci-client: it maps 429 to an error without the `Retry-After` header, and honouring
+//! that header is the point of polling hundreds of stores against one Harbor. The protocol parts
+//! that decide something (challenges, token lifetime, Retry-After) are pure, in `shared::registry`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use backon::{ExponentialBuilder, Retryable};
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use shared::image::ImageRef;
+use shared::registry::{Challenge, is_transient_status, retry_after, token_reuse_window};
+
+/// Media types accepted when resolving a tag: OCI index and manifest, Docker list and v2.
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// Per-request time limit; a registry slower than this counts as unreachable for that request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where a secret lives. Files are re-read when they change (Harbor robot secrets rotate).
+#[derive(Debug, Clone)]
+pub enum SecretSource {
+    File(PathBuf),
+    Env(String),
+}
+
+/// How to authenticate to one registry.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    Anonymous,
+    Basic { username: String, password: SecretSource },
+}
+
+/// Settings of one registry.
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    /// `host[:port]` as in image references.
+    pub host: String,
+    pub auth: Auth,
+    /// PEM bundle trusted in addition to nothing else: with a CA file, only that CA is trusted.
+    pub ca_file: Option<PathBuf>,
+    pub max_concurrency: usize,
+    /// Attempts for a throttled or failing request (first try included).
+    pub max_attempts: usize,
+}
+
+impl RegistryOptions {
+    /// From the node config; relative file paths are relative to `base` (the config's folder).
+    pub fn from_config(r: &shared::config::Registry, base: &Path) -> RegistryOptions {
+        let auth = match &r.auth {
+            None => Auth::Anonymous,
+            Some(c) => Auth::Basic {
+                username: c.username.clone(),
+                password: match (&c.password_file, &c.password_env) {
+                    (Some(f), _) => SecretSource::File(base.join(f)),
+                    (None, Some(e)) => SecretSource::Env(e.clone()),
+                    (None, None) => SecretSource::Env(String::new()),
+                },
+            },
+        };
+        RegistryOptions {
+            host: r.host.clone(),
+            auth,
+            ca_file: r.ca_file.as_ref().map(|f| base.join(f)),
+            max_concurrency: r.max_concurrency as usize,
+            // 1 try + 3 retries: with 30 s max backoff, a poll gives up within about a minute.
+            max_attempts: 4,
+        }
+    }
+}
+
+/// Why a registry request failed; never carries a secret. `is_transient` says whether a later
+/// poll may succeed without anyone changing anything.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{url}: cannot connect: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("{url}: authentication failed for {account:?} (HTTP {status})")]
+    Unauthorized { url: String, account: String, status: u16 },
+    #[error("{image}: not found in the registry")]
+    NotFound { image: String },
+    #[error("{url}: HTTP {status}{}", retry.map(|d| format!(" (retry after {}s)", d.as_secs())).unwrap_or_default())]
+    Status { url: String, status: u16, retry: Option<Duration> },
+    #[error("{url}: {reason}")]
+    Protocol { url: String, reason: String },
+    #[error("reading the {what} for {host}: {reason}")]
+    Credentials { host: String, what: String, reason: String },
+}
+
+impl RegistryError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RegistryError::Connect { .. } => true,
+            RegistryError::Status { status, .. } => is_transient_status(*status),
+            _ => false,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RegistryError::Status { retry, .. } => *retry,
+            _ => None,
+        }
+    }
+}
+
+/// Requests by kind and outcome, for metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub manifest_head: AtomicU64,
+    pub tag_list: AtomicU64,
+    pub token: AtomicU64,
+    pub throttled: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+struct CachedToken {
+    value: String,
+    valid_until: Instant,
+}
+
+struct CachedSecret {
+    stamp: Option<(SystemTime, u64)>,
+    value: String,
+}
+
+/// One registry.
+pub struct Registry {
+    opts: RegistryOptions,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    tokens: Mutex<HashMap<String, CachedToken>>,
+    secret: Mutex<Option<CachedSecret>>,
+    limit: tokio::sync::Semaphore,
+    uses_basic: std::sync::atomic::AtomicBool,
+    pub counters: Arc<Counters>,
+}
+
+struct Reply {
+    status: u16,
+    headers: hyper::HeaderMap,
+    body: Bytes,
+}
+
+impl Registry {
+    pub fn new(opts: RegistryOptions) -> Result<Registry, RegistryError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut roots = rustls::RootCertStore::empty();
+        match &opts.ca_file {
+            Some(ca) => {
+                let bad = |reason: String| RegistryError::Credentials {
+                    host: opts.host.clone(),
+                    what: format!("CA file {}", ca.display()),
+                    reason,
+                };
+                use rustls::pki_types::CertificateDer;
+                use rustls::pki_types::pem::PemObject;
+                for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad(e.to_string()))? {
+                    roots.add(cert.map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        let connector =
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
+        Ok(Registry {
+            limit: tokio::sync::Semaphore::new(opts.max_concurrency.max(1)),
+            opts,
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            tokens: Mutex::new(HashMap::new()),
+            secret: Mutex::new(None),
+            uses_basic: std::sync::atomic::AtomicBool::new(false),
+            counters: Arc::new(Counters::default()),
+        })
+    }
+
+    /// The digest a tag points at now (one HEAD request when a token is cached).
+    pub async fn resolve(&self, image: &ImageRef) -> Result<String, RegistryError> {
+        let reference = image.digest.clone().or_else(|| image.tag.clone()).unwrap_or_else(|| "latest".into());
+        let url = format!("https://{}/v2/{}/manifests/{reference}", self.opts.host, image.repository);
+        self.counters.manifest_head.fetch_add(1, Ordering::Relaxed);
+        let reply = self.with_retries(&url, &image.repository, "HEAD", Some(MANIFEST_ACCEPT)).await?;
+        match reply.status {
+            200 => reply
+                .headers
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .ok_or_else(|| RegistryError::Protocol { url, reason: "no Docker-Content-Digest header".into() }),
+            404 => Err(RegistryError::NotFound { image: image.to_string() }),
+            status => Err(self.status_error(&url, status, &reply)),
+        }
+    }
+
+    /// Every tag of a repository, following pagination (`?n=&last=`).
+    pub async fn list_tags(&self, repository: &str) -> Result<Vec<String>, RegistryError> {
+        const PAGE: usize = 200;
+        let mut tags: Vec<String> = Vec::new();
+        loop {
+            let mut url = format!("https://{}/v2/{repository}/tags/list?n={PAGE}", self.opts.host);
+            if let Some(last) = tags.last() {
+                url.push_str(&format!("&last={last}"));
+            }
+            self.counters.tag_list.fetch_add(1, Ordering::Relaxed);
+            let reply = self.with_retries(&url, repository, "GET", None).await?;
+            if reply.status == 404 {
+                return Err(RegistryError::NotFound { image: format!("{}/{repository}", self.opts.host) });
+            }
+            if reply.status != 200 {
+                return Err(self.status_error(&url, reply.status, &reply));
+            }
+            let page: serde_json::Value = serde_json::from_slice(&reply.body)
+                .map_err(|e| RegistryError::Protocol { url: url.clone(), reason: format!("tag list: {e}") })?;
+            let got: Vec<String> = page["tags"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default();
+            let more = reply.headers.contains_key("link") && got.len() == PAGE;
+            let n = got.len();
+            tags.extend(got);
+            if !more || n == 0 {
+                return Ok(tags);
+            }
+        }
+    }
+
+    fn status_error(&self, url: &str, status: u16, reply: &Reply) -> RegistryError {
+        if status == 401 || status == 403 {
+            return RegistryError::Unauthorized { url: url.to_owned(), account: self.account(), status };
+        }
+        let retry = reply.headers.get("retry-after").and_then(|v| v.to_str().ok()).and_then(retry_after);
+        RegistryError::Status { url: url.to_owned(), status, retry }
+    }
+
+    fn account(&self) -> String {
+        match &self.opts.auth {
+            Auth::Anonymous => "anonymous".into(),
+            Auth::Basic { username, .. } => username.clone(),
+        }
+    }
+
+    /// One logical request: throttled and transient failures are retried with exponential
+    /// backoff and jitter, waiting at least what `Retry-After` asks.
+    async fn with_retries(
+        &self,
+        url: &str,
+        repository: &str,
+        method: &str,
+        accept: Option<&str>,
+    ) -> Result<Reply, RegistryError> {
+        let _permit = self.limit.acquire().await.expect("semaphore never closed");
+        let attempt = || async {
+            let reply = self.authed(url, repository, method, accept).await?;
+            if is_transient_status(reply.status) {
+                if reply.status == 429 {
+                    self.counters.throttled.fetch_add(1, Ordering::Relaxed);
+                }
+                return Err(self.status_error(url, reply.status, &reply));
+            }
+            Ok(reply)
+        };
+        let backoff = ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(30))
+            .with_max_times(self.opts.max_attempts.saturating_sub(1));
+        let result = attempt
+            .retry(backoff)
+            .when(RegistryError::is_transient)
+            .adjust(|e, backoff| match (e.retry_after(), backoff) {
+                (Some(asked), Some(d)) => Some(asked.max(d)),
+                (_, d) => d,
+            })
+            .await;
+        if result.is_err() {
+            self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Sends with a cached token; on a Bearer challenge, gets a token for the challenge's scope
+    /// and sends once more.
+    async fn authed(
+        &self,
+        url: &str,
+        repository: &str,
+        method: &str,
+        accept: Option<&str>,
+    ) -> Result<Reply, RegistryError> {
+        let scope_key = format!("repository:{repository}:pull");
+        let cached = self.cached_token(&scope_key);
+        let auth = match (&cached, &self.opts.auth) {
+            (Some(t), _) => Some(format!("Bearer {t}")),
+            // A registry that answered with a Basic challenge before gets Basic right away.
+            (None, Auth::Basic { .. }) if self.uses_basic.load(Ordering::Relaxed) => Some(self.basic()?),
+            _ => None,
+        };
+        let reply = self.send(method, url, accept, auth.as_deref()).await?;
+        if reply.status != 401 {
+            return Ok(reply);
+        }
+        let Some(challenge) =
+            reply.headers.get("www-authenticate").and_then(|v| v.to_str().ok()).and_then(Challenge::parse)
+        else {
+            return Ok(reply);
+        };
+        let auth = match challenge.scheme.as_str() {
+            "bearer" => format!("Bearer {}", self.fetch_token(&challenge, &scope_key).await?),
+            "basic" => {
+                self.uses_basic.store(true, Ordering::Relaxed);
+                self.basic()?
+            }
+            _ => return Ok(reply),
+        };
+        self.send(method, url, accept, Some(&auth)).await
+    }
+
+    fn cached_token(&self, scope: &str) -> Option<String> {
+        let tokens = self.tokens.lock().expect("token cache lock");
+        tokens.get(scope).filter(|t| t.valid_until > Instant::now()).map(|t| t.value.clone())
+    }
+
+    async fn fetch_token(&self, challenge: &Challenge, scope_key: &str) -> Result<String, RegistryError> {
+        let realm = challenge.param("realm").ok_or_else(|| RegistryError::Protocol {
+            url: format!("https://{}", self.opts.host),
+            reason: "Bearer challenge without realm".into(),
+        })?;
+        let mut url = url::Url::parse(realm)
+            .map_err(|e| RegistryError::Protocol { url: realm.to_owned(), reason: format!("bad realm: {e}") })?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(service) = challenge.param("service") {
+                q.append_pair("service", service);
+            }
+            q.append_pair("scope", challenge.param("scope").unwrap_or(scope_key));
+        }
+        let auth = match &self.opts.auth {
+            Auth::Anonymous => None,
+            Auth::Basic { .. } => Some(self.basic()?),
+        };
+        self.counters.token.fetch_add(1, Ordering::Relaxed);
+        let reply = self.send("GET", url.as_str(), None, auth.as_deref()).await?;
+        let shown = shared::redact::url(url.as_str());
+        match reply.status {
+            200 => {}
+            401 | 403 => {
+                return Err(RegistryError::Unauthorized { url: shown, account: self.account(), status: reply.status });
+            }
+            status => return Err(self.status_error(&shown, status, &reply)),
+        }
+        let body: serde_json::Value = serde_json::from_slice(&reply.body)
+            .map_err(|e| RegistryError::Protocol { url: shown.clone(), reason: format!("token response: {e}") })?;
+        let token = body["token"]
+            .as_str()
+            .or_else(|| body["access_token"].as_str())
+            .ok_or_else(|| RegistryError::Protocol { url: shown, reason: "token response without a token".into() })?
+            .to_owned();
+        let reuse = token_reuse_window(body["expires_in"].as_u64());
+        self.tokens
+            .lock()
+            .expect("token cache lock")
+            .insert(scope_key.to_owned(), CachedToken { value: token.clone(), valid_until: Instant::now() + reuse });
+        Ok(token)
+    }
+
+    fn basic(&self) -> Result<String, RegistryError> {
+        let Auth::Basic { username, password } = &self.opts.auth else {
+            return Err(RegistryError::Protocol { url: self.opts.host.clone(), reason: "no credentials".into() });
+        };
+        let secret = self.password(password)?;
+        Ok(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{username}:{secret}"))))
+    }
+
+    /// The password, re-read from its file when the file changed (size or modification time).
+    fn password(&self, source: &SecretSource) -> Result<String, RegistryError> {
+        let err =
+            |what: String, reason: String| RegistryError::Credentials { host: self.opts.host.clone(), what, reason };
+        match source {
+            SecretSource::Env(var) => std::env::var(var).map_err(|_| err(format!("variable ${var}"), "not set".into())),
+            SecretSource::File(path) => {
+                let stamp = file_stamp(path);
+                let mut cache = self.secret.lock().expect("secret cache lock");
+                if let Some(c) = cache.as_ref().filter(|c| c.stamp.is_some() && c.stamp == stamp) {
+                    return Ok(c.value.clone());
+                }
+                let value = std::fs::read_to_string(path)
+                    .map_err(|e| err(format!("password file {}", path.display()), e.to_string()))?
+                    .trim()
+                    .to_owned();
+                // Tokens were issued for the old secret's account state; start afresh.
+                if cache.is_some() {
+                    self.tokens.lock().expect("token cache lock").clear();
+                }
+                *cache = Some(CachedSecret { stamp, value: value.clone() });
+                Ok(value)
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        accept: Option<&str>,
+        auth: Option<&str>,
+    ) -> Result<Reply, RegistryError> {
+        let shown = shared::redact::url(url);
+        let mut req = hyper::Request::builder().method(method).uri(url).header("user-agent", "gitops-agent");
+        if let Some(a) = accept {
+            req = req.header("accept", a);
+        }
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let req = req
+            .body(Empty::new())
+            .map_err(|e| RegistryError::Protocol { url: shown.clone(), reason: e.to_string() })?;
+        let fut = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| RegistryError::Connect { url: shown.clone(), reason: error_chain(&e) })?;
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| RegistryError::Connect { url: shown.clone(), reason: e.to_string() })?
+                .to_bytes();
+            Ok(Reply { status, headers, body })
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, fut).await.map_err(|_| RegistryError::Connect {
+            url: shown.clone(),
+            reason: format!("no answer within {REQUEST_TIMEOUT:?}"),
+        })?
+    }
+}
+
+fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// The error and its causes in one line (TLS failures hide their reason in the chain).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,210 @@
+//! The registry source against the testenv's real registry and token service. Request counts are
+//! taken at the server side: the fault proxy in front of the registry and the token service's
+//! own access log, never the agent's counters.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use agent::source::registry::{Auth, Registry, RegistryError, RegistryOptions, SecretSource};
+use shared::image::ImageRef;
+use shared::policy::TagPolicy;
+use xtask::fault_proxy::Fault;
+use xtask::support::{TestEnv, Upstream};
+
+const CANARY: &str = "canary-r3gistry-secret";
+
+fn registry(env: &TestEnv, host: &str, password_file: &Path, ca: bool) -> Registry {
+    Registry::new(RegistryOptions {
+        host: host.to_owned(),
+        auth: Auth::Basic {
+            username: env.info.registry_agent.username.clone(),
+            password: SecretSource::File(password_file.to_owned()),
+        },
+        ca_file: ca.then(|| env.info.ca_cert.clone()),
+        max_concurrency: 4,
+        max_attempts: 4,
+    })
+    .unwrap()
+}
+
+/// Token requests the store robot made for `repo` (the CI robot's pushes do not count).
+fn token_requests_for(env: &TestEnv, repo: &str) -> usize {
+    let log = std::fs::read_to_string(&env.info.token_access_log).unwrap_or_default();
+    let needle = url_encode(repo);
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["account"] == env.info.registry_agent.username.as_str())
+        .filter(|v| v["query"].as_str().is_some_and(|q| q.contains(&needle)))
+        .count()
+}
+
+fn url_encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn secret_file(dir: &Path, value: &str) -> std::path::PathBuf {
+    let p = dir.join("robot-secret");
+    std::fs::write(&p, value).unwrap();
+    p
+}
+
+#[tokio::test]
+async fn a_tag_resolves_to_its_digest_and_a_repeat_poll_costs_one_head_and_no_token() {
+    let env = TestEnv::get();
+    let repo = env.registry_repo("resolve");
+    let digest = env.push_image(&repo, "1.0.0");
+    let proxy = env.fault_proxy(Upstream::Registry).await;
+    let dir = tempfile::tempdir().unwrap();
+    let reg =
+        registry(env, &proxy.addr().to_string(), &secret_file(dir.path(), &env.info.registry_agent.password), true);
+    let image = ImageRef::parse(&format!("{}/{repo}:1.0.0", proxy.addr())).unwrap();
+
+    assert_eq!(reg.resolve(&image).await.unwrap(), digest);
+    assert_eq!(token_requests_for(env, &repo), 1, "one token for the first poll");
+    let heads = |p: &xtask::fault_proxy::FaultProxy| p.count(|s| s.method == "HEAD");
+    assert_eq!(heads(&proxy), 2, "challenge, then the authorised HEAD");
+
+    proxy.reset_seen();
+    assert_eq!(reg.resolve(&image).await.unwrap(), digest);
+    assert_eq!(proxy.seen().len(), 1, "a no-change poll is exactly one request: {:?}", proxy.seen());
+    assert_eq!(heads(&proxy), 1);
+    assert_eq!(token_requests_for(env, &repo), 1, "no token request while the token is valid");
+}
+
+#[tokio::test]
+async fn wrong_credentials_fail_naming_url_and_account_but_never_the_secret() {
+    let env = TestEnv::get();
+    let repo = env.registry_repo("wrong-secret");
+    env.push_image(&repo, "1.0.0");
+    let dir = tempfile::tempdir().unwrap();
+    let reg = registry(env, &env.info.registry, &secret_file(dir.path(), CANARY), true);
+    let err = reg.resolve(&ImageRef::parse(&format!("{}/{repo}:1.0.0", env.info.registry)).unwrap()).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, RegistryError::Unauthorized { status: 401, .. }), "{err:?}");
+    assert!(text.contains(&env.info.token_realm) && text.contains("robot$store1+agent"), "{text}");
+    assert!(!text.contains(CANARY) && !format!("{err:?}").contains(CANARY), "secret leaked: {err:?}");
+}
+
+#[tokio::test]
+async fn tls_fails_without_the_ca_and_works_with_it() {
+    let env = TestEnv::get();
+    let repo = env.registry_repo("tls");
+    let digest = env.push_image(&repo, "1.0.0");
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path(), &env.info.registry_agent.password);
+    let image = ImageRef::parse(&format!("{}/{repo}:1.0.0", env.info.registry)).unwrap();
+    let err = registry(env, &env.info.registry, &secret, false).resolve(&image).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Connect { .. }), "{err:?}");
+    assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
+    assert_eq!(registry(env, &env.info.registry, &secret, true).resolve(&image).await.unwrap(), digest);
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_is_honoured() {
+    let env = TestEnv::get();
+    let repo = env.registry_repo("throttle");
+    let digest = env.push_image(&repo, "1.0.0");
+    let proxy = env.fault_proxy(Upstream::Registry).await;
+    let dir = tempfile::tempdir().unwrap();
+    let reg =
+        registry(env, &proxy.addr().to_string(), &secret_file(dir.path(), &env.info.registry_agent.password), true);
+    let image = ImageRef::parse(&format!("{}/{repo}:1.0.0", proxy.addr())).unwrap();
+    reg.resolve(&image).await.unwrap();
+
+    proxy.reset_seen();
+    proxy.set(Fault::Respond { status: 429, retry_after: Some(2), times: Some(1) });
+    let started = Instant::now();
+    assert_eq!(reg.resolve(&image).await.unwrap(), digest);
+    assert!(started.elapsed() >= Duration::from_secs(2), "Retry-After not honoured: {:?}", started.elapsed());
+    let seen: Vec<(u16, bool)> = proxy.seen().iter().map(|s| (s.status, s.injected)).collect();
+    assert_eq!(seen, vec![(429, true), (200, false)]);
+}
+
+#[tokio::test]
+async fn a_rotated_credential_file_is_picked_up_without_a_restart() {
+    let env = TestEnv::get();
+    let repo = env.registry_repo("rotate");
+    let digest = env.push_image(&repo, "1.0.0");
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path(), CANARY);
+    let reg = registry(env, &env.info.registry, &secret, true);
+    let image = ImageRef::parse(&format!("{}/{repo}:1.0.0", env.info.registry)).unwrap();
+    assert!(matches!(reg.resolve(&image).await, Err(RegistryError::Unauthorized { .. })));
+    // Harbor rotated the robot secret and the new one was written to the file.
+    std::fs::write(&secret, format!("{}\n", env.info.registry_agent.password)).unwrap();
+    assert_eq!(reg.resolve(&image).await.unwrap(), digest);
+}
+
+#[tokio::test]
+async fn a_missing_tag_is_not_found_and_names_the_image() {
+    let env = TestEnv::get();
+    let repo = env.registry_repo("missing");
+    env.push_image(&repo, "1.0.0");
+    let dir = tempfile::tempdir().unwrap();
+    let reg = registry(env, &env.info.registry, &secret_file(dir.path(), &env.info.registry_agent.password), true);
+    let image = format!("{}/{repo}:9.9.9-missing", env.info.registry);
+    let err = reg.resolve(&ImageRef::parse(&image).unwrap()).await.unwrap_err();
+    assert_eq!(err.to_string(), format!("{image}: not found in the registry"));
+    assert!(!err.is_transient());
+}
+
+#[tokio::test]
+async fn a_newly_pushed_semver_tag_is_chosen_from_the_listed_tags() {
+    let env = TestEnv::get();
+    let repo = env.registry_repo("semver");
+    for tag in ["1.0.0", "1.2.0-broken"] {
+        env.push_image(&repo, tag);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let reg = registry(env, &env.info.registry, &secret_file(dir.path(), &env.info.registry_agent.password), true);
+    let policy = TagPolicy::parse("semver: '>=1.0.0 <2.0.0'").unwrap();
+    let tags = reg.list_tags(&repo).await.unwrap();
+    assert_eq!(policy.select(tags.iter().map(String::as_str)).chosen.as_deref(), Some("1.0.0"));
+    env.push_image(&repo, "1.1.0");
+    let tags = reg.list_tags(&repo).await.unwrap();
+    assert_eq!(policy.select(tags.iter().map(String::as_str)).chosen.as_deref(), Some("1.1.0"));
+}
+
+#[tokio::test]
+async fn policy_test_with_an_image_lists_the_registry_and_prints_the_digest() {
+    let env = TestEnv::get();
+    let repo = env.registry_repo("cli-image");
+    for tag in ["1.0.0", "1.2.0-broken"] {
+        env.push_image(&repo, tag);
+    }
+    let want = env.push_image(&repo, "1.1.0");
+    let dir = tempfile::tempdir().unwrap();
+    secret_file(dir.path(), &env.info.registry_agent.password);
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "identity:\n  nodeName: store-node-1\ngit:\n  url: https://git.example/x.git\nregistries:\n- host: {}\n  \
+             caFile: {}\n  auth:\n    username: {:?}\n    passwordFile: robot-secret\n",
+            env.info.registry,
+            env.info.ca_cert.display(),
+            env.info.registry_agent.username
+        ),
+    )
+    .unwrap();
+    let image = format!("{}/{repo}", env.info.registry);
+    let run = |policy: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_agent"))
+            .args(["policy", "test", "--policy", policy, &image, "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let out = run("semver: '^1'");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.starts_with(&format!("chosen: 1.1.0 ({want})\n")), "{stdout}");
+    assert!(stdout.contains("1.2.0-broken  dropped: pre-release"), "{stdout}");
+
+    let out = run("digest: {tag: '1.0.0'}");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("chosen: 1.0.0 (sha256:"));
+
+    let out = run("semver: '>=7'");
+    assert_eq!(out.status.code(), Some(1));
+}
