@@ -46,12 +46,19 @@ pub fn seed(info: &EnvInfo) -> Result<()> {
 
 /// Pushes a fixture image with the CI robot; returns its manifest digest.
 pub fn push_image(info: &EnvInfo, repo: &str, tag: &str) -> Result<String> {
+    push_image_salted(info, repo, tag, "")
+}
+
+/// Like [`push_image`], with `salt` mixed into the content: the same tag gets a new digest, as
+/// when CI re-pushes a mutable tag.
+pub fn push_image_salted(info: &EnvInfo, repo: &str, tag: &str, salt: &str) -> Result<String> {
     let out = Command::new("bash")
         .arg(paths::workspace_root().join("fixtures/images/push-image.sh"))
         .args([info.registry.as_str(), repo, tag])
         .arg(&info.registry_cert_dir)
         .env("PUSH_USER", &info.registry_ci.username)
         .env("PUSH_PASSWORD", &info.registry_ci.password)
+        .env("IMAGE_SALT", salt)
         .output()
         .context("running fixtures/images/push-image.sh")?;
     if !out.status.success() {

@@ -171,6 +171,11 @@ impl TestEnv {
         crate::seed::push_image(&self.info, repo, tag).expect("pushing fixture image")
     }
 
+    /// Pushes new content under an existing tag (the tag moves to a new digest).
+    pub fn repush_image(&self, repo: &str, tag: &str, salt: &str) -> String {
+        crate::seed::push_image_salted(&self.info, repo, tag, salt).expect("pushing fixture image")
+    }
+
     /// Base URL of a testenv service.
     pub fn url(&self, upstream: Upstream) -> String {
         let p = self.info.ports;

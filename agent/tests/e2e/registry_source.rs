@@ -208,3 +208,62 @@ async fn policy_test_with_an_image_lists_the_registry_and_prints_the_digest() {
     let out = run("semver: '>=7'");
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[tokio::test]
+async fn a_tag_moved_to_a_new_digest_is_detected() {
+    let env = TestEnv::get();
+    let repo = env.registry_repo("moved");
+    let first = env.push_image(&repo, "stable");
+    let dir = tempfile::tempdir().unwrap();
+    let reg = registry(env, &env.info.registry, &secret_file(dir.path(), &env.info.registry_agent.password), true);
+    let image = ImageRef::parse(&format!("{}/{repo}:stable", env.info.registry)).unwrap();
+    assert_eq!(reg.resolve(&image).await.unwrap(), first);
+    let second = env.repush_image(&repo, "stable", "rebuilt");
+    assert_ne!(first, second);
+    assert_eq!(reg.resolve(&image).await.unwrap(), second);
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_with_backoff_until_the_registry_recovers() {
+    let env = TestEnv::get();
+    let repo = env.registry_repo("backoff");
+    let digest = env.push_image(&repo, "1.0.0");
+    let proxy = env.fault_proxy(Upstream::Registry).await;
+    let dir = tempfile::tempdir().unwrap();
+    let reg =
+        registry(env, &proxy.addr().to_string(), &secret_file(dir.path(), &env.info.registry_agent.password), true);
+    let image = ImageRef::parse(&format!("{}/{repo}:1.0.0", proxy.addr())).unwrap();
+    reg.resolve(&image).await.unwrap();
+    proxy.reset_seen();
+    proxy.set(Fault::Respond { status: 503, retry_after: None, times: Some(2) });
+    assert_eq!(reg.resolve(&image).await.unwrap(), digest);
+    let seen: Vec<u16> = proxy.seen().iter().map(|s| s.status).collect();
+    assert_eq!(seen, vec![503, 503, 200]);
+
+    // Past the retry budget the error is transient and names the URL and status.
+    proxy.set(Fault::Respond { status: 503, retry_after: None, times: None });
+    let err = reg.resolve(&image).await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert!(err.to_string().contains(&format!("{}/v2/{repo}/manifests/1.0.0: HTTP 503", proxy.addr())), "{err}");
+}
+
+#[tokio::test]
+async fn an_unreachable_registry_is_a_transient_error_naming_the_url() {
+    let env = TestEnv::get();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let host = format!("127.0.0.1:{port}");
+    let reg = Registry::new(RegistryOptions {
+        host: host.clone(),
+        auth: Auth::Anonymous,
+        ca_file: Some(env.info.ca_cert.clone()),
+        max_concurrency: 1,
+        max_attempts: 1,
+    })
+    .unwrap();
+    let err = reg.resolve(&ImageRef::parse(&format!("{host}/a/b:1")).unwrap()).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Connect { .. }) && err.is_transient(), "{err:?}");
+    assert!(err.to_string().starts_with(&format!("https://{host}/v2/a/b/manifests/1: cannot connect")), "{err}");
+}
