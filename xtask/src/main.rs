@@ -1,6 +1,6 @@
 //! `cargo xtask`: development tasks (test environment, test suite, demo).
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -105,8 +105,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 /// Lints, then the whole suite against the testenv (started here, and stopped again if it was not
 /// running before).
 async fn test(extra: &[String]) -> Result<ExitCode> {
-    let root = paths::workspace_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let was_up = testenv::running(&paths::run_dir()).is_some();
     testenv::up(&testenv::UpOptions::default()).await?;
     let steps: Vec<(&str, Vec<&str>)> = vec![
@@ -116,12 +114,12 @@ async fn test(extra: &[String]) -> Result<ExitCode> {
     let mut failed = Vec::new();
     for (name, args) in steps {
         eprintln!("xtask test: {name}");
-        if !Command::new(&cargo).args(&args).current_dir(&root).status()?.success() {
+        if !paths::cargo().args(&args).status()?.success() {
             failed.push(name);
         }
     }
     eprintln!("xtask test: cargo test --workspace");
-    let status = Command::new(&cargo).args(["test", "--workspace"]).args(extra).current_dir(&root).status()?;
+    let status = paths::cargo().args(["test", "--workspace"]).args(extra).status()?;
     if !status.success() {
         failed.push("tests");
     }
@@ -169,11 +167,9 @@ async fn demo() -> Result<()> {
             state = dir.join("state").display(),
         ),
     )?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
+    let status = paths::cargo()
         .args(["run", "--quiet", "--package", "agent", "--", "validate", "--config"])
         .arg(&config)
-        .current_dir(&root)
         .status()?;
     if !status.success() {
         bail!("agent validate rejected the demo config {}", config.display());

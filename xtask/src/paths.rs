@@ -31,3 +31,21 @@ pub fn run_dir() -> PathBuf {
         None => workspace_root().join("target").join("testenv"),
     }
 }
+
+/// A `cargo` command for this workspace without the variables cargo sets for the process that
+/// runs it (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, `OUT_DIR`, ...). Inherited, they change the environment
+/// some build scripts watch, so every nested build recompiled `ring` and everything above it.
+pub fn cargo() -> std::process::Command {
+    let mut cmd = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let set_by_cargo = (key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR")
+            || key.starts_with("__CARGO")
+            || key == "OUT_DIR";
+        if set_by_cargo {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    cmd.current_dir(workspace_root());
+    cmd
+}

@@ -122,9 +122,8 @@ impl TestEnv {
             let info = match testenv::running(&run) {
                 Some(info) => info,
                 None => {
-                    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                    let status = paths::cargo()
                         .args(["run", "--quiet", "--package", "xtask", "--", "testenv", "up"])
-                        .current_dir(paths::workspace_root())
                         .status()
                         .expect("running `cargo xtask testenv up`");
                     assert!(status.success(), "`cargo xtask testenv up` failed ({status})");

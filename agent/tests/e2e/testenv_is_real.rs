@@ -518,23 +518,13 @@ fn up_is_idempotent_and_down_stops_everything_it_started_leaving_no_port_listeni
     assert!(ok, "second testenv failed to start: {out}");
     let (ok, status) = xtask(&["testenv", "status"], &env);
     assert!(ok && status.contains("api server /readyz       ok"), "{status}");
-    let pids: Vec<i32> = std::fs::read_dir(dir.path().join("pids"))
-        .unwrap()
-        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap().lines().next().unwrap().parse().unwrap())
-        .collect();
+    let pids = recorded_pids(dir.path());
     assert_eq!(pids.len(), 8, "one pid per component");
 
     // `up` again is a no-op: same processes, nothing restarted.
     let (ok, out) = xtask(&["testenv", "up"], &env);
     assert!(ok && out.contains("already up"), "{out}");
-    let again: Vec<i32> = std::fs::read_dir(dir.path().join("pids"))
-        .unwrap()
-        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap().lines().next().unwrap().parse().unwrap())
-        .collect();
-    let (mut a, mut b) = (pids.clone(), again);
-    a.sort_unstable();
-    b.sort_unstable();
-    assert_eq!(a, b, "a second up restarted components");
+    assert_eq!(recorded_pids(dir.path()), pids, "a second up restarted components");
 
     let (ok, out) = xtask(&["testenv", "down"], &env);
     assert!(ok, "{out}");
@@ -549,4 +539,14 @@ fn up_is_idempotent_and_down_stops_everything_it_started_leaving_no_port_listeni
     // Idempotent the other way too: a second down finds nothing to stop.
     let (ok, out) = xtask(&["testenv", "down"], &env);
     assert!(ok && out.contains("nothing was running"), "{out}");
+}
+
+/// The pids `up` recorded in a run dir, sorted.
+fn recorded_pids(run_dir: &std::path::Path) -> Vec<i32> {
+    let mut pids: Vec<i32> = std::fs::read_dir(run_dir.join("pids"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap().lines().next().unwrap().parse().unwrap())
+        .collect();
+    pids.sort_unstable();
+    pids
 }

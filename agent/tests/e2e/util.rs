@@ -23,12 +23,10 @@ where
 
 /// Runs `cargo xtask ARGS` with extra environment; returns (success, stdout+stderr).
 pub fn xtask(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
-    let out = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let out = xtask::paths::cargo()
         .args(["run", "--quiet", "--package", "xtask", "--"])
         .args(args)
         .envs(env.iter().copied())
-        .current_dir(root)
         .output()
         .expect("running cargo xtask");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
