@@ -42,6 +42,25 @@ fn url_encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
+/// A repository with `1.0.0` pushed, and a store-robot registry client behind a fault proxy.
+struct Proxied {
+    digest: String,
+    proxy: xtask::fault_proxy::FaultProxy,
+    reg: Registry,
+    image: ImageRef,
+    _dir: tempfile::TempDir,
+}
+
+async fn proxied(env: &TestEnv, repo: &str) -> Proxied {
+    let digest = env.push_image(repo, "1.0.0");
+    let proxy = env.fault_proxy(Upstream::Registry).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path(), &env.info.registry_agent.password);
+    let reg = registry(env, &proxy.addr().to_string(), &secret, true);
+    let image = ImageRef::parse(&format!("{}/{repo}:1.0.0", proxy.addr())).unwrap();
+    Proxied { digest, proxy, reg, image, _dir: dir }
+}
+
 fn secret_file(dir: &Path, value: &str) -> std::path::PathBuf {
     let p = dir.join("robot-secret");
     std::fs::write(&p, value).unwrap();
@@ -52,12 +71,7 @@ fn secret_file(dir: &Path, value: &str) -> std::path::PathBuf {
 async fn a_tag_resolves_to_its_digest_and_a_repeat_poll_costs_one_head_and_no_token() {
     let env = TestEnv::get();
     let repo = env.registry_repo("resolve");
-    let digest = env.push_image(&repo, "1.0.0");
-    let proxy = env.fault_proxy(Upstream::Registry).await;
-    let dir = tempfile::tempdir().unwrap();
-    let reg =
-        registry(env, &proxy.addr().to_string(), &secret_file(dir.path(), &env.info.registry_agent.password), true);
-    let image = ImageRef::parse(&format!("{}/{repo}:1.0.0", proxy.addr())).unwrap();
+    let Proxied { digest, proxy, reg, image, _dir } = proxied(env, &repo).await;
 
     assert_eq!(reg.resolve(&image).await.unwrap(), digest);
     assert_eq!(token_requests_for(env, &repo), 1, "one token for the first poll");
@@ -103,12 +117,7 @@ async fn tls_fails_without_the_ca_and_works_with_it() {
 async fn a_429_with_retry_after_is_honoured() {
     let env = TestEnv::get();
     let repo = env.registry_repo("throttle");
-    let digest = env.push_image(&repo, "1.0.0");
-    let proxy = env.fault_proxy(Upstream::Registry).await;
-    let dir = tempfile::tempdir().unwrap();
-    let reg =
-        registry(env, &proxy.addr().to_string(), &secret_file(dir.path(), &env.info.registry_agent.password), true);
-    let image = ImageRef::parse(&format!("{}/{repo}:1.0.0", proxy.addr())).unwrap();
+    let Proxied { digest, proxy, reg, image, _dir } = proxied(env, &repo).await;
     reg.resolve(&image).await.unwrap();
 
     proxy.reset_seen();
@@ -227,12 +236,7 @@ async fn a_tag_moved_to_a_new_digest_is_detected() {
 async fn server_errors_are_retried_with_backoff_until_the_registry_recovers() {
     let env = TestEnv::get();
     let repo = env.registry_repo("backoff");
-    let digest = env.push_image(&repo, "1.0.0");
-    let proxy = env.fault_proxy(Upstream::Registry).await;
-    let dir = tempfile::tempdir().unwrap();
-    let reg =
-        registry(env, &proxy.addr().to_string(), &secret_file(dir.path(), &env.info.registry_agent.password), true);
-    let image = ImageRef::parse(&format!("{}/{repo}:1.0.0", proxy.addr())).unwrap();
+    let Proxied { digest, proxy, reg, image, _dir } = proxied(env, &repo).await;
     reg.resolve(&image).await.unwrap();
     proxy.reset_seen();
     proxy.set(Fault::Respond { status: 503, retry_after: None, times: Some(2) });
