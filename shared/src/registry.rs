@@ -83,6 +83,15 @@ pub fn retry_after(value: &str) -> Option<Duration> {
     value.trim().parse::<u64>().ok().map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
 }
 
+/// How long to wait before the next attempt: the backoff's delay, raised to what the server's
+/// `Retry-After` asked for; `None` (the backoff is exhausted) stays `None`.
+pub fn retry_delay(asked: Option<Duration>, backoff: Option<Duration>) -> Option<Duration> {
+    match (asked, backoff) {
+        (Some(asked), Some(d)) => Some(asked.max(d)),
+        (_, d) => d,
+    }
+}
+
 /// Statuses worth retrying: throttling and transient server trouble.
 pub fn is_transient_status(status: u16) -> bool {
     matches!(status, 429 | 500 | 502 | 503 | 504)
@@ -124,6 +133,11 @@ mod tests {
         assert_eq!(retry_after("7"), Some(Duration::from_secs(7)));
         assert_eq!(retry_after("86400"), Some(MAX_RETRY_AFTER));
         assert_eq!(retry_after("Wed, 21 Oct 2026 07:28:00 GMT"), None);
+        let s = Duration::from_secs;
+        assert_eq!(retry_delay(Some(s(7)), Some(s(1))), Some(s(7)), "the server's wait wins when longer");
+        assert_eq!(retry_delay(Some(s(1)), Some(s(4))), Some(s(4)), "never sooner than the backoff");
+        assert_eq!(retry_delay(None, Some(s(2))), Some(s(2)));
+        assert_eq!(retry_delay(Some(s(7)), None), None, "an exhausted budget is not extended");
         assert!(is_transient_status(429) && is_transient_status(503) && !is_transient_status(404));
     }
 }

@@ -20,7 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use shared::image::ImageRef;
-use shared::registry::{Challenge, is_transient_status, retry_after, token_reuse_window};
+use shared::registry::{Challenge, is_transient_status, retry_after, retry_delay, token_reuse_window};
 
 /// Media types accepted when resolving a tag: OCI index and manifest, Docker list and v2.
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
@@ -147,6 +147,16 @@ pub struct Registry {
     pub counters: Arc<Counters>,
 }
 
+/// One registry request, as the retry and auth layers see it.
+#[derive(Clone, Copy)]
+struct Req<'a> {
+    method: &'a str,
+    url: &'a str,
+    /// The token scope is `repository:<repository>:pull`.
+    repository: &'a str,
+    accept: Option<&'a str>,
+}
+
 struct Reply {
     status: u16,
     headers: hyper::HeaderMap,
@@ -191,7 +201,14 @@ impl Registry {
         let reference = image.digest.clone().or_else(|| image.tag.clone()).unwrap_or_else(|| "latest".into());
         let url = format!("https://{}/v2/{}/manifests/{reference}", self.opts.host, image.repository);
         self.counters.manifest_head.fetch_add(1, Ordering::Relaxed);
-        let reply = self.with_retries(&url, &image.repository, "HEAD", Some(MANIFEST_ACCEPT)).await?;
+        let reply = self
+            .with_retries(Req {
+                method: "HEAD",
+                url: &url,
+                repository: &image.repository,
+                accept: Some(MANIFEST_ACCEPT),
+            })
+            .await?;
         match reply.status {
             200 => reply
                 .headers
@@ -214,7 +231,7 @@ impl Registry {
                 url.push_str(&format!("&last={last}"));
             }
             self.counters.tag_list.fetch_add(1, Ordering::Relaxed);
-            let reply = self.with_retries(&url, repository, "GET", None).await?;
+            let reply = self.with_retries(Req { method: "GET", url: &url, repository, accept: None }).await?;
             if reply.status == 404 {
                 return Err(RegistryError::NotFound { image: format!("{}/{repository}", self.opts.host) });
             }
@@ -253,21 +270,15 @@ impl Registry {
 
     /// One logical request: throttled and transient failures are retried with exponential
     /// backoff and jitter, waiting at least what `Retry-After` asks.
-    async fn with_retries(
-        &self,
-        url: &str,
-        repository: &str,
-        method: &str,
-        accept: Option<&str>,
-    ) -> Result<Reply, RegistryError> {
+    async fn with_retries(&self, req: Req<'_>) -> Result<Reply, RegistryError> {
         let _permit = self.limit.acquire().await.expect("semaphore never closed");
         let attempt = || async {
-            let reply = self.authed(url, repository, method, accept).await?;
+            let reply = self.authed(req).await?;
             if is_transient_status(reply.status) {
                 if reply.status == 429 {
                     self.counters.throttled.fetch_add(1, Ordering::Relaxed);
                 }
-                return Err(self.status_error(url, reply.status, &reply));
+                return Err(self.status_error(req.url, reply.status, &reply));
             }
             Ok(reply)
         };
@@ -279,10 +290,7 @@ impl Registry {
         let result = attempt
             .retry(backoff)
             .when(RegistryError::is_transient)
-            .adjust(|e, backoff| match (e.retry_after(), backoff) {
-                (Some(asked), Some(d)) => Some(asked.max(d)),
-                (_, d) => d,
-            })
+            .adjust(|e, backoff| retry_delay(e.retry_after(), backoff))
             .await;
         if result.is_err() {
             self.counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -292,13 +300,8 @@ impl Registry {
 
     /// Sends with a cached token; on a Bearer challenge, gets a token for the challenge's scope
     /// and sends once more.
-    async fn authed(
-        &self,
-        url: &str,
-        repository: &str,
-        method: &str,
-        accept: Option<&str>,
-    ) -> Result<Reply, RegistryError> {
+    async fn authed(&self, req: Req<'_>) -> Result<Reply, RegistryError> {
+        let Req { method, url, repository, accept } = req;
         let scope_key = format!("repository:{repository}:pull");
         let cached = self.cached_token(&scope_key);
         let auth = match (&cached, &self.opts.auth) {
