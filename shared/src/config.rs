@@ -622,10 +622,13 @@ registries:
 
     #[test]
     fn every_env_override_maps_to_a_known_field() {
-        for (var, _) in ENV_OVERRIDES {
-            let env = |k: &str| (k == *var).then(|| "x".to_owned());
-            // Must not hit the unreachable!() in apply_override.
-            let _ = load(GOOD, &env);
+        for (var, path) in ENV_OVERRIDES {
+            let env = |k: &str| (k == *var).then(|| "from-env".to_owned());
+            let loaded = parse(GOOD, &env).expect("parses");
+            assert_eq!(loaded.overridden.get(*path).map(String::as_str), Some(*var));
+            let json = serde_json::to_value(&loaded.config).expect("serialises");
+            let field = path.split('.').fold(&json, |v, k| &v[k]);
+            assert_eq!(field, "from-env", "{var} did not set {path}");
         }
     }
 }

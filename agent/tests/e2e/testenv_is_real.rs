@@ -476,6 +476,25 @@ async fn a_fault_proxy_cut_also_ends_an_open_watch() {
     let client = xtask::support::kube_client(&env.kubeconfig_for(&proxy.url(), dir.path())).await.unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(client, &ns.name);
     let mut stream = cms.watch(&kube::api::WatchParams::default(), "0").await.unwrap().boxed();
+    // Control: the watch through the proxy really delivers events before the cut.
+    let direct: Api<ConfigMap> = Api::namespaced(env.client().await, &ns.name);
+    let cm: ConfigMap = serde_json::from_value(
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ping"}}),
+    )
+    .unwrap();
+    direct.create(&PostParams::default(), &cm).await.unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(ev) = stream.next().await {
+            if let Ok(kube::api::WatchEvent::Added(c)) = ev
+                && c.metadata.name.as_deref() == Some("ping")
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(seen, Ok(true), "the proxied watch never delivered the ConfigMap");
     proxy.set(Fault::Cut);
     let ended = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
