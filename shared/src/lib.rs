@@ -11,4 +11,5 @@ pub mod image;
 pub mod policy;
 pub mod redact;
 pub mod registry;
+pub mod tree;
 pub mod yaml_lines;
