@@ -5,6 +5,7 @@
 //! server side rather than trusting the client's own counters.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,12 +45,21 @@ pub struct Seen {
     pub status: u16,
     /// Whether the proxy answered itself instead of forwarding.
     pub injected: bool,
+    /// The first bytes of the request body (lossy UTF-8), e.g. to tell a git `ls-refs` from a
+    /// `fetch` command, which share one URL.
+    pub body_head: String,
 }
+
+/// How much of a request body `Seen::body_head` keeps.
+const BODY_HEAD: usize = 512;
 
 struct Shared {
     fault: Mutex<Fault>,
     seen: Mutex<Vec<Seen>>,
     cut: watch::Sender<u64>,
+    /// Requests being handled now, and the most there ever were at once.
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, BoxBody<Bytes, hyper::Error>>,
     upstream: String,
 }
@@ -85,6 +95,8 @@ impl FaultProxy {
             fault: Mutex::new(Fault::Pass),
             seen: Mutex::new(Vec::new()),
             cut,
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
             client,
             upstream: upstream.trim_end_matches('/').to_owned(),
         });
@@ -118,6 +130,12 @@ impl FaultProxy {
     /// How many requests matched `pred`.
     pub fn count(&self, pred: impl Fn(&Seen) -> bool) -> usize {
         self.shared.seen.lock().expect("seen lock poisoned").iter().filter(|s| pred(s)).count()
+    }
+
+    /// The most requests the proxy was handling at one time (a client's concurrency limit, seen
+    /// from the server side).
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
     }
 
     /// Forgets the requests seen so far.
@@ -163,8 +181,24 @@ async fn accept_loop(listener: tokio::net::TcpListener, acceptor: tokio_rustls::
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 async fn forward(shared: &Shared, req: Request<hyper::body::Incoming>) -> Response<ProxyBody> {
+    let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let resp = forward_counted(shared, req).await;
+    shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+    resp
+}
+
+async fn forward_counted(shared: &Shared, req: Request<hyper::body::Incoming>) -> Response<ProxyBody> {
     let method = req.method().to_string();
     let target = req.uri().path_and_query().map_or("/".to_owned(), |p| p.to_string());
+    // Bodies through the proxy are small (API objects, git negotiation): buffer them to record
+    // their head. A body that fails to arrive is a cut connection.
+    let (mut parts, body) = req.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let body_head = String::from_utf8_lossy(&body[..body.len().min(BODY_HEAD)]).into_owned();
     let fault = {
         let mut f = shared.fault.lock().expect("fault lock poisoned");
         let current = f.clone();
@@ -183,6 +217,7 @@ async fn forward(shared: &Shared, req: Request<hyper::body::Incoming>) -> Respon
             target: target.clone(),
             status,
             injected,
+            body_head: body_head.clone(),
         });
     };
     match fault {
@@ -203,14 +238,13 @@ async fn forward(shared: &Shared, req: Request<hyper::body::Incoming>) -> Respon
         Fault::Delay(d) => tokio::time::sleep(d).await,
         Fault::Pass | Fault::Cut => {}
     }
-    let (mut parts, body) = req.into_parts();
     let uri = format!("{}{}", shared.upstream, target);
     parts.uri = match uri.parse() {
         Ok(u) => u,
         Err(_) => return bad_gateway(&record, "bad upstream URI"),
     };
     parts.version = hyper::Version::HTTP_11;
-    let up_req = Request::from_parts(parts, body.boxed());
+    let up_req = Request::from_parts(parts, Full::new(body).map_err(|never| match never {}).boxed());
     match shared.client.request(up_req).await {
         Ok(resp) => {
             record(resp.status().as_u16(), false);
