@@ -97,6 +97,46 @@ pub fn is_transient_status(status: u16) -> bool {
     matches!(status, 429 | 500 | 502 | 503 | 504)
 }
 
+/// The path and query of the next page of a listing, from a `Link` header as the distribution
+/// spec and Harbor send it: `</v2/a/tags/list?n=200&last=x>; rel="next"`. Only a same-host path
+/// is followed; a full URL (another host) is refused, so a registry cannot send our credentials
+/// elsewhere.
+pub fn next_page(link: Option<&str>) -> Option<String> {
+    link?.split(',').find_map(|part| {
+        let (target, params) = part.trim().split_once(';')?;
+        let is_next = params.split(';').any(|p| {
+            let p = p.trim().replace(' ', "");
+            p == "rel=\"next\"" || p == "rel=next"
+        });
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        (is_next && target.starts_with("/v2/")).then(|| target.to_owned())
+    })
+}
+
+/// The outcome label of one registry response, for request accounting (metrics labels).
+pub fn outcome_label(status: u16) -> &'static str {
+    match status {
+        200..=299 => "ok",
+        401 => "challenged",
+        403 => "forbidden",
+        404 => "not_found",
+        429 => "throttled",
+        500..=599 => "server_error",
+        _ => "other",
+    }
+}
+
+/// Which configured registry serves images named with `host` (`host[:port]` as written in an
+/// image reference): the one whose `host` or one of whose `aliases` equals it, ignoring case
+/// (host names are case-insensitive; ports must match). Harbor is often known by an external
+/// name in manifests and by an internal one on the store's network; aliases map the first to
+/// the second, and requests always go to the configured `host`.
+pub fn find_registry(host: &str, registries: &[crate::config::Registry]) -> Option<usize> {
+    registries
+        .iter()
+        .position(|r| r.host.eq_ignore_ascii_case(host) || r.aliases.iter().any(|a| a.eq_ignore_ascii_case(host)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +179,66 @@ mod tests {
         assert_eq!(retry_delay(None, Some(s(2))), Some(s(2)));
         assert_eq!(retry_delay(Some(s(7)), None), None, "an exhausted budget is not extended");
         assert!(is_transient_status(429) && is_transient_status(503) && !is_transient_status(404));
+    }
+
+    #[test]
+    fn images_find_their_registry_by_host_or_alias_ignoring_case_but_not_port() {
+        let reg = |host: &str, aliases: &[&str]| crate::config::Registry {
+            host: host.into(),
+            aliases: aliases.iter().map(|a| (*a).into()).collect(),
+            auth: None,
+            ca_file: None,
+            max_concurrency: 4,
+        };
+        let regs = [reg("harbor.internal:8443", &["harbor.example.com"]), reg("ghcr.io", &[])];
+        let cases = [
+            ("harbor.internal:8443", Some(0)),
+            ("HARBOR.internal:8443", Some(0)),
+            ("harbor.example.com", Some(0)),
+            ("Harbor.Example.com", Some(0)),
+            ("harbor.internal", None),
+            ("harbor.example.com:443", None),
+            ("ghcr.io", Some(1)),
+            ("docker.io", None),
+        ];
+        for (host, want) in cases {
+            assert_eq!(find_registry(host, &regs), want, "{host}");
+        }
+    }
+
+    #[test]
+    fn responses_get_bounded_outcome_labels() {
+        let cases = [
+            (200, "ok"),
+            (201, "ok"),
+            (401, "challenged"),
+            (403, "forbidden"),
+            (404, "not_found"),
+            (429, "throttled"),
+            (503, "server_error"),
+            (302, "other"),
+        ];
+        for (status, want) in cases {
+            assert_eq!(outcome_label(status), want, "{status}");
+        }
+    }
+
+    #[test]
+    fn the_next_page_comes_from_the_link_header_and_stays_on_the_host() {
+        let cases = [
+            (Some(r#"</v2/a/b/tags/list?n=200&last=1.9>; rel="next""#), Some("/v2/a/b/tags/list?n=200&last=1.9")),
+            (Some(r#"</v2/a/tags/list?last=x&n=100>;rel=next"#), Some("/v2/a/tags/list?last=x&n=100")),
+            (
+                Some(r#"</v2/a/tags/list?n=1>; rel="prev", </v2/a/tags/list?last=z>; rel="next""#),
+                Some("/v2/a/tags/list?last=z"),
+            ),
+            (Some(r#"<https://evil.example/v2/a/tags/list?last=x>; rel="next""#), None),
+            (Some(r#"</v2/a/tags/list?n=1>; rel="prev""#), None),
+            (Some("garbage"), None),
+            (None, None),
+        ];
+        for (link, want) in cases {
+            assert_eq!(next_page(link).as_deref(), want, "{link:?}");
+        }
     }
 }

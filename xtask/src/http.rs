@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
@@ -25,17 +25,28 @@ impl Reply {
 
 /// Sends one request with `headers` and reads the whole answer (10 s timeout).
 pub async fn request(method: &str, url: &str, ca: &Path, headers: &[(&str, &str)]) -> Result<Reply> {
+    request_with_body(method, url, ca, headers, Bytes::new()).await
+}
+
+/// [`request`] with a body.
+pub async fn request_with_body(
+    method: &str,
+    url: &str,
+    ca: &Path,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Reply> {
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config((*crate::tls::client_config(ca)?).clone())
         .https_only()
         .enable_http1()
         .build();
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
     let mut req = hyper::Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let req = req.body(Empty::new()).with_context(|| format!("building request to {url}"))?;
+    let req = req.body(Full::new(body)).with_context(|| format!("building request to {url}"))?;
     let fut = async {
         let resp = client.request(req).await?;
         let status = resp.status().as_u16();

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use std::path::Path;
 
-use crate::source::registry::{Registry, RegistryOptions};
+use crate::source::registry::Registries;
 use anyhow::Context;
 use shared::image::ImageRef;
 use shared::policy::{Outcome, TagPolicy};
@@ -39,14 +39,9 @@ pub fn test_image(
         let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
         anyhow::anyhow!("{}: invalid config:\n  {}", config_path.display(), list.join("\n  "))
     })?;
-    let registry = loaded
-        .config
-        .registries
-        .iter()
-        .find(|r| r.host == image.registry || r.aliases.contains(&image.registry))
-        .with_context(|| format!("{}: no registry {:?} in {}", image, image.registry, config_path.display()))?;
     let base = config_path.parent().unwrap_or(Path::new("."));
-    let reg = Registry::new(RegistryOptions::from_config(registry, base))?;
+    let registries = Registries::from_config(&loaded.config.registries, base)?;
+    let reg = registries.for_image(&image).with_context(|| config_path.display().to_string())?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let tags = match policy.tracked_tag() {

@@ -8,9 +8,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use base64::Engine;
@@ -22,19 +22,16 @@ use hyper_util::rt::TokioExecutor;
 use shared::image::ImageRef;
 use shared::registry::{Challenge, is_transient_status, retry_after, retry_delay, token_reuse_window};
 
+use super::RequestCounts;
+use super::secret::Secret;
+pub use super::secret::SecretSource;
+
 /// Media types accepted when resolving a tag: OCI index and manifest, Docker list and v2.
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
      application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
 /// Per-request time limit; a registry slower than this counts as unreachable for that request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Where a secret lives. Files are re-read when they change (Harbor robot secrets rotate).
-#[derive(Debug, Clone)]
-pub enum SecretSource {
-    File(PathBuf),
-    Env(String),
-}
 
 /// How to authenticate to one registry.
 #[derive(Debug, Clone)]
@@ -61,14 +58,7 @@ impl RegistryOptions {
     pub fn from_config(r: &shared::config::Registry, base: &Path) -> RegistryOptions {
         let auth = match &r.auth {
             None => Auth::Anonymous,
-            Some(c) => Auth::Basic {
-                username: c.username.clone(),
-                password: match (&c.password_file, &c.password_env) {
-                    (Some(f), _) => SecretSource::File(base.join(f)),
-                    (None, Some(e)) => SecretSource::Env(e.clone()),
-                    (None, None) => SecretSource::Env(String::new()),
-                },
-            },
+            Some(c) => Auth::Basic { username: c.username.clone(), password: SecretSource::from_config(c, base) },
         };
         RegistryOptions {
             host: r.host.clone(),
@@ -97,6 +87,8 @@ pub enum RegistryError {
     Protocol { url: String, reason: String },
     #[error("reading the {what} for {host}: {reason}")]
     Credentials { host: String, what: String, reason: String },
+    #[error("{image}: no registry {host:?} is configured (add it, or an alias of it, under registries[])")]
+    NoRegistry { image: String, host: String },
 }
 
 impl RegistryError {
@@ -116,24 +108,9 @@ impl RegistryError {
     }
 }
 
-/// Requests by kind and outcome, for metrics.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub manifest_head: AtomicU64,
-    pub tag_list: AtomicU64,
-    pub token: AtomicU64,
-    pub throttled: AtomicU64,
-    pub failed: AtomicU64,
-}
-
 struct CachedToken {
     value: String,
     valid_until: Instant,
-}
-
-struct CachedSecret {
-    stamp: Option<(SystemTime, u64)>,
-    value: String,
 }
 
 /// One registry.
@@ -141,15 +118,41 @@ pub struct Registry {
     opts: RegistryOptions,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
     tokens: Mutex<HashMap<String, CachedToken>>,
-    secret: Mutex<Option<CachedSecret>>,
+    secret: Option<Secret>,
     limit: tokio::sync::Semaphore,
     uses_basic: std::sync::atomic::AtomicBool,
-    pub counters: Arc<Counters>,
+    /// HTTP requests by kind (`manifest_head`, `tag_list`, `token`) and outcome.
+    pub counters: Arc<RequestCounts>,
+}
+
+/// Every configured registry, found by the host an image names or by one of its aliases.
+pub struct Registries {
+    registries: Vec<Registry>,
+    config: Vec<shared::config::Registry>,
+}
+
+impl Registries {
+    /// From the node config; relative file paths are relative to `base` (the config's folder).
+    pub fn from_config(config: &[shared::config::Registry], base: &Path) -> Result<Registries, RegistryError> {
+        let registries =
+            config.iter().map(|r| Registry::new(RegistryOptions::from_config(r, base))).collect::<Result<_, _>>()?;
+        Ok(Registries { registries, config: config.to_vec() })
+    }
+
+    /// The registry that serves `image`; requests go to its configured host even when the
+    /// image names an alias.
+    pub fn for_image(&self, image: &ImageRef) -> Result<&Registry, RegistryError> {
+        shared::registry::find_registry(&image.registry, &self.config)
+            .map(|i| &self.registries[i])
+            .ok_or_else(|| RegistryError::NoRegistry { image: image.to_string(), host: image.registry.clone() })
+    }
 }
 
 /// One registry request, as the retry and auth layers see it.
 #[derive(Clone, Copy)]
 struct Req<'a> {
+    /// The request kind, as counted: `manifest_head` or `tag_list`.
+    kind: &'static str,
     method: &'a str,
     url: &'a str,
     /// The token scope is `repository:<repository>:pull`.
@@ -187,12 +190,15 @@ impl Registry {
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
         Ok(Registry {
             limit: tokio::sync::Semaphore::new(opts.max_concurrency.max(1)),
+            secret: match &opts.auth {
+                Auth::Basic { password, .. } => Some(Secret::new(password.clone())),
+                Auth::Anonymous => None,
+            },
             opts,
             client: Client::builder(TokioExecutor::new()).build(connector),
             tokens: Mutex::new(HashMap::new()),
-            secret: Mutex::new(None),
             uses_basic: std::sync::atomic::AtomicBool::new(false),
-            counters: Arc::new(Counters::default()),
+            counters: Arc::new(RequestCounts::default()),
         })
     }
 
@@ -200,9 +206,9 @@ impl Registry {
     pub async fn resolve(&self, image: &ImageRef) -> Result<String, RegistryError> {
         let reference = image.digest.clone().or_else(|| image.tag.clone()).unwrap_or_else(|| "latest".into());
         let url = format!("https://{}/v2/{}/manifests/{reference}", self.opts.host, image.repository);
-        self.counters.manifest_head.fetch_add(1, Ordering::Relaxed);
         let reply = self
             .with_retries(Req {
+                kind: "manifest_head",
                 method: "HEAD",
                 url: &url,
                 repository: &image.repository,
@@ -221,17 +227,19 @@ impl Registry {
         }
     }
 
-    /// Every tag of a repository, following pagination (`?n=&last=`).
+    /// Every tag of a repository, following the `Link: <...>; rel="next"` pages the registry
+    /// offers (Harbor pages; distribution 2.x answers in one page).
     pub async fn list_tags(&self, repository: &str) -> Result<Vec<String>, RegistryError> {
+        /// Tags asked for per page; Harbor's own UI asks for at most 100, its API allows more.
         const PAGE: usize = 200;
+        /// More pages than this is a registry that keeps answering "next": stop rather than loop.
+        const MAX_PAGES: usize = 1000;
+        let base = format!("https://{}", self.opts.host);
+        let mut url = format!("{base}/v2/{repository}/tags/list?n={PAGE}");
         let mut tags: Vec<String> = Vec::new();
-        loop {
-            let mut url = format!("https://{}/v2/{repository}/tags/list?n={PAGE}", self.opts.host);
-            if let Some(last) = tags.last() {
-                url.push_str(&format!("&last={last}"));
-            }
-            self.counters.tag_list.fetch_add(1, Ordering::Relaxed);
-            let reply = self.with_retries(Req { method: "GET", url: &url, repository, accept: None }).await?;
+        for _ in 0..MAX_PAGES {
+            let reply =
+                self.with_retries(Req { kind: "tag_list", method: "GET", url: &url, repository, accept: None }).await?;
             if reply.status == 404 {
                 return Err(RegistryError::NotFound { image: format!("{}/{repository}", self.opts.host) });
             }
@@ -240,17 +248,17 @@ impl Registry {
             }
             let page: serde_json::Value = serde_json::from_slice(&reply.body)
                 .map_err(|e| RegistryError::Protocol { url: url.clone(), reason: format!("tag list: {e}") })?;
-            let got: Vec<String> = page["tags"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect())
-                .unwrap_or_default();
-            let more = reply.headers.contains_key("link") && got.len() == PAGE;
-            let n = got.len();
-            tags.extend(got);
-            if !more || n == 0 {
-                return Ok(tags);
+            let got = page["tags"].as_array().map_or(0, |a| {
+                tags.extend(a.iter().filter_map(|t| t.as_str().map(str::to_owned)));
+                a.len()
+            });
+            let link = reply.headers.get("link").and_then(|v| v.to_str().ok());
+            match shared::registry::next_page(link) {
+                Some(next) if got > 0 => url = format!("{base}{next}"),
+                _ => return Ok(tags),
             }
         }
+        Err(RegistryError::Protocol { url, reason: format!("tag list: more than {MAX_PAGES} pages") })
     }
 
     fn status_error(&self, url: &str, status: u16, reply: &Reply) -> RegistryError {
@@ -275,9 +283,6 @@ impl Registry {
         let attempt = || async {
             let reply = self.authed(req).await?;
             if is_transient_status(reply.status) {
-                if reply.status == 429 {
-                    self.counters.throttled.fetch_add(1, Ordering::Relaxed);
-                }
                 return Err(self.status_error(req.url, reply.status, &reply));
             }
             Ok(reply)
@@ -287,21 +292,17 @@ impl Registry {
             .with_min_delay(Duration::from_millis(200))
             .with_max_delay(Duration::from_secs(30))
             .with_max_times(self.opts.max_attempts.saturating_sub(1));
-        let result = attempt
+        attempt
             .retry(backoff)
             .when(RegistryError::is_transient)
             .adjust(|e, backoff| retry_delay(e.retry_after(), backoff))
-            .await;
-        if result.is_err() {
-            self.counters.failed.fetch_add(1, Ordering::Relaxed);
-        }
-        result
+            .await
     }
 
     /// Sends with a cached token; on a Bearer challenge, gets a token for the challenge's scope
     /// and sends once more.
     async fn authed(&self, req: Req<'_>) -> Result<Reply, RegistryError> {
-        let Req { method, url, repository, accept } = req;
+        let Req { kind, method, url, repository, accept } = req;
         let scope_key = format!("repository:{repository}:pull");
         let cached = self.cached_token(&scope_key);
         let auth = match (&cached, &self.opts.auth) {
@@ -310,7 +311,7 @@ impl Registry {
             (None, Auth::Basic { .. }) if self.uses_basic.load(Ordering::Relaxed) => Some(self.basic()?),
             _ => None,
         };
-        let reply = self.send(method, url, accept, auth.as_deref()).await?;
+        let reply = self.send(kind, method, url, accept, auth.as_deref()).await?;
         if reply.status != 401 {
             return Ok(reply);
         }
@@ -327,7 +328,7 @@ impl Registry {
             }
             _ => return Ok(reply),
         };
-        self.send(method, url, accept, Some(&auth)).await
+        self.send(kind, method, url, accept, Some(&auth)).await
     }
 
     fn cached_token(&self, scope: &str) -> Option<String> {
@@ -353,8 +354,7 @@ impl Registry {
             Auth::Anonymous => None,
             Auth::Basic { .. } => Some(self.basic()?),
         };
-        self.counters.token.fetch_add(1, Ordering::Relaxed);
-        let reply = self.send("GET", url.as_str(), None, auth.as_deref()).await?;
+        let reply = self.send("token", "GET", url.as_str(), None, auth.as_deref()).await?;
         let shown = shared::redact::url(url.as_str());
         match reply.status {
             200 => {}
@@ -379,41 +379,35 @@ impl Registry {
     }
 
     fn basic(&self) -> Result<String, RegistryError> {
-        let Auth::Basic { username, password } = &self.opts.auth else {
+        let Auth::Basic { username, .. } = &self.opts.auth else {
             return Err(RegistryError::Protocol { url: self.opts.host.clone(), reason: "no credentials".into() });
         };
-        let secret = self.password(password)?;
+        let secret = self.password()?;
         Ok(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{username}:{secret}"))))
     }
 
-    /// The password, re-read from its file when the file changed (size or modification time).
-    fn password(&self, source: &SecretSource) -> Result<String, RegistryError> {
-        let err =
-            |what: String, reason: String| RegistryError::Credentials { host: self.opts.host.clone(), what, reason };
-        match source {
-            SecretSource::Env(var) => std::env::var(var).map_err(|_| err(format!("variable ${var}"), "not set".into())),
-            SecretSource::File(path) => {
-                let stamp = file_stamp(path);
-                let mut cache = self.secret.lock().expect("secret cache lock");
-                if let Some(c) = cache.as_ref().filter(|c| c.stamp.is_some() && c.stamp == stamp) {
-                    return Ok(c.value.clone());
-                }
-                let value = std::fs::read_to_string(path)
-                    .map_err(|e| err(format!("password file {}", path.display()), e.to_string()))?
-                    .trim()
-                    .to_owned();
-                // Tokens were issued for the old secret's account state; start afresh.
-                if cache.is_some() {
-                    self.tokens.lock().expect("token cache lock").clear();
-                }
-                *cache = Some(CachedSecret { stamp, value: value.clone() });
-                Ok(value)
-            }
+    /// The password, re-read from its file when the file changed; tokens issued while the old
+    /// secret was in force are dropped.
+    fn password(&self) -> Result<String, RegistryError> {
+        let secret = self
+            .secret
+            .as_ref()
+            .ok_or_else(|| RegistryError::Protocol { url: self.opts.host.clone(), reason: "no credentials".into() })?;
+        let read = secret.read().map_err(|e| RegistryError::Credentials {
+            host: self.opts.host.clone(),
+            what: e.what,
+            reason: e.reason,
+        })?;
+        if read.changed {
+            self.tokens.lock().expect("token cache lock").clear();
         }
+        Ok(read.value)
     }
 
+    /// One HTTP exchange, counted by kind and outcome.
     async fn send(
         &self,
+        kind: &'static str,
         method: &str,
         url: &str,
         accept: Option<&str>,
@@ -446,16 +440,16 @@ impl Registry {
                 .to_bytes();
             Ok(Reply { status, headers, body })
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, fut).await.map_err(|_| RegistryError::Connect {
-            url: shown.clone(),
-            reason: format!("no answer within {REQUEST_TIMEOUT:?}"),
-        })?
+        let result = tokio::time::timeout(REQUEST_TIMEOUT, fut).await.unwrap_or_else(|_| {
+            Err(RegistryError::Connect { url: shown.clone(), reason: format!("no answer within {REQUEST_TIMEOUT:?}") })
+        });
+        let outcome = match &result {
+            Ok(reply) => shared::registry::outcome_label(reply.status),
+            Err(_) => "unreachable",
+        };
+        self.counters.record(kind, outcome);
+        result
     }
-}
-
-fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
 }
 
 /// The error and its causes in one line (TLS failures hide their reason in the chain).

@@ -77,6 +77,10 @@ async fn a_tag_resolves_to_its_digest_and_a_repeat_poll_costs_one_head_and_no_to
     assert_eq!(token_requests_for(env, &repo), 1, "one token for the first poll");
     let heads = |p: &xtask::fault_proxy::FaultProxy| p.count(|s| s.method == "HEAD");
     assert_eq!(heads(&proxy), 2, "challenge, then the authorised HEAD");
+    // The agent's own accounting (for metrics) agrees with what the server side saw.
+    let counts = &reg.counters;
+    assert_eq!((counts.get("manifest_head", "challenged"), counts.get("manifest_head", "ok")), (1, 1));
+    assert_eq!(counts.get("token", "ok"), 1);
 
     proxy.reset_seen();
     assert_eq!(reg.resolve(&image).await.unwrap(), digest);
@@ -270,4 +274,82 @@ async fn an_unreachable_registry_is_a_transient_error_naming_the_url() {
     let err = reg.resolve(&ImageRef::parse(&format!("{host}/a/b:1")).unwrap()).await.unwrap_err();
     assert!(matches!(err, RegistryError::Connect { .. }) && err.is_transient(), "{err:?}");
     assert!(err.to_string().starts_with(&format!("https://{host}/v2/a/b/manifests/1: cannot connect")), "{err}");
+}
+
+#[tokio::test]
+async fn the_per_registry_concurrency_limit_holds_at_the_server_side() {
+    let env = TestEnv::get();
+    let repo = env.registry_repo("concurrency");
+    let digest = env.push_image(&repo, "1.0.0");
+    let proxy = env.fault_proxy(Upstream::Registry).await;
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::new(RegistryOptions {
+        host: proxy.addr().to_string(),
+        auth: Auth::Basic {
+            username: env.info.registry_agent.username.clone(),
+            password: SecretSource::File(secret_file(dir.path(), &env.info.registry_agent.password)),
+        },
+        ca_file: Some(env.info.ca_cert.clone()),
+        max_concurrency: 2,
+        max_attempts: 1,
+    })
+    .unwrap();
+    let image = ImageRef::parse(&format!("{}/{repo}:1.0.0", proxy.addr())).unwrap();
+    reg.resolve(&image).await.unwrap();
+    proxy.set(Fault::Delay(Duration::from_millis(300)));
+    proxy.reset_seen();
+    let all = futures::future::join_all((0..6).map(|_| reg.resolve(&image))).await;
+    assert!(all.iter().all(|r| r.as_ref().is_ok_and(|d| *d == digest)), "{all:?}");
+    assert_eq!(proxy.seen().len(), 6);
+    assert_eq!(proxy.max_in_flight(), 2, "never more than the limit, and the limit was used");
+}
+
+#[tokio::test]
+async fn an_image_named_by_an_alias_resolves_through_the_configured_host() {
+    let env = TestEnv::get();
+    let repo = env.registry_repo("alias");
+    let Proxied { digest, proxy, _dir, .. } = proxied(env, &repo).await;
+    let dir = tempfile::tempdir().unwrap();
+    secret_file(dir.path(), &env.info.registry_agent.password);
+    let config: shared::config::Registry = serde_saphyr::from_str(&format!(
+        "host: {}\naliases: [harbor.example.com]\ncaFile: {}\nauth:\n  username: {:?}\n  passwordFile: robot-secret\n",
+        proxy.addr(),
+        env.info.ca_cert.display(),
+        env.info.registry_agent.username
+    ))
+    .unwrap();
+    let registries = agent::source::registry::Registries::from_config(&[config], dir.path()).unwrap();
+    proxy.reset_seen();
+    let image = ImageRef::parse(&format!("harbor.example.com/{repo}:1.0.0")).unwrap();
+    assert_eq!(registries.for_image(&image).unwrap().resolve(&image).await.unwrap(), digest);
+    assert!(proxy.count(|s| s.method == "HEAD" && s.target == format!("/v2/{repo}/manifests/1.0.0")) >= 1);
+
+    let elsewhere = ImageRef::parse(&format!("other.example/{repo}:1.0.0")).unwrap();
+    let err = registries.for_image(&elsewhere).err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "other.example/{repo}:1.0.0: no registry \"other.example\" is configured (add it, or an alias of it, under registries[])"
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_listing_of_more_than_one_page_of_tags_is_complete() {
+    let env = TestEnv::get();
+    let repo = env.registry_repo("pages");
+    let Proxied { proxy, reg, _dir, .. } = proxied(env, &repo).await;
+    // 1.0.0 plus 204 more: more than the 200 tags the agent asks for per page.
+    let more: Vec<String> = (1..=204).map(|i| format!("1.0.{i}")).collect();
+    env.tag_image(&repo, "1.0.0", &more).await.unwrap();
+    proxy.reset_seen();
+    let tags = reg.list_tags(&repo).await.unwrap();
+    assert_eq!(tags.len(), 205);
+    assert!(tags.contains(&"1.0.204".to_owned()) && tags.contains(&"1.0.0".to_owned()));
+    // Distribution 2.8 ignores `n` and answers in one page without a `Link`; Harbor pages with
+    // `Link: <...>; rel="next"` (followed by `shared::registry::next_page`, tested with tables).
+    let lists: Vec<_> = proxy.seen().into_iter().filter(|s| s.target.contains("/tags/list")).collect();
+    assert!(lists.iter().all(|s| s.target.contains("n=200")), "{lists:?}");
+    let policy = TagPolicy::parse("semver: '^1'").unwrap();
+    assert_eq!(policy.select(tags.iter().map(String::as_str)).chosen.as_deref(), Some("1.0.204"));
 }
