@@ -1,11 +1,14 @@
 //! Command-line interface. Only commands that work are listed; each writes to an `impl Write`
 //! so tests can read its output, and offers `--output json` where a machine may read it.
 
+mod fetch;
 mod policy;
 mod validate;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -24,6 +27,15 @@ pub struct Cli {
 enum Cmd {
     /// Checks a config file; lists every problem with its field and line; exits 1 if any.
     Validate {
+        /// The agent's YAML config file.
+        #[arg(long, short, env = "GITOPS_AGENT_CONFIG")]
+        config: PathBuf,
+        #[arg(long, short, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
+    /// Polls the git source once (into the cache under stateDir) and shows the commit, how the
+    /// branch moved, and the bundles found under git.path.
+    Fetch {
         /// The agent's YAML config file.
         #[arg(long, short, env = "GITOPS_AGENT_CONFIG")]
         config: PathBuf,
@@ -74,6 +86,7 @@ pub enum Output {
 pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Validate { config, output } => validate::run(&config, output, &|k| std::env::var(k).ok(), out),
+        Cmd::Fetch { config, output } => fetch::run(&config, output, out),
         Cmd::Policy { cmd: PolicyCmd::Test { policy, tags, image: None, output, .. } } => {
             policy::test(&policy, &tags, output, out)
         }
@@ -92,6 +105,18 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Reads a config file and refuses an invalid one, listing every problem; returns it with the
+/// folder that relative paths in it are relative to.
+fn load_config(path: &Path) -> anyhow::Result<(shared::config::Loaded, PathBuf)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let loaded = shared::config::load(&text, &|k| std::env::var(k).ok()).map_err(|problems| {
+        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("{}: invalid config:\n  {}", path.display(), list.join("\n  "))
+    })?;
+    let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
+    Ok((loaded, base))
 }
 
 fn version_line() -> &'static str {

@@ -33,14 +33,8 @@ pub fn test_image(
     let policy = TagPolicy::parse(spec)?;
     let image = ImageRef::parse(image)?;
     let config_path = config.context("IMAGE needs --config (the registry's address, CA and credentials)")?;
-    let text =
-        std::fs::read_to_string(config_path).with_context(|| format!("{}: cannot read", config_path.display()))?;
-    let loaded = shared::config::load(&text, &|k| std::env::var(k).ok()).map_err(|problems| {
-        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!("{}: invalid config:\n  {}", config_path.display(), list.join("\n  "))
-    })?;
-    let base = config_path.parent().unwrap_or(Path::new("."));
-    let registries = Registries::from_config(&loaded.config.registries, base)?;
+    let (loaded, base) = super::load_config(config_path)?;
+    let registries = Registries::from_config(&loaded.config.registries, &base)?;
     let reg = registries.for_image(&image).with_context(|| config_path.display().to_string())?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {

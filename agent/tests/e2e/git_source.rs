@@ -438,3 +438,62 @@ async fn an_unreachable_git_host_is_a_transient_error_naming_the_url() {
     assert!(err.is_transient(), "{err}");
     assert!(err.to_string().starts_with(&format!("{url}: ")), "{err}");
 }
+
+/// `agent fetch` with a config pointing at the test's repository.
+fn agent_fetch(config: &Path, json: bool) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent"));
+    cmd.args(["fetch", "--config"]).arg(config);
+    if json {
+        cmd.args(["--output", "json"]);
+    }
+    cmd.output().unwrap()
+}
+
+#[tokio::test]
+async fn agent_fetch_shows_the_commit_how_the_branch_moved_and_the_bundles() {
+    let env = TestEnv::get();
+    let f = fixture(env, "git-cli");
+    f.work
+        .write("stores/kiosk/fleet.yaml", "defaultNamespace: kiosk\n")
+        .write("stores/kiosk/Chart.yaml", "name: kiosk\n")
+        .write("stores/kiosk/templates/cm.yaml", "kind: ConfigMap\n")
+        .write("stores/extra/cm.yaml", "kind: ConfigMap\n");
+    let head = f.work.commit("kiosk bundle");
+    f.work.push(env, &f.repo, "main");
+    let config = f.state.path().join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "identity:\n  nodeName: store-node-1\ngit:\n  url: {}\n  path: stores\n  caFile: {}\n  auth:\n    username: {}\n    \
+             passwordFile: git-token\nstateDir: state\n",
+            f.repo.url,
+            env.info.ca_cert.display(),
+            env.info.git_agent.username
+        ),
+    )
+    .unwrap();
+
+    let out = agent_fetch(&config, false);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("commit   {} ", &head[..12])) && stdout.contains("\"kiosk bundle\""), "{stdout}");
+    assert!(stdout.contains("change   first fetch into this cache"), "{stdout}");
+    assert!(stdout.contains("bundles  2 under stores"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.trim_start().starts_with("kiosk ") && l.ends_with(" fleet")), "{stdout}");
+    assert!(stdout.lines().any(|l| l.trim_start().starts_with("extra ") && l.ends_with(" raw")), "{stdout}");
+    assert!(f.state.path().join("state/git").is_dir(), "the cache lives under stateDir");
+
+    let out = agent_fetch(&config, true);
+    assert!(out.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["change"], "unchanged");
+    assert_eq!(doc["commit"]["id"], head.as_str());
+    assert_eq!(doc["bundles"], serde_json::json!([{"dir": "extra", "kind": "raw"}, {"dir": "kiosk", "kind": "fleet"}]));
+
+    std::fs::write(&f.secret, CANARY).unwrap();
+    let out = agent_fetch(&config, false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("{}: authentication failed for", f.repo.url)), "{stderr}");
+    assert!(!stderr.contains(CANARY) && !String::from_utf8_lossy(&out.stdout).contains(CANARY));
+}
