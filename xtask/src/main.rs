@@ -135,7 +135,8 @@ async fn test(extra: &[String]) -> Result<ExitCode> {
 }
 
 /// Until the daemon lands (`agent run`), the demo brings up the environment, seeds Stack B,
-/// validates an agent config pointed at it, and says how to look around.
+/// validates an agent config pointed at it, fetches the repository as the agent would, and says
+/// how to look around.
 async fn demo() -> Result<()> {
     let info = testenv::up(&testenv::UpOptions::default()).await?;
     seed::seed(&info)?;
@@ -173,6 +174,14 @@ async fn demo() -> Result<()> {
         .status()?;
     if !status.success() {
         bail!("agent validate rejected the demo config {}", config.display());
+    }
+    // What the agent sees in the Stack B repository: commit and bundles, over HTTPS with auth.
+    let status = paths::cargo()
+        .args(["run", "--quiet", "--package", "agent", "--", "fetch", "--config"])
+        .arg(&config)
+        .status()?;
+    if !status.success() {
+        bail!("agent fetch failed with the demo config {}", config.display());
     }
     println!();
     println!("The test environment is up and seeded with the Stack B repository and images.");
