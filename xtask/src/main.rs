@@ -168,20 +168,14 @@ async fn demo() -> Result<()> {
             state = dir.join("state").display(),
         ),
     )?;
-    let status = paths::cargo()
-        .args(["run", "--quiet", "--package", "agent", "--", "validate", "--config"])
-        .arg(&config)
-        .status()?;
-    if !status.success() {
-        bail!("agent validate rejected the demo config {}", config.display());
-    }
-    // What the agent sees in the Stack B repository: commit and bundles, over HTTPS with auth.
-    let status = paths::cargo()
-        .args(["run", "--quiet", "--package", "agent", "--", "fetch", "--config"])
-        .arg(&config)
-        .status()?;
-    if !status.success() {
-        bail!("agent fetch failed with the demo config {}", config.display());
+    for command in ["validate", "fetch"] {
+        let status = paths::cargo()
+            .args(["run", "--quiet", "--package", "agent", "--", command, "--config"])
+            .arg(&config)
+            .status()?;
+        if !status.success() {
+            bail!("agent {command} failed with the demo config {}", config.display());
+        }
     }
     println!();
     println!("The test environment is up and seeded with the Stack B repository and images.");

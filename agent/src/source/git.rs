@@ -23,8 +23,8 @@ use gix::bstr::ByteSlice;
 use gix::remote::Direction;
 use shared::tree::{self, TreeError};
 
-use super::RequestCounts;
 use super::secret::{Secret, SecretError, SecretSource};
+use super::{RequestCounts, error_chain};
 
 /// The tracking ref in the cache: one per followed branch.
 fn tracking_ref(branch: &str) -> String {
@@ -528,29 +528,10 @@ fn isolated() -> gix::open::Options {
 }
 
 fn tls_config(opts: &GitOptions) -> Result<rustls::ClientConfig, GitError> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut roots = rustls::RootCertStore::empty();
-    match &opts.ca_file {
-        Some(ca) => {
-            let bad = |reason: String| GitError::Ca { file: ca.display().to_string(), reason };
-            use rustls::pki_types::CertificateDer;
-            use rustls::pki_types::pem::PemObject;
-            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad(e.to_string()))? {
-                roots.add(cert.map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
-            }
-            if roots.is_empty() {
-                return Err(bad("no certificate in it".into()));
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| GitError::Ca { file: "(TLS setup)".into(), reason: e.to_string() })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(config)
+    super::tls_client_config(opts.ca_file.as_deref()).map_err(|reason| GitError::Ca {
+        file: opts.ca_file.as_deref().map_or_else(|| "(web PKI roots)".into(), |f| f.display().to_string()),
+        reason,
+    })
 }
 
 fn commit_info(repo: &gix::Repository, id: gix::ObjectId) -> Result<Commit, GitError> {
@@ -619,19 +600,4 @@ fn walk(
 
 fn read_err(commit: &str, e: &dyn std::error::Error) -> GitError {
     GitError::Read { commit: commit.to_owned(), reason: error_chain(e) }
-}
-
-/// The error and its causes in one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let next = c.to_string();
-        if !s.contains(&next) {
-            s.push_str(": ");
-            s.push_str(&next);
-        }
-        cur = c.source();
-    }
-    s
 }

@@ -22,9 +22,9 @@ use hyper_util::rt::TokioExecutor;
 use shared::image::ImageRef;
 use shared::registry::{Challenge, is_transient_status, retry_after, retry_delay, token_reuse_window};
 
-use super::RequestCounts;
 use super::secret::Secret;
 pub use super::secret::SecretSource;
+use super::{RequestCounts, error_chain};
 
 /// Media types accepted when resolving a tag: OCI index and manifest, Docker list and v2.
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
@@ -168,24 +168,11 @@ struct Reply {
 
 impl Registry {
     pub fn new(opts: RegistryOptions) -> Result<Registry, RegistryError> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut roots = rustls::RootCertStore::empty();
-        match &opts.ca_file {
-            Some(ca) => {
-                let bad = |reason: String| RegistryError::Credentials {
-                    host: opts.host.clone(),
-                    what: format!("CA file {}", ca.display()),
-                    reason,
-                };
-                use rustls::pki_types::CertificateDer;
-                use rustls::pki_types::pem::PemObject;
-                for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad(e.to_string()))? {
-                    roots.add(cert.map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
-                }
-            }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        }
-        let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        let tls = super::tls_client_config(opts.ca_file.as_deref()).map_err(|reason| RegistryError::Credentials {
+            host: opts.host.clone(),
+            what: format!("CA file {}", opts.ca_file.as_deref().unwrap_or(Path::new("")).display()),
+            reason,
+        })?;
         let connector =
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
         Ok(Registry {
@@ -450,16 +437,4 @@ impl Registry {
         self.counters.record(kind, outcome);
         result
     }
-}
-
-/// The error and its causes in one line (TLS failures hide their reason in the chain).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
