@@ -497,3 +497,39 @@ async fn agent_fetch_shows_the_commit_how_the_branch_moved_and_the_bundles() {
     assert!(stderr.contains(&format!("{}: authentication failed for", f.repo.url)), "{stderr}");
     assert!(!stderr.contains(CANARY) && !String::from_utf8_lossy(&out.stdout).contains(CANARY));
 }
+
+/// Why the git source hands gix's HTTP client a TLS config instead of setting `http.sslCAInfo`:
+/// with the reqwest backend, gix ignores that setting. Should a gix upgrade start honouring it,
+/// this test fails (the fetch then gets past TLS to the 401) and the workaround can be revisited.
+#[tokio::test]
+async fn gix_with_reqwest_ignores_http_ssl_ca_info() {
+    let env = TestEnv::get();
+    let f = fixture(env, "git-sslcainfo");
+    let dir = f.state.path().join("plain.git");
+    let ca = env.info.ca_cert.display().to_string();
+    let url = format!("{}/git/{}.git", env.url(Upstream::Git), f.repo.name);
+    let err = blocking(move || -> Result<(), String> {
+        let open = gix::open::Options::isolated().config_overrides([format!("http.sslCAInfo={ca}")]);
+        let repo = gix::ThreadSafeRepository::init_opts(&dir, gix::create::Kind::Bare, Default::default(), open)
+            .map_err(|e| e.to_string())?
+            .to_thread_local();
+        assert_eq!(
+            repo.config_snapshot().string("http.sslCAInfo").map(|v| v.to_string()),
+            Some(ca),
+            "override applied"
+        );
+        let remote = repo
+            .remote_at(url.as_str())
+            .map_err(|e| e.to_string())?
+            .with_refspecs(Some("+refs/heads/main:refs/remotes/origin/main"), gix::remote::Direction::Fetch)
+            .map_err(|e| e.to_string())?;
+        let conn = remote.connect(gix::remote::Direction::Fetch).map_err(|e| e.to_string())?;
+        conn.with_credentials(|_| Ok(None))
+            .prepare_fetch(gix::progress::Discard, Default::default())
+            .map_err(|e| format!("{e:?}"))?;
+        Ok(())
+    })
+    .await
+    .unwrap_err();
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+}
