@@ -11,5 +11,6 @@ pub mod image;
 pub mod policy;
 pub mod redact;
 pub mod registry;
+pub mod render;
 pub mod tree;
 pub mod yaml_lines;
