@@ -32,6 +32,47 @@ pub struct FleetYaml {
     pub target_customizations: Vec<Target>,
     #[serde(default)]
     pub depends_on: Vec<DependsOn>,
+    /// Our own rollout policy, beside Fleet's keys (Fleet ignores a key it does not know, so one
+    /// `fleet.yaml` serves both during a migration). Checked strictly: a typo in a safety policy
+    /// must not silently switch it off.
+    #[serde(skip)]
+    pub gitops_agent: BundlePolicy,
+}
+
+/// The `gitopsAgent:` section of `fleet.yaml` (docs/bundles.md). Every field is optional; the
+/// node config's `rollout` section gives the defaults.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BundlePolicy {
+    /// Write every image as `repo:tag@sha256:...` (default true). Off, images keep their tag and
+    /// are still checked to exist.
+    #[serde(default)]
+    pub pin_digests: Option<bool>,
+    /// Tag policies per image repository; the chosen tag replaces the rendered one (Git is never
+    /// written).
+    #[serde(default)]
+    pub images: Vec<ImagePolicy>,
+    #[serde(default)]
+    pub progress_deadline: Option<String>,
+    #[serde(default)]
+    pub verify_window: Option<String>,
+    #[serde(default)]
+    pub drain_window: Option<String>,
+}
+
+/// One image's tag policy.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImagePolicy {
+    /// `host/path` as the chart writes it (a configured alias of the host matches too).
+    pub repository: String,
+    pub policy: crate::policy::PolicySpec,
+}
+
+impl BundlePolicy {
+    pub fn pin_digests(&self) -> bool {
+        self.pin_digests.unwrap_or(true)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -120,7 +161,7 @@ impl LabelSelector {
 /// Keys we read, per YAML path pattern (`[]` stands for any list index). Anything else is named
 /// in a warning: Fleet knows more keys than we implement, and silence would hide that.
 const KNOWN: &[(&str, &[&str])] = &[
-    ("", &["defaultNamespace", "namespace", "helm", "kustomize", "targetCustomizations", "dependsOn"]),
+    ("", &["defaultNamespace", "namespace", "helm", "kustomize", "targetCustomizations", "dependsOn", "gitopsAgent"]),
     ("helm", &["chart", "releaseName", "values", "valuesFiles"]),
     ("kustomize", &["dir"]),
     ("targetCustomizations[]", &["name", "clusterSelector", "helm", "kustomize"]),
@@ -143,14 +184,87 @@ pub fn parse(text: &str) -> Result<(FleetYaml, Vec<Warning>), Problem> {
         Problem { path: "(document)".into(), line: e.location().map(|l| l.line() as usize), message: first }
     })?;
     let raw = if raw.is_null() { Value::Object(Map::new()) } else { raw };
+    let mut raw = if raw.is_object() {
+        raw
+    } else {
+        return Err(Problem { path: "(document)".into(), line: Some(1), message: "expected a mapping".into() });
+    };
     let mut warnings = Vec::new();
     walk_unknown(&raw, "", "", &lines, &mut warnings);
-    let parsed: FleetYaml = serde_json::from_value(raw).map_err(|e| Problem {
+    let policy = raw.as_object_mut().and_then(|o| o.remove(POLICY_KEY));
+    let mut parsed: FleetYaml = serde_json::from_value(raw).map_err(|e| Problem {
         path: "(document)".into(),
         line: None,
         message: format!("unexpected structure: {e}"),
     })?;
+    if let Some(policy) = policy {
+        parsed.gitops_agent = parse_policy(policy, &lines)?;
+    }
+    let mut templated = Vec::new();
+    if let Some(v) = parsed.helm.as_ref().and_then(|h| h.values.as_ref()) {
+        find_templating(v, "helm.values", &mut templated);
+    }
+    for (i, t) in parsed.target_customizations.iter().enumerate() {
+        if let Some(v) = t.helm.as_ref().and_then(|h| h.values.as_ref()) {
+            find_templating(v, &format!("targetCustomizations[{i}].helm.values"), &mut templated);
+        }
+    }
+    for path in templated {
+        warnings.push(Problem {
+            line: lines.line(&path),
+            path,
+            message: "Fleet's `${ ... }` values templating is not evaluated by gitops-agent; the text is passed as is"
+                .into(),
+        });
+    }
     Ok((parsed, warnings))
+}
+
+/// The key of our own section in `fleet.yaml`.
+pub const POLICY_KEY: &str = "gitopsAgent";
+
+fn parse_policy(raw: Value, lines: &LineIndex) -> Result<BundlePolicy, Problem> {
+    let at = |path: String, message: String| Problem { line: lines.line(&path), path, message };
+    if raw.is_null() {
+        return Ok(BundlePolicy::default());
+    }
+    let policy: BundlePolicy = serde_json::from_value(raw.clone()).map_err(|e| at(POLICY_KEY.into(), e.to_string()))?;
+    for (i, image) in policy.images.iter().enumerate() {
+        let path = format!("{POLICY_KEY}.images[{i}]");
+        crate::image::ImageRef::parse(&image.repository)
+            .ok()
+            .filter(|r| r.tag.is_none() && r.digest.is_none())
+            .ok_or_else(|| {
+                at(
+                    format!("{path}.repository"),
+                    format!("{:?} is not an image repository (host/path, no tag or digest)", image.repository),
+                )
+            })?;
+        crate::policy::TagPolicy::new(&image.policy).map_err(|e| at(format!("{path}.policy"), e.to_string()))?;
+    }
+    for (field, value) in [
+        ("progressDeadline", &policy.progress_deadline),
+        ("verifyWindow", &policy.verify_window),
+        ("drainWindow", &policy.drain_window),
+    ] {
+        if let Some(v) = value {
+            humantime::parse_duration(v)
+                .map_err(|e| at(format!("{POLICY_KEY}.{field}"), format!("{v:?} is not a duration: {e}")))?;
+        }
+    }
+    Ok(policy)
+}
+
+/// Paths of string values that use Fleet's `${ .ClusterLabels.x }` templating.
+fn find_templating(v: &Value, path: &str, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) if s.contains("${") => out.push(path.to_owned()),
+        Value::Object(map) => map.iter().for_each(|(k, c)| find_templating(c, &format!("{path}.{k}"), out)),
+        Value::Array(items) => {
+            items.iter().enumerate().for_each(|(i, c)| find_templating(c, &format!("{path}[{i}]"), out))
+        }
+        _ => {}
+    }
 }
 
 fn walk_unknown(v: &Value, path: &str, pattern: &str, lines: &LineIndex, out: &mut Vec<Warning>) {
@@ -359,6 +473,49 @@ targetCustomizations:
                 r#"targetCustomizations[0].clusterGroup: line 7: "clusterGroup" is not supported by gitops-agent and is ignored"#,
             ]
         );
+    }
+
+    #[test]
+    fn the_gitops_agent_section_is_parsed_and_checked_strictly() {
+        let text = "helm:\n  chart: ./\ngitopsAgent:\n  pinDigests: false\n  drainWindow: 45s\n  images:\n  \
+                    - repository: harbor.example/library/app\n    policy: {semver: \">=1.0.0 <2.0.0\"}\n";
+        let (f, w) = parse(text).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert!(!f.gitops_agent.pin_digests());
+        assert_eq!(f.gitops_agent.drain_window.as_deref(), Some("45s"));
+        assert_eq!(f.gitops_agent.images[0].repository, "harbor.example/library/app");
+        assert!(FleetYaml::default().gitops_agent.pin_digests(), "pinning is on by default");
+
+        // (text, path named, words in the message)
+        let bad: &[(&str, &str, &str)] = &[
+            ("gitopsAgent:\n  pinDigest: false\n", "gitopsAgent", "unknown field `pinDigest`"),
+            ("gitopsAgent:\n  drainWindow: soon\n", "gitopsAgent.drainWindow", "\"soon\" is not a duration"),
+            (
+                "gitopsAgent:\n  images:\n  - repository: h.example/app:1.0\n    policy: {semver: '1'}\n",
+                "gitopsAgent.images[0].repository",
+                "not an image repository",
+            ),
+            (
+                "gitopsAgent:\n  images:\n  - repository: h.example/app\n    policy: {semver: '>=banana'}\n",
+                "gitopsAgent.images[0].policy",
+                "semver range",
+            ),
+        ];
+        for (text, path, words) in bad {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.path, *path, "{text}");
+            assert!(e.message.contains(words), "{text}: {e}");
+            assert!(e.line.is_some(), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn fleet_values_templating_is_a_warning_not_silence() {
+        let text = "helm:\n  values:\n    store: ${ .ClusterLabels.store }\n";
+        let (_, w) = parse(text).unwrap();
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].path, "helm.values.store");
+        assert_eq!(w[0].line, Some(3));
     }
 
     #[test]

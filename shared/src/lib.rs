@@ -6,8 +6,10 @@
 
 pub mod bundle;
 pub mod config;
+pub mod desired;
 pub mod fleet;
 pub mod image;
+pub mod plan;
 pub mod policy;
 pub mod redact;
 pub mod registry;
