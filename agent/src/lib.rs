@@ -1,5 +1,8 @@
-//! gitops-agent: adapters (sources, later cluster and server) and the command line.
+//! gitops-agent: adapters (sources, renderers, cluster; later the server) and the command line.
 //! Decisions live in `shared`; this crate does the I/O around them.
 
 pub mod cli;
+pub mod cluster;
+pub mod desired;
+pub mod render;
 pub mod source;

@@ -28,6 +28,8 @@ pub struct AgentConfig {
     pub server: Server,
     #[serde(default)]
     pub rollout: RolloutDefaults,
+    #[serde(default)]
+    pub render: Render,
     /// Local state (last-known-good records, caches).
     #[serde(default = "defaults::state_dir")]
     pub state_dir: String,
@@ -43,6 +45,31 @@ pub struct Identity {
     /// Also take labels from the Kubernetes Node object named `nodeName` (config labels win).
     #[serde(default)]
     pub labels_from_node: bool,
+    /// The identity written in the owner label of every object this agent applies. Agents with
+    /// the same id share ownership (replicas of one agent); give each node its own id when one
+    /// agent runs per node of a multi-node cluster.
+    #[serde(default = "defaults::agent_id")]
+    pub agent_id: String,
+}
+
+/// The external renderers, as Argo CD and Fleet run them.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Render {
+    /// `helm` binary (a name looked up in PATH, or a path).
+    #[serde(default = "defaults::helm")]
+    pub helm: String,
+    #[serde(default = "defaults::kustomize")]
+    pub kustomize: String,
+    /// A renderer running longer than this is stopped and the bundle reports it.
+    #[serde(default = "defaults::render_timeout")]
+    pub timeout: String,
+}
+
+impl Default for Render {
+    fn default() -> Self {
+        Render { helm: defaults::helm(), kustomize: defaults::kustomize(), timeout: defaults::render_timeout() }
+    }
 }
 
 /// The GitOps repository.
@@ -127,6 +154,18 @@ pub struct RolloutDefaults {
 }
 
 mod defaults {
+    pub fn agent_id() -> String {
+        "gitops-agent".into()
+    }
+    pub fn helm() -> String {
+        "helm".into()
+    }
+    pub fn kustomize() -> String {
+        "kustomize".into()
+    }
+    pub fn render_timeout() -> String {
+        "60s".into()
+    }
     pub fn state_dir() -> String {
         "/var/lib/gitops-agent".into()
     }
@@ -300,6 +339,10 @@ impl Loaded {
         if let Err(msg) = dns_subdomain(&c.identity.node_name) {
             v.check(!c.identity.node_name.is_empty(), "identity.nodeName", || msg.clone());
         }
+        if let Err(msg) = label_value(&c.identity.agent_id) {
+            v.push("identity.agentId", msg);
+        }
+        v.check(c.identity.agent_id.is_empty(), "identity.agentId", || "must not be empty".into());
         for (k, val) in &c.identity.labels {
             let path = format!("identity.labels.{k}");
             if let Err(msg) = label_key(k) {
@@ -357,12 +400,20 @@ impl Loaded {
         v.duration("rollout.progressDeadline", &c.rollout.progress_deadline, Some(Duration::from_secs(1)));
         v.duration("rollout.verifyWindow", &c.rollout.verify_window, None);
         v.duration("rollout.drainWindow", &c.rollout.drain_window, None);
+        v.check(c.render.helm.trim().is_empty(), "render.helm", || "must not be empty".into());
+        v.check(c.render.kustomize.trim().is_empty(), "render.kustomize", || "must not be empty".into());
+        v.duration("render.timeout", &c.render.timeout, Some(Duration::from_secs(1)));
         v.check(c.state_dir.trim().is_empty(), "stateDir", || "must not be empty".into());
         v.problems
     }
 }
 
 impl AgentConfig {
+    /// The renderer timeout; only valid on a validated config.
+    pub fn render_timeout(&self) -> Duration {
+        humantime::parse_duration(&self.render.timeout).expect("validated by config::load")
+    }
+
     /// The poll interval; only valid on a validated config.
     pub fn poll_interval(&self) -> Duration {
         humantime::parse_duration(&self.git.poll_interval).expect("validated by config::load")
@@ -609,7 +660,9 @@ registries:
         let p = problems("identity:\n  nodeName: n\n  lables: {a: b}\ngit:\n  url: https://x.example\n");
         assert_eq!(
             p,
-            vec!["identity.lables: line 3: unknown field `lables`, expected one of nodeName, labels, labelsFromNode"]
+            vec![
+                "identity.lables: line 3: unknown field `lables`, expected one of nodeName, labels, labelsFromNode, agentId"
+            ]
         );
     }
 

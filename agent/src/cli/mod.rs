@@ -1,8 +1,11 @@
 //! Command-line interface. Only commands that work are listed; each writes to an `impl Write`
 //! so tests can read its output, and offers `--output json` where a machine may read it.
 
+pub mod diff;
 mod fetch;
 mod policy;
+mod render;
+mod session;
 mod validate;
 
 use std::io::Write;
@@ -37,6 +40,36 @@ enum Cmd {
     /// branch moved, and the bundles found under git.path.
     Fetch {
         /// The agent's YAML config file.
+        #[arg(long, short, env = "GITOPS_AGENT_CONFIG")]
+        config: PathBuf,
+        #[arg(long, short, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
+    /// Prints the objects a bundle renders to for a node identity, images resolved and pinned as
+    /// the agent would apply them (YAML, or JSON with --output json).
+    Render {
+        /// The bundle's folder under git.path, as `agent fetch` lists it.
+        bundle: String,
+        #[arg(long, short, env = "GITOPS_AGENT_CONFIG")]
+        config: PathBuf,
+        /// Node labels to render for, e.g. store=store1,env=qa (default: this node's identity).
+        #[arg(long)]
+        labels: Option<String>,
+        /// Render offline for this Kubernetes version instead of asking the cluster (Helm's
+        /// .Capabilities then lists only built-in API versions).
+        #[arg(long)]
+        kube_version: Option<String>,
+        /// Leave images as rendered: no tag policies, no digest pins, no registry requests.
+        #[arg(long)]
+        no_resolve: bool,
+        #[arg(long, short, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
+    /// Shows what applying would change, object by object (the API server's dry-run against the
+    /// live objects). Exit 0 in sync, 1 differences, 2 error, 3 a bundle could not be planned.
+    Diff {
+        /// One bundle (default: every bundle under git.path).
+        bundle: Option<String>,
         #[arg(long, short, env = "GITOPS_AGENT_CONFIG")]
         config: PathBuf,
         #[arg(long, short, value_enum, default_value_t = Output::Human)]
@@ -87,6 +120,22 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Validate { config, output } => validate::run(&config, output, &|k| std::env::var(k).ok(), out),
         Cmd::Fetch { config, output } => fetch::run(&config, output, out),
+        Cmd::Render { bundle, config, labels, kube_version, no_resolve, output } => render::run(
+            render::Args {
+                config: &config,
+                bundle: &bundle,
+                labels: labels.as_deref(),
+                kube_version: kube_version.as_deref(),
+                no_resolve,
+                output,
+            },
+            out,
+        ),
+        Cmd::Diff { bundle, config, output } => {
+            use std::io::IsTerminal;
+            let color = diff::use_color(std::io::stdout().is_terminal(), std::env::var("NO_COLOR").ok().as_deref());
+            diff::run(diff::Args { config: &config, bundle: bundle.as_deref(), output, color }, out)
+        }
         Cmd::Policy { cmd: PolicyCmd::Test { policy, tags, image: None, output, .. } } => {
             policy::test(&policy, &tags, output, out)
         }

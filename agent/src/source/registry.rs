@@ -146,6 +146,15 @@ impl Registries {
             .map(|i| &self.registries[i])
             .ok_or_else(|| RegistryError::NoRegistry { image: image.to_string(), host: image.registry.clone() })
     }
+
+    /// Whether two hosts name the same configured registry (one may be an alias of the other).
+    pub fn same_registry(&self, a: &str, b: &str) -> bool {
+        a.eq_ignore_ascii_case(b)
+            || matches!(
+                (shared::registry::find_registry(a, &self.config), shared::registry::find_registry(b, &self.config)),
+                (Some(x), Some(y)) if x == y
+            )
+    }
 }
 
 /// One registry request, as the retry and auth layers see it.

@@ -1,0 +1,81 @@
+//! `agent render BUNDLE`: the objects the agent would apply for a node identity, as YAML (with
+//! `# Source:` and warnings as comments) or JSON.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::Output;
+use super::session::{ClusterUse, Session, parse_labels};
+use crate::desired::Build;
+
+pub struct Args<'a> {
+    pub config: &'a Path,
+    pub bundle: &'a str,
+    pub labels: Option<&'a str>,
+    pub kube_version: Option<&'a str>,
+    pub no_resolve: bool,
+    pub output: Output,
+}
+
+pub fn run(args: Args<'_>, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async {
+        let labels = args.labels.map(parse_labels).transpose()?;
+        let cluster = match args.kube_version {
+            Some(v) => ClusterUse::Offline(v),
+            None => ClusterUse::Required,
+        };
+        let session = Session::open(args.config, cluster, labels).await?;
+        let bundle = session.bundle(args.bundle).await?;
+        let namespaced = session.namespaced();
+        let build = Build {
+            checkout: &session.checkout,
+            node: &session.node,
+            renderers: &session.renderers,
+            caps: &session.caps,
+            namespaced: &namespaced,
+            registries: if args.no_resolve { None } else { Some(&session.registries) },
+        };
+        let desired = build.bundle(&bundle).await?;
+        match args.output {
+            Output::Json => {
+                let doc = serde_json::json!({
+                    "bundle": desired.name,
+                    "commit": session.poll.commit.id,
+                    "labels": session.node.labels,
+                    "target": desired.spec.target,
+                    "render": desired.spec.render,
+                    "warnings": desired.warnings,
+                    "images": desired.images,
+                    "objects": desired.manifests.iter().map(|m| serde_json::json!({"source": m.source, "object": m.object})).collect::<Vec<_>>(),
+                });
+                writeln!(out, "{doc}")?;
+            }
+            Output::Human => {
+                let labels: Vec<String> = session.node.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                writeln!(out, "# bundle {} at {} for labels {{{}}}", desired.name, session.poll.commit.id, labels.join(","))?;
+                writeln!(out, "# target {}", desired.spec.target.as_deref().unwrap_or("(none matches)"))?;
+                for w in &desired.warnings {
+                    writeln!(out, "# warning: {w}")?;
+                }
+                for m in &desired.manifests {
+                    writeln!(out, "---\n# Source: {}", m.source)?;
+                    let yaml = serde_saphyr::to_string_with_options(&m.object, yaml_options())?;
+                    write!(out, "{yaml}")?;
+                    if !yaml.ends_with('\n') {
+                        writeln!(out)?;
+                    }
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Long single-line strings (pinned image references) stay on one line, as kubectl prints them.
+fn yaml_options() -> serde_saphyr::SerializerOptions {
+    let mut o = serde_saphyr::SerializerOptions::default();
+    o.folded_wrap_chars = 4096;
+    o
+}

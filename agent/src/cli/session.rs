@@ -1,0 +1,119 @@
+//! What `render` and `diff` share: the config, one git poll, the cluster (when wanted), the
+//! registries and the node identity, set up the way the agent itself does.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use shared::bundle::Bundle;
+
+use crate::cluster::Cluster;
+use crate::desired::{Checkout, Node};
+use crate::render::{Capabilities, Renderers};
+use crate::source::git::{GitOptions, GitSource, Poll};
+use crate::source::registry::Registries;
+
+pub struct Session {
+    pub config: shared::config::AgentConfig,
+    pub checkout: Checkout,
+    pub poll: Poll,
+    pub shown_url: String,
+    pub cluster: Option<Cluster>,
+    pub caps: Capabilities,
+    pub renderers: Renderers,
+    pub registries: Registries,
+    pub node: Node,
+}
+
+/// How the session reaches the cluster.
+pub enum ClusterUse<'a> {
+    /// Required (diff).
+    Required,
+    /// Not contacted: Helm gets this `--kube-version` (render offline).
+    Offline(&'a str),
+}
+
+impl Session {
+    /// `labels` replaces the configured node labels (rendering for another node).
+    pub async fn open(
+        config_path: &Path,
+        cluster: ClusterUse<'_>,
+        labels: Option<BTreeMap<String, String>>,
+    ) -> anyhow::Result<Session> {
+        let (loaded, base) = super::load_config(config_path)?;
+        let config = loaded.config;
+        let git = Arc::new(GitSource::new(GitOptions::from_config(&config, &base))?);
+        let shown_url = git.shown_url();
+        let poller = git.clone();
+        let poll = tokio::task::spawn_blocking(move || poller.poll()).await??;
+        let root = config.git.path.trim_matches('/').to_owned();
+        let root = if root == "." { String::new() } else { root };
+        let checkout = Checkout { git, commit: poll.commit.id.clone(), root };
+        let (cluster, caps) = match cluster {
+            ClusterUse::Required => {
+                let c = Cluster::connect(&config.kube, &base).await?;
+                let caps = c.capabilities().clone();
+                (Some(c), caps)
+            }
+            ClusterUse::Offline(v) => {
+                (None, Capabilities { kube_version: Some(v.to_owned()), api_versions: Vec::new() })
+            }
+        };
+        let labels = match labels {
+            Some(l) => l,
+            None => {
+                let mut l = BTreeMap::new();
+                if config.identity.labels_from_node {
+                    let c = cluster.as_ref().context(
+                        "identity.labelsFromNode needs the cluster; pass --labels to render for a node offline",
+                    )?;
+                    l = c.node_labels(&config.identity.node_name).await?;
+                }
+                // Configured labels win over the Node's.
+                l.extend(config.identity.labels.clone());
+                l
+            }
+        };
+        let registries = Registries::from_config(&config.registries, &base)?;
+        let node = Node { agent_id: config.identity.agent_id.clone(), labels };
+        let renderers = Renderers::from_config(&config);
+        Ok(Session { config, checkout, poll, shown_url, cluster, caps, renderers, registries, node })
+    }
+
+    pub async fn bundles(&self) -> anyhow::Result<Vec<Bundle>> {
+        self.checkout.bundles().await
+    }
+
+    /// The named bundle, or an error listing the bundles there are.
+    pub async fn bundle(&self, name: &str) -> anyhow::Result<Bundle> {
+        let all = self.bundles().await?;
+        let wanted = name.trim_matches('/');
+        all.iter().find(|b| b.dir == wanted).cloned().with_context(|| {
+            let names: Vec<&str> = all.iter().map(|b| b.dir.as_str()).collect();
+            format!(
+                "no bundle {wanted:?} under {} at {} (bundles: {})",
+                self.config.git.path,
+                &self.poll.commit.id[..12.min(self.poll.commit.id.len())],
+                if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+            )
+        })
+    }
+
+    pub fn namespaced(&self) -> impl Fn(&str, &str) -> bool + Sync + '_ {
+        move |v: &str, k: &str| match &self.cluster {
+            Some(c) => c.is_namespaced(v, k),
+            None => !shared::desired::is_cluster_scoped_builtin(v, k),
+        }
+    }
+}
+
+/// `k=v,k2=v2` as given to `--labels`.
+pub fn parse_labels(raw: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').with_context(|| format!("--labels: {pair:?} is not key=value"))?;
+        out.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    Ok(out)
+}

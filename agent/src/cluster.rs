@@ -1,0 +1,242 @@
+//! The Kubernetes adapter: connection, discovery (scopes, and Helm's `--api-versions`), the
+//! server-side apply (dry-run for plans), reads of live objects, and the objects a bundle owns.
+//! It reports what the API server says; `shared::plan` decides what that means.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::GroupVersionKind;
+use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope};
+use kube::{Client, Config};
+use serde_json::Value;
+
+use shared::desired::{BUNDLE_LABEL, FIELD_MANAGER, OWNER_LABEL, bundle_label_value};
+use shared::plan::Observed;
+use shared::render::Manifest;
+
+use crate::render::Capabilities;
+
+/// Why a cluster operation failed, naming the object or the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("kubeconfig {path}: {reason}")]
+    Config { path: String, reason: String },
+    #[error("API server {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("{object}: the API server has no kind {api_version}/{kind} (is its CRD installed?)")]
+    UnknownKind { object: String, api_version: String, kind: String },
+    #[error("{object}: {reason}")]
+    Object { object: String, reason: String },
+}
+
+/// A connected cluster with its discovery.
+pub struct Cluster {
+    client: Client,
+    url: String,
+    /// Every served kind, by (apiVersion, kind).
+    kinds: BTreeMap<(String, String), (ApiResource, ApiCapabilities)>,
+    caps: Capabilities,
+}
+
+/// Kinds listed when looking for objects a bundle owns that left Git, beside the kinds it renders
+/// now. (A record of what was applied replaces this guess once apply keeps an inventory.)
+const COMMON_KINDS: &[(&str, &str)] = &[
+    ("v1", "ConfigMap"),
+    ("v1", "Secret"),
+    ("v1", "Service"),
+    ("v1", "ServiceAccount"),
+    ("v1", "PersistentVolumeClaim"),
+    ("apps/v1", "Deployment"),
+    ("apps/v1", "StatefulSet"),
+    ("apps/v1", "DaemonSet"),
+    ("batch/v1", "Job"),
+    ("batch/v1", "CronJob"),
+    ("networking.k8s.io/v1", "Ingress"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+];
+
+fn api_version_kind(object: &Value) -> (String, String) {
+    (
+        object["apiVersion"].as_str().unwrap_or_default().to_owned(),
+        object["kind"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+impl Cluster {
+    /// Connects with a kubeconfig (relative to `base`) and context, or in-cluster without one,
+    /// and runs discovery.
+    pub async fn connect(kube: &shared::config::Kube, base: &Path) -> Result<Cluster, ClusterError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = match &kube.kubeconfig {
+            Some(path) => {
+                let path = base.join(path);
+                let shown = path.display().to_string();
+                let kc = Kubeconfig::read_from(&path).map_err(|e| ClusterError::Config {
+                    path: shown.clone(),
+                    reason: crate::source::error_chain(&e),
+                })?;
+                let opts = KubeConfigOptions { context: kube.context.clone(), ..Default::default() };
+                Config::from_custom_kubeconfig(kc, &opts)
+                    .await
+                    .map_err(|e| ClusterError::Config { path: shown, reason: crate::source::error_chain(&e) })?
+            }
+            None => Config::incluster().map_err(|e| ClusterError::Config {
+                path: "(in-cluster service account)".into(),
+                reason: crate::source::error_chain(&e),
+            })?,
+        };
+        let url = shared::redact::url(&config.cluster_url.to_string());
+        let client = Client::try_from(config)
+            .map_err(|e| ClusterError::Unreachable { url: url.clone(), reason: crate::source::error_chain(&e) })?;
+        let unreachable =
+            |e: kube::Error| ClusterError::Unreachable { url: url.clone(), reason: crate::source::error_chain(&e) };
+        let version = client.apiserver_version().await.map_err(unreachable)?;
+        let discovery = match Discovery::new(client.clone()).run_aggregated().await {
+            Ok(d) => d,
+            Err(_) => Discovery::new(client.clone()).run().await.map_err(unreachable)?,
+        };
+        let mut kinds = BTreeMap::new();
+        let mut api_versions = BTreeSet::new();
+        for group in discovery.groups() {
+            for version in group.versions() {
+                for (ar, caps) in group.versioned_resources(version) {
+                    api_versions.insert(ar.api_version.clone());
+                    api_versions.insert(format!("{}/{}", ar.api_version, ar.kind));
+                    kinds.entry((ar.api_version.clone(), ar.kind.clone())).or_insert((ar, caps));
+                }
+            }
+        }
+        let caps =
+            Capabilities { kube_version: Some(version.git_version), api_versions: api_versions.into_iter().collect() };
+        Ok(Cluster { client, url, kinds, caps })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The API server's URL, without credentials.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// Whether the API server serves this kind namespaced; unknown kinds fall back to the
+    /// built-in list (the apply then reports the missing kind).
+    pub fn is_namespaced(&self, api_version: &str, kind: &str) -> bool {
+        match self.kinds.get(&(api_version.to_owned(), kind.to_owned())) {
+            Some((_, caps)) => caps.scope == Scope::Namespaced,
+            None => !shared::desired::is_cluster_scoped_builtin(api_version, kind),
+        }
+    }
+
+    fn api_for(&self, m: &Manifest) -> Result<Api<DynamicObject>, ClusterError> {
+        let (api_version, kind) = api_version_kind(&m.object);
+        let (ar, caps) = self.kinds.get(&(api_version.clone(), kind.clone())).ok_or_else(|| {
+            ClusterError::UnknownKind { object: m.id(), api_version: api_version.clone(), kind: kind.clone() }
+        })?;
+        Ok(match (&caps.scope, m.object["metadata"]["namespace"].as_str()) {
+            (Scope::Namespaced, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, ar),
+            _ => Api::all_with(self.client.clone(), ar),
+        })
+    }
+
+    /// The live object, if it exists.
+    pub async fn get(&self, m: &Manifest) -> Result<Option<Value>, ClusterError> {
+        let api = self.api_for(m)?;
+        let name = m.object["metadata"]["name"].as_str().unwrap_or_default();
+        let found = api.get_opt(name).await.map_err(|e| object_err(m, &e))?;
+        Ok(found.map(|o| serde_json::to_value(o).unwrap_or_default()))
+    }
+
+    /// Server-side apply of one object under the agent's field manager; with `dry_run` the API
+    /// server answers what the object would become and stores nothing.
+    pub async fn apply(&self, m: &Manifest, dry_run: bool, force: bool) -> Result<Value, ClusterError> {
+        let api = self.api_for(m)?;
+        let name = m.object["metadata"]["name"].as_str().unwrap_or_default();
+        let mut params = PatchParams::apply(FIELD_MANAGER);
+        if dry_run {
+            params = params.dry_run();
+        }
+        if force {
+            params = params.force();
+        }
+        let applied = api.patch(name, &params, &Patch::Apply(&m.object)).await.map_err(|e| object_err(m, &e))?;
+        Ok(serde_json::to_value(applied).unwrap_or_default())
+    }
+
+    /// What the plan needs to know about one desired object: the live object and what the
+    /// API server would make of ours. A conflict with another field manager is reported and the
+    /// dry-run repeated with force, so the plan still shows the full difference.
+    pub async fn observe(&self, m: &Manifest) -> Result<Observed, ClusterError> {
+        let live = self.get(m).await?;
+        let (applied, conflict) = match self.apply(m, true, false).await {
+            Ok(v) => (Some(v), None),
+            Err(ClusterError::Object { reason, .. }) if reason.contains("HTTP 409") => {
+                (Some(self.apply(m, true, true).await?), Some(format!("conflict: {reason}")))
+            }
+            // The namespace does not exist yet: a create the server cannot dry-run.
+            Err(ClusterError::Object { reason, .. }) if live.is_none() && reason.contains("HTTP 404") => (None, None),
+            Err(e) => return Err(e),
+        };
+        Ok(Observed { applied, live, conflict })
+    }
+
+    /// Live objects that carry this agent's owner label and the bundle's label, among the kinds
+    /// the bundle renders and the common kinds.
+    pub async fn owned(&self, owner: &str, bundle: &str, desired: &[Manifest]) -> Result<Vec<Value>, ClusterError> {
+        let selector = format!("{OWNER_LABEL}={owner},{BUNDLE_LABEL}={}", bundle_label_value(bundle));
+        let mut kinds: BTreeSet<(String, String)> = desired.iter().map(|m| api_version_kind(&m.object)).collect();
+        kinds.extend(COMMON_KINDS.iter().map(|(v, k)| ((*v).to_owned(), (*k).to_owned())));
+        let mut out = Vec::new();
+        for key in kinds {
+            let Some((ar, caps)) = self.kinds.get(&key) else { continue };
+            if !caps.operations.iter().any(|o| o == "list") && !caps.operations.is_empty() {
+                continue;
+            }
+            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), ar);
+            let list =
+                api.list(&ListParams::default().labels(&selector)).await.map_err(|e| ClusterError::Unreachable {
+                    url: format!("{} (listing {}/{})", self.url, key.0, key.1),
+                    reason: crate::source::error_chain(&e),
+                })?;
+            for item in list.items {
+                let mut v = serde_json::to_value(item).unwrap_or_default();
+                // Lists leave apiVersion and kind out of items.
+                v["apiVersion"] = Value::String(key.0.clone());
+                v["kind"] = Value::String(key.1.clone());
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Labels of the Node `name` (for `identity.labelsFromNode`).
+    pub async fn node_labels(&self, name: &str) -> Result<BTreeMap<String, String>, ClusterError> {
+        let gvk = GroupVersionKind::gvk("", "v1", "Node");
+        let ar = ApiResource::from_gvk(&gvk);
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
+        let node = api.get(name).await.map_err(|e| ClusterError::Object {
+            object: format!("Node/{name}"),
+            reason: crate::source::error_chain(&e),
+        })?;
+        Ok(node.metadata.labels.unwrap_or_default())
+    }
+}
+
+fn object_err(m: &Manifest, e: &kube::Error) -> ClusterError {
+    let reason = match e {
+        kube::Error::Api(s) => format!("{} (HTTP {})", s.message, s.code),
+        other => crate::source::error_chain(other),
+    };
+    ClusterError::Object { object: m.id(), reason }
+}

@@ -1,0 +1,258 @@
+//! One bundle's desired objects at a commit: export the bundle from git, decide how to render it
+//! (`shared::desired::bundle_spec`), render, set hooks apart, namespace and label the objects, and
+//! resolve every image through the registry (tag policy, digest pin, preflight). The sequencing
+//! of I/O lives here; every decision is a `shared` function.
+//!
+//! A failure blocks only its bundle: the error names the bundle and the stage, and the file and
+//! line where the renderer gives them.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use shared::bundle::{Bundle, Marker};
+use shared::desired::{self as decide, BundleSpec, ImageRequest, Resolution};
+use shared::image::ImageRef;
+use shared::render::{self, Manifest};
+
+use crate::render::{Capabilities, Renderers};
+use crate::source::git::GitSource;
+use crate::source::registry::{Registries, RegistryError};
+
+/// The node the objects are for.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Written in the owner label.
+    pub agent_id: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Where to read bundles from.
+#[derive(Clone)]
+pub struct Checkout {
+    pub git: Arc<GitSource>,
+    pub commit: String,
+    /// `git.path`, without surrounding slashes; empty for the repository root.
+    pub root: String,
+}
+
+impl Checkout {
+    /// The repository path of a bundle folder.
+    pub fn repo_path(&self, bundle_dir: &str) -> String {
+        match (self.root.as_str(), bundle_dir) {
+            ("" | ".", d) => d.to_owned(),
+            (r, ".") => r.to_owned(),
+            (r, d) => format!("{r}/{d}"),
+        }
+    }
+
+    /// The bundles under `root` at the commit.
+    pub async fn bundles(&self) -> anyhow::Result<Vec<Bundle>> {
+        let (git, commit, root) = (self.git.clone(), self.commit.clone(), self.root.clone());
+        let files =
+            tokio::task::spawn_blocking(move || git.list(&commit, if root.is_empty() { "." } else { &root })).await??;
+        let prefix = if self.root.is_empty() || self.root == "." { String::new() } else { format!("{}/", self.root) };
+        let relative: Vec<&str> = files.iter().map(|f| f.path.strip_prefix(&prefix).unwrap_or(&f.path)).collect();
+        Ok(shared::bundle::discover(relative.iter().copied()))
+    }
+}
+
+/// Where a bundle stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Stage {
+    /// Reading the bundle from git.
+    Source,
+    /// `fleet.yaml`, values files, renderer, output parsing.
+    Render,
+    /// An image missing from the registry, no tag matching a policy, a registry unreachable.
+    Preflight,
+    /// Asking the API server for the plan.
+    Plan,
+}
+
+/// Why a bundle has no desired state this time.
+#[derive(Debug, Clone, Serialize, thiserror::Error)]
+#[error("{bundle}: {stage:?}: {}", .reasons.join("; "))]
+pub struct BundleError {
+    pub bundle: String,
+    pub stage: Stage,
+    pub reasons: Vec<String>,
+}
+
+/// An image as rendered and as it will run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageChoice {
+    pub written: String,
+    pub running: String,
+    pub used_by: Vec<String>,
+}
+
+/// A bundle's desired objects.
+#[derive(Debug, Clone)]
+pub struct DesiredBundle {
+    pub name: String,
+    pub spec: BundleSpec,
+    pub manifests: Vec<Manifest>,
+    pub images: Vec<ImageChoice>,
+    /// Unknown `fleet.yaml` keys, Helm hooks left out, images not resolved.
+    pub warnings: Vec<String>,
+}
+
+/// Options of one build.
+pub struct Build<'a> {
+    pub checkout: &'a Checkout,
+    pub node: &'a Node,
+    pub renderers: &'a Renderers,
+    pub caps: &'a Capabilities,
+    /// Whether an object kind is namespaced (discovery, or the built-in list).
+    pub namespaced: &'a (dyn Fn(&str, &str) -> bool + Sync),
+    /// `None`: images are left as rendered and policies are not applied (`agent render --no-resolve`).
+    pub registries: Option<&'a Registries>,
+}
+
+impl Build<'_> {
+    pub async fn bundle(&self, bundle: &Bundle) -> Result<DesiredBundle, BundleError> {
+        let name = bundle.dir.clone();
+        let fail = |stage: Stage, reasons: Vec<String>| BundleError { bundle: name.clone(), stage, reasons };
+        let export = tempfile::tempdir().map_err(|e| fail(Stage::Source, vec![e.to_string()]))?;
+        let dest = export.path().join("bundle");
+        let (git, commit, path, d) = (
+            self.checkout.git.clone(),
+            self.checkout.commit.clone(),
+            self.checkout.repo_path(&bundle.dir),
+            dest.clone(),
+        );
+        let files = tokio::task::spawn_blocking(move || git.export(&commit, &path, &d))
+            .await
+            .map_err(|e| fail(Stage::Source, vec![e.to_string()]))?
+            .map_err(|e| fail(Stage::Source, vec![e.to_string()]))?;
+
+        let mut warnings = Vec::new();
+        let fleet = if bundle.marker == Marker::Fleet {
+            let text = std::fs::read_to_string(dest.join("fleet.yaml"))
+                .map_err(|e| fail(Stage::Render, vec![format!("fleet.yaml: {e}")]))?;
+            let (fleet, w) =
+                shared::fleet::parse(&text).map_err(|p| fail(Stage::Render, vec![format!("fleet.yaml: {p}")]))?;
+            warnings.extend(w.iter().map(|p| format!("fleet.yaml: {p}")));
+            Some(fleet)
+        } else {
+            None
+        };
+        let read_values = |f: &str| read_values(&dest, f);
+        let spec = decide::bundle_spec(bundle, fleet.as_ref(), &files, &self.node.labels, &read_values)
+            .map_err(|e| fail(Stage::Render, vec![if fleet.is_some() { format!("fleet.yaml: {e}") } else { e }]))?;
+
+        let rendered = crate::render::render(&dest, &spec.render, self.caps, self.renderers)
+            .await
+            .map_err(|e| fail(Stage::Render, vec![e.to_string()]))?;
+        let (mut manifests, hooks) = render::split_hooks(rendered);
+        for h in &hooks {
+            let hook = h.object["metadata"]["annotations"]["helm.sh/hook"].as_str().unwrap_or_default();
+            warnings.push(format!(
+                "{} ({}) is a Helm hook ({hook}) and is not applied: gitops-agent applies desired state only",
+                h.id(),
+                h.source
+            ));
+        }
+        decide::assign_namespace(&mut manifests, &spec.namespace, spec.force_namespace, self.namespaced);
+        decide::label_owned(&mut manifests, &self.node.agent_id, &name);
+        check_unique(&manifests).map_err(|e| fail(Stage::Render, vec![e]))?;
+
+        let images = match self.registries {
+            None => {
+                warnings.push("images not resolved: tag policies and digest pins are not applied".into());
+                Vec::new()
+            }
+            Some(registries) => {
+                let uses = render::images(&manifests);
+                let same = |a: &str, b: &str| registries.same_registry(a, b);
+                let requests = decide::image_requests(&uses, &spec.policy, &same)
+                    .map_err(|problems| fail(Stage::Preflight, problems))?;
+                let resolutions = futures::future::join_all(requests.iter().map(|r| resolve(registries, r))).await;
+                let map = decide::pin_images(&requests, &resolutions, spec.policy.pin_digests())
+                    .map_err(|problems| fail(Stage::Preflight, problems))?;
+                render::replace_images(&mut manifests, &map);
+                requests
+                    .iter()
+                    .map(|r| ImageChoice {
+                        written: r.written.clone(),
+                        running: map.get(&r.written).cloned().unwrap_or_else(|| r.written.clone()),
+                        used_by: r.used_by.clone(),
+                    })
+                    .collect()
+            }
+        };
+        Ok(DesiredBundle { name, spec, manifests, images, warnings })
+    }
+}
+
+/// Two objects with one id would be applied over each other.
+fn check_unique(manifests: &[Manifest]) -> Result<(), String> {
+    let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+    for m in manifests {
+        if let Some(first) = seen.insert(m.id(), &m.source) {
+            return Err(format!("{} is rendered twice ({first} and {})", m.id(), m.source));
+        }
+    }
+    Ok(())
+}
+
+fn read_values(dir: &Path, name: &str) -> Result<Value, String> {
+    shared::tree::check_path(name.trim_start_matches("./")).map_err(|e| e.to_string())?;
+    let text = std::fs::read_to_string(dir.join(name)).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file in the bundle".to_owned(),
+        _ => e.to_string(),
+    })?;
+    let v: Value = serde_saphyr::from_str(&text).map_err(|e| {
+        let line = e.location().map(|l| format!("line {}: ", l.line())).unwrap_or_default();
+        format!("{line}{}", e.to_string().lines().next().unwrap_or("invalid YAML"))
+    })?;
+    Ok(if v.is_null() { Value::Object(Default::default()) } else { v })
+}
+
+async fn resolve(registries: &Registries, req: &ImageRequest) -> Resolution {
+    let registry = match registries.for_image(&req.image) {
+        Ok(r) => r,
+        Err(e) => return Resolution::Failed { message: e.to_string() },
+    };
+    let tag = match &req.policy {
+        None => None,
+        Some(p) => match p.tracked_tag() {
+            Some(t) => Some(t.to_owned()),
+            None => {
+                let tags = match registry.list_tags(&req.image.repository).await {
+                    Ok(t) => t,
+                    Err(e) => return failed(e),
+                };
+                match p.select(tags.iter().map(String::as_str)).chosen {
+                    Some(t) => Some(t),
+                    None => return Resolution::NoTagMatches { tags: tags.len() },
+                }
+            }
+        },
+    };
+    let asked = match &tag {
+        Some(t) => ImageRef { tag: Some(t.clone()), digest: None, ..req.image.clone() },
+        None => req.image.clone(),
+    };
+    match registry.resolve(&asked).await {
+        Ok(digest) => {
+            if let Some(want) = asked.digest.as_deref().filter(|w| *w != digest) {
+                return Resolution::Failed { message: format!("the registry answers digest {digest} for {want}") };
+            }
+            Resolution::Found { tag, digest }
+        }
+        Err(e) => failed(e),
+    }
+}
+
+fn failed(e: RegistryError) -> Resolution {
+    match e {
+        RegistryError::NotFound { image } => Resolution::Missing { reference: image },
+        other => Resolution::Failed { message: other.to_string() },
+    }
+}
