@@ -74,9 +74,20 @@ pub enum Stage {
     Plan,
 }
 
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Source => "source",
+            Stage::Render => "render",
+            Stage::Preflight => "preflight",
+            Stage::Plan => "plan",
+        })
+    }
+}
+
 /// Why a bundle has no desired state this time.
 #[derive(Debug, Clone, Serialize, thiserror::Error)]
-#[error("{bundle}: {stage:?}: {}", .reasons.join("; "))]
+#[error("{bundle}: {stage} failed: {}", .reasons.join("; "))]
 pub struct BundleError {
     pub bundle: String,
     pub stage: Stage,

@@ -105,8 +105,16 @@ fn yaml_error_line(message: &str) -> Option<usize> {
     message[at + 5..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
+/// The parser's first line without its own `error: line N column M:` prefix (the caller
+/// names file and line already).
 fn first_line(message: &str) -> String {
-    message.lines().next().unwrap_or(message).to_owned()
+    let first = message.lines().next().unwrap_or(message).trim_start_matches("error: ");
+    let without_position = first
+        .strip_prefix("line ")
+        .and_then(|rest| rest.split_once(": "))
+        .filter(|(pos, _)| pos.chars().all(|c| c.is_ascii_digit() || c == ' ' || c.is_ascii_alphabetic()))
+        .map(|(_, m)| m);
+    without_position.unwrap_or(first).to_owned()
 }
 
 /// Helm hooks (`helm.sh/hook` annotation) set apart from the objects to apply. The agent does

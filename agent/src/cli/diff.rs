@@ -171,7 +171,7 @@ fn human(report: &Report, color: bool, out: &mut dyn Write) -> anyhow::Result<()
                 out,
                 "{} {}",
                 p.wrap("1", &format!("bundle {}", b.bundle)),
-                p.wrap("31", &format!("{:?} failed:", e.stage).to_lowercase())
+                p.wrap("31", &format!("{} failed:", e.stage))
             )?;
             for r in &e.reasons {
                 writeln!(out, "  {r}")?;

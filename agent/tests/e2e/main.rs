@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cli;
+mod desired_state;
 mod git_source;
 mod registry_source;
 mod stack_b_fixture;
