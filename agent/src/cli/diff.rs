@@ -224,11 +224,12 @@ fn human(report: &Report, color: bool, out: &mut dyn Write) -> anyhow::Result<()
     writeln!(out)?;
     let failed = report.bundles.iter().filter(|b| b.error.is_some()).count();
     let differ = report.bundles.iter().filter(|b| b.error.is_none() && !b.summary.in_sync()).count();
+    let n = report.bundles.len();
     writeln!(
         out,
-        "{} bundles: {} in sync, {differ} differ, {failed} failed",
-        report.bundles.len(),
-        report.bundles.len() - differ - failed
+        "{n} {}: {} in sync, {differ} differ, {failed} failed",
+        if n == 1 { "bundle" } else { "bundles" },
+        n - differ - failed
     )?;
     Ok(())
 }

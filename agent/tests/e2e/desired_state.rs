@@ -411,10 +411,18 @@ async fn a_broken_bundle_or_a_missing_image_blocks_only_itself_and_names_the_fil
     store.edit("stack-b/extras/cm.yaml", |_| {
         format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extras\n  namespace: {ns}\ndata:\n  a: b\n")
     });
-    store.commit_and_push(env, "extras");
+    // And a kustomize bundle (rendered by the real `kustomize build`).
+    store.edit("stack-b/overlay/kustomization.yaml", |_| {
+        format!("namespace: {ns}\nnamePrefix: qa-\nresources:\n- settings.yaml\ncommonLabels:\n  tier: kiosk\n")
+    });
+    store.edit("stack-b/overlay/settings.yaml", |_| {
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  x: y\n".into()
+    });
+    store.commit_and_push(env, "extras and an overlay");
     let (code, doc, human) = store.diff(None);
     assert_eq!(code, Some(1), "{human}");
     assert_eq!(plans(&doc, "extras"), [(format!("ConfigMap/{ns}/extras"), "create".to_owned())]);
+    assert_eq!(plans(&doc, "overlay"), [(format!("ConfigMap/{ns}/qa-settings"), "create".to_owned())]);
 
     // Broken YAML in a raw manifest: its file and line; the chart is still planned.
     store.edit("stack-b/extras/cm.yaml", |v| v.replace("  a: b\n", "  a: b\n   c: [unclosed\n"));
@@ -473,9 +481,22 @@ async fn a_tag_policy_replaces_the_rendered_tag_and_prune_lists_only_this_agents
             env.info.registry, store.init_repo
         )
     });
+    // A Helm hook: reported, not applied.
+    store.edit("stack-b/helm/templates/smoke-test.yaml", |_| {
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: smoke\n  annotations:\n    helm.sh/hook: test\nspec:\n  containers:\n  - {name: t, image: busybox}\n".into()
+    });
     store.commit_and_push(env, "follow 1.x of the init image");
     let (_, doc, human) = store.diff(Some("helm"));
     let helm = &doc["bundles"][0];
+    let warnings: Vec<&str> = helm["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
+    assert_eq!(
+        warnings,
+        [
+            "Pod/smoke (kiosk/templates/smoke-test.yaml) is a Helm hook (test) and is not applied: gitops-agent applies desired state only"
+        ],
+        "{human}"
+    );
+    assert!(!plans(&doc, "helm").iter().any(|(id, _)| id.contains("smoke")));
     let choice = helm["images"]
         .as_array()
         .unwrap()
@@ -511,4 +532,34 @@ async fn a_tag_policy_replaces_the_rendered_tag_and_prune_lists_only_this_agents
         .map(|o| (o["id"].as_str().unwrap().to_owned(), o["action"].as_str().unwrap().to_owned()))
         .collect();
     assert_eq!(c, [(format!("HorizontalPodAutoscaler/{ns}/kiosk-signalling"), "prune".to_owned())], "{human}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_labels_come_from_the_node_object_with_configured_labels_winning() {
+    let env = TestEnv::get();
+    let store = Store::new(env, "nodelabels").await;
+    let node_name = xtask::support::unique("labelled-node");
+    let client = env.client().await;
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+    let node = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": node_name, "labels": {"store": "store1", "env": "prod"}},
+        // Only its labels matter: no pod of another test may land on it.
+        "spec": {"unschedulable": true, "taints": [{"key": "gitops-agent.test/labels-only", "effect": "NoSchedule"}]},
+    }))
+    .unwrap();
+    nodes.create(&Default::default(), &node).await.unwrap();
+    let config = std::fs::read_to_string(&store.config)
+        .unwrap()
+        .replace("  nodeName: store1-node\n", &format!("  nodeName: {node_name}\n  labelsFromNode: true\n"));
+    // The config keeps env=qa and drops its store label: store comes from the Node only.
+    let config = config.replace("labels: {store: store1, env: qa}", "labels: {env: qa}");
+    std::fs::write(&store.config, config).unwrap();
+    let out = agent(&["render", "helm", "-c", store.config.to_str().unwrap(), "--no-resolve", "-o", "json"]);
+    let _ = nodes.delete(&node_name, &Default::default()).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["labels"]["store"], "store1", "from the Node");
+    assert_eq!(doc["labels"]["env"], "qa", "the config wins over the Node's env=prod");
+    assert_eq!(doc["target"], "store1");
 }
