@@ -350,6 +350,15 @@ async fn diff_is_empty_right_after_an_apply_and_shows_a_configmap_change_and_an_
         init["to"].as_str().unwrap().starts_with(&format!("{}/{}:1.0.0@sha256:", env.info.registry, store.init_repo)),
         "{init}"
     );
+    // The dry-run wrote nothing, and no credential shows in either output.
+    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> = kube::Api::namespaced(env.client().await, ns);
+    assert!(
+        deployments.list(&Default::default()).await.unwrap().items.is_empty(),
+        "agent diff must not create anything"
+    );
+    for secret in [&env.info.git_agent.password, &env.info.registry_agent.password] {
+        assert!(!human.contains(secret.as_str()) && !doc.to_string().contains(secret.as_str()));
+    }
 
     store.apply_all().await;
     let (code, doc, human) = store.diff(None);
