@@ -27,8 +27,9 @@ pub enum ClusterError {
     Unreachable { url: String, reason: String },
     #[error("{object}: the API server has no kind {api_version}/{kind} (is its CRD installed?)")]
     UnknownKind { object: String, api_version: String, kind: String },
+    /// The API server refused or failed a request about one object; `status` is its HTTP status.
     #[error("{object}: {reason}")]
-    Object { object: String, reason: String },
+    Object { object: String, reason: String, status: Option<u16> },
 }
 
 /// A connected cluster with its discovery.
@@ -181,11 +182,11 @@ impl Cluster {
         let live = self.get(m).await?;
         let (applied, conflict) = match self.apply(m, true, false).await {
             Ok(v) => (Some(v), None),
-            Err(ClusterError::Object { reason, .. }) if reason.contains("HTTP 409") => {
+            Err(ClusterError::Object { reason, status: Some(409), .. }) => {
                 (Some(self.apply(m, true, true).await?), Some(format!("conflict: {reason}")))
             }
             // The namespace does not exist yet: a create the server cannot dry-run.
-            Err(ClusterError::Object { reason, .. }) if live.is_none() && reason.contains("HTTP 404") => (None, None),
+            Err(ClusterError::Object { status: Some(404), .. }) if live.is_none() => (None, None),
             Err(e) => return Err(e),
         };
         Ok(Observed { applied, live, conflict })
@@ -228,15 +229,16 @@ impl Cluster {
         let node = api.get(name).await.map_err(|e| ClusterError::Object {
             object: format!("Node/{name}"),
             reason: crate::source::error_chain(&e),
+            status: None,
         })?;
         Ok(node.metadata.labels.unwrap_or_default())
     }
 }
 
 fn object_err(m: &Manifest, e: &kube::Error) -> ClusterError {
-    let reason = match e {
-        kube::Error::Api(s) => format!("{} (HTTP {})", s.message, s.code),
-        other => crate::source::error_chain(other),
+    let (reason, status) = match e {
+        kube::Error::Api(s) => (format!("{} (HTTP {})", s.message, s.code), Some(s.code)),
+        other => (crate::source::error_chain(other), None),
     };
-    ClusterError::Object { object: m.id(), reason }
+    ClusterError::Object { object: m.id(), reason, status }
 }

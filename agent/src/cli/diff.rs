@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
+use futures::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -20,6 +21,9 @@ use super::session::{ClusterUse, Session};
 use crate::desired::{Build, BundleError, ImageChoice, Stage};
 
 pub const EXIT_DIFFERENCES: u8 = 1;
+/// Objects observed at once: enough to hide latency, few enough to stay polite to a small
+/// store node's API server.
+const OBSERVE_CONCURRENCY: usize = 8;
 pub const EXIT_BUNDLE_FAILED: u8 = 3;
 
 #[derive(Debug, Serialize)]
@@ -105,8 +109,11 @@ pub async fn report(config: &Path, only: Option<&str>) -> anyhow::Result<Report>
                     stage: Stage::Plan,
                     reasons: vec![e.to_string()],
                 };
+                // A GET and a dry-run PATCH per object, a few at a time, in order.
                 let observed: Result<Vec<_>, _> =
-                    futures::future::join_all(desired.manifests.iter().map(|m| cluster.observe(m)))
+                    futures::stream::iter(desired.manifests.iter().map(|m| cluster.observe(m)))
+                        .buffered(OBSERVE_CONCURRENCY)
+                        .collect::<Vec<_>>()
                         .await
                         .into_iter()
                         .collect();

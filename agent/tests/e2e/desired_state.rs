@@ -572,3 +572,36 @@ async fn node_labels_come_from_the_node_object_with_configured_labels_winning() 
     assert_eq!(doc["labels"]["env"], "qa", "the config wins over the Node's env=prod");
     assert_eq!(doc["target"], "store1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_edit_by_another_field_manager_shows_as_drift_with_the_conflict_named() {
+    let env = TestEnv::get();
+    let store = Store::new(env, "drift").await;
+    let ns = &store.ns.name;
+    store.apply_all().await;
+    // Someone takes the field over with their own server-side apply (as `kubectl apply
+    // --server-side --force-conflicts` would).
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> = kube::Api::namespaced(env.client().await, ns);
+    let patch = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kiosk-flows"}, "data": {"branding": "hand-edited"}});
+    cms.patch(
+        "kiosk-flows",
+        &kube::api::PatchParams::apply("store-technician").force(),
+        &kube::api::Patch::Apply(&patch),
+    )
+    .await
+    .unwrap();
+    let (code, doc, human) = store.diff(Some("helm"));
+    assert_eq!(code, Some(1), "{human}");
+    let c = changed(&doc, "helm");
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert_eq!(c[0]["id"], format!("ConfigMap/{ns}/kiosk-flows"));
+    assert_eq!(
+        c[0]["changes"],
+        serde_json::json!([{"path": "data.branding", "from": "hand-edited", "to": "store1-blue"}])
+    );
+    let note = c[0]["note"].as_str().unwrap();
+    assert!(
+        note.starts_with("conflict: ") && note.contains("store-technician") && note.contains("data.branding"),
+        "{note}"
+    );
+}
