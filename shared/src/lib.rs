@@ -14,5 +14,6 @@ pub mod policy;
 pub mod redact;
 pub mod registry;
 pub mod render;
+pub mod rollout;
 pub mod tree;
 pub mod yaml_lines;
