@@ -18,7 +18,7 @@ use shared::plan::{Action, ObjectPlan, Summary};
 
 use super::Output;
 use super::session::{ClusterUse, Session};
-use crate::desired::{Build, BundleError, ImageChoice, Stage};
+use crate::desired::{BundleError, ImageChoice, Stage};
 
 pub const EXIT_DIFFERENCES: u8 = 1;
 /// Objects observed at once: enough to hide latency, few enough to stay polite to a small
@@ -79,14 +79,7 @@ pub async fn report(config: &Path, only: Option<&str>) -> anyhow::Result<Report>
     };
     let cluster = session.cluster.as_ref().expect("ClusterUse::Required connects");
     let namespaced = session.namespaced();
-    let build = Build {
-        checkout: &session.checkout,
-        node: &session.node,
-        renderers: &session.renderers,
-        caps: &session.caps,
-        namespaced: &namespaced,
-        registries: Some(&session.registries),
-    };
+    let build = session.build(&namespaced, true);
     let mut out = Vec::new();
     for b in &bundles {
         let mut d = BundleDiff {

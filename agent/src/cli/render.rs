@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use super::Output;
 use super::session::{ClusterUse, Session, parse_labels};
-use crate::desired::Build;
 
 pub struct Args<'a> {
     pub config: &'a Path,
@@ -29,14 +28,7 @@ pub fn run(args: Args<'_>, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
         let session = Session::open(args.config, cluster, labels).await?;
         let bundle = session.bundle(args.bundle).await?;
         let namespaced = session.namespaced();
-        let build = Build {
-            checkout: &session.checkout,
-            node: &session.node,
-            renderers: &session.renderers,
-            caps: &session.caps,
-            namespaced: &namespaced,
-            registries: if args.no_resolve { None } else { Some(&session.registries) },
-        };
+        let build = session.build(&namespaced, !args.no_resolve);
         let desired = build.bundle(&bundle).await?;
         match args.output {
             Output::Json => {

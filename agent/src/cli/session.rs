@@ -9,7 +9,7 @@ use anyhow::Context;
 use shared::bundle::Bundle;
 
 use crate::cluster::Cluster;
-use crate::desired::{Checkout, Node};
+use crate::desired::{Build, Checkout, Node};
 use crate::render::{Capabilities, Renderers};
 use crate::source::git::{GitOptions, GitSource, Poll};
 use crate::source::registry::Registries;
@@ -98,6 +98,18 @@ impl Session {
                 if names.is_empty() { "none".to_owned() } else { names.join(", ") }
             )
         })
+    }
+
+    /// A desired-state build for this session's commit and node; `resolve` asks the registries.
+    pub fn build<'a>(&'a self, namespaced: &'a (dyn Fn(&str, &str) -> bool + Sync), resolve: bool) -> Build<'a> {
+        Build {
+            checkout: &self.checkout,
+            node: &self.node,
+            renderers: &self.renderers,
+            caps: &self.caps,
+            namespaced,
+            registries: resolve.then_some(&self.registries),
+        }
     }
 
     pub fn namespaced(&self) -> impl Fn(&str, &str) -> bool + Sync + '_ {

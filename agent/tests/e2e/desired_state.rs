@@ -1,6 +1,7 @@
 //! Desired state end to end: `agent render` of the Stack B fixture against golden files, and
 //! `agent diff` against the real API server (SSA dry-run), git server and registry.
 
+use crate::util::git;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -21,21 +22,6 @@ fn agent(args: &[&str]) -> Output {
 
 fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "CI")
-        .env("GIT_AUTHOR_EMAIL", "ci@example.test")
-        .env("GIT_COMMITTER_NAME", "CI")
-        .env("GIT_COMMITTER_EMAIL", "ci@example.test")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 /// The Stack B repository, built by its script with a fixed commit date, so the commit id (in the

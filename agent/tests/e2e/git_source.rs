@@ -2,6 +2,7 @@
 //! Basic auth). Request counts are taken at the server side, by a fault proxy in front of the
 //! git server, never from the agent's own counters.
 
+use crate::util::git;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -52,21 +53,6 @@ impl Work {
     fn push(&self, env: &TestEnv, repo: &GitRepo, branch: &str) {
         xtask::seed::git_push(&env.info, &env.info.git_ci, self.path(), &repo.name, branch).unwrap();
     }
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "CI")
-        .env("GIT_AUTHOR_EMAIL", "ci@example.test")
-        .env("GIT_COMMITTER_NAME", "CI")
-        .env("GIT_COMMITTER_EMAIL", "ci@example.test")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 struct Fixture {

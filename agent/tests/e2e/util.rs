@@ -1,6 +1,8 @@
 //! Helpers shared by the e2e tests.
 
 use std::future::Future;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Polls `check` every 200 ms until it yields `Some`, or panics after `timeout` naming `what`
@@ -52,4 +54,20 @@ fn rand_u16() -> u16 {
     let nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     (nanos ^ std::process::id().rotate_left(7)) as u16
+}
+
+/// Runs `git -C dir ARGS` as the CI user; panics with git's stderr on failure; returns stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "CI")
+        .env("GIT_AUTHOR_EMAIL", "ci@example.test")
+        .env("GIT_COMMITTER_NAME", "CI")
+        .env("GIT_COMMITTER_EMAIL", "ci@example.test")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
