@@ -12,7 +12,7 @@ use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope};
 use kube::{Client, Config};
 use serde_json::Value;
 
-use shared::desired::{BUNDLE_LABEL, FIELD_MANAGER, OWNER_LABEL, bundle_label_value};
+use shared::desired::{FIELD_MANAGER, OWNER_LABEL};
 use shared::plan::Observed;
 use shared::render::Manifest;
 
@@ -192,10 +192,16 @@ impl Cluster {
         Ok(Observed { applied, live, conflict })
     }
 
-    /// Live objects that carry this agent's owner label and the bundle's label, among the kinds
-    /// the bundle renders and the common kinds.
-    pub async fn owned(&self, owner: &str, bundle: &str, desired: &[Manifest]) -> Result<Vec<Value>, ClusterError> {
-        let selector = format!("{OWNER_LABEL}={owner},{BUNDLE_LABEL}={}", bundle_label_value(bundle));
+    /// Live objects that carry this agent's owner label, among the kinds `desired` renders and
+    /// the common kinds (prune candidates; `shared::plan` keeps those of the bundle). Each kind is
+    /// listed once per `cache`, so planning many bundles costs one list per kind, not per bundle.
+    pub async fn owned(
+        &self,
+        owner: &str,
+        desired: &[Manifest],
+        cache: &mut BTreeMap<(String, String), Vec<Value>>,
+    ) -> Result<Vec<Value>, ClusterError> {
+        let selector = format!("{OWNER_LABEL}={owner}");
         let mut kinds: BTreeSet<(String, String)> = desired.iter().map(|m| api_version_kind(&m.object)).collect();
         kinds.extend(COMMON_KINDS.iter().map(|(v, k)| ((*v).to_owned(), (*k).to_owned())));
         let mut out = Vec::new();
@@ -204,19 +210,28 @@ impl Cluster {
             if !caps.operations.iter().any(|o| o == "list") && !caps.operations.is_empty() {
                 continue;
             }
-            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), ar);
-            let list =
-                api.list(&ListParams::default().labels(&selector)).await.map_err(|e| ClusterError::Unreachable {
-                    url: format!("{} (listing {}/{})", self.url, key.0, key.1),
-                    reason: crate::source::error_chain(&e),
+            if !cache.contains_key(&key) {
+                let api: Api<DynamicObject> = Api::all_with(self.client.clone(), ar);
+                let list = api.list(&ListParams::default().labels(&selector)).await.map_err(|e| {
+                    ClusterError::Unreachable {
+                        url: format!("{} (listing {}/{})", self.url, key.0, key.1),
+                        reason: crate::source::error_chain(&e),
+                    }
                 })?;
-            for item in list.items {
-                let mut v = serde_json::to_value(item).unwrap_or_default();
-                // Lists leave apiVersion and kind out of items.
-                v["apiVersion"] = Value::String(key.0.clone());
-                v["kind"] = Value::String(key.1.clone());
-                out.push(v);
+                let items = list
+                    .items
+                    .into_iter()
+                    .map(|item| {
+                        let mut v = serde_json::to_value(item).unwrap_or_default();
+                        // Lists leave apiVersion and kind out of items.
+                        v["apiVersion"] = Value::String(key.0.clone());
+                        v["kind"] = Value::String(key.1.clone());
+                        v
+                    })
+                    .collect();
+                cache.insert(key.clone(), items);
             }
+            out.extend(cache[&key].iter().cloned());
         }
         Ok(out)
     }

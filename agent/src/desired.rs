@@ -251,12 +251,7 @@ async fn resolve(registries: &Registries, req: &ImageRequest) -> Resolution {
         None => req.image.clone(),
     };
     match registry.resolve(&asked).await {
-        Ok(digest) => {
-            if let Some(want) = asked.digest.as_deref().filter(|w| *w != digest) {
-                return Resolution::Failed { message: format!("the registry answers digest {digest} for {want}") };
-            }
-            Resolution::Found { tag, digest }
-        }
+        Ok(digest) => Resolution::Found { tag, digest },
         Err(e) => failed(e),
     }
 }

@@ -330,6 +330,14 @@ pub fn pin_images(
     for (req, res) in requests.iter().zip(resolutions) {
         let users = req.used_by.join(", ");
         match res {
+            Resolution::Found { tag, digest }
+                if tag.is_none() && req.image.digest.as_ref().is_some_and(|d| d != digest) =>
+            {
+                blocked.push(format!(
+                    "preflight: the registry answers digest {digest} for {} (used by {users})",
+                    req.written
+                ));
+            }
             Resolution::Found { tag, digest } => {
                 let mut image = ImageRef { tag: tag.clone().or_else(|| req.image.tag.clone()), ..req.image.clone() };
                 image.digest = if pin || req.image.digest.is_some() { Some(digest.clone()) } else { None };
@@ -556,6 +564,16 @@ apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n";
         assert!(!map.contains_key(&format!("h.example/b@{DIGEST}")), "already pinned: unchanged");
         let unpinned = pin_images(&reqs, &found, false).unwrap();
         assert_eq!(unpinned.get("h.example/a:1.0").map(String::as_str), Some("h.example/a:1.1"));
+
+        let other = "sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
+        let mismatch =
+            pin_images(&reqs[1..], &[Resolution::Found { tag: None, digest: other.into() }], true).unwrap_err();
+        assert_eq!(
+            mismatch,
+            [format!(
+                "preflight: the registry answers digest {other} for h.example/b@{DIGEST} (used by Deployment/ns/d1 container c)"
+            )]
+        );
 
         let blocked = pin_images(
             &reqs,

@@ -163,6 +163,14 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Each row: the object, its expected state and kubectl-worded message.
+    fn check(table: &[(Value, &str, &str)]) {
+        for (object, want_state, want_message) in table {
+            let (s, m) = state(workload(object));
+            assert_eq!((s, m.as_str()), (*want_state, *want_message), "{object}");
+        }
+    }
+
     fn deploy(generation: i64, spec: i64, status: Value) -> Value {
         json!({"kind": "Deployment", "metadata": {"name": "web", "generation": generation}, "spec": {"replicas": spec}, "status": status})
     }
@@ -237,10 +245,7 @@ mod tests {
             ),
             (deploy(1, 0, json!({"observedGeneration": 1})), "complete", "deployment \"web\" successfully rolled out"),
         ];
-        for (object, want_state, want_message) in table {
-            let (s, m) = state(workload(object));
-            assert_eq!((s, m.as_str()), (*want_state, *want_message), "{object}");
-        }
+        check(table);
     }
 
     fn sts(generation: i64, strategy: Value, status: Value) -> Value {
@@ -302,10 +307,7 @@ mod tests {
                 "statefulset \"db\" updates its pods only when they are deleted (OnDelete)",
             ),
         ];
-        for (object, want_state, want_message) in table {
-            let (s, m) = state(workload(object));
-            assert_eq!((s, m.as_str()), (*want_state, *want_message), "{object}");
-        }
+        check(table);
     }
 
     #[test]
@@ -339,10 +341,7 @@ mod tests {
                 "daemon set \"agent\" successfully rolled out",
             ),
         ];
-        for (object, want_state, want_message) in table {
-            let (s, m) = state(workload(object));
-            assert_eq!((s, m.as_str()), (*want_state, *want_message), "{object}");
-        }
+        check(table);
         assert_eq!(workload(&json!({"kind": "ConfigMap", "metadata": {"name": "x"}})), None);
     }
 

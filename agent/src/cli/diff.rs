@@ -81,6 +81,7 @@ pub async fn report(config: &Path, only: Option<&str>) -> anyhow::Result<Report>
     let namespaced = session.namespaced();
     let build = session.build(&namespaced, true);
     let mut out = Vec::new();
+    let mut owned_cache = BTreeMap::new();
     for b in &bundles {
         let mut d = BundleDiff {
             bundle: b.dir.clone(),
@@ -110,7 +111,7 @@ pub async fn report(config: &Path, only: Option<&str>) -> anyhow::Result<Report>
                         .await
                         .into_iter()
                         .collect();
-                let owned = cluster.owned(&session.node.agent_id, &b.dir, &desired.manifests).await;
+                let owned = cluster.owned(&session.node.agent_id, &desired.manifests, &mut owned_cache).await;
                 match (observed, owned) {
                     (Ok(observed), Ok(owned)) => {
                         let observed: BTreeMap<_, _> = desired.manifests.iter().map(|m| m.id()).zip(observed).collect();
