@@ -190,6 +190,8 @@ struct Store {
     ns: xtask::support::TestNamespace,
     repo: GitRepo,
     work: PathBuf,
+    /// Registry repositories of this test: `<prefix>/u5-orchestrator`, ...
+    prefix: String,
     init_repo: String,
     config: PathBuf,
     _dir: tempfile::TempDir,
@@ -202,16 +204,32 @@ impl Store {
         let dir = tempfile::tempdir().unwrap();
         let work = dir.path().join("work");
         make_stack_b(&work, &env.info.registry, &ns.name);
-        let init_repo = env.registry_repo(hint);
-        env.push_image(&init_repo, "1.0.0");
-        let store = Store { ns, repo, work, init_repo, config: dir.path().join("agent.yaml"), _dir: dir };
+        // Every image lives in registry repositories of this test alone (pushed as CI would),
+        // so no test depends on another's pushes or on `testenv seed`.
+        let prefix = env.registry_repo(hint).trim_end_matches("/app").to_owned();
+        let init_repo = format!("{prefix}/u5-init");
+        std::thread::scope(|s| {
+            for name in ["u5-orchestrator", "u5-signalling", "session-store", "u5-init"] {
+                let repo = format!("{prefix}/{name}");
+                s.spawn(move || env.push_image(&repo, "1.0.0"));
+            }
+        });
+        let store = Store {
+            ns,
+            repo,
+            work,
+            prefix: prefix.clone(),
+            init_repo,
+            config: dir.path().join("agent.yaml"),
+            _dir: dir,
+        };
         store.edit("stack-b/helm/values.yaml", |v| {
-            v.replace(
-                "    repository: library/u5-signalling\n    tag: \"1.0.0\"\n  # WebSocket",
+            v.replace("repository: library/", &format!("repository: {prefix}/")).replace(
+                &format!("    repository: {prefix}/u5-signalling\n    tag: \"1.0.0\"\n  # WebSocket"),
                 &format!("    repository: {}\n    tag: \"1.0.0\"\n  # WebSocket", store.init_repo),
             )
         });
-        store.commit_and_push(env, "init image from the test's own repository");
+        store.commit_and_push(env, "images from the test's own registry repositories");
         let secret = store._dir.path().join("git-token");
         std::fs::write(&secret, &env.info.git_agent.password).unwrap();
         let reg_secret = store._dir.path().join("registry-token");
@@ -457,7 +475,7 @@ async fn a_broken_bundle_or_a_missing_image_blocks_only_itself_and_names_the_fil
     assert_eq!(helm["error"]["stage"], "preflight");
     let reason = helm["error"]["reasons"][0].as_str().unwrap();
     assert!(
-        reason.starts_with(&format!("preflight: image {}/library/u5-orchestrator:9.9.9-missing is not in the registry (used by Deployment/{ns}/kiosk-orchestrator container orchestrator)", env.info.registry)),
+        reason.starts_with(&format!("preflight: image {}/{}/u5-orchestrator:9.9.9-missing is not in the registry (used by Deployment/{ns}/kiosk-orchestrator container orchestrator)", env.info.registry, store.prefix)),
         "{reason}"
     );
     assert!(helm["objects"].as_array().unwrap().is_empty());
