@@ -369,6 +369,169 @@ pub fn unstable_objects(first: &[Manifest], second: &[Manifest]) -> Vec<String> 
     ids.into_iter().filter(|id| a.get(*id) != b.get(*id)).cloned().collect()
 }
 
+/// Apply order: what others need comes first (namespaces, CRDs, identities and config, then
+/// services), then workloads, then what refers to workloads (autoscalers, budgets, custom
+/// resources). Stable within a rank, so the render order decides among equals.
+pub fn apply_rank(api_version: &str, kind: &str) -> u8 {
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    match kind {
+        "Namespace" => 0,
+        "CustomResourceDefinition" => 1,
+        "PriorityClass" | "StorageClass" | "ServiceAccount" | "ClusterRole" | "Role" | "ClusterRoleBinding"
+        | "RoleBinding" | "LimitRange" | "ResourceQuota" => 2,
+        "ConfigMap" | "Secret" | "PersistentVolume" | "PersistentVolumeClaim" => 3,
+        "Service" => 4,
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" | "CronJob" | "Pod"
+            if matches!(group, "" | "apps" | "batch") =>
+        {
+            5
+        }
+        _ => 6,
+    }
+}
+
+/// `manifests` sorted into apply order ([`apply_rank`]).
+pub fn in_apply_order(manifests: &mut [Manifest]) {
+    manifests.sort_by_key(|m| {
+        apply_rank(m.object["apiVersion"].as_str().unwrap_or_default(), m.object["kind"].as_str().unwrap_or_default())
+    });
+}
+
+/// Leaves `spec.replicas` to the autoscaler: a workload that an HorizontalPodAutoscaler of the
+/// bundle scales is applied without `replicas`, so our field manager does not own it and each
+/// apply does not reset the scale. Returns the ids changed.
+pub fn release_autoscaled_replicas(manifests: &mut [Manifest]) -> Vec<String> {
+    let targets: Vec<(String, String, String)> = manifests
+        .iter()
+        .filter(|m| m.object["kind"] == "HorizontalPodAutoscaler")
+        .filter_map(|m| {
+            let t = &m.object["spec"]["scaleTargetRef"];
+            Some((
+                m.object["metadata"]["namespace"].as_str().unwrap_or_default().to_owned(),
+                t["kind"].as_str()?.to_owned(),
+                t["name"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    let mut changed = Vec::new();
+    for m in manifests.iter_mut() {
+        let key = (
+            m.object["metadata"]["namespace"].as_str().unwrap_or_default().to_owned(),
+            m.object["kind"].as_str().unwrap_or_default().to_owned(),
+            m.object["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+        );
+        if targets.contains(&key)
+            && let Some(spec) = m.object["spec"].as_object_mut()
+            && spec.remove("replicas").is_some()
+        {
+            changed.push(m.id());
+        }
+    }
+    changed
+}
+
+/// The blast radius of a bundle: every object must be in an allowed namespace and of an allowed
+/// kind. Returns one reason per object outside it (nothing of the bundle is applied then).
+pub fn check_scope(manifests: &[Manifest], own_namespace: &str, policy: &BundlePolicy) -> Result<(), Vec<String>> {
+    let created: Vec<&str> = manifests
+        .iter()
+        .filter(|m| m.object["kind"] == "Namespace" && m.object["apiVersion"] == "v1")
+        .filter_map(|m| m.object["metadata"]["name"].as_str())
+        .collect();
+    let ns_allowed = |ns: &str| match &policy.allowed_namespaces {
+        Some(list) => list.iter().any(|a| a == "*" || a == ns),
+        None => ns == own_namespace || created.contains(&ns),
+    };
+    let mut problems = Vec::new();
+    for m in manifests {
+        let api_version = m.object["apiVersion"].as_str().unwrap_or_default();
+        let kind = m.object["kind"].as_str().unwrap_or_default();
+        let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        if let Some(kinds) = &policy.allowed_kinds {
+            let qualified = if group.is_empty() { kind.to_owned() } else { format!("{group}/{kind}") };
+            if !kinds.iter().any(|k| k == kind || *k == qualified) {
+                problems.push(format!(
+                    "{} ({}): kind {qualified} is not in gitopsAgent.allowedKinds [{}]",
+                    m.id(),
+                    m.source,
+                    kinds.join(", ")
+                ));
+            }
+        }
+        // A Namespace object is in the namespace it creates.
+        let ns = match (kind, api_version) {
+            ("Namespace", "v1") => m.object["metadata"]["name"].as_str(),
+            _ => m.object["metadata"]["namespace"].as_str(),
+        };
+        if let Some(ns) = ns
+            && !ns_allowed(ns)
+        {
+            let allowed = match &policy.allowed_namespaces {
+                Some(list) => format!("gitopsAgent.allowedNamespaces [{}]", list.join(", ")),
+                None => {
+                    format!("the bundle's namespace {own_namespace:?} (set gitopsAgent.allowedNamespaces to widen it)")
+                }
+            };
+            problems.push(format!("{} ({}): namespace {ns:?} is outside {allowed}", m.id(), m.source));
+        }
+    }
+    if problems.is_empty() { Ok(()) } else { Err(problems) }
+}
+
+/// Bundles in an order where each comes after the bundles it `dependsOn` (a dependency is named
+/// by its folder, or by Fleet's bundle name: the folder with `/` as `-`); among independent
+/// bundles the given order holds. A cycle or an unknown dependency is an error naming it.
+pub fn bundle_order(bundles: &[(String, Vec<String>)]) -> Result<Vec<usize>, String> {
+    let find = |name: &str| {
+        bundles
+            .iter()
+            .position(|(dir, _)| dir == name || dir.replace('/', "-") == name || dir.ends_with(&format!("/{name}")))
+    };
+    let mut deps = Vec::new();
+    for (dir, on) in bundles {
+        let mut d = Vec::new();
+        for name in on {
+            d.push(find(name).ok_or_else(|| format!("bundle {dir} depends on {name:?}, which is not a bundle here"))?);
+        }
+        deps.push(d);
+    }
+    let mut order = Vec::new();
+    let mut state = vec![0u8; bundles.len()]; // 0 new, 1 visiting, 2 done
+    fn visit(
+        i: usize,
+        deps: &[Vec<usize>],
+        state: &mut [u8],
+        order: &mut Vec<usize>,
+        path: &mut Vec<usize>,
+    ) -> Result<(), Vec<usize>> {
+        match state[i] {
+            2 => return Ok(()),
+            1 => {
+                path.push(i);
+                return Err(path.clone());
+            }
+            _ => {}
+        }
+        state[i] = 1;
+        path.push(i);
+        for &d in &deps[i] {
+            visit(d, deps, state, order, path)?;
+        }
+        path.pop();
+        state[i] = 2;
+        order.push(i);
+        Ok(())
+    }
+    for i in 0..bundles.len() {
+        visit(i, &deps, &mut state, &mut order, &mut Vec::new()).map_err(|cycle| {
+            let start = cycle.iter().position(|c| Some(c) == cycle.last()).unwrap_or(0);
+            let names: Vec<&str> = cycle[start..].iter().map(|&c| bundles[c].0.as_str()).collect();
+            format!("dependsOn forms a cycle: {}", names.join(" -> "))
+        })?;
+    }
+    Ok(order)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -598,5 +761,114 @@ apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n";
             parse_manifests("kind: Secret\napiVersion: v1\nmetadata: {name: s}\ndata: {p: eHl6}\n", "s.yaml").unwrap();
         assert_eq!(unstable_objects(&a, &b), ["Secret/s"]);
         assert!(unstable_objects(&a, &a).is_empty());
+    }
+
+    fn m(v: Value) -> Manifest {
+        Manifest { source: "t.yaml".into(), object: v }
+    }
+
+    #[test]
+    fn objects_are_applied_namespaces_and_crds_first_workloads_late() {
+        let mut ms = vec![
+            m(json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "h"}})),
+            m(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}})),
+            m(json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}})),
+            m(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}})),
+            m(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}})),
+            m(
+                json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "crd"}}),
+            ),
+            m(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c2"}})),
+            m(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n"}})),
+            m(json!({"apiVersion": "example.com/v1", "kind": "Deployment", "metadata": {"name": "not-apps"}})),
+        ];
+        in_apply_order(&mut ms);
+        let ids: Vec<String> = ms.iter().map(Manifest::id).collect();
+        assert_eq!(
+            ids,
+            [
+                "Namespace/n",
+                "CustomResourceDefinition/crd",
+                "ConfigMap/c",
+                "ConfigMap/c2",
+                "Service/s",
+                "Deployment/d",
+                "HorizontalPodAutoscaler/h",
+                "Widget/w",
+                "Deployment/not-apps"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_autoscaled_workload_is_applied_without_replicas() {
+        let mut ms = vec![
+            m(
+                json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "a"}, "spec": {"replicas": 2}}),
+            ),
+            m(
+                json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "b"}, "spec": {"replicas": 2}}),
+            ),
+            m(
+                json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "db", "namespace": "a"}, "spec": {"replicas": 1}}),
+            ),
+            m(
+                json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "web", "namespace": "a"},
+                "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}}}),
+            ),
+        ];
+        assert_eq!(release_autoscaled_replicas(&mut ms), ["Deployment/a/web"]);
+        assert!(ms[0].object["spec"].get("replicas").is_none());
+        assert_eq!(ms[1].object["spec"]["replicas"], 2, "same name, other namespace");
+        assert_eq!(ms[2].object["spec"]["replicas"], 1);
+    }
+
+    #[test]
+    fn the_scope_check_names_each_object_outside_the_blast_radius() {
+        let ms = vec![
+            m(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "kiosk"}})),
+            m(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "extra"}})),
+            m(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b", "namespace": "extra"}})),
+            m(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "kube-system"}})),
+            m(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "r"}})),
+        ];
+        let default = BundlePolicy::default();
+        let err = check_scope(&ms, "kiosk", &default).unwrap_err();
+        assert_eq!(
+            err,
+            [
+                "ConfigMap/kube-system/c (t.yaml): namespace \"kube-system\" is outside the bundle's namespace \"kiosk\" (set gitopsAgent.allowedNamespaces to widen it)"
+            ]
+        );
+        let narrow = BundlePolicy {
+            allowed_namespaces: Some(vec!["kiosk".into()]),
+            allowed_kinds: Some(vec!["ConfigMap".into(), "Namespace".into()]),
+            ..Default::default()
+        };
+        let err = check_scope(&ms, "kiosk", &narrow).unwrap_err();
+        assert_eq!(err.len(), 4, "{err:#?}");
+        assert!(err[0].starts_with(
+            "Namespace/extra (t.yaml): namespace \"extra\" is outside gitopsAgent.allowedNamespaces [kiosk]"
+        ));
+        assert!(err[3].contains(
+            "kind rbac.authorization.k8s.io/ClusterRole is not in gitopsAgent.allowedKinds [ConfigMap, Namespace]"
+        ));
+        let any = BundlePolicy { allowed_namespaces: Some(vec!["*".into()]), ..Default::default() };
+        assert_eq!(check_scope(&ms, "kiosk", &any), Ok(()));
+    }
+
+    #[test]
+    fn bundles_come_after_what_they_depend_on() {
+        let b = |dir: &str, on: &[&str]| (dir.to_owned(), on.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let order = bundle_order(&[b("app", &["infra-crds"]), b("extras", &[]), b("infra/crds", &[])]).unwrap();
+        assert_eq!(order, [2, 0, 1]);
+        assert_eq!(
+            bundle_order(&[b("a", &["b"]), b("b", &["c"]), b("c", &["a"])]).unwrap_err(),
+            "dependsOn forms a cycle: a -> b -> c -> a"
+        );
+        assert_eq!(
+            bundle_order(&[b("a", &["nope"])]).unwrap_err(),
+            "bundle a depends on \"nope\", which is not a bundle here"
+        );
     }
 }

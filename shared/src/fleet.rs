@@ -58,6 +58,16 @@ pub struct BundlePolicy {
     pub verify_window: Option<String>,
     #[serde(default)]
     pub drain_window: Option<String>,
+    /// Delete objects this agent applied for the bundle once they leave Git (default false).
+    #[serde(default)]
+    pub prune: bool,
+    /// Namespaces the bundle may touch (`*` for any). Default: its own namespace and the
+    /// namespaces it creates.
+    #[serde(default)]
+    pub allowed_namespaces: Option<Vec<String>>,
+    /// Kinds the bundle may apply (`Kind` or `group/Kind`). Default: any kind.
+    #[serde(default)]
+    pub allowed_kinds: Option<Vec<String>>,
 }
 
 /// One image's tag policy.

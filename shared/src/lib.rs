@@ -15,5 +15,6 @@ pub mod redact;
 pub mod registry;
 pub mod render;
 pub mod rollout;
+pub mod state;
 pub mod tree;
 pub mod yaml_lines;

@@ -158,6 +158,155 @@ pub fn pod_failure(pod: &Value) -> Option<PodFailure> {
         })
 }
 
+/// What the rollout watch concludes from one look at the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not there yet; says what is awaited.
+    Waiting(String),
+    Healthy,
+    Failed {
+        reason: String,
+        /// Only image pulls failed (see [`PodFailure::image_pull`]).
+        image_pull: bool,
+    },
+}
+
+/// What the watch saw: each desired workload (id and live object, `None` when not seen yet), and
+/// the ReplicaSets and pods of their namespaces.
+#[derive(Debug, Clone, Copy)]
+pub struct Seen<'a> {
+    pub workloads: &'a [(String, Option<Value>)],
+    pub replica_sets: &'a [Value],
+    pub pods: &'a [Value],
+}
+
+/// Healthy when every workload completed its rollout (kubectl's rules); failed at once when a pod
+/// of the workload's current revision is stuck (CrashLoopBackOff, image pull, config error) or a
+/// Deployment exceeded its own progress deadline.
+pub fn judge(seen: Seen<'_>) -> Verdict {
+    let mut waiting = Vec::new();
+    let mut pull_failures = Vec::new();
+    for (id, live) in seen.workloads {
+        let Some(live) = live else {
+            waiting.push(format!("{id}: not seen yet"));
+            continue;
+        };
+        for pod in current_pods(live, seen.replica_sets, seen.pods) {
+            if let Some(f) = pod_failure(pod) {
+                let reason = format!(
+                    "{id}: pod {} container {}: {}{}",
+                    f.pod,
+                    f.container,
+                    f.reason,
+                    if f.message.is_empty() { String::new() } else { format!(" ({})", f.message) }
+                );
+                if !f.image_pull {
+                    return Verdict::Failed { reason, image_pull: false };
+                }
+                pull_failures.push(reason);
+            }
+        }
+        match workload(live) {
+            Some(Rollout::Failed(m)) => return Verdict::Failed { reason: format!("{id}: {m}"), image_pull: false },
+            Some(Rollout::Progressing(m)) => waiting.push(format!("{id}: {m}")),
+            Some(Rollout::Complete(_)) | None => {}
+        }
+    }
+    if !pull_failures.is_empty() {
+        return Verdict::Failed { reason: pull_failures.join("; "), image_pull: true };
+    }
+    if waiting.is_empty() { Verdict::Healthy } else { Verdict::Waiting(waiting.join("; ")) }
+}
+
+/// The pods of `workload`'s current revision: for a Deployment those of its ReplicaSet with the
+/// same `deployment.kubernetes.io/revision`, for a StatefulSet those labelled with its
+/// `updateRevision`, for a DaemonSet all of its pods. Terminating pods never count: during a
+/// rollback the failed revision's pods crash until they are gone, and must not fail it again.
+pub fn current_pods<'a>(workload: &Value, replica_sets: &'a [Value], pods: &'a [Value]) -> Vec<&'a Value> {
+    let ns = workload["metadata"]["namespace"].as_str();
+    let Ok(selector) = serde_json::from_value::<crate::fleet::LabelSelector>(workload["spec"]["selector"].clone())
+    else {
+        return Vec::new();
+    };
+    let labels = |o: &Value, k: &str| o["metadata"]["labels"][k].as_str().map(str::to_owned);
+    let revision_label: Option<(&str, String)> = match workload["kind"].as_str() {
+        Some("Deployment") => {
+            let uid = &workload["metadata"]["uid"];
+            let revision = &workload["metadata"]["annotations"]["deployment.kubernetes.io/revision"];
+            let current = replica_sets.iter().find(|rs| {
+                rs["metadata"]["namespace"].as_str() == ns
+                    && !revision.is_null()
+                    && rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == *revision
+                    && rs["metadata"]["ownerReferences"].as_array().is_some_and(|o| o.iter().any(|r| r["uid"] == *uid))
+            });
+            match current.and_then(|rs| labels(rs, "pod-template-hash")) {
+                Some(h) => Some(("pod-template-hash", h)),
+                None => return Vec::new(),
+            }
+        }
+        Some("StatefulSet") => match workload["status"]["updateRevision"].as_str() {
+            Some(r) => Some(("controller-revision-hash", r.to_owned())),
+            None => return Vec::new(),
+        },
+        _ => None,
+    };
+    pods.iter()
+        .filter(|p| p["metadata"]["namespace"].as_str() == ns && p["metadata"]["deletionTimestamp"].is_null())
+        .filter(|p| {
+            let l: std::collections::BTreeMap<String, String> =
+                serde_json::from_value(p["metadata"]["labels"].clone()).unwrap_or_default();
+            selector.matches(&l) && revision_label.as_ref().is_none_or(|(k, v)| l.get(*k) == Some(v))
+        })
+        .collect()
+}
+
+/// Where a watched rollout goes after one verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Keep watching; wake up by `wake_at` at the latest (deadline or end of verification).
+    Continue {
+        healthy_since: Option<i64>,
+        wake_at: i64,
+    },
+    /// Healthy for the whole verification window.
+    Done,
+    Failed {
+        reason: String,
+        image_pull: bool,
+    },
+}
+
+/// Durations of one rollout watch, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// From the first apply to healthy.
+    pub progress_deadline: i64,
+    /// Healthy, and staying so, for this long before it counts.
+    pub verify_window: i64,
+}
+
+/// The rollout watch as a state machine: `healthy_since` is the state, `now` the clock. A failure
+/// during verification fails the rollout; a blip back to waiting restarts the window.
+pub fn step(verdict: &Verdict, started: i64, healthy_since: Option<i64>, limits: Limits, now: i64) -> Step {
+    let deadline = started + limits.progress_deadline;
+    match verdict {
+        Verdict::Failed { reason, image_pull } => Step::Failed { reason: reason.clone(), image_pull: *image_pull },
+        Verdict::Healthy => {
+            let since = healthy_since.unwrap_or(now);
+            if now >= since + limits.verify_window {
+                Step::Done
+            } else {
+                Step::Continue { healthy_since: Some(since), wake_at: since + limits.verify_window }
+            }
+        }
+        Verdict::Waiting(what) if now >= deadline => Step::Failed {
+            reason: format!("not healthy within the progress deadline of {}s: {what}", limits.progress_deadline),
+            image_pull: false,
+        },
+        Verdict::Waiting(_) => Step::Continue { healthy_since: None, wake_at: deadline },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,5 +531,132 @@ mod tests {
         }
         let f = pod_failure(&pod(json!([]), json!([waiting("web", "ErrImagePull")]))).unwrap();
         assert_eq!((f.pod.as_str(), f.message.as_str()), ("web-1", "ErrImagePull happened"));
+    }
+
+    fn labelled_pod(name: &str, labels: Value, waiting: Option<&str>, terminating: bool) -> Value {
+        let mut p = json!({"metadata": {"name": name, "namespace": "ns", "labels": labels}, "status": {}});
+        if let Some(r) = waiting {
+            p["status"]["containerStatuses"] =
+                json!([{"name": "web", "state": {"waiting": {"reason": r, "message": "m"}}}]);
+        }
+        if terminating {
+            p["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        }
+        p
+    }
+
+    fn live_deploy(revision: &str, done: bool) -> Value {
+        let (updated, available) = if done { (1, 1) } else { (1, 0) };
+        json!({"kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "ns", "uid": "u1", "generation": 2,
+                         "annotations": {"deployment.kubernetes.io/revision": revision}},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}},
+            "status": {"observedGeneration": 2, "replicas": 1, "updatedReplicas": updated, "availableReplicas": available}})
+    }
+
+    fn rs(revision: &str, hash: &str) -> Value {
+        json!({"metadata": {"name": format!("web-{hash}"), "namespace": "ns",
+            "labels": {"pod-template-hash": hash},
+            "annotations": {"deployment.kubernetes.io/revision": revision},
+            "ownerReferences": [{"uid": "u1"}]}})
+    }
+
+    fn verdict(workload: Option<Value>, pods: &[Value]) -> Verdict {
+        let workloads = [("Deployment/ns/web".to_owned(), workload)];
+        let sets = [rs("1", "old"), rs("2", "new")];
+        judge(Seen { workloads: &workloads, replica_sets: &sets, pods })
+    }
+
+    #[test]
+    fn judge_fails_fast_on_current_pods_only() {
+        let crash = |hash: &str, terminating| {
+            labelled_pod(
+                "web-x",
+                json!({"app": "web", "pod-template-hash": hash}),
+                Some("CrashLoopBackOff"),
+                terminating,
+            )
+        };
+        let pull =
+            labelled_pod("web-y", json!({"app": "web", "pod-template-hash": "new"}), Some("ImagePullBackOff"), false);
+        let other_app =
+            labelled_pod("db-0", json!({"app": "db", "pod-template-hash": "new"}), Some("CrashLoopBackOff"), false);
+        let cases: Vec<(&str, Option<Value>, Vec<Value>, Verdict)> = vec![
+            ("not seen", None, vec![], Verdict::Waiting("Deployment/ns/web: not seen yet".into())),
+            ("complete", Some(live_deploy("2", true)), vec![], Verdict::Healthy),
+            (
+                "new pod crashes",
+                Some(live_deploy("2", false)),
+                vec![crash("new", false)],
+                Verdict::Failed {
+                    reason: "Deployment/ns/web: pod web-x container web: CrashLoopBackOff (m)".into(),
+                    image_pull: false,
+                },
+            ),
+            // Rolling back: the failed revision's pods still crash, they are not the current ones.
+            ("old pod crashes", Some(live_deploy("2", true)), vec![crash("old", false)], Verdict::Healthy),
+            ("terminating pod crashes", Some(live_deploy("2", true)), vec![crash("new", true)], Verdict::Healthy),
+            ("another app's pod", Some(live_deploy("2", true)), vec![other_app], Verdict::Healthy),
+            (
+                "image pull",
+                Some(live_deploy("2", false)),
+                vec![pull],
+                Verdict::Failed {
+                    reason: "Deployment/ns/web: pod web-y container web: ImagePullBackOff (m)".into(),
+                    image_pull: true,
+                },
+            ),
+            (
+                "no ReplicaSet of this revision yet",
+                Some(live_deploy("3", false)),
+                vec![crash("new", false)],
+                Verdict::Waiting("Deployment/ns/web: 0 of 1 updated replicas are available".into()),
+            ),
+        ];
+        for (name, w, pods, want) in cases {
+            assert_eq!(verdict(w, &pods), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn statefulset_pods_count_by_update_revision() {
+        let sts = json!({"kind": "StatefulSet", "metadata": {"name": "db", "namespace": "ns", "generation": 1},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "db"}}},
+            "status": {"observedGeneration": 1, "updateRevision": "db-2", "currentRevision": "db-1", "replicas": 1}});
+        let p = |rev: &str| {
+            labelled_pod("db-0", json!({"app": "db", "controller-revision-hash": rev}), Some("CrashLoopBackOff"), false)
+        };
+        let (a, b) = ([p("db-1")], [p("db-2")]);
+        assert_eq!(current_pods(&sts, &[], &a).len(), 0);
+        assert_eq!(current_pods(&sts, &[], &b).len(), 1);
+    }
+
+    #[test]
+    fn step_waits_verifies_and_meets_the_deadline() {
+        let limits = Limits { progress_deadline: 60, verify_window: 10 };
+        let waiting = Verdict::Waiting("w".into());
+        let failed = Verdict::Failed { reason: "crash".into(), image_pull: false };
+        // (verdict, healthy_since, now, expected)
+        let cases = [
+            (&waiting, None, 5, Step::Continue { healthy_since: None, wake_at: 60 }),
+            (
+                &waiting,
+                None,
+                60,
+                Step::Failed { reason: "not healthy within the progress deadline of 60s: w".into(), image_pull: false },
+            ),
+            (&Verdict::Healthy, None, 20, Step::Continue { healthy_since: Some(20), wake_at: 30 }),
+            (&Verdict::Healthy, Some(20), 29, Step::Continue { healthy_since: Some(20), wake_at: 30 }),
+            (&Verdict::Healthy, Some(20), 30, Step::Done),
+            // Verification may run past the progress deadline: the rollout itself made it in time.
+            (&Verdict::Healthy, Some(55), 64, Step::Continue { healthy_since: Some(55), wake_at: 65 }),
+            (&waiting, Some(20), 25, Step::Continue { healthy_since: None, wake_at: 60 }),
+            (&failed, Some(20), 25, Step::Failed { reason: "crash".into(), image_pull: false }),
+        ];
+        for (i, (v, since, now, want)) in cases.into_iter().enumerate() {
+            assert_eq!(step(v, 0, since, limits, now), want, "case {i}");
+        }
+        let no_verify = Limits { verify_window: 0, ..limits };
+        assert_eq!(step(&Verdict::Healthy, 0, None, no_verify, 3), Step::Done);
     }
 }

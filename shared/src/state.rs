@@ -1,0 +1,668 @@
+//! What the agent remembers of each bundle, and every decision about it: whether to roll out,
+//! what a finished, failed or rolled-back rollout leaves behind, quarantine and its retry
+//! backoff, and which revision a rollback goes to.
+//!
+//! A [`Record`] is persisted before each step (in a Secret and a local file; the adapter writes
+//! both). Every transition returns a new record with a higher `seq`, so when the two copies
+//! disagree after a crash, [`newer`] picks the one written last. Time is passed in as Unix
+//! seconds; nothing here reads a clock.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Unix seconds.
+pub type Time = i64;
+
+/// Revisions kept besides the last-known-good, newest first: enough for `agent rollback --to`,
+/// small enough that the record stays far below a Secret's 1 MiB.
+pub const HISTORY: usize = 4;
+
+/// First retry of a revision whose images could not be pulled, doubled per attempt up to
+/// [`RETRY_MAX`].
+pub const RETRY_FIRST: Time = 60;
+pub const RETRY_MAX: Time = 30 * 60;
+
+/// What one reconcile wants of a bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Revision {
+    /// Git commit the objects were rendered from (`adopted` for objects found running).
+    pub commit: String,
+    /// [`rendered_hash`] of the objects.
+    pub hash: String,
+    /// Every image as written into the objects (pinned), sorted.
+    pub images: Vec<String>,
+}
+
+impl Revision {
+    /// `commit-prefix/hash-prefix`, as shown to operators and accepted by `rollback --to`.
+    pub fn short(&self) -> String {
+        format!("{}/{}", &self.commit[..self.commit.len().min(12)], &self.hash[..self.hash.len().min(12)])
+    }
+
+    /// Whether `wanted` names this revision: a prefix of its commit or of its hash.
+    pub fn is_named(&self, wanted: &str) -> bool {
+        !wanted.is_empty()
+            && (self.commit.starts_with(wanted) || self.hash.starts_with(wanted) || self.short() == wanted)
+    }
+}
+
+/// A revision with the objects that were applied for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    pub revision: Revision,
+    pub objects: Vec<Value>,
+    /// When it became what it is (applied, verified, adopted).
+    pub at: Time,
+}
+
+impl Snapshot {
+    pub fn ids(&self) -> BTreeSet<String> {
+        self.objects.iter().map(object_id).collect()
+    }
+}
+
+/// Where a bundle's rollout stands. Anything but `Idle` after a restart is unfinished work,
+/// resumed before the sources are even read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "camelCase")]
+pub enum Phase {
+    Idle,
+    /// `candidate` is being applied or watched since `started`.
+    RollingOut {
+        candidate: Snapshot,
+        started: Time,
+    },
+    /// `failed` is being replaced by the last-known-good (or by `target` for a manual rollback).
+    #[serde(rename_all = "camelCase")]
+    RollingBack {
+        failed: Snapshot,
+        target: Snapshot,
+        reason: String,
+        /// The failure was an image pull after a good preflight: retried later, not for good.
+        retryable: bool,
+        started: Time,
+    },
+}
+
+/// A revision that failed, keyed by its rendered hash: not tried again until the bundle renders
+/// differently, or until `retry_at` for image-pull failures, or `agent retry`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Quarantine {
+    pub revision: Revision,
+    pub reason: String,
+    pub at: Time,
+    pub retry_at: Option<Time>,
+    /// Failures of this same hash so far.
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OutcomeKind {
+    RolledOut,
+    Adopted,
+    RolledBack,
+    /// Failed with nothing to roll back to: what the failed revision applied still runs.
+    FailedNoRollback,
+    /// The rollback itself did not become healthy: a human is needed.
+    RollbackFailed,
+}
+
+/// The last thing that happened to the bundle, for status and exit codes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outcome {
+    pub result: OutcomeKind,
+    pub revision: Revision,
+    pub message: String,
+    pub at: Time,
+}
+
+/// Everything the agent keeps of one bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    pub seq: u64,
+    pub bundle: String,
+    pub phase: Phase,
+    pub lkg: Option<Snapshot>,
+    /// Earlier last-known-good revisions, newest first, at most [`HISTORY`].
+    pub history: Vec<Snapshot>,
+    pub quarantine: Option<Quarantine>,
+    pub last: Option<Outcome>,
+}
+
+impl Record {
+    pub fn new(bundle: &str) -> Record {
+        Record {
+            seq: 0,
+            bundle: bundle.to_owned(),
+            phase: Phase::Idle,
+            lkg: None,
+            history: Vec::new(),
+            quarantine: None,
+            last: None,
+        }
+    }
+
+    fn next(&self) -> Record {
+        Record { seq: self.seq + 1, ..self.clone() }
+    }
+
+    /// Before the first apply of `candidate`.
+    pub fn start_rollout(&self, candidate: Snapshot, now: Time) -> Record {
+        Record { phase: Phase::RollingOut { candidate, started: now }, ..self.next() }
+    }
+
+    /// The candidate became healthy (and stayed so through the verification window): it is
+    /// the new last-known-good.
+    pub fn rolled_out(&self, now: Time) -> Record {
+        let Phase::RollingOut { candidate, .. } = &self.phase else { return self.clone() };
+        let mut r = self.next();
+        r.last = Some(Outcome {
+            result: OutcomeKind::RolledOut,
+            revision: candidate.revision.clone(),
+            message: "healthy".into(),
+            at: now,
+        });
+        r.become_lkg(Snapshot { at: now, ..candidate.clone() });
+        r.phase = Phase::Idle;
+        r
+    }
+
+    /// Objects found running (and healthy) recorded as the first last-known-good, or the live
+    /// state already equal to the desired one.
+    pub fn adopted(&self, snapshot: Snapshot, message: &str, now: Time) -> Record {
+        let mut r = self.next();
+        r.last = Some(Outcome {
+            result: OutcomeKind::Adopted,
+            revision: snapshot.revision.clone(),
+            message: message.to_owned(),
+            at: now,
+        });
+        r.become_lkg(Snapshot { at: now, ..snapshot });
+        r
+    }
+
+    fn become_lkg(&mut self, snap: Snapshot) {
+        if let Some(old) = self.lkg.take().filter(|old| old.revision.hash != snap.revision.hash) {
+            self.history.retain(|h| h.revision.hash != old.revision.hash && h.revision.hash != snap.revision.hash);
+            self.history.insert(0, old);
+            self.history.truncate(HISTORY);
+        }
+        if self.quarantine.as_ref().is_some_and(|q| q.revision.hash == snap.revision.hash) {
+            self.quarantine = None;
+        }
+        self.lkg = Some(snap);
+    }
+
+    /// The rollout failed: roll back to the last-known-good, or, without one, quarantine the
+    /// candidate and leave what it applied (nothing better is known).
+    pub fn rollout_failed(&self, reason: &str, retryable: bool, now: Time) -> Record {
+        let Phase::RollingOut { candidate, .. } = &self.phase else { return self.clone() };
+        let mut r = self.next();
+        match &self.lkg {
+            Some(lkg) => {
+                r.phase = Phase::RollingBack {
+                    failed: candidate.clone(),
+                    target: lkg.clone(),
+                    reason: reason.to_owned(),
+                    retryable,
+                    started: now,
+                }
+            }
+            None => {
+                r.quarantine(&candidate.revision, reason, retryable, now);
+                r.last = Some(Outcome {
+                    result: OutcomeKind::FailedNoRollback,
+                    revision: candidate.revision.clone(),
+                    message: format!("{reason}; no last-known-good to roll back to"),
+                    at: now,
+                });
+                r.phase = Phase::Idle;
+            }
+        }
+        r
+    }
+
+    /// The rollback is healthy again: the failed revision is quarantined.
+    pub fn rolled_back(&self, now: Time) -> Record {
+        let Phase::RollingBack { failed, target, reason, retryable, .. } = &self.phase else { return self.clone() };
+        let mut r = self.next();
+        r.quarantine(&failed.revision, reason, *retryable, now);
+        r.last = Some(Outcome {
+            result: OutcomeKind::RolledBack,
+            revision: failed.revision.clone(),
+            message: format!("{reason}; rolled back to {}", target.revision.short()),
+            at: now,
+        });
+        if self.lkg.as_ref().is_none_or(|l| l.revision.hash != target.revision.hash) {
+            r.become_lkg(Snapshot { at: now, ..target.clone() });
+        }
+        r.phase = Phase::Idle;
+        r
+    }
+
+    /// The rollback did not become healthy either. The failed revision stays quarantined and
+    /// nothing is tried again by itself: the node needs a human.
+    pub fn rollback_failed(&self, why: &str, now: Time) -> Record {
+        let Phase::RollingBack { failed, reason, .. } = &self.phase else { return self.clone() };
+        let mut r = self.next();
+        r.quarantine(&failed.revision, reason, false, now);
+        r.last = Some(Outcome {
+            result: OutcomeKind::RollbackFailed,
+            revision: failed.revision.clone(),
+            message: format!("{reason}; the rollback did not become healthy: {why}"),
+            at: now,
+        });
+        r.phase = Phase::Idle;
+        r
+    }
+
+    fn quarantine(&mut self, revision: &Revision, reason: &str, retryable: bool, now: Time) {
+        let attempts = match &self.quarantine {
+            Some(q) if q.revision.hash == revision.hash => q.attempts + 1,
+            _ => 1,
+        };
+        self.quarantine = Some(Quarantine {
+            revision: revision.clone(),
+            reason: reason.to_owned(),
+            at: now,
+            retry_at: retryable.then(|| now + retry_delay(attempts)),
+            attempts,
+        });
+    }
+
+    /// `agent retry`: forget the quarantine.
+    pub fn retry(&self) -> Record {
+        Record { quarantine: None, ..self.next() }
+    }
+
+    /// `agent rollback [--to REVISION]`: back to the named revision (default: the one before the
+    /// last-known-good). The current one is quarantined by the rollback, so the next reconcile
+    /// does not put it back until Git renders something else.
+    pub fn manual_rollback(&self, to: Option<&str>, now: Time) -> Result<Record, String> {
+        if self.phase != Phase::Idle {
+            return Err(format!("bundle {} is busy ({}); try again when it is idle", self.bundle, self.phase.name()));
+        }
+        let current = self.lkg.as_ref().ok_or_else(|| format!("bundle {} has no last-known-good yet", self.bundle))?;
+        let target = match to {
+            None => self.history.first().ok_or_else(|| {
+                format!("bundle {} has no earlier revision than {}", self.bundle, current.revision.short())
+            })?,
+            Some(name) => {
+                let found: Vec<&Snapshot> =
+                    std::iter::once(current).chain(&self.history).filter(|s| s.revision.is_named(name)).collect();
+                match found.as_slice() {
+                    [one] => *one,
+                    [] => return Err(format!("no revision {name:?} in {}: {}", self.bundle, self.known())),
+                    _ => {
+                        return Err(format!(
+                            "{name:?} names more than one revision of {}: {}",
+                            self.bundle,
+                            self.known()
+                        ));
+                    }
+                }
+            }
+        };
+        if target.revision.hash == current.revision.hash {
+            return Err(format!("{} is already the last-known-good of {}", current.revision.short(), self.bundle));
+        }
+        Ok(Record {
+            phase: Phase::RollingBack {
+                failed: current.clone(),
+                target: target.clone(),
+                reason: "rolled back by hand".into(),
+                retryable: false,
+                started: now,
+            },
+            ..self.next()
+        })
+    }
+
+    fn known(&self) -> String {
+        let all: Vec<String> = self.lkg.iter().chain(&self.history).map(|s| s.revision.short()).collect();
+        if all.is_empty() { "none recorded".into() } else { all.join(", ") }
+    }
+}
+
+impl Phase {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Idle => "idle",
+            Phase::RollingOut { .. } => "rolling out",
+            Phase::RollingBack { .. } => "rolling back",
+        }
+    }
+}
+
+/// Delay before retry `attempts` (1-based) of a revision whose images failed to pull.
+pub fn retry_delay(attempts: u32) -> Time {
+    let doublings = attempts.saturating_sub(1).min(16);
+    (RETRY_FIRST << doublings).min(RETRY_MAX)
+}
+
+/// The copy written last; `None` only when there is none.
+pub fn newer(a: Option<Record>, b: Option<Record>) -> Option<Record> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.seq > a.seq { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// What a reconcile does with a bundle whose record is idle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Live objects equal the desired ones, which are the last-known-good.
+    Nothing,
+    /// Live objects equal the desired ones, but they were never verified: check their health and
+    /// record them as last-known-good without applying anything.
+    Verify,
+    /// Apply and watch.
+    RollOut,
+    /// Not tried: the reason says why and until when.
+    Blocked(String),
+}
+
+/// Decides for an idle record, the `hash` of the desired objects, and whether the live objects
+/// already equal them.
+pub fn next(record: &Record, hash: &str, in_sync: bool, now: Time) -> Next {
+    if let Some(q) = record.quarantine.as_ref().filter(|q| q.revision.hash == hash) {
+        match q.retry_at {
+            Some(at) if now >= at => {}
+            Some(at) => {
+                return Next::Blocked(format!(
+                    "revision {} is quarantined until {} (attempt {}): {}",
+                    q.revision.short(),
+                    rfc3339(at),
+                    q.attempts,
+                    q.reason
+                ));
+            }
+            None => {
+                return Next::Blocked(format!(
+                    "revision {} is quarantined: {}; it is tried again when the bundle renders differently, \
+                     or with `agent retry {}`",
+                    q.revision.short(),
+                    q.reason,
+                    record.bundle
+                ));
+            }
+        }
+    }
+    match (in_sync, record.lkg.as_ref().is_some_and(|l| l.revision.hash == hash)) {
+        (true, true) => Next::Nothing,
+        (true, false) => Next::Verify,
+        (false, _) => Next::RollOut,
+    }
+}
+
+/// Objects a rollback deletes: what the failed revision applied and the target lacks.
+pub fn rollback_deletions(failed: &Snapshot, target: &Snapshot) -> Vec<String> {
+    let keep = target.ids();
+    failed.ids().into_iter().filter(|id| !keep.contains(id)).collect()
+}
+
+/// `Kind/namespace/name` (or `Kind/name`), as `shared::render::Manifest::id`.
+pub fn object_id(object: &Value) -> String {
+    let kind = object["kind"].as_str().unwrap_or("?");
+    let name = object["metadata"]["name"].as_str().unwrap_or("?");
+    match object["metadata"]["namespace"].as_str() {
+        Some(ns) => format!("{kind}/{ns}/{name}"),
+        None => format!("{kind}/{name}"),
+    }
+}
+
+/// SHA-256 of the objects in a canonical form (keys sorted, objects sorted by id): the same
+/// objects hash the same whatever order a renderer printed them or their keys in.
+pub fn rendered_hash(objects: &[Value]) -> String {
+    let mut sorted: Vec<(String, &Value)> = objects.iter().map(|o| (object_id(o), o)).collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut h = Sha256::new();
+    for (_, o) in sorted {
+        let mut s = String::new();
+        canonical(o, &mut s);
+        h.update(s.as_bytes());
+        h.update(b"\n");
+    }
+    let mut out = String::with_capacity(64);
+    for b in h.finalize() {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+fn canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical(&m[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(x, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// `2026-11-23T10:00:00Z` for Unix seconds (UTC, proleptic Gregorian).
+pub fn rfc3339(t: Time) -> String {
+    let days = t.div_euclid(86_400);
+    let secs = t.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn snap(commit: &str, objects: Vec<Value>) -> Snapshot {
+        let hash = rendered_hash(&objects);
+        Snapshot { revision: Revision { commit: commit.into(), hash, images: vec![] }, objects, at: 0 }
+    }
+
+    fn cm(name: &str, data: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "ns"}, "data": {"k": data}})
+    }
+
+    #[test]
+    fn the_hash_ignores_object_and_key_order_and_sees_any_value_change() {
+        let a = json!({"kind": "ConfigMap", "metadata": {"name": "a", "namespace": "n"}, "data": {"x": "1", "y": "2"}});
+        let a_reordered: Value = serde_json::from_str(
+            r#"{"data": {"y": "2", "x": "1"}, "metadata": {"namespace": "n", "name": "a"}, "kind": "ConfigMap"}"#,
+        )
+        .unwrap();
+        let b = cm("b", "1");
+        assert_eq!(rendered_hash(&[a.clone(), b.clone()]), rendered_hash(&[b.clone(), a_reordered]));
+        let mut a2 = a.clone();
+        a2["data"]["y"] = json!("3");
+        assert_ne!(rendered_hash(&[a.clone(), b.clone()]), rendered_hash(&[a2, b.clone()]));
+        assert_eq!(rendered_hash(&[a]).len(), 64);
+    }
+
+    #[test]
+    fn next_decides_from_quarantine_sync_and_lkg() {
+        let good = snap("c1", vec![cm("a", "1")]);
+        let bad = snap("c2", vec![cm("a", "2")]);
+        let mut rec = Record::new("b");
+        rec.lkg = Some(good.clone());
+        let quarantined = |retry_at| Quarantine {
+            revision: bad.revision.clone(),
+            reason: "crash".into(),
+            at: 100,
+            retry_at,
+            attempts: 1,
+        };
+        let h = |s: &Snapshot| s.revision.hash.clone();
+        // (case, quarantine, desired hash, in sync, now, expected)
+        type Case<'a> = (&'a str, Option<Quarantine>, String, bool, Time, &'a str);
+        let cases: Vec<Case> = vec![
+            ("in sync and lkg", None, h(&good), true, 0, "nothing"),
+            ("in sync, never verified", None, h(&bad), true, 0, "verify"),
+            ("differs", None, h(&bad), false, 0, "roll out"),
+            ("quarantined for good", Some(quarantined(None)), h(&bad), false, 10_000, "blocked"),
+            ("quarantined until later", Some(quarantined(Some(200))), h(&bad), false, 199, "blocked"),
+            ("retry time reached", Some(quarantined(Some(200))), h(&bad), false, 200, "roll out"),
+            (
+                "another hash is not blocked",
+                Some(quarantined(None)),
+                h(&snap("c3", vec![cm("a", "3")])),
+                false,
+                0,
+                "roll out",
+            ),
+        ];
+        for (name, q, hash, in_sync, now, want) in cases {
+            rec.quarantine = q;
+            let got = match next(&rec, &hash, in_sync, now) {
+                Next::Nothing => "nothing",
+                Next::Verify => "verify",
+                Next::RollOut => "roll out",
+                Next::Blocked(_) => "blocked",
+            };
+            assert_eq!(got, want, "{name}");
+        }
+        rec.quarantine = Some(quarantined(Some(200)));
+        let Next::Blocked(why) = next(&rec, &h(&bad), false, 0) else { panic!() };
+        assert!(why.contains("until 1970-01-01T00:03:20Z (attempt 1): crash"), "{why}");
+        rec.quarantine = Some(quarantined(None));
+        let Next::Blocked(why) = next(&rec, &h(&bad), false, 0) else { panic!() };
+        assert!(why.contains("`agent retry b`"), "{why}");
+    }
+
+    #[test]
+    fn a_failed_rollout_rolls_back_then_quarantines_and_a_pull_failure_backs_off() {
+        let good = snap("c1", vec![cm("a", "1")]);
+        let bad = snap("c2", vec![cm("a", "2"), cm("new", "x")]);
+        let rec = Record::new("b").start_rollout(good.clone(), 10).rolled_out(20);
+        assert_eq!(rec.seq, 2);
+        assert_eq!(rec.lkg.as_ref().unwrap().revision, good.revision);
+        assert_eq!(rec.last.as_ref().unwrap().result, OutcomeKind::RolledOut);
+
+        let failing = rec.start_rollout(bad.clone(), 30).rollout_failed("pod x: CrashLoopBackOff", false, 40);
+        let Phase::RollingBack { target, failed, .. } = &failing.phase else { panic!("{:?}", failing.phase) };
+        assert_eq!(target.revision, good.revision);
+        assert_eq!(rollback_deletions(failed, target), ["ConfigMap/ns/new"]);
+        let done = failing.rolled_back(50);
+        assert_eq!(done.phase, Phase::Idle);
+        assert_eq!(done.lkg.as_ref().unwrap().revision, good.revision);
+        let q = done.quarantine.as_ref().unwrap();
+        assert_eq!((q.revision.hash.as_str(), q.retry_at, q.attempts), (bad.revision.hash.as_str(), None, 1));
+        assert_eq!(done.last.as_ref().unwrap().result, OutcomeKind::RolledBack);
+        assert!(done.seq > failing.seq && failing.seq > rec.seq);
+
+        // Image pulls: retried after 1 min, then 2 min, ... never sooner, never more than 30 min apart.
+        let mut r = rec.clone();
+        for (attempts, delay) in [(1, 60), (2, 120), (3, 240)] {
+            r = r.start_rollout(bad.clone(), 100).rollout_failed("ImagePullBackOff", true, 100).rolled_back(100);
+            let q = r.quarantine.as_ref().unwrap();
+            assert_eq!((q.attempts, q.retry_at), (attempts, Some(100 + delay)));
+        }
+        assert_eq!(retry_delay(30), RETRY_MAX);
+    }
+
+    #[test]
+    fn without_lkg_a_failure_is_quarantined_and_left_running() {
+        let bad = snap("c2", vec![cm("a", "2")]);
+        let r = Record::new("b").start_rollout(bad.clone(), 1).rollout_failed("deadline", false, 2);
+        assert_eq!(r.phase, Phase::Idle);
+        assert_eq!(r.last.as_ref().unwrap().result, OutcomeKind::FailedNoRollback);
+        assert!(r.last.as_ref().unwrap().message.contains("no last-known-good"));
+        assert_eq!(r.quarantine.as_ref().unwrap().revision, bad.revision);
+    }
+
+    #[test]
+    fn history_keeps_earlier_revisions_newest_first_and_rollback_picks_them_by_name() {
+        let s: Vec<Snapshot> = (1..=7).map(|i| snap(&format!("c{i}aaaa"), vec![cm("a", &i.to_string())])).collect();
+        let mut r = Record::new("b");
+        for x in &s {
+            r = r.start_rollout(x.clone(), 0).rolled_out(0);
+        }
+        assert_eq!(r.lkg.as_ref().unwrap().revision.commit, "c7aaaa");
+        let hist: Vec<&str> = r.history.iter().map(|h| h.revision.commit.as_str()).collect();
+        assert_eq!(hist, ["c6aaaa", "c5aaaa", "c4aaaa", "c3aaaa"]);
+
+        let back = r.manual_rollback(None, 5).unwrap();
+        let Phase::RollingBack { target, failed, .. } = &back.phase else { panic!() };
+        assert_eq!((target.revision.commit.as_str(), failed.revision.commit.as_str()), ("c6aaaa", "c7aaaa"));
+        let done = back.rolled_back(6);
+        assert_eq!(done.lkg.as_ref().unwrap().revision.commit, "c6aaaa");
+        assert_eq!(done.quarantine.as_ref().unwrap().revision.commit, "c7aaaa", "the current one is not re-applied");
+
+        let to = r.manual_rollback(Some("c4"), 5).unwrap();
+        let Phase::RollingBack { target, .. } = &to.phase else { panic!() };
+        assert_eq!(target.revision.commit, "c4aaaa");
+        assert!(r.manual_rollback(Some("c1"), 5).unwrap_err().contains("no revision \"c1\""));
+        assert!(r.manual_rollback(Some("c7"), 5).unwrap_err().contains("already the last-known-good"));
+        assert!(r.manual_rollback(Some("c"), 5).unwrap_err().contains("more than one"));
+        assert!(Record::new("x").manual_rollback(None, 0).unwrap_err().contains("no last-known-good"));
+        assert!(back.manual_rollback(None, 0).unwrap_err().contains("busy (rolling back)"));
+        assert_eq!(r.retry().quarantine, None);
+    }
+
+    #[test]
+    fn the_copy_written_last_wins() {
+        let a = Record { seq: 3, ..Record::new("b") };
+        let b = Record { seq: 5, ..Record::new("b") };
+        assert_eq!(newer(Some(a.clone()), Some(b.clone())).unwrap().seq, 5);
+        assert_eq!(newer(Some(b.clone()), Some(a.clone())).unwrap().seq, 5);
+        assert_eq!(newer(None, Some(a.clone())).unwrap().seq, 3);
+        assert_eq!(newer(None, None), None);
+    }
+
+    #[test]
+    fn records_round_trip_through_json() {
+        let r = Record::new("b").start_rollout(snap("c1", vec![cm("a", "1")]), 7);
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(text.contains(r#""phase":"rollingOut""#), "{text}");
+        assert_eq!(serde_json::from_str::<Record>(&text).unwrap(), r);
+    }
+
+    #[test]
+    fn rfc3339_formats_unix_seconds() {
+        for (t, want) in [
+            (0, "1970-01-01T00:00:00Z"),
+            (951_782_400, "2000-02-29T00:00:00Z"),
+            (1_795_430_096, "2026-11-23T10:34:56Z"),
+            (4_107_542_399, "2100-02-28T23:59:59Z"),
+        ] {
+            assert_eq!(rfc3339(t), want, "{t}");
+        }
+    }
+}
