@@ -236,6 +236,64 @@ impl Cluster {
         Ok(out)
     }
 
+    /// Deletes one object (foreground: dependents such as a Deployment's pods go first). An
+    /// object already gone is not an error.
+    pub async fn delete(&self, m: &Manifest) -> Result<(), ClusterError> {
+        let api = self.api_for(m)?;
+        let name = m.object["metadata"]["name"].as_str().unwrap_or_default();
+        match api.delete(name, &kube::api::DeleteParams::foreground()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(object_err(m, &e)),
+        }
+    }
+
+    /// A Kubernetes Event on `object` (`kubectl describe` shows it), reported by the agent
+    /// identity `instance`.
+    pub async fn event(
+        &self,
+        instance: &str,
+        object: &Value,
+        warning: bool,
+        reason: &str,
+        note: &str,
+    ) -> Result<(), ClusterError> {
+        use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+        let reporter = Reporter { controller: FIELD_MANAGER.to_owned(), instance: Some(instance.to_owned()) };
+        let recorder = Recorder::new(self.client.clone(), reporter);
+        let meta = &object["metadata"];
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: object["apiVersion"].as_str().map(str::to_owned),
+            kind: object["kind"].as_str().map(str::to_owned),
+            name: meta["name"].as_str().map(str::to_owned),
+            namespace: meta["namespace"].as_str().map(str::to_owned),
+            uid: meta["uid"].as_str().map(str::to_owned),
+            ..Default::default()
+        };
+        // The API server limits a note to 1 kB.
+        let mut note = note.to_owned();
+        if note.len() > 1000 {
+            let mut cut = 997;
+            while !note.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            note.truncate(cut);
+            note.push_str("...");
+        }
+        let event = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: reason.to_owned(),
+            secondary: None,
+        };
+        recorder.publish(&event, &reference).await.map_err(|e| ClusterError::Object {
+            object: shared::state::object_id(object),
+            reason: format!("recording event {reason}: {}", crate::source::error_chain(&e)),
+            status: None,
+        })
+    }
+
     /// Labels of the Node `name` (for `identity.labelsFromNode`).
     pub async fn node_labels(&self, name: &str) -> Result<BTreeMap<String, String>, ClusterError> {
         let gvk = GroupVersionKind::gvk("", "v1", "Node");

@@ -171,6 +171,8 @@ impl Build<'_> {
         }
         decide::assign_namespace(&mut manifests, &spec.namespace, spec.force_namespace, self.namespaced);
         decide::label_owned(&mut manifests, &self.node.agent_id, &name);
+        // Expected, documented behaviour (docs/bundles.md), so not a warning.
+        decide::release_autoscaled_replicas(&mut manifests);
         check_unique(&manifests).map_err(|e| fail(Stage::Render, vec![e]))?;
 
         let images = match self.registries {

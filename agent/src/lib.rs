@@ -4,5 +4,8 @@
 pub mod cli;
 pub mod cluster;
 pub mod desired;
+pub mod reconcile;
 pub mod render;
 pub mod source;
+pub mod state;
+pub mod watch;

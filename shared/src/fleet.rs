@@ -58,6 +58,10 @@ pub struct BundlePolicy {
     pub verify_window: Option<String>,
     #[serde(default)]
     pub drain_window: Option<String>,
+    /// Take over fields another field manager owns when applying (default false: a conflict
+    /// blocks the bundle and is reported).
+    #[serde(default)]
+    pub force_conflicts: bool,
     /// Delete objects this agent applied for the bundle once they leave Git (default false).
     #[serde(default)]
     pub prune: bool,

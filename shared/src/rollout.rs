@@ -277,7 +277,8 @@ pub enum Step {
 }
 
 /// Durations of one rollout watch, in seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Limits {
     /// From the first apply to healthy.
     pub progress_deadline: i64,

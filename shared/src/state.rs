@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::rollout::Limits;
+
 /// Unix seconds.
 pub type Time = i64;
 
@@ -77,6 +79,7 @@ pub enum Phase {
     RollingOut {
         candidate: Snapshot,
         started: Time,
+        limits: Limits,
     },
     /// `failed` is being replaced by the last-known-good (or by `target` for a manual rollback).
     #[serde(rename_all = "camelCase")]
@@ -87,6 +90,7 @@ pub enum Phase {
         /// The failure was an image pull after a good preflight: retried later, not for good.
         retryable: bool,
         started: Time,
+        limits: Limits,
     },
 }
 
@@ -157,12 +161,12 @@ impl Record {
     }
 
     /// Before the first apply of `candidate`.
-    pub fn start_rollout(&self, candidate: Snapshot, now: Time) -> Record {
-        Record { phase: Phase::RollingOut { candidate, started: now }, ..self.next() }
+    pub fn start_rollout(&self, candidate: Snapshot, limits: Limits, now: Time) -> Record {
+        Record { phase: Phase::RollingOut { candidate, started: now, limits }, ..self.next() }
     }
 
     /// The candidate became healthy (and stayed so through the verification window): it is
-    /// the new last-known-good.
+    /// the new last-known-good, and any quarantine is lifted.
     pub fn rolled_out(&self, now: Time) -> Record {
         let Phase::RollingOut { candidate, .. } = &self.phase else { return self.clone() };
         let mut r = self.next();
@@ -173,6 +177,9 @@ impl Record {
             at: now,
         });
         r.become_lkg(Snapshot { at: now, ..candidate.clone() });
+        // A quarantine blocks what is current; once another revision is healthy it has done its
+        // job (a later commit that renders the failed objects again is one new attempt, not a loop).
+        r.quarantine = None;
         r.phase = Phase::Idle;
         r
     }
@@ -197,16 +204,13 @@ impl Record {
             self.history.insert(0, old);
             self.history.truncate(HISTORY);
         }
-        if self.quarantine.as_ref().is_some_and(|q| q.revision.hash == snap.revision.hash) {
-            self.quarantine = None;
-        }
         self.lkg = Some(snap);
     }
 
     /// The rollout failed: roll back to the last-known-good, or, without one, quarantine the
     /// candidate and leave what it applied (nothing better is known).
     pub fn rollout_failed(&self, reason: &str, retryable: bool, now: Time) -> Record {
-        let Phase::RollingOut { candidate, .. } = &self.phase else { return self.clone() };
+        let Phase::RollingOut { candidate, limits, .. } = &self.phase else { return self.clone() };
         let mut r = self.next();
         match &self.lkg {
             Some(lkg) => {
@@ -216,6 +220,7 @@ impl Record {
                     reason: reason.to_owned(),
                     retryable,
                     started: now,
+                    limits: *limits,
                 }
             }
             None => {
@@ -288,7 +293,7 @@ impl Record {
     /// `agent rollback [--to REVISION]`: back to the named revision (default: the one before the
     /// last-known-good). The current one is quarantined by the rollback, so the next reconcile
     /// does not put it back until Git renders something else.
-    pub fn manual_rollback(&self, to: Option<&str>, now: Time) -> Result<Record, String> {
+    pub fn manual_rollback(&self, to: Option<&str>, limits: Limits, now: Time) -> Result<Record, String> {
         if self.phase != Phase::Idle {
             return Err(format!("bundle {} is busy ({}); try again when it is idle", self.bundle, self.phase.name()));
         }
@@ -323,6 +328,7 @@ impl Record {
                 reason: "rolled back by hand".into(),
                 retryable: false,
                 started: now,
+                limits,
             },
             ..self.next()
         })
@@ -492,6 +498,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const L: Limits = Limits { progress_deadline: 60, verify_window: 0 };
+
     fn snap(commit: &str, objects: Vec<Value>) -> Snapshot {
         let hash = rendered_hash(&objects);
         Snapshot { revision: Revision { commit: commit.into(), hash, images: vec![] }, objects, at: 0 }
@@ -570,12 +578,13 @@ mod tests {
     fn a_failed_rollout_rolls_back_then_quarantines_and_a_pull_failure_backs_off() {
         let good = snap("c1", vec![cm("a", "1")]);
         let bad = snap("c2", vec![cm("a", "2"), cm("new", "x")]);
-        let rec = Record::new("b").start_rollout(good.clone(), 10).rolled_out(20);
+        let rec = Record::new("b").start_rollout(good.clone(), L, 10).rolled_out(20);
+        assert_eq!(rec.quarantine, None);
         assert_eq!(rec.seq, 2);
         assert_eq!(rec.lkg.as_ref().unwrap().revision, good.revision);
         assert_eq!(rec.last.as_ref().unwrap().result, OutcomeKind::RolledOut);
 
-        let failing = rec.start_rollout(bad.clone(), 30).rollout_failed("pod x: CrashLoopBackOff", false, 40);
+        let failing = rec.start_rollout(bad.clone(), L, 30).rollout_failed("pod x: CrashLoopBackOff", false, 40);
         let Phase::RollingBack { target, failed, .. } = &failing.phase else { panic!("{:?}", failing.phase) };
         assert_eq!(target.revision, good.revision);
         assert_eq!(rollback_deletions(failed, target), ["ConfigMap/ns/new"]);
@@ -590,7 +599,7 @@ mod tests {
         // Image pulls: retried after 1 min, then 2 min, ... never sooner, never more than 30 min apart.
         let mut r = rec.clone();
         for (attempts, delay) in [(1, 60), (2, 120), (3, 240)] {
-            r = r.start_rollout(bad.clone(), 100).rollout_failed("ImagePullBackOff", true, 100).rolled_back(100);
+            r = r.start_rollout(bad.clone(), L, 100).rollout_failed("ImagePullBackOff", true, 100).rolled_back(100);
             let q = r.quarantine.as_ref().unwrap();
             assert_eq!((q.attempts, q.retry_at), (attempts, Some(100 + delay)));
         }
@@ -600,7 +609,7 @@ mod tests {
     #[test]
     fn without_lkg_a_failure_is_quarantined_and_left_running() {
         let bad = snap("c2", vec![cm("a", "2")]);
-        let r = Record::new("b").start_rollout(bad.clone(), 1).rollout_failed("deadline", false, 2);
+        let r = Record::new("b").start_rollout(bad.clone(), L, 1).rollout_failed("deadline", false, 2);
         assert_eq!(r.phase, Phase::Idle);
         assert_eq!(r.last.as_ref().unwrap().result, OutcomeKind::FailedNoRollback);
         assert!(r.last.as_ref().unwrap().message.contains("no last-known-good"));
@@ -612,27 +621,27 @@ mod tests {
         let s: Vec<Snapshot> = (1..=7).map(|i| snap(&format!("c{i}aaaa"), vec![cm("a", &i.to_string())])).collect();
         let mut r = Record::new("b");
         for x in &s {
-            r = r.start_rollout(x.clone(), 0).rolled_out(0);
+            r = r.start_rollout(x.clone(), L, 0).rolled_out(0);
         }
         assert_eq!(r.lkg.as_ref().unwrap().revision.commit, "c7aaaa");
         let hist: Vec<&str> = r.history.iter().map(|h| h.revision.commit.as_str()).collect();
         assert_eq!(hist, ["c6aaaa", "c5aaaa", "c4aaaa", "c3aaaa"]);
 
-        let back = r.manual_rollback(None, 5).unwrap();
+        let back = r.manual_rollback(None, L, 5).unwrap();
         let Phase::RollingBack { target, failed, .. } = &back.phase else { panic!() };
         assert_eq!((target.revision.commit.as_str(), failed.revision.commit.as_str()), ("c6aaaa", "c7aaaa"));
         let done = back.rolled_back(6);
         assert_eq!(done.lkg.as_ref().unwrap().revision.commit, "c6aaaa");
         assert_eq!(done.quarantine.as_ref().unwrap().revision.commit, "c7aaaa", "the current one is not re-applied");
 
-        let to = r.manual_rollback(Some("c4"), 5).unwrap();
+        let to = r.manual_rollback(Some("c4"), L, 5).unwrap();
         let Phase::RollingBack { target, .. } = &to.phase else { panic!() };
         assert_eq!(target.revision.commit, "c4aaaa");
-        assert!(r.manual_rollback(Some("c1"), 5).unwrap_err().contains("no revision \"c1\""));
-        assert!(r.manual_rollback(Some("c7"), 5).unwrap_err().contains("already the last-known-good"));
-        assert!(r.manual_rollback(Some("c"), 5).unwrap_err().contains("more than one"));
-        assert!(Record::new("x").manual_rollback(None, 0).unwrap_err().contains("no last-known-good"));
-        assert!(back.manual_rollback(None, 0).unwrap_err().contains("busy (rolling back)"));
+        assert!(r.manual_rollback(Some("c1"), L, 5).unwrap_err().contains("no revision \"c1\""));
+        assert!(r.manual_rollback(Some("c7"), L, 5).unwrap_err().contains("already the last-known-good"));
+        assert!(r.manual_rollback(Some("c"), L, 5).unwrap_err().contains("more than one"));
+        assert!(Record::new("x").manual_rollback(None, L, 0).unwrap_err().contains("no last-known-good"));
+        assert!(back.manual_rollback(None, L, 0).unwrap_err().contains("busy (rolling back)"));
         assert_eq!(r.retry().quarantine, None);
     }
 
@@ -648,7 +657,7 @@ mod tests {
 
     #[test]
     fn records_round_trip_through_json() {
-        let r = Record::new("b").start_rollout(snap("c1", vec![cm("a", "1")]), 7);
+        let r = Record::new("b").start_rollout(snap("c1", vec![cm("a", "1")]), L, 7);
         let text = serde_json::to_string(&r).unwrap();
         assert!(text.contains(r#""phase":"rollingOut""#), "{text}");
         assert_eq!(serde_json::from_str::<Record>(&text).unwrap(), r);

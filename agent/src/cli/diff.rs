@@ -10,7 +10,6 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use futures::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -21,9 +20,6 @@ use super::session::{ClusterUse, Session};
 use crate::desired::{BundleError, ImageChoice, Stage};
 
 pub const EXIT_DIFFERENCES: u8 = 1;
-/// Objects observed at once: enough to hide latency, few enough to stay polite to a small
-/// store node's API server.
-const OBSERVE_CONCURRENCY: usize = 8;
 pub const EXIT_BUNDLE_FAILED: u8 = 3;
 
 #[derive(Debug, Serialize)]
@@ -103,23 +99,20 @@ pub async fn report(config: &Path, only: Option<&str>) -> anyhow::Result<Report>
                     stage: Stage::Plan,
                     reasons: vec![e.to_string()],
                 };
-                // A GET and a dry-run PATCH per object, a few at a time, in order.
-                let observed: Result<Vec<_>, _> =
-                    futures::stream::iter(desired.manifests.iter().map(|m| cluster.observe(m)))
-                        .buffered(OBSERVE_CONCURRENCY)
-                        .collect::<Vec<_>>()
-                        .await
-                        .into_iter()
-                        .collect();
-                let owned = cluster.owned(&session.node.agent_id, &desired.manifests, &mut owned_cache).await;
-                match (observed, owned) {
-                    (Ok(observed), Ok(owned)) => {
-                        let observed: BTreeMap<_, _> = desired.manifests.iter().map(|m| m.id()).zip(observed).collect();
-                        d.objects =
-                            shared::plan::plan(&desired.manifests, &observed, &owned, &session.node.agent_id, &b.dir);
-                        d.summary = Summary::of(&d.objects);
+                match crate::reconcile::plan_objects(
+                    cluster,
+                    &desired.manifests,
+                    &mut owned_cache,
+                    &session.node.agent_id,
+                    &b.dir,
+                )
+                .await
+                {
+                    Ok(objects) => {
+                        d.summary = Summary::of(&objects);
+                        d.objects = objects;
                     }
-                    (Err(e), _) | (_, Err(e)) => d.error = Some(plan_err(e)),
+                    Err(e) => d.error = Some(plan_err(e)),
                 }
             }
         }

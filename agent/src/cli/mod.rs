@@ -4,6 +4,7 @@
 pub mod diff;
 mod fetch;
 mod policy;
+pub mod reconcile;
 mod render;
 mod session;
 mod validate;
@@ -75,6 +76,41 @@ enum Cmd {
         #[arg(long, short, value_enum, default_value_t = Output::Human)]
         output: Output,
     },
+    /// Runs reconcile cycles: sources, render, plan, apply, watch the rollout, verify, record
+    /// last-known-good or roll back. Exit 0 all in sync or rolled out, 1 (--dry-run) something
+    /// would be applied, 2 error, 3 a bundle blocked or rolled back, 4 a bundle needs a person.
+    Reconcile {
+        /// One cycle, then exit (the long-running daemon is `agent run`).
+        #[arg(long, required = true)]
+        once: bool,
+        /// Plan and report only: nothing is written to the cluster or the state records.
+        #[arg(long)]
+        dry_run: bool,
+        /// One bundle (default: every bundle under git.path).
+        bundle: Option<String>,
+        #[arg(long, short, env = "GITOPS_AGENT_CONFIG")]
+        config: PathBuf,
+        #[arg(long, short, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
+    /// Rolls a bundle back to its previous last-known-good (or --to a recorded revision), from the
+    /// agent's records alone; the current revision is quarantined until Git renders differently.
+    Rollback {
+        bundle: String,
+        /// A recorded revision: a prefix of its commit or rendered hash (`agent status` lists them).
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, short, env = "GITOPS_AGENT_CONFIG")]
+        config: PathBuf,
+        #[arg(long, short, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
+    /// Lifts a bundle's quarantine: the next reconcile tries the failed revision again.
+    Retry {
+        bundle: String,
+        #[arg(long, short, env = "GITOPS_AGENT_CONFIG")]
+        config: PathBuf,
+    },
     /// Image tag policies (Flux's ImagePolicy language).
     Policy {
         #[command(subcommand)]
@@ -136,6 +172,13 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
             let color = diff::use_color(std::io::stdout().is_terminal(), std::env::var("NO_COLOR").ok().as_deref());
             diff::run(diff::Args { config: &config, bundle: bundle.as_deref(), output, color }, out)
         }
+        Cmd::Reconcile { once: _, dry_run, bundle, config, output } => {
+            reconcile::run(reconcile::Args { config: &config, bundle: bundle.as_deref(), dry_run, output }, out)
+        }
+        Cmd::Rollback { bundle, to, config, output } => {
+            reconcile::rollback(&config, &bundle, to.as_deref(), output, out)
+        }
+        Cmd::Retry { bundle, config } => reconcile::retry(&config, &bundle, out),
         Cmd::Policy { cmd: PolicyCmd::Test { policy, tags, image: None, output, .. } } => {
             policy::test(&policy, &tags, output, out)
         }

@@ -113,7 +113,10 @@ fn help_lists_only_commands_that_work() {
         .take_while(|l| !l.is_empty())
         .map(|l| l.split_whitespace().next().unwrap())
         .collect();
-    assert_eq!(commands, vec!["validate", "fetch", "render", "diff", "policy", "version", "help"]);
+    assert_eq!(
+        commands,
+        vec!["validate", "fetch", "render", "diff", "reconcile", "rollback", "retry", "policy", "version", "help"]
+    );
 }
 
 #[test]

@@ -9,6 +9,7 @@ mod cli;
 mod desired_state;
 mod git_source;
 mod registry_source;
+mod rollout;
 mod stack_b_fixture;
 mod testenv_is_real;
 mod util;

@@ -1,0 +1,221 @@
+//! Where bundle records (`shared::state::Record`) live: a local file under `stateDir/state/`
+//! and a Secret in the agent's namespace (rendered objects may hold secrets), both written on
+//! every step. On read the copy with the higher sequence number wins, so a crash between the two
+//! writes, a wiped disk or a lost Secret each still leave the newest record readable.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use sha2::{Digest, Sha256};
+
+use shared::desired::FIELD_MANAGER;
+use shared::state::{Record, newer};
+
+/// Label on state Secrets (value: the agent identity). Not the owner label: state Secrets are
+/// never prune candidates.
+pub const STATE_LABEL: &str = "gitops-agent.io/state-of";
+/// Annotation naming the bundle a state Secret records.
+pub const STATE_BUNDLE_ANNOTATION: &str = "gitops-agent.io/bundle";
+const KEY: &str = "record.json.gz";
+
+pub struct StateStore {
+    dir: PathBuf,
+    agent_id: String,
+    namespace: String,
+    secrets: Option<Api<Secret>>,
+}
+
+/// A record could not be written to one of its two places; the other one holds it.
+#[derive(Debug)]
+pub struct Saved {
+    pub secret_error: Option<String>,
+}
+
+impl StateStore {
+    /// `client: None` keeps records on disk only (tests of the pure parts; never the agent).
+    pub fn new(state_dir: &Path, agent_id: &str, namespace: &str, client: Option<Client>) -> StateStore {
+        StateStore {
+            dir: state_dir.join("state"),
+            agent_id: agent_id.to_owned(),
+            namespace: namespace.to_owned(),
+            secrets: client.map(|c| Api::namespaced(c, namespace)),
+        }
+    }
+
+    /// The Secret holding `bundle`'s record: readable, unique per agent identity and bundle.
+    pub fn secret_name(&self, bundle: &str) -> String {
+        let digest = Sha256::digest(format!("{}\0{bundle}", self.agent_id).as_bytes());
+        let hash: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        let readable: String = format!("{}-{bundle}", self.agent_id)
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+            .collect();
+        let readable = readable.trim_matches('-');
+        format!("gitops-agent-state-{}-{hash}", &readable[..readable.len().min(200)])
+    }
+
+    fn file(&self, bundle: &str) -> PathBuf {
+        let digest = Sha256::digest(format!("{}\0{bundle}", self.agent_id).as_bytes());
+        let name: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        self.dir.join(format!("{name}.json"))
+    }
+
+    /// The newest of the two copies of `bundle`'s record. A copy that cannot be read is an error
+    /// only when the other one is missing too.
+    pub async fn load(&self, bundle: &str) -> anyhow::Result<Option<Record>> {
+        let local = self.load_file(bundle);
+        let remote = self.load_secret(bundle).await;
+        match (local, remote) {
+            (Ok(a), Ok(b)) => Ok(newer(a, b)),
+            (Ok(Some(a)), Err(_)) | (Err(_), Ok(Some(a))) => Ok(Some(a)),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        }
+    }
+
+    fn load_file(&self, bundle: &str) -> anyhow::Result<Option<Record>> {
+        let path = self.file(bundle);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("state file {}", path.display()))?))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow::Error::new(e).context(format!("state file {}", path.display()))),
+        }
+    }
+
+    async fn load_secret(&self, bundle: &str) -> anyhow::Result<Option<Record>> {
+        let Some(api) = &self.secrets else { return Ok(None) };
+        let name = self.secret_name(bundle);
+        let what = || format!("state Secret {}/{name}", self.namespace);
+        let Some(secret) = api.get_opt(&name).await.with_context(what)? else { return Ok(None) };
+        let Some(data) = secret.data.as_ref().and_then(|d| d.get(KEY)) else {
+            anyhow::bail!("{}: no {KEY}", what());
+        };
+        let mut json = Vec::new();
+        flate2::read::GzDecoder::new(&data.0[..]).read_to_end(&mut json).with_context(what)?;
+        Ok(Some(serde_json::from_slice(&json).with_context(what)?))
+    }
+
+    /// Every record this agent keeps (on disk or in its Secrets), newest copy of each.
+    pub async fn all(&self) -> anyhow::Result<Vec<Record>> {
+        let mut bundles = std::collections::BTreeSet::new();
+        if let Ok(dir) = std::fs::read_dir(&self.dir) {
+            for entry in dir.flatten() {
+                if entry.path().extension().is_some_and(|e| e == "json")
+                    && let Ok(bytes) = std::fs::read(entry.path())
+                    && let Ok(r) = serde_json::from_slice::<Record>(&bytes)
+                {
+                    bundles.insert(r.bundle);
+                }
+            }
+        }
+        if let Some(api) = &self.secrets {
+            let list = api
+                .list(&ListParams::default().labels(&format!("{STATE_LABEL}={}", self.agent_id)))
+                .await
+                .with_context(|| format!("listing state Secrets in {}", self.namespace))?;
+            for s in list.items {
+                if let Some(b) = s.metadata.annotations.as_ref().and_then(|a| a.get(STATE_BUNDLE_ANNOTATION)) {
+                    bundles.insert(b.clone());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for b in bundles {
+            if let Some(r) = self.load(&b).await? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes both copies: the file first (atomically: a crash leaves the old or the new one),
+    /// then the Secret. A failed Secret write is returned, not an error: the file holds the
+    /// record, and the next save writes the Secret again.
+    pub async fn save(&self, record: &Record) -> anyhow::Result<Saved> {
+        let json = serde_json::to_vec(record)?;
+        let path = self.file(&record.bundle);
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+        tmp.write_all(&json)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(&path).with_context(|| format!("writing {}", path.display()))?;
+        if let Ok(d) = std::fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        let Some(api) = &self.secrets else { return Ok(Saved { secret_error: None }) };
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&json)?;
+        let data = gz.finish()?;
+        let name = self.secret_name(&record.bundle);
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(self.namespace.clone()),
+                labels: Some(BTreeMap::from([(STATE_LABEL.to_owned(), self.agent_id.clone())])),
+                annotations: Some(BTreeMap::from([
+                    (STATE_BUNDLE_ANNOTATION.to_owned(), record.bundle.clone()),
+                    ("gitops-agent.io/seq".to_owned(), record.seq.to_string()),
+                ])),
+                ..Default::default()
+            },
+            type_: Some("gitops-agent.io/state".into()),
+            data: Some(BTreeMap::from([(KEY.to_owned(), ByteString(data))])),
+            ..Default::default()
+        };
+        let mut value = serde_json::to_value(&secret)?;
+        value["apiVersion"] = "v1".into();
+        value["kind"] = "Secret".into();
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let secret_error = match api.patch(&name, &params, &Patch::Apply(&value)).await {
+            Ok(_) => None,
+            Err(e) => Some(format!("state Secret {}/{name}: {}", self.namespace, crate::source::error_chain(&e))),
+        };
+        Ok(Saved { secret_error })
+    }
+}
+
+/// A state Secret's `record.json.gz`, decoded (for tests and `agent status` readers).
+pub fn decode_secret_data(data: &[u8]) -> anyhow::Result<Record> {
+    let mut json = Vec::new();
+    flate2::read::GzDecoder::new(data).read_to_end(&mut json)?;
+    Ok(serde_json::from_slice(&json)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_file_copy_round_trips_and_is_replaced_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path(), "store-1", "gitops-agent", None);
+        assert_eq!(store.load("stack-b/helm").await.unwrap(), None);
+        let r = Record::new("stack-b/helm").retry();
+        store.save(&r).await.unwrap();
+        assert_eq!(store.load("stack-b/helm").await.unwrap(), Some(r.clone()));
+        let r2 = r.retry();
+        store.save(&r2).await.unwrap();
+        assert_eq!(store.load("stack-b/helm").await.unwrap().unwrap().seq, 2);
+        assert_eq!(store.all().await.unwrap().len(), 1);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("state")).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary files left behind");
+    }
+
+    #[test]
+    fn secret_names_are_dns_names_unique_per_identity_and_bundle() {
+        let a = StateStore::new(Path::new("/x"), "Store_1", "ns", None);
+        let b = StateStore::new(Path::new("/x"), "store-2", "ns", None);
+        let n = a.secret_name("stack-b/helm");
+        assert!(n.starts_with("gitops-agent-state-store-1-stack-b-helm-"), "{n}");
+        assert!(n.len() <= 253 && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+        assert_ne!(n, b.secret_name("stack-b/helm"));
+        assert_ne!(a.secret_name("a/b"), a.secret_name("a-b"));
+    }
+}

@@ -1,0 +1,311 @@
+//! `agent reconcile --once` against the testenv: apply, rollout watch, last-known-good, automatic
+//! rollback with an Event, quarantine, preflight, dry-run. "Nothing applied" is proven from the
+//! API server's audit log.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, ListParams};
+use serde_json::Value;
+use xtask::support::{GitRepo, TestEnv};
+
+use crate::util::{git, wait_for};
+
+fn agent(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_agent")).args(args).env("NO_COLOR", "1").output().expect("running agent")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A test's app: a bundle `apps/web` (a Deployment and a ConfigMap, `fleet.yaml` naming the
+/// test's namespace) in the test's own git repository, its image in the test's own registry
+/// repository (tags `1.0.0`, `1.1.0`, `1.2.0-broken`), and an agent config whose identity,
+/// state namespace and state folder are the test's.
+struct App {
+    ns: xtask::support::TestNamespace,
+    repo: GitRepo,
+    image: String,
+    work: PathBuf,
+    config: PathBuf,
+    state_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+const DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: IMAGE
+";
+
+impl App {
+    async fn new(env: &TestEnv, hint: &str) -> App {
+        let ns = env.namespace(hint).await;
+        let repo = env.git_repo(hint);
+        let image_repo = env.registry_repo(hint);
+        std::thread::scope(|s| {
+            for tag in ["1.0.0", "1.1.0", "1.2.0-broken"] {
+                let r = image_repo.clone();
+                s.spawn(move || env.push_image(&r, tag));
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(work.join("apps/web")).unwrap();
+        git(&work, &["init", "-q", "-b", "main"]);
+        let app = App {
+            image: format!("{}/{image_repo}", env.info.registry),
+            config: dir.path().join("agent.yaml"),
+            state_dir: dir.path().join("state"),
+            ns,
+            repo,
+            work,
+            _dir: dir,
+        };
+        app.write("apps/web/fleet.yaml", &format!("defaultNamespace: {}\n", app.ns.name));
+        app.write("apps/web/deployment.yaml", &DEPLOYMENT.replace("IMAGE", &format!("{}:1.0.0", app.image)));
+        app.write(
+            "apps/web/config.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web-config\ndata:\n  greeting: hello\n",
+        );
+        app.write("README.md", "the app\n");
+        app.commit(env, "first version");
+        let secret = app._dir.path().join("git-token");
+        std::fs::write(&secret, &env.info.git_agent.password).unwrap();
+        let reg_secret = app._dir.path().join("registry-token");
+        std::fs::write(&reg_secret, &env.info.registry_agent.password).unwrap();
+        std::fs::write(
+            &app.config,
+            format!(
+                "identity:\n  nodeName: {node}\n  agentId: {id}\n\
+                 git:\n  url: {url}\n  path: apps\n  caFile: {ca}\n  auth:\n    username: {gu}\n    passwordFile: {gs}\n\
+                 registries:\n- host: {reg}\n  caFile: {ca}\n  auth:\n    username: {ru:?}\n    passwordFile: {rs}\n\
+                 kube:\n  kubeconfig: {kc}\n  namespace: {id}\nrender:\n  helm: {helm}\n  kustomize: {kus}\n\
+                 rollout:\n  progressDeadline: 60s\nstateDir: {state}\n",
+                node = env.info.node_name,
+                id = app.ns.name,
+                url = app.repo.url,
+                ca = env.info.ca_cert.display(),
+                gu = env.info.git_agent.username,
+                gs = secret.display(),
+                reg = env.info.registry,
+                ru = env.info.registry_agent.username,
+                rs = reg_secret.display(),
+                kc = env.info.kubeconfig.display(),
+                helm = env.info.helm.display(),
+                kus = env.info.kustomize.display(),
+                state = app.state_dir.display(),
+            ),
+        )
+        .unwrap();
+        app
+    }
+
+    fn write(&self, file: &str, content: &str) {
+        let path = self.work.join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+
+    fn set_tag(&self, tag: &str) {
+        self.write("apps/web/deployment.yaml", &DEPLOYMENT.replace("IMAGE", &format!("{}:{tag}", self.image)));
+    }
+
+    fn commit(&self, env: &TestEnv, message: &str) {
+        git(&self.work, &["add", "-A"]);
+        git(&self.work, &["commit", "-qm", message]);
+        xtask::seed::git_push(&env.info, &env.info.git_ci, &self.work, &self.repo.name, "main").unwrap();
+    }
+
+    fn head(&self) -> String {
+        git(&self.work, &["rev-parse", "HEAD"]).trim().to_owned()
+    }
+
+    /// `agent reconcile --once -o json [extra]`: exit code, report, human-readable text.
+    fn reconcile(&self, extra: &[&str]) -> (Option<i32>, Value, String) {
+        let mut args = vec!["reconcile", "--once", "-c", self.config.to_str().unwrap(), "-o", "json"];
+        args.extend(extra);
+        let out = agent(&args);
+        let doc = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+        (out.status.code(), doc, text(&out))
+    }
+
+    async fn deployment_image(&self, env: &TestEnv) -> String {
+        let api: Api<Deployment> = Api::namespaced(env.client().await, &self.ns.name);
+        let d = api.get("web").await.unwrap();
+        d.spec.unwrap().template.spec.unwrap().containers[0].image.clone().unwrap()
+    }
+
+    /// The record in the state Secret, decoded as an operator would (`kubectl get secret`).
+    async fn secret_record(&self, env: &TestEnv) -> Value {
+        let api: Api<Secret> = Api::namespaced(env.client().await, &self.ns.name);
+        let list = api
+            .list(&ListParams::default().labels(&format!("gitops-agent.io/state-of={}", self.ns.name)))
+            .await
+            .unwrap();
+        assert_eq!(list.items.len(), 1, "one state Secret per bundle");
+        let data = &list.items[0].data.as_ref().unwrap()["record.json.gz"];
+        serde_json::to_value(agent::state::decode_secret_data(&data.0).unwrap()).unwrap()
+    }
+
+    /// Writes (not dry-runs) to this test's namespace that the audit log recorded.
+    fn writes(&self, env: &TestEnv) -> Vec<String> {
+        env.audit_events()
+            .into_iter()
+            .filter(|e| {
+                // The agent's kubeconfig user (controllers write too: the default ServiceAccount).
+                e["user"]["username"] == "testenv-admin"
+                    && e["objectRef"]["namespace"] == self.ns.name.as_str()
+                    && !matches!(e["verb"].as_str(), Some("get" | "list" | "watch"))
+                    && !e["requestURI"].as_str().unwrap_or_default().contains("dryRun")
+                    && e["objectRef"]["resource"] != "events"
+            })
+            .map(|e| {
+                format!(
+                    "{} {}/{}",
+                    e["verb"].as_str().unwrap_or(""),
+                    e["objectRef"]["resource"].as_str().unwrap_or(""),
+                    e["objectRef"]["name"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    }
+}
+
+fn bundle<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    doc["bundles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["bundle"] == name)
+        .unwrap_or_else(|| panic!("no bundle {name}: {doc}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_tag_becomes_lkg_a_broken_one_is_rolled_back_with_an_event_and_stays_quarantined() {
+    let env = TestEnv::get();
+    let app = App::new(env, "rollback").await;
+    let ns = &app.ns.name;
+
+    // 1. A good version rolls out and becomes last-known-good, in the Secret and the local file.
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!(code, Some(0), "{human}");
+    assert_eq!(bundle(&doc, "web")["result"], "rolledOut", "{human}");
+    let good_image = app.deployment_image(env).await;
+    assert!(good_image.starts_with(&format!("{}:1.0.0@sha256:", app.image)), "{good_image}");
+    let record = app.secret_record(env).await;
+    let first_commit = app.head();
+    assert_eq!(record["lkg"]["revision"]["commit"], first_commit.as_str());
+    assert_eq!(record["phase"]["phase"], "idle");
+    let files: Vec<_> = std::fs::read_dir(app.state_dir.join("state")).unwrap().collect();
+    assert_eq!(files.len(), 1, "the local copy of the record");
+
+    // Nothing changed: in sync, and nothing written.
+    let before = app.writes(env).len();
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!((code, bundle(&doc, "web")["result"].as_str()), (Some(0), Some("inSync")), "{human}");
+    assert_eq!(app.writes(env).len(), before, "an in-sync reconcile writes nothing");
+
+    // 2. A broken tag, committed with a new ConfigMap: fails fast, rolled back within 30 s, the
+    //    ConfigMap it added is deleted, an Event says why.
+    app.set_tag("1.2.0-broken");
+    app.write("apps/web/extra.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web-extra\ndata:\n  a: b\n");
+    app.commit(env, "bump to 1.2.0-broken");
+    let broken_commit = app.head();
+    let started = Instant::now();
+    let (code, doc, human) = app.reconcile(&[]);
+    let took = started.elapsed();
+    assert_eq!(code, Some(3), "{human}");
+    let b = bundle(&doc, "web");
+    assert_eq!(b["result"], "rolledBack", "{human}");
+    assert!(b["message"].as_str().unwrap().contains("CrashLoopBackOff"), "{human}");
+    assert!(took < Duration::from_secs(30), "rolled back in {took:?}");
+    assert_eq!(app.deployment_image(env).await, good_image, "the last-known-good runs again");
+    let cms: Api<ConfigMap> = Api::namespaced(env.client().await, ns);
+    assert!(cms.get_opt("web-extra").await.unwrap().is_none(), "what the failed revision added is gone");
+    assert!(cms.get_opt("web-config").await.unwrap().is_some());
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.client().await, ns);
+    let ev = wait_for("RolledBack event", Duration::from_secs(10), || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("RolledBack"))
+            .ok_or_else(|| "none yet".to_owned())
+    })
+    .await;
+    assert_eq!(ev.regarding.as_ref().unwrap().name.as_deref(), Some("web"));
+    assert_eq!(ev.type_.as_deref(), Some("Warning"));
+    assert!(ev.note.as_deref().unwrap().contains("CrashLoopBackOff"), "{:?}", ev.note);
+    let record = app.secret_record(env).await;
+    assert_eq!(record["quarantine"]["revision"]["commit"], broken_commit.as_str());
+    assert_eq!(record["lkg"]["revision"]["commit"], first_commit.as_str(), "the last-known-good is unchanged");
+    assert_eq!(record["last"]["result"], "rolledBack");
+
+    // 3. An unrelated commit renders the same objects: the quarantined revision is not retried.
+    app.write("README.md", "the app, documented\n");
+    app.commit(env, "docs only");
+    let before = app.writes(env);
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!(code, Some(3), "{human}");
+    let b = bundle(&doc, "web");
+    assert_eq!(b["result"], "blocked");
+    assert!(b["message"].as_str().unwrap().contains("quarantined"), "{human}");
+    assert_eq!(app.writes(env), before, "a quarantined revision is not applied again");
+    assert_eq!(app.deployment_image(env).await, good_image);
+
+    // 4. A real change is tried, and rolls out.
+    app.set_tag("1.1.0");
+    app.commit(env, "bump to 1.1.0");
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!((code, bundle(&doc, "web")["result"].as_str()), (Some(0), Some("rolledOut")), "{human}");
+    assert!(app.deployment_image(env).await.starts_with(&format!("{}:1.1.0@sha256:", app.image)));
+    let record = app.secret_record(env).await;
+    assert_eq!(record["lkg"]["revision"]["commit"], app.head());
+    assert_eq!(record["quarantine"], Value::Null, "a healthy new revision lifts the quarantine");
+    assert_eq!(record["history"][0]["revision"]["commit"], first_commit.as_str(), "the earlier LKG is kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_image_is_stopped_by_preflight_and_a_dry_run_writes_nothing() {
+    let env = TestEnv::get();
+    let app = App::new(env, "preflight").await;
+
+    // A dry run on a fresh namespace: says what it would apply, writes nothing at all.
+    let (code, doc, human) = app.reconcile(&["--dry-run"]);
+    assert_eq!(code, Some(1), "{human}");
+    let b = bundle(&doc, "web");
+    assert_eq!(b["result"], "wouldApply");
+    assert_eq!(b["summary"]["create"], 2, "{human}");
+    assert_eq!(app.writes(env), Vec::<String>::new(), "dry run: no write in the namespace");
+    assert!(!app.state_dir.join("state").exists(), "dry run: no state file");
+
+    app.set_tag("9.9.9-missing");
+    app.commit(env, "a tag CI never pushed");
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!(code, Some(3), "{human}");
+    let b = bundle(&doc, "web");
+    assert_eq!(b["result"], "blocked");
+    assert!(
+        b["message"].as_str().unwrap().contains(&format!("image {}:9.9.9-missing is not in the registry", app.image)),
+        "{human}"
+    );
+    assert_eq!(app.writes(env), Vec::<String>::new(), "preflight: nothing applied");
+}
