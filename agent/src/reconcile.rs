@@ -228,6 +228,7 @@ impl Driver<'_> {
             match record.phase.clone() {
                 Phase::Idle => return self.result_of(&record, resumed),
                 Phase::RollingOut { candidate, started, limits } => {
+                    pause_at("before-apply").await;
                     let step = match self.apply_all(&candidate.objects, false).await {
                         Err(e) if transient(&e) => {
                             return interrupted(&bundle, &format!("applying {}: {e}", candidate.revision.short()));
@@ -235,6 +236,7 @@ impl Driver<'_> {
                         Err(e) => Step::Failed { reason: format!("apply failed: {e}"), image_pull: false },
                         Ok(()) => {
                             self.say(&bundle, &format!("applied {}; watching the rollout", candidate.revision.short()));
+                            pause_at("mid-rollout").await;
                             self.watch(&bundle, &candidate.objects, started, limits).await
                         }
                     };
@@ -301,6 +303,7 @@ impl Driver<'_> {
                                 ),
                                 Ok(_) => {}
                             }
+                            pause_at("mid-rollback").await;
                             self.watch(&bundle, &target.objects, started, Limits { verify_window: 0, ..limits }).await
                         }
                     };
@@ -568,6 +571,19 @@ impl Driver<'_> {
         };
         self.save(&record.retry()).await?;
         Ok(format!("lifted the quarantine of {} ({}); the next reconcile tries it again", q.revision.short(), q.reason))
+    }
+}
+
+/// Test seam for restart safety: with `GITOPS_AGENT_PAUSE_AT` set to `before-apply`,
+/// `mid-rollout` or `mid-rollback`, the agent stops right after that step's record was persisted,
+/// says `paused at <step>` on stderr and waits, so a test can SIGKILL it at a known point. Unset
+/// (always, outside tests) it costs one variable lookup per step.
+async fn pause_at(step: &str) {
+    if std::env::var("GITOPS_AGENT_PAUSE_AT").is_ok_and(|v| v == step) {
+        eprintln!("paused at {step}");
+        loop {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
     }
 }
 

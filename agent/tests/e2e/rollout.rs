@@ -309,3 +309,136 @@ async fn a_missing_image_is_stopped_by_preflight_and_a_dry_run_writes_nothing() 
     );
     assert_eq!(app.writes(env), Vec::<String>::new(), "preflight: nothing applied");
 }
+
+// ---- restart safety: SIGKILL at each phase ----------------------------------------------------
+
+impl App {
+    /// Starts `agent reconcile --once` paused at `step` (the agent's test seam), waits until it
+    /// says so, and SIGKILLs it.
+    fn kill_at(&self, step: &str) {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_agent"))
+            .args(["reconcile", "--once", "-c", self.config.to_str().unwrap()])
+            .env("GITOPS_AGENT_PAUSE_AT", step)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(std::result::Result::ok) {
+                seen.push(line.clone());
+                if line.starts_with("paused at ") {
+                    let _ = tx.send(Ok(line));
+                    return;
+                }
+            }
+            let _ = tx.send(Err(seen.join("\n")));
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok(line)) => assert_eq!(line, format!("paused at {step}")),
+            Ok(Err(output)) => panic!("the agent ended without reaching {step}:\n{output}"),
+            Err(e) => panic!("the agent did not reach {step}: {e}"),
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+
+    /// The local copy of the record (what survives on the node's disk).
+    fn file_record(&self) -> Value {
+        let dir = self.state_dir.join("state");
+        let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap()
+    }
+
+    /// Points the config's git source at a port nobody listens on.
+    fn break_git(&self) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&self.config, text.replace(&self.repo.url, "https://127.0.0.1:9/git/unreachable.git")).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_before_apply_the_restarted_agent_finishes_the_rollout() {
+    let env = TestEnv::get();
+    let app = App::new(env, "kill-apply").await;
+    assert_eq!(app.reconcile(&[]).0, Some(0));
+    let good_image = app.deployment_image(env).await;
+    app.set_tag("1.1.0");
+    app.commit(env, "bump to 1.1.0");
+
+    app.kill_at("before-apply");
+    assert_eq!(app.file_record()["phase"]["phase"], "rollingOut", "persisted before the apply");
+    assert_eq!(app.deployment_image(env).await, good_image, "killed before anything was applied");
+
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!(code, Some(0), "{human}");
+    assert_eq!(doc["resumed"][0]["result"], "rolledOut", "{human}");
+    assert!(doc["resumed"][0]["message"].as_str().unwrap().contains("resumed after a restart"), "{human}");
+    assert_eq!(bundle(&doc, "web")["result"], "inSync", "{human}");
+    assert!(app.deployment_image(env).await.starts_with(&format!("{}:1.1.0@sha256:", app.image)));
+    assert_eq!(app.secret_record(env).await["phase"]["phase"], "idle");
+
+    // `agent rollback` by hand: back to 1.0.0, and 1.1.0 is not re-applied by the next reconcile.
+    let out = agent(&["rollback", "web", "-c", app.config.to_str().unwrap(), "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(app.deployment_image(env).await, good_image);
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!(code, Some(3), "{human}");
+    assert!(bundle(&doc, "web")["message"].as_str().unwrap().contains("rolled back by hand"), "{human}");
+    assert_eq!(app.deployment_image(env).await, good_image);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_rollout_the_restarted_agent_rolls_back_with_git_unreachable() {
+    let env = TestEnv::get();
+    let app = App::new(env, "kill-mid").await;
+    assert_eq!(app.reconcile(&[]).0, Some(0));
+    let good_image = app.deployment_image(env).await;
+    app.set_tag("1.2.0-broken");
+    app.commit(env, "bump to 1.2.0-broken");
+
+    app.kill_at("mid-rollout");
+    assert!(app.deployment_image(env).await.contains(":1.2.0-broken@"), "the broken version was applied");
+    app.break_git();
+
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!(doc["resumed"][0]["result"], "rolledBack", "{human}");
+    assert_eq!(app.deployment_image(env).await, good_image, "rolled back from the record alone");
+    assert!(doc["error"].as_str().unwrap().contains("127.0.0.1:9"), "the git failure is reported: {human}");
+    assert_eq!(code, Some(2), "{human}");
+    assert_eq!(app.secret_record(env).await["phase"]["phase"], "idle");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_rollback_the_restarted_agent_finishes_the_rollback_with_git_unreachable() {
+    let env = TestEnv::get();
+    let app = App::new(env, "kill-back").await;
+    assert_eq!(app.reconcile(&[]).0, Some(0));
+    let good_image = app.deployment_image(env).await;
+    app.set_tag("1.2.0-broken");
+    app.commit(env, "bump to 1.2.0-broken");
+
+    app.kill_at("mid-rollback");
+    assert_eq!(app.file_record()["phase"]["phase"], "rollingBack");
+    app.break_git();
+
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!(doc["resumed"][0]["result"], "rolledBack", "{human}");
+    assert_eq!(code, Some(2), "git is still down: {human}");
+    assert_eq!(app.deployment_image(env).await, good_image);
+    let record = app.secret_record(env).await;
+    assert_eq!(record["phase"]["phase"], "idle");
+    assert!(record["quarantine"]["reason"].as_str().unwrap().contains("CrashLoopBackOff"), "{record}");
+
+    // By hand: `agent rollback` needs an earlier revision; `agent retry` lifts the quarantine.
+    let out = agent(&["rollback", "web", "-c", app.config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("has no earlier revision than"), "{}", text(&out));
+    let out = agent(&["retry", "web", "-c", app.config.to_str().unwrap()]);
+    assert!(out.status.success() && text(&out).contains("lifted the quarantine"), "{}", text(&out));
+    assert_eq!(app.secret_record(env).await["quarantine"], Value::Null);
+}
