@@ -227,9 +227,9 @@ impl Driver<'_> {
         loop {
             match record.phase.clone() {
                 Phase::Idle => return self.result_of(&record, resumed),
-                Phase::RollingOut { candidate, started, limits } => {
+                Phase::RollingOut { candidate, started, limits, force } => {
                     pause_at("before-apply").await;
-                    let step = match self.apply_all(&candidate.objects, false).await {
+                    let step = match self.apply_all(&candidate.objects, force).await {
                         Err(e) if transient(&e) => {
                             return interrupted(&bundle, &format!("applying {}: {e}", candidate.revision.short()));
                         }
@@ -380,11 +380,18 @@ impl Driver<'_> {
             Ok(p) => p,
             Err(e) => return BundleResult::new(name, Result::Interrupted, format!("planning: {e}")),
         };
+        let record = match self.store.load(name).await {
+            Ok(r) => r.unwrap_or_else(|| Record::new(name)),
+            Err(e) => return BundleResult::new(name, Result::Interrupted, format!("reading the record: {e:#}")),
+        };
+        // The first time the agent meets a bundle it takes the objects over explicitly (after
+        // recording what ran, see `adopt`): fields Helm, Fleet or kubectl own are forced then.
+        let first_meeting = record.lkg.is_none() && record.last.is_none();
+        let force = policy.force_conflicts || first_meeting;
         let refused: Vec<String> = plans
             .iter()
             .filter(|p| {
-                p.action == Action::Refused
-                    || (p.note.as_deref().is_some_and(|n| n.starts_with("conflict")) && !policy.force_conflicts)
+                p.action == Action::Refused || (p.note.as_deref().is_some_and(|n| n.starts_with("conflict")) && !force)
             })
             .map(|p| format!("{}: {}", p.id, p.note.clone().unwrap_or_default()))
             .collect();
@@ -420,10 +427,6 @@ impl Driver<'_> {
                 format!("nothing applied: {} (set gitopsAgent.forceConflicts to take fields over)", refused.join("; ")),
             ));
         }
-        let record = match self.store.load(name).await {
-            Ok(r) => r.unwrap_or_else(|| Record::new(name)),
-            Err(e) => return BundleResult::new(name, Result::Interrupted, format!("reading the record: {e:#}")),
-        };
         if record.phase != Phase::Idle {
             return with(BundleResult::new(
                 name,
@@ -484,7 +487,7 @@ impl Driver<'_> {
                         Err(e) => return with(BundleResult::new(name, Result::Blocked, e)),
                     }
                 }
-                let record = record.start_rollout(candidate.clone(), limits, unix_now());
+                let record = record.start_rollout(candidate.clone(), limits, force, unix_now());
                 if let Err(e) = self.save(&record).await {
                     return BundleResult::new(name, Result::Interrupted, format!("saving the record: {e:#}"));
                 }

@@ -80,6 +80,10 @@ pub enum Phase {
         candidate: Snapshot,
         started: Time,
         limits: Limits,
+        /// Take over fields other field managers own (configured, or the first rollout of
+        /// objects found running: adoption takes ownership explicitly).
+        #[serde(default)]
+        force: bool,
     },
     /// `failed` is being replaced by the last-known-good (or by `target` for a manual rollback).
     #[serde(rename_all = "camelCase")]
@@ -161,8 +165,8 @@ impl Record {
     }
 
     /// Before the first apply of `candidate`.
-    pub fn start_rollout(&self, candidate: Snapshot, limits: Limits, now: Time) -> Record {
-        Record { phase: Phase::RollingOut { candidate, started: now, limits }, ..self.next() }
+    pub fn start_rollout(&self, candidate: Snapshot, limits: Limits, force: bool, now: Time) -> Record {
+        Record { phase: Phase::RollingOut { candidate, started: now, limits, force }, ..self.next() }
     }
 
     /// The candidate became healthy (and stayed so through the verification window): it is
@@ -578,13 +582,13 @@ mod tests {
     fn a_failed_rollout_rolls_back_then_quarantines_and_a_pull_failure_backs_off() {
         let good = snap("c1", vec![cm("a", "1")]);
         let bad = snap("c2", vec![cm("a", "2"), cm("new", "x")]);
-        let rec = Record::new("b").start_rollout(good.clone(), L, 10).rolled_out(20);
+        let rec = Record::new("b").start_rollout(good.clone(), L, false, 10).rolled_out(20);
         assert_eq!(rec.quarantine, None);
         assert_eq!(rec.seq, 2);
         assert_eq!(rec.lkg.as_ref().unwrap().revision, good.revision);
         assert_eq!(rec.last.as_ref().unwrap().result, OutcomeKind::RolledOut);
 
-        let failing = rec.start_rollout(bad.clone(), L, 30).rollout_failed("pod x: CrashLoopBackOff", false, 40);
+        let failing = rec.start_rollout(bad.clone(), L, false, 30).rollout_failed("pod x: CrashLoopBackOff", false, 40);
         let Phase::RollingBack { target, failed, .. } = &failing.phase else { panic!("{:?}", failing.phase) };
         assert_eq!(target.revision, good.revision);
         assert_eq!(rollback_deletions(failed, target), ["ConfigMap/ns/new"]);
@@ -599,7 +603,10 @@ mod tests {
         // Image pulls: retried after 1 min, then 2 min, ... never sooner, never more than 30 min apart.
         let mut r = rec.clone();
         for (attempts, delay) in [(1, 60), (2, 120), (3, 240)] {
-            r = r.start_rollout(bad.clone(), L, 100).rollout_failed("ImagePullBackOff", true, 100).rolled_back(100);
+            r = r
+                .start_rollout(bad.clone(), L, false, 100)
+                .rollout_failed("ImagePullBackOff", true, 100)
+                .rolled_back(100);
             let q = r.quarantine.as_ref().unwrap();
             assert_eq!((q.attempts, q.retry_at), (attempts, Some(100 + delay)));
         }
@@ -609,7 +616,7 @@ mod tests {
     #[test]
     fn without_lkg_a_failure_is_quarantined_and_left_running() {
         let bad = snap("c2", vec![cm("a", "2")]);
-        let r = Record::new("b").start_rollout(bad.clone(), L, 1).rollout_failed("deadline", false, 2);
+        let r = Record::new("b").start_rollout(bad.clone(), L, false, 1).rollout_failed("deadline", false, 2);
         assert_eq!(r.phase, Phase::Idle);
         assert_eq!(r.last.as_ref().unwrap().result, OutcomeKind::FailedNoRollback);
         assert!(r.last.as_ref().unwrap().message.contains("no last-known-good"));
@@ -621,7 +628,7 @@ mod tests {
         let s: Vec<Snapshot> = (1..=7).map(|i| snap(&format!("c{i}aaaa"), vec![cm("a", &i.to_string())])).collect();
         let mut r = Record::new("b");
         for x in &s {
-            r = r.start_rollout(x.clone(), L, 0).rolled_out(0);
+            r = r.start_rollout(x.clone(), L, false, 0).rolled_out(0);
         }
         assert_eq!(r.lkg.as_ref().unwrap().revision.commit, "c7aaaa");
         let hist: Vec<&str> = r.history.iter().map(|h| h.revision.commit.as_str()).collect();
@@ -657,7 +664,7 @@ mod tests {
 
     #[test]
     fn records_round_trip_through_json() {
-        let r = Record::new("b").start_rollout(snap("c1", vec![cm("a", "1")]), L, 7);
+        let r = Record::new("b").start_rollout(snap("c1", vec![cm("a", "1")]), L, false, 7);
         let text = serde_json::to_string(&r).unwrap();
         assert!(text.contains(r#""phase":"rollingOut""#), "{text}");
         assert_eq!(serde_json::from_str::<Record>(&text).unwrap(), r);

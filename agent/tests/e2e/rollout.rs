@@ -442,3 +442,80 @@ async fn killed_mid_rollback_the_restarted_agent_finishes_the_rollback_with_git_
     assert!(out.status.success() && text(&out).contains("lifted the quarantine"), "{}", text(&out));
     assert_eq!(app.secret_record(env).await["quarantine"], Value::Null);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_found_running_are_adopted_so_the_first_rollout_can_roll_back_to_them() {
+    let env = TestEnv::get();
+    let app = App::new(env, "adopt").await;
+    let ns = &app.ns.name;
+    // Deployed before the agent, as Fleet or Helm would have: no owner label of ours.
+    let before: Deployment =
+        serde_saphyr::from_str(&DEPLOYMENT.replace("IMAGE", &format!("{}:1.0.0", app.image))).unwrap();
+    let api: Api<Deployment> = Api::namespaced(env.client().await, ns);
+    api.create(&Default::default(), &before).await.unwrap();
+    wait_for("the pre-existing Deployment available", Duration::from_secs(60), || async {
+        let d = api.get("web").await.map_err(|e| e.to_string())?;
+        (d.status.and_then(|s| s.available_replicas) == Some(1)).then_some(()).ok_or_else(|| "not yet".to_owned())
+    })
+    .await;
+
+    // The first commit the agent sees is broken: it adopts what runs, fails, and rolls back to it.
+    app.set_tag("1.2.0-broken");
+    app.commit(env, "bump to 1.2.0-broken");
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!(code, Some(3), "{human}");
+    assert_eq!(bundle(&doc, "web")["result"], "rolledBack", "{human}");
+    assert!(human.contains("adopted the running objects"), "{human}");
+    assert_eq!(app.deployment_image(env).await, format!("{}:1.0.0", app.image), "what ran before runs again");
+    let record = app.secret_record(env).await;
+    assert_eq!(record["lkg"]["revision"]["commit"], "adopted");
+    let d = api.get("web").await.unwrap();
+    assert_eq!(d.metadata.labels.unwrap()["gitops-agent.io/owner"], ns.as_str(), "taken over explicitly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statefulset_and_daemonset_rollouts_complete() {
+    let env = TestEnv::get();
+    let app = App::new(env, "sts-ds").await;
+    let image = format!("{}:1.0.0", app.image);
+    app.write(
+        "apps/web/statefulset.yaml",
+        &format!(
+            "apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: db\nspec:\n  replicas: 2\n  serviceName: db\n  \
+             selector:\n    matchLabels: {{app: db}}\n  template:\n    metadata:\n      labels: {{app: db}}\n    spec:\n      \
+             terminationGracePeriodSeconds: 1\n      containers:\n      - name: db\n        image: {image}\n"
+        ),
+    );
+    // Only on the testenv's node: other tests add nodes of their own.
+    app.write(
+        "apps/web/daemonset.yaml",
+        &format!(
+            "apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: agent\nspec:\n  selector:\n    matchLabels: {{app: ds}}\n  \
+             template:\n    metadata:\n      labels: {{app: ds}}\n    spec:\n      affinity:\n        nodeAffinity:\n          \
+             requiredDuringSchedulingIgnoredDuringExecution:\n            nodeSelectorTerms:\n            \
+             - matchFields: [{{key: metadata.name, operator: In, values: [{node}]}}]\n      \
+             terminationGracePeriodSeconds: 1\n      containers:\n      - name: ds\n        image: {image}\n",
+            node = env.info.node_name
+        ),
+    );
+    app.commit(env, "a StatefulSet and a DaemonSet");
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!((code, bundle(&doc, "web")["result"].as_str()), (Some(0), Some("rolledOut")), "{human}");
+
+    // An update of both completes too (StatefulSet pods are replaced one by one, by ordinal).
+    let text = |f: &str| std::fs::read_to_string(app.work.join(f)).unwrap().replace(":1.0.0", ":1.1.0");
+    let (sts, ds) = (text("apps/web/statefulset.yaml"), text("apps/web/daemonset.yaml"));
+    app.write("apps/web/statefulset.yaml", &sts);
+    app.write("apps/web/daemonset.yaml", &ds);
+    app.commit(env, "1.1.0 for both");
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!((code, bundle(&doc, "web")["result"].as_str()), (Some(0), Some("rolledOut")), "{human}");
+    let client = env.client().await;
+    let sts: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(client.clone(), &app.ns.name);
+    let s = sts.get("db").await.unwrap().status.unwrap();
+    assert_eq!((s.updated_replicas, s.ready_replicas), (Some(2), Some(2)), "{s:?}");
+    assert_eq!(s.current_revision, s.update_revision);
+    let dss: Api<k8s_openapi::api::apps::v1::DaemonSet> = Api::namespaced(client, &app.ns.name);
+    let d = dss.get("agent").await.unwrap().status.unwrap();
+    assert_eq!((d.desired_number_scheduled, d.updated_number_scheduled, d.number_available), (1, Some(1), Some(1)));
+}
