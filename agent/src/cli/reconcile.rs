@@ -73,6 +73,19 @@ async fn setup(config_path: &Path) -> anyhow::Result<Setup> {
     Ok(Setup { config, cluster, store, defaults })
 }
 
+impl Setup {
+    fn driver(&self, dry_run: bool) -> Driver<'_> {
+        Driver {
+            cluster: &self.cluster,
+            store: &self.store,
+            agent_id: &self.config.identity.agent_id,
+            defaults: self.defaults,
+            dry_run,
+            progress: &progress,
+        }
+    }
+}
+
 fn progress(bundle: &str, line: &str) {
     if bundle.is_empty() {
         eprintln!("{line}");
@@ -115,14 +128,7 @@ pub fn exit_code(report: &Report) -> u8 {
 /// back, bundle by bundle in `dependsOn` order.
 pub async fn cycle(config_path: &Path, only: Option<&str>, dry_run: bool) -> anyhow::Result<Report> {
     let s = setup(config_path).await?;
-    let driver = Driver {
-        cluster: &s.cluster,
-        store: &s.store,
-        agent_id: &s.config.identity.agent_id,
-        defaults: s.defaults,
-        dry_run,
-        progress: &progress,
-    };
+    let driver = s.driver(dry_run);
     let mut report =
         Report { dry_run, source: None, commit: None, resumed: Vec::new(), bundles: Vec::new(), error: None };
     report.resumed = driver.resume().await?;
@@ -263,14 +269,7 @@ pub fn rollback(
 ) -> anyhow::Result<ExitCode> {
     let result = runtime()?.block_on(async {
         let s = setup(config).await?;
-        let driver = Driver {
-            cluster: &s.cluster,
-            store: &s.store,
-            agent_id: &s.config.identity.agent_id,
-            defaults: s.defaults,
-            dry_run: false,
-            progress: &progress,
-        };
+        let driver = s.driver(false);
         driver.rollback(bundle.trim_matches('/'), to, s.defaults).await
     })?;
     match output {
@@ -287,14 +286,7 @@ pub fn rollback(
 pub fn retry(config: &Path, bundle: &str, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let message = runtime()?.block_on(async {
         let s = setup(config).await?;
-        let driver = Driver {
-            cluster: &s.cluster,
-            store: &s.store,
-            agent_id: &s.config.identity.agent_id,
-            defaults: s.defaults,
-            dry_run: false,
-            progress: &progress,
-        };
+        let driver = s.driver(false);
         driver.retry(bundle.trim_matches('/')).await
     })?;
     writeln!(out, "{message}")?;
