@@ -388,13 +388,7 @@ impl Driver<'_> {
         // recording what ran, see `adopt`): fields Helm, Fleet or kubectl own are forced then.
         let first_meeting = record.lkg.is_none() && record.last.is_none();
         let force = policy.force_conflicts || first_meeting;
-        let refused: Vec<String> = plans
-            .iter()
-            .filter(|p| {
-                p.action == Action::Refused || (p.note.as_deref().is_some_and(|n| n.starts_with("conflict")) && !force)
-            })
-            .map(|p| format!("{}: {}", p.id, p.note.clone().unwrap_or_default()))
-            .collect();
+        let refused = shared::plan::blockers(&plans, force);
         let objects: Vec<Value> = desired.manifests.iter().map(|m| m.object.clone()).collect();
         let mut images: Vec<String> = desired.images.iter().map(|i| i.running.clone()).collect();
         images.sort();

@@ -481,7 +481,8 @@ pub fn check_scope(manifests: &[Manifest], own_namespace: &str, policy: &BundleP
 /// Bundles in an order where each comes after the bundles it `dependsOn` (a dependency is named
 /// by its folder, or by Fleet's bundle name: the folder with `/` as `-`); among independent
 /// bundles the given order holds. A cycle or an unknown dependency is an error naming it.
-pub fn bundle_order(bundles: &[(String, Vec<String>)]) -> Result<Vec<usize>, String> {
+/// Returns the order and, per bundle, the indices of the bundles it depends on.
+pub fn bundle_order(bundles: &[(String, Vec<String>)]) -> Result<(Vec<usize>, Vec<Vec<usize>>), String> {
     let find = |name: &str| {
         bundles
             .iter()
@@ -529,7 +530,7 @@ pub fn bundle_order(bundles: &[(String, Vec<String>)]) -> Result<Vec<usize>, Str
             format!("dependsOn forms a cycle: {}", names.join(" -> "))
         })?;
     }
-    Ok(order)
+    Ok((order, deps))
 }
 
 #[cfg(test)]
@@ -860,8 +861,9 @@ apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n";
     #[test]
     fn bundles_come_after_what_they_depend_on() {
         let b = |dir: &str, on: &[&str]| (dir.to_owned(), on.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        let order = bundle_order(&[b("app", &["infra-crds"]), b("extras", &[]), b("infra/crds", &[])]).unwrap();
+        let (order, deps) = bundle_order(&[b("app", &["infra-crds"]), b("extras", &[]), b("infra/crds", &[])]).unwrap();
         assert_eq!(order, [2, 0, 1]);
+        assert_eq!(deps, [vec![2], vec![], vec![]]);
         assert_eq!(
             bundle_order(&[b("a", &["b"]), b("b", &["c"]), b("c", &["a"])]).unwrap_err(),
             "dependsOn forms a cycle: a -> b -> c -> a"

@@ -278,6 +278,18 @@ fn diff(before: &Value, after: &Value, path: &str, skip: &BTreeSet<String>, out:
     }
 }
 
+/// Objects that keep a bundle from being applied: another identity's objects, and fields another
+/// field manager owns (a conflict) unless the apply is forced. One reason per object.
+pub fn blockers(plans: &[ObjectPlan], force: bool) -> Vec<String> {
+    plans
+        .iter()
+        .filter(|p| {
+            p.action == Action::Refused || (!force && p.note.as_deref().is_some_and(|n| n.starts_with("conflict")))
+        })
+        .map(|p| format!("{}: {}", p.id, p.note.clone().unwrap_or_default()))
+        .collect()
+}
+
 /// Counts of a bundle's plan, for summaries and exit codes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Summary {
@@ -462,5 +474,28 @@ spec:
         let p = plan(&ms, &observe(&ms, &[unowned.clone()]), &[], "me", "b");
         assert_eq!(p[0].action, Action::Update);
         assert!(p[0].changes.iter().any(|c| c.path == "metadata.labels.gitops-agent.io/owner"), "{:?}", p[0].changes);
+    }
+
+    #[test]
+    fn refused_objects_always_block_and_conflicts_only_when_not_forced() {
+        let p = |id: &str, action, note: Option<&str>| ObjectPlan {
+            id: id.into(),
+            api_version: "v1".into(),
+            action,
+            source: String::new(),
+            images: vec![],
+            changes: vec![],
+            note: note.map(str::to_owned),
+        };
+        let plans = [
+            p("ConfigMap/n/a", Action::Refused, Some("owned by agent other")),
+            p("ConfigMap/n/b", Action::Update, Some("conflict: .data.x owned by kubectl-edit")),
+            p("ConfigMap/n/c", Action::Update, None),
+        ];
+        assert_eq!(
+            blockers(&plans, false),
+            ["ConfigMap/n/a: owned by agent other", "ConfigMap/n/b: conflict: .data.x owned by kubectl-edit"]
+        );
+        assert_eq!(blockers(&plans, true), ["ConfigMap/n/a: owned by agent other"]);
     }
 }

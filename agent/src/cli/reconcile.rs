@@ -156,7 +156,7 @@ pub async fn cycle(config_path: &Path, only: Option<&str>, dry_run: bool) -> any
         .zip(&built)
         .map(|(b, d)| (b.dir.clone(), d.as_ref().map(|d| d.spec.depends_on.clone()).unwrap_or_default()))
         .collect();
-    let order = match shared::desired::bundle_order(&deps) {
+    let (order, depends_on) = match shared::desired::bundle_order(&deps) {
         Ok(o) => o,
         Err(e) => {
             report.error = Some(e);
@@ -167,12 +167,10 @@ pub async fn cycle(config_path: &Path, only: Option<&str>, dry_run: bool) -> any
     let mut owned_cache = BTreeMap::new();
     for i in order {
         let name = bundles[i].dir.clone();
-        let failed_dep = deps[i].1.iter().find_map(|d| {
-            let dep = deps
-                .iter()
-                .find(|(dir, _)| dir == d || dir.replace('/', "-") == *d || dir.ends_with(&format!("/{d}")))?;
-            let r = done.get(&dep.0)?;
-            (!matches!(r, Result::InSync | Result::Verified | Result::RolledOut)).then(|| format!("{} ({r:?})", dep.0))
+        let failed_dep = depends_on[i].iter().find_map(|&d| {
+            let r = done.get(&bundles[d].dir)?;
+            let ok = matches!(r, Result::InSync | Result::Verified | Result::RolledOut);
+            (!ok).then(|| format!("{} ({r:?})", bundles[d].dir))
         });
         let result = match (&built[i], failed_dep) {
             (Err(e), _) => BundleResult {
