@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use shared::desired::{in_apply_order, ownership};
 use shared::plan::{Action, ObjectPlan, Summary};
+use shared::probe::Health;
 use shared::render::Manifest;
 use shared::rollout::{Limits, Step, Verdict};
 use shared::state::{Next, OutcomeKind, Phase, Record, Revision, Snapshot, Time, object_id, rendered_hash};
@@ -25,6 +26,9 @@ use crate::watch::{is_workload, unix_now, until_settled};
 
 /// Objects observed at once while planning.
 const OBSERVE_CONCURRENCY: usize = 8;
+
+/// How long a deletion (prune, or what a failed revision added) is waited for.
+const DELETE_WAIT: Duration = Duration::from_secs(60);
 
 /// What happened to one bundle in this reconcile.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -113,16 +117,26 @@ pub async fn plan_objects(
 }
 
 /// Seconds of a policy duration, or the default.
-pub fn limits(policy: &shared::fleet::BundlePolicy, defaults: Limits) -> std::result::Result<Limits, String> {
+pub fn limits(policy: &shared::fleet::BundlePolicy, defaults: &Limits) -> std::result::Result<Limits, String> {
     let secs = |v: &Option<String>, field: &str, default: i64| match v {
         None => Ok(default),
         Some(s) => humantime::parse_duration(s)
             .map(|d| d.as_secs() as i64)
             .map_err(|e| format!("fleet.yaml: gitopsAgent.{field}: {s:?}: {e}")),
     };
+    let probes = policy
+        .health_probes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            shared::probe::Probe::compile(p)
+                .map_err(|(field, e)| format!("fleet.yaml: gitopsAgent.healthProbes[{i}].{field}: {e}"))
+        })
+        .collect::<std::result::Result<_, _>>()?;
     Ok(Limits {
         progress_deadline: secs(&policy.progress_deadline, "progressDeadline", defaults.progress_deadline)?,
         verify_window: secs(&policy.verify_window, "verifyWindow", defaults.verify_window)?,
+        probes,
     })
 }
 
@@ -164,24 +178,63 @@ impl Driver<'_> {
         Ok(())
     }
 
+    /// Says why a call to the API server is retried.
+    fn retrying(&self, bundle: &str, e: &ClusterError, after: Duration) {
+        self.say(bundle, &format!("{e}; retrying in {:.1}s", after.as_secs_f64()));
+    }
+
     /// Applies objects in dependency order, retrying while the API server is unreachable.
-    async fn apply_all(&self, objects: &[Value], force: bool) -> std::result::Result<(), ClusterError> {
+    async fn apply_all(&self, bundle: &str, objects: &[Value], force: bool) -> std::result::Result<(), ClusterError> {
         for m in manifests(objects) {
-            (|| self.cluster.apply(&m, false, force)).retry(backoff()).when(transient).await?;
+            (|| self.cluster.apply(&m, false, force))
+                .retry(backoff())
+                .when(transient)
+                .notify(|e, d| self.retrying(bundle, e, d))
+                .await?;
         }
         Ok(())
     }
 
     /// Deletes objects by id, each only when the live object carries this agent's owner label
-    /// and the bundle's label (it might have been adopted or handed over since).
+    /// and the bundle's label (it might have been adopted or handed over since). Deletion is in
+    /// the foreground (dependents, such as a Deployment's pods, go first), so it waits, up to
+    /// `DELETE_WAIT`, until they are gone; one still there then is said, not failed.
     async fn delete_owned(&self, bundle: &str, objects: &[Value]) -> std::result::Result<Vec<String>, ClusterError> {
         let mut deleted = Vec::new();
+        let mut pending = Vec::new();
         for m in manifests(objects).into_iter().rev() {
-            let live = (|| self.cluster.get(&m)).retry(backoff()).when(transient).await?;
+            let live = (|| self.cluster.get(&m))
+                .retry(backoff())
+                .when(transient)
+                .notify(|e, d| self.retrying(bundle, e, d))
+                .await?;
             let Some(live) = live else { continue };
             if ownership(&live) == Some((self.agent_id.to_owned(), bundle.to_owned())) {
-                (|| self.cluster.delete(&m)).retry(backoff()).when(transient).await?;
+                (|| self.cluster.delete(&m))
+                    .retry(backoff())
+                    .when(transient)
+                    .notify(|e, d| self.retrying(bundle, e, d))
+                    .await?;
                 deleted.push(m.id());
+                pending.push(m);
+            }
+        }
+        let gone = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(2))
+            .with_total_delay(Some(DELETE_WAIT))
+            .without_max_times();
+        for m in pending {
+            let still_there = || async {
+                match self.cluster.get(&m).await {
+                    Ok(None) => Ok(()),
+                    Ok(Some(_)) => Err(None),
+                    Err(e) => Err(Some(e)),
+                }
+            };
+            if let Err(e) = still_there.retry(gone).await {
+                let why = e.map_or_else(|| "still being deleted (finalizers)".to_owned(), |e| e.to_string());
+                self.say(bundle, &format!("warning: {}: {why} after {}s", m.id(), DELETE_WAIT.as_secs()));
             }
         }
         Ok(deleted)
@@ -196,16 +249,23 @@ impl Driver<'_> {
         }
     }
 
-    async fn watch(&self, bundle: &str, objects: &[Value], started: Time, limits: Limits) -> Step {
-        let say = |v: &Verdict| {
-            let line = match v {
-                Verdict::Waiting(w) => format!("waiting: {w}"),
-                Verdict::Healthy => "healthy".to_owned(),
-                Verdict::Failed { reason, .. } => format!("failed: {reason}"),
+    async fn watch(&self, bundle: &str, objects: &[Value], started: Time, limits: &Limits) -> Step {
+        let say = |v: &Verdict, h: &Health| {
+            let line = match (v, h) {
+                (Verdict::Waiting(w), _) => format!("waiting: {w}"),
+                (Verdict::Healthy, Health::Green) if limits.probes.is_empty() => "healthy".to_owned(),
+                (Verdict::Healthy, Health::Green) => "healthy; health probes green".to_owned(),
+                (Verdict::Healthy, Health::Pending(p)) => format!("healthy; health probes pending: {p}"),
+                (Verdict::Healthy, Health::Red(r)) => format!("healthy, but {r}"),
+                (Verdict::Failed { reason, .. }, _) => format!("failed: {reason}"),
             };
             self.say(bundle, &line);
         };
-        until_settled(self.cluster.client(), objects, started, limits, say).await
+        let on_watch = |broken: Option<&str>| match broken {
+            Some(e) => self.say(bundle, &format!("watch interrupted, re-watching with backoff: {e}")),
+            None => self.say(bundle, "watch re-established"),
+        };
+        until_settled(self.cluster.client(), objects, started, limits, say, on_watch).await
     }
 
     /// Finishes every rollout or rollback a previous run left in its records.
@@ -229,7 +289,8 @@ impl Driver<'_> {
                 Phase::Idle => return self.result_of(&record, resumed),
                 Phase::RollingOut { candidate, started, limits, force } => {
                     pause_at("before-apply").await;
-                    let step = match self.apply_all(&candidate.objects, force).await {
+                    self.say(&bundle, &format!("applying {}", candidate.revision.short()));
+                    let step = match self.apply_all(&bundle, &candidate.objects, force).await {
                         Err(e) if transient(&e) => {
                             return interrupted(&bundle, &format!("applying {}: {e}", candidate.revision.short()));
                         }
@@ -237,7 +298,7 @@ impl Driver<'_> {
                         Ok(()) => {
                             self.say(&bundle, &format!("applied {}; watching the rollout", candidate.revision.short()));
                             pause_at("mid-rollout").await;
-                            self.watch(&bundle, &candidate.objects, started, limits).await
+                            self.watch(&bundle, &candidate.objects, started, &limits).await
                         }
                     };
                     let now = unix_now();
@@ -274,7 +335,7 @@ impl Driver<'_> {
                         &bundle,
                         &format!("rolling back {} to {}: {reason}", failed.revision.short(), target.revision.short()),
                     );
-                    let applied = self.apply_all(&target.objects, true).await;
+                    let applied = self.apply_all(&bundle, &target.objects, true).await;
                     let step = match applied {
                         Err(e) if transient(&e) => {
                             return interrupted(&bundle, &format!("rolling back to {}: {e}", target.revision.short()));
@@ -304,7 +365,7 @@ impl Driver<'_> {
                                 Ok(_) => {}
                             }
                             pause_at("mid-rollback").await;
-                            self.watch(&bundle, &target.objects, started, Limits { verify_window: 0, ..limits }).await
+                            self.watch(&bundle, &target.objects, started, &limits.health_only()).await
                         }
                     };
                     let now = unix_now();
@@ -365,10 +426,15 @@ impl Driver<'_> {
     ) -> BundleResult {
         let name = desired.name.as_str();
         let policy = &desired.spec.policy;
-        let limits = match limits(policy, self.defaults) {
+        let limits = match limits(policy, &self.defaults) {
             Ok(l) => l,
             Err(e) => return BundleResult::new(name, Result::Blocked, e),
         };
+        let objects: Vec<Value> = desired.manifests.iter().map(|m| m.object.clone()).collect();
+        let unmatched = shared::probe::unmatched(&limits.probes, &objects);
+        if !unmatched.is_empty() {
+            return BundleResult::new(name, Result::Blocked, format!("fleet.yaml: {}", unmatched.join("; ")));
+        }
         if let Err(problems) = shared::desired::check_scope(&desired.manifests, &desired.spec.namespace, policy) {
             return BundleResult::new(
                 name,
@@ -389,7 +455,6 @@ impl Driver<'_> {
         let first_meeting = record.lkg.is_none() && record.last.is_none();
         let force = policy.force_conflicts || first_meeting;
         let refused = shared::plan::blockers(&plans, force);
-        let objects: Vec<Value> = desired.manifests.iter().map(|m| m.object.clone()).collect();
         let mut images: Vec<String> = desired.images.iter().map(|i| i.running.clone()).collect();
         images.sort();
         images.dedup();
@@ -435,10 +500,7 @@ impl Driver<'_> {
             Next::Verify if self.dry_run => {
                 with(BundleResult::new(name, Result::WouldApply, "would verify the running objects and record them"))
             }
-            Next::Verify => match self
-                .watch(name, &candidate.objects, now, Limits { verify_window: limits.verify_window, ..limits })
-                .await
-            {
+            Next::Verify => match self.watch(name, &candidate.objects, now, &limits).await {
                 Step::Done => {
                     let rec = record.adopted(candidate.clone(), "live objects match Git and are healthy", unix_now());
                     if let Err(e) = self.save(&rec).await {
@@ -468,7 +530,7 @@ impl Driver<'_> {
             Next::RollOut => {
                 let mut record = record;
                 if record.lkg.is_none() {
-                    match self.adopt(name, &desired.manifests, &plans, limits).await {
+                    match self.adopt(name, &desired.manifests, &plans, &limits).await {
                         Ok(Some(snapshot)) => {
                             record = record.adopted(
                                 snapshot,
@@ -506,7 +568,7 @@ impl Driver<'_> {
         bundle: &str,
         desired: &[Manifest],
         plans: &[ObjectPlan],
-        limits: Limits,
+        limits: &Limits,
     ) -> std::result::Result<Option<Snapshot>, String> {
         let existing: Vec<&Manifest> =
             desired.iter().filter(|m| plans.iter().any(|p| p.id == m.id() && p.action != Action::Create)).collect();
@@ -522,7 +584,7 @@ impl Driver<'_> {
             }
         }
         let workloads: Vec<Value> = live.iter().filter(|o| is_workload(o)).cloned().collect();
-        match self.watch(bundle, &workloads, unix_now(), Limits { verify_window: 0, ..limits }).await {
+        match self.watch(bundle, &workloads, unix_now(), &limits.health_only()).await {
             Step::Done => {}
             Step::Failed { reason, .. } => {
                 self.say(bundle, &format!("not adopting the running objects, they are not healthy: {reason}"));

@@ -1,7 +1,8 @@
 //! The rollout watch: Kubernetes watches (kube-runtime reflectors) on the workloads' namespaces,
 //! re-judged on every change. What the changes mean is `shared::rollout::{judge, step}`; this
-//! module only keeps the caches, the clock and the wake-ups. A watch that breaks (API server
-//! down) is re-established with backoff, so a rollout outlives an outage.
+//! module only keeps the caches, the clock and the wake-ups, and makes the health probes' HTTP
+//! calls (`shared::probe` says which, and what their answers mean). A watch that breaks (API
+//! server down) is re-established with backoff, so a rollout outlives an outage.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::Value;
 
+use shared::probe::{Health, Tally, Target};
 use shared::rollout::{Limits, Seen, Step, Verdict, judge, step};
 use shared::state::{Time, object_id};
 
@@ -37,7 +39,10 @@ struct Caches {
     pods: Vec<Store<Pod>>,
 }
 
-fn cache<K>(client: &Client, ns: &str, streams: &mut SelectAll<BoxStream<'static, ()>>) -> Store<K>
+/// Each watch stream yields `None` for a change, `Some(error)` when the watch broke.
+type Changes = SelectAll<BoxStream<'static, Option<String>>>;
+
+fn cache<K>(client: &Client, ns: &str, streams: &mut Changes) -> Store<K>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -49,7 +54,9 @@ where
 {
     let (reader, writer) = reflector::store();
     let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff().map(|_| ());
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .map(|event| event.err().map(|e| e.to_string()));
     streams.push(stream.boxed());
     reader
 }
@@ -63,20 +70,24 @@ where
 
 /// Watches `workloads` (desired objects; others are ignored) until `shared::rollout::step` says
 /// done or failed. `started` is when their apply began (persisted, so a restarted agent keeps
-/// the original deadline). `on_change` hears each new verdict.
+/// the original deadline). While they are healthy, `limits.probes` are called, each target every
+/// `interval`. `on_change` hears each new verdict and probe state, `on_watch` when the watch
+/// breaks (`Some(error)`: it is re-established with backoff) and when it is back (`None`).
 pub async fn until_settled(
     client: &Client,
     workloads: &[Value],
     started: Time,
-    limits: Limits,
-    mut on_change: impl FnMut(&Verdict),
+    limits: &Limits,
+    mut on_change: impl FnMut(&Verdict, &Health),
+    mut on_watch: impl FnMut(Option<&str>),
 ) -> Step {
     let watched: Vec<&Value> = workloads.iter().filter(|o| is_workload(o)).collect();
     if watched.is_empty() {
         return Step::Done;
     }
     let namespaces: BTreeSet<&str> = watched.iter().filter_map(|o| o["metadata"]["namespace"].as_str()).collect();
-    let mut streams = SelectAll::new();
+    let mut streams: Changes = SelectAll::new();
+    let mut broken = false;
     let mut c = Caches {
         deployments: Vec::new(),
         statefulsets: Vec::new(),
@@ -91,8 +102,12 @@ pub async fn until_settled(
         c.replicasets.push(cache(client, ns, &mut streams));
         c.pods.push(cache(client, ns, &mut streams));
     }
+    let prober = Prober::new();
+    let mut tally = Tally::default();
+    // When each probe (by index) is due next.
+    let mut due: Vec<Time> = vec![0; limits.probes.len()];
     let mut healthy_since = None;
-    let mut last: Option<Verdict> = None;
+    let mut last: Option<(Verdict, Health)> = None;
     loop {
         let live: Vec<(String, Option<Value>)> = watched
             .iter()
@@ -109,19 +124,62 @@ pub async fn until_settled(
             .collect();
         let (replica_sets, pods) = (values(&c.replicasets), values(&c.pods));
         let verdict = judge(Seen { workloads: &live, replica_sets: &replica_sets, pods: &pods });
-        if last.as_ref() != Some(&verdict) {
-            on_change(&verdict);
-            last = Some(verdict.clone());
+        let mut now = unix_now();
+        let health = if verdict == Verdict::Healthy {
+            let targets = shared::probe::targets(&limits.probes, &live, &replica_sets, &pods);
+            tally.retain(&targets);
+            let calls: Vec<&Target> = targets.iter().filter(|t| due[t.probe] <= now).collect();
+            if !calls.is_empty() {
+                for (key, answer) in prober.call(&limits.probes, &calls).await {
+                    tally.record(&key, answer);
+                }
+                for t in &calls {
+                    due[t.probe] = now + limits.probes[t.probe].interval;
+                }
+                now = unix_now();
+            }
+            tally.health(&limits.probes, &targets)
+        } else {
+            // New pods will come: a new tally, each probe due as soon as they are healthy.
+            tally = Tally::default();
+            due.iter_mut().for_each(|d| *d = 0);
+            Health::Green
+        };
+        let seen = (verdict, health);
+        if last.as_ref() != Some(&seen) {
+            on_change(&seen.0, &seen.1);
+            last = Some(seen.clone());
         }
-        let now = unix_now();
-        match step(&verdict, started, healthy_since, limits, now) {
+        let (verdict, health) = seen;
+        match step(&verdict, &health, started, healthy_since, limits, now) {
             Step::Continue { healthy_since: h, wake_at } => {
                 healthy_since = h;
-                let wait = Duration::from_secs(u64::try_from(wake_at - now).unwrap_or(0).max(1));
+                // Wake for the step's own time, or for the next probe call while healthy.
+                let probe_at = if h.is_some() { due.iter().min().copied() } else { None };
+                let wake = match probe_at {
+                    Some(p) if wake_at <= now => p,
+                    Some(p) => p.min(wake_at),
+                    None => wake_at,
+                };
+                let wait = Duration::from_secs(u64::try_from(wake - now).unwrap_or(0).max(1));
                 tokio::select! {
-                    _ = streams.next() => {
+                    Some(first) = streams.next() => {
                         // Take every change already queued before judging again.
-                        while let Some(Some(())) = streams.next().now_or_never() {}
+                        let mut error = first;
+                        while let Some(Some(next)) = streams.next().now_or_never() {
+                            error = next.or(error);
+                        }
+                        match error {
+                            Some(e) if !broken => {
+                                broken = true;
+                                on_watch(Some(&e));
+                            }
+                            None if broken => {
+                                broken = false;
+                                on_watch(None);
+                            }
+                            _ => {}
+                        }
                     }
                     () = tokio::time::sleep(wait) => {}
                 }
@@ -129,6 +187,64 @@ pub async fn until_settled(
             settled => return settled,
         }
     }
+}
+
+/// Makes health probes' HTTP GETs (plain HTTP, or HTTPS checked against public roots).
+struct Prober {
+    client: hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        http_body_util::Empty<bytes::Bytes>,
+    >,
+}
+
+impl Prober {
+    fn new() -> Prober {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        let connector =
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
+        Prober {
+            client: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// Calls every target at once, each within its probe's timeout. A 2xx or 3xx answer is good,
+    /// as the kubelet's `httpGet` judges.
+    async fn call(&self, probes: &[shared::probe::Probe], targets: &[&Target]) -> Vec<(String, Result<(), String>)> {
+        let calls = targets.iter().map(|t| async move {
+            let timeout = Duration::from_secs(u64::try_from(probes[t.probe].timeout).unwrap_or(1));
+            let answer = match t.url.parse::<hyper::Uri>() {
+                Err(e) => Err(format!("not a URL: {e}")),
+                Ok(uri) => {
+                    let req = hyper::Request::get(uri)
+                        .header("user-agent", "gitops-agent")
+                        .body(http_body_util::Empty::new())
+                        .map_err(|e| e.to_string());
+                    match req {
+                        Err(e) => Err(e),
+                        Ok(req) => match tokio::time::timeout(timeout, self.client.request(req)).await {
+                            Err(_) => Err(format!("no answer within {}s", timeout.as_secs())),
+                            Ok(Err(e)) => Err(connect_error(&e)),
+                            Ok(Ok(resp)) if resp.status().as_u16() < 400 && resp.status().as_u16() >= 200 => Ok(()),
+                            Ok(Ok(resp)) => Err(format!("HTTP {}", resp.status())),
+                        },
+                    }
+                }
+            };
+            (t.key.clone(), answer)
+        });
+        futures::future::join_all(calls).await
+    }
+}
+
+/// The innermost cause of a client error ("connection refused"), which is what an operator needs.
+fn connect_error(e: &hyper_util::client::legacy::Error) -> String {
+    let mut source: &dyn std::error::Error = e;
+    while let Some(s) = source.source() {
+        source = s;
+    }
+    source.to_string()
 }
 
 fn find<K>(stores: &[Store<K>], name: &str, ns: &str) -> Option<Value>

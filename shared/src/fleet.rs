@@ -72,6 +72,9 @@ pub struct BundlePolicy {
     /// Kinds the bundle may apply (`Kind` or `group/Kind`). Default: any kind.
     #[serde(default)]
     pub allowed_kinds: Option<Vec<String>>,
+    /// HTTP probes that must stay green during the verification window (`shared::probe`).
+    #[serde(default)]
+    pub health_probes: Vec<crate::probe::ProbeSpec>,
 }
 
 /// One image's tag policy.
@@ -255,6 +258,10 @@ fn parse_policy(raw: Value, lines: &LineIndex) -> Result<BundlePolicy, Problem> 
                 )
             })?;
         crate::policy::TagPolicy::new(&image.policy).map_err(|e| at(format!("{path}.policy"), e.to_string()))?;
+    }
+    for (i, probe) in policy.health_probes.iter().enumerate() {
+        crate::probe::Probe::compile(probe)
+            .map_err(|(field, message)| at(format!("{POLICY_KEY}.healthProbes[{i}].{field}"), message))?;
     }
     for (field, value) in [
         ("progressDeadline", &policy.progress_deadline),
@@ -513,6 +520,16 @@ targetCustomizations:
                 "gitopsAgent:\n  images:\n  - repository: h.example/app\n    policy: {semver: '>=banana'}\n",
                 "gitopsAgent.images[0].policy",
                 "semver range",
+            ),
+            (
+                "gitopsAgent:\n  healthProbes:\n  - workload: web\n    url: 'http://{podIp}:80/health'\n",
+                "gitopsAgent.healthProbes[0].url",
+                "unknown variable {podIp}",
+            ),
+            (
+                "gitopsAgent:\n  healthProbes:\n  - url: /health\n    interval: often\n",
+                "gitopsAgent.healthProbes[0].interval",
+                "\"often\" is not a duration",
             ),
         ];
         for (text, path, words) in bad {

@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod image;
 pub mod plan;
 pub mod policy;
+pub mod probe;
 pub mod redact;
 pub mod registry;
 pub mod render;

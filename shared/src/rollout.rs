@@ -276,28 +276,55 @@ pub enum Step {
     },
 }
 
-/// Durations of one rollout watch, in seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+/// How one rollout is watched: durations in seconds, and the health probes of its verification
+/// window. Persisted with the rollout, so a restarted agent judges it as the interrupted one did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Limits {
     /// From the first apply to healthy.
     pub progress_deadline: i64,
     /// Healthy, and staying so, for this long before it counts.
     pub verify_window: i64,
+    /// HTTP probes that must stay green during the verification window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<crate::probe::Probe>,
 }
 
-/// The rollout watch as a state machine: `healthy_since` is the state, `now` the clock. A failure
-/// during verification fails the rollout; a blip back to waiting restarts the window.
-pub fn step(verdict: &Verdict, started: i64, healthy_since: Option<i64>, limits: Limits, now: i64) -> Step {
+impl Limits {
+    /// For watching a rollback or an adoption: Kubernetes health only, at once. The probes judged
+    /// the revision that failed; what was last known good is restored as fast as it can be.
+    pub fn health_only(&self) -> Limits {
+        Limits { progress_deadline: self.progress_deadline, verify_window: 0, probes: Vec::new() }
+    }
+}
+
+/// The rollout watch as a state machine: `healthy_since` is the state, `now` the clock, `probes`
+/// what the health probes say (`Green` when there are none). A failure during verification,
+/// Kubernetes' or a probe's, fails the rollout; a blip back to waiting restarts the window; the
+/// window ends only on green probes.
+pub fn step(
+    verdict: &Verdict,
+    probes: &crate::probe::Health,
+    started: i64,
+    healthy_since: Option<i64>,
+    limits: &Limits,
+    now: i64,
+) -> Step {
+    use crate::probe::Health;
     let deadline = started + limits.progress_deadline;
     match verdict {
         Verdict::Failed { reason, image_pull } => Step::Failed { reason: reason.clone(), image_pull: *image_pull },
         Verdict::Healthy => {
+            if let Health::Red(why) = probes {
+                return Step::Failed { reason: why.clone(), image_pull: false };
+            }
             let since = healthy_since.unwrap_or(now);
-            if now >= since + limits.verify_window {
-                Step::Done
-            } else {
-                Step::Continue { healthy_since: Some(since), wake_at: since + limits.verify_window }
+            let end = since + limits.verify_window;
+            match probes {
+                Health::Green if now >= end => Step::Done,
+                // Past the window with a probe undecided: the next answer decides (the caller
+                // wakes for it), so no deadline is needed: it turns green or red.
+                _ => Step::Continue { healthy_since: Some(since), wake_at: end.max(now) },
             }
         }
         Verdict::Waiting(what) if now >= deadline => Step::Failed {
@@ -311,6 +338,7 @@ pub fn step(verdict: &Verdict, started: i64, healthy_since: Option<i64>, limits:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probe::Health;
     use serde_json::json;
 
     /// Each row: the object, its expected state and kubectl-worded message.
@@ -634,7 +662,7 @@ mod tests {
 
     #[test]
     fn step_waits_verifies_and_meets_the_deadline() {
-        let limits = Limits { progress_deadline: 60, verify_window: 10 };
+        let limits = Limits { progress_deadline: 60, verify_window: 10, probes: Vec::new() };
         let waiting = Verdict::Waiting("w".into());
         let failed = Verdict::Failed { reason: "crash".into(), image_pull: false };
         // (verdict, healthy_since, now, expected)
@@ -655,9 +683,40 @@ mod tests {
             (&failed, Some(20), 25, Step::Failed { reason: "crash".into(), image_pull: false }),
         ];
         for (i, (v, since, now, want)) in cases.into_iter().enumerate() {
-            assert_eq!(step(v, 0, since, limits, now), want, "case {i}");
+            assert_eq!(step(v, &Health::Green, 0, since, &limits, now), want, "case {i}");
         }
-        let no_verify = Limits { verify_window: 0, ..limits };
-        assert_eq!(step(&Verdict::Healthy, 0, None, no_verify, 3), Step::Done);
+        let no_verify = Limits { verify_window: 0, ..limits.clone() };
+        assert_eq!(step(&Verdict::Healthy, &Health::Green, 0, None, &no_verify, 3), Step::Done);
+    }
+
+    #[test]
+    fn probes_gate_the_end_of_the_window_and_fail_it_when_red() {
+        let limits = Limits { progress_deadline: 60, verify_window: 10, probes: Vec::new() };
+        let pending = Health::Pending("http://p/h: not called yet".into());
+        let red = Health::Red("health probe http://p/h failed 3 times in a row: HTTP 503".into());
+        let waiting = Verdict::Waiting("w".into());
+        // (verdict, probes, healthy_since, now, expected)
+        let cases = [
+            (&Verdict::Healthy, &pending, None, 20, Step::Continue { healthy_since: Some(20), wake_at: 30 }),
+            (&Verdict::Healthy, &Health::Green, Some(20), 25, Step::Continue { healthy_since: Some(20), wake_at: 30 }),
+            (&Verdict::Healthy, &Health::Green, Some(20), 30, Step::Done),
+            // The window is over but a probe has not answered well yet: wait for it.
+            (&Verdict::Healthy, &pending, Some(20), 31, Step::Continue { healthy_since: Some(20), wake_at: 31 }),
+            (
+                &Verdict::Healthy,
+                &red,
+                Some(20),
+                25,
+                Step::Failed {
+                    reason: "health probe http://p/h failed 3 times in a row: HTTP 503".into(),
+                    image_pull: false,
+                },
+            ),
+            // Probes only judge healthy workloads.
+            (&waiting, &red, None, 5, Step::Continue { healthy_since: None, wake_at: 60 }),
+        ];
+        for (i, (v, probes, since, now, want)) in cases.into_iter().enumerate() {
+            assert_eq!(step(v, probes, 0, since, &limits, now), want, "case {i}");
+        }
     }
 }

@@ -224,7 +224,7 @@ impl Record {
                     reason: reason.to_owned(),
                     retryable,
                     started: now,
-                    limits: *limits,
+                    limits: limits.clone(),
                 }
             }
             None => {
@@ -502,7 +502,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const L: Limits = Limits { progress_deadline: 60, verify_window: 0 };
+    const L: Limits = Limits { progress_deadline: 60, verify_window: 0, probes: Vec::new() };
 
     fn snap(commit: &str, objects: Vec<Value>) -> Snapshot {
         let hash = rendered_hash(&objects);

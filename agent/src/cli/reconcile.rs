@@ -69,6 +69,7 @@ async fn setup(config_path: &Path) -> anyhow::Result<Setup> {
     let defaults = Limits {
         progress_deadline: secs(&config.rollout.progress_deadline, "progressDeadline")?,
         verify_window: secs(&config.rollout.verify_window, "verifyWindow")?,
+        probes: Vec::new(),
     };
     Ok(Setup { config, cluster, store, defaults })
 }
@@ -79,7 +80,7 @@ impl Setup {
             cluster: &self.cluster,
             store: &self.store,
             agent_id: &self.config.identity.agent_id,
-            defaults: self.defaults,
+            defaults: self.defaults.clone(),
             dry_run,
             progress: &progress,
         }
@@ -268,7 +269,7 @@ pub fn rollback(
     let result = runtime()?.block_on(async {
         let s = setup(config).await?;
         let driver = s.driver(false);
-        driver.rollback(bundle.trim_matches('/'), to, s.defaults).await
+        driver.rollback(bundle.trim_matches('/'), to, s.defaults.clone()).await
     })?;
     match output {
         Output::Json => writeln!(out, "{}", serde_json::to_string(&result)?)?,

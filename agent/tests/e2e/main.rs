@@ -10,6 +10,7 @@ mod desired_state;
 mod git_source;
 mod registry_source;
 mod rollout;
+mod rollout_policy;
 mod stack_b_fixture;
 mod testenv_is_real;
 mod util;

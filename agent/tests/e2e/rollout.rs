@@ -14,11 +14,11 @@ use xtask::support::{GitRepo, TestEnv};
 
 use crate::util::{git, wait_for};
 
-fn agent(args: &[&str]) -> Output {
+pub(crate) fn agent(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_agent")).args(args).env("NO_COLOR", "1").output().expect("running agent")
 }
 
-fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
@@ -26,17 +26,19 @@ fn text(o: &Output) -> String {
 /// test's namespace) in the test's own git repository, its image in the test's own registry
 /// repository (tags `1.0.0`, `1.1.0`, `1.2.0-broken`), and an agent config whose identity,
 /// state namespace and state folder are the test's.
-struct App {
-    ns: xtask::support::TestNamespace,
-    repo: GitRepo,
-    image: String,
-    work: PathBuf,
-    config: PathBuf,
-    state_dir: PathBuf,
+pub(crate) struct App {
+    pub(crate) ns: xtask::support::TestNamespace,
+    pub(crate) repo: GitRepo,
+    pub(crate) image: String,
+    /// The registry repository of `image` (to push more tags).
+    pub(crate) image_repo: String,
+    pub(crate) work: PathBuf,
+    pub(crate) config: PathBuf,
+    pub(crate) state_dir: PathBuf,
     _dir: tempfile::TempDir,
 }
 
-const DEPLOYMENT: &str = "apiVersion: apps/v1
+pub(crate) const DEPLOYMENT: &str = "apiVersion: apps/v1
 kind: Deployment
 metadata:
   name: web
@@ -54,7 +56,7 @@ spec:
 ";
 
 impl App {
-    async fn new(env: &TestEnv, hint: &str) -> App {
+    pub(crate) async fn new(env: &TestEnv, hint: &str) -> App {
         let ns = env.namespace(hint).await;
         let repo = env.git_repo(hint);
         let image_repo = env.registry_repo(hint);
@@ -70,6 +72,7 @@ impl App {
         git(&work, &["init", "-q", "-b", "main"]);
         let app = App {
             image: format!("{}/{image_repo}", env.info.registry),
+            image_repo: image_repo.clone(),
             config: dir.path().join("agent.yaml"),
             state_dir: dir.path().join("state"),
             ns,
@@ -116,28 +119,28 @@ impl App {
         app
     }
 
-    fn write(&self, file: &str, content: &str) {
+    pub(crate) fn write(&self, file: &str, content: &str) {
         let path = self.work.join(file);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, content).unwrap();
     }
 
-    fn set_tag(&self, tag: &str) {
+    pub(crate) fn set_tag(&self, tag: &str) {
         self.write("apps/web/deployment.yaml", &DEPLOYMENT.replace("IMAGE", &format!("{}:{tag}", self.image)));
     }
 
-    fn commit(&self, env: &TestEnv, message: &str) {
+    pub(crate) fn commit(&self, env: &TestEnv, message: &str) {
         git(&self.work, &["add", "-A"]);
         git(&self.work, &["commit", "-qm", message]);
         xtask::seed::git_push(&env.info, &env.info.git_ci, &self.work, &self.repo.name, "main").unwrap();
     }
 
-    fn head(&self) -> String {
+    pub(crate) fn head(&self) -> String {
         git(&self.work, &["rev-parse", "HEAD"]).trim().to_owned()
     }
 
     /// `agent reconcile --once -o json [extra]`: exit code, report, human-readable text.
-    fn reconcile(&self, extra: &[&str]) -> (Option<i32>, Value, String) {
+    pub(crate) fn reconcile(&self, extra: &[&str]) -> (Option<i32>, Value, String) {
         let mut args = vec!["reconcile", "--once", "-c", self.config.to_str().unwrap(), "-o", "json"];
         args.extend(extra);
         let out = agent(&args);
@@ -145,14 +148,14 @@ impl App {
         (out.status.code(), doc, text(&out))
     }
 
-    async fn deployment_image(&self, env: &TestEnv) -> String {
+    pub(crate) async fn deployment_image(&self, env: &TestEnv) -> String {
         let api: Api<Deployment> = Api::namespaced(env.client().await, &self.ns.name);
         let d = api.get("web").await.unwrap();
         d.spec.unwrap().template.spec.unwrap().containers[0].image.clone().unwrap()
     }
 
     /// The record in the state Secret, decoded as an operator would (`kubectl get secret`).
-    async fn secret_record(&self, env: &TestEnv) -> Value {
+    pub(crate) async fn secret_record(&self, env: &TestEnv) -> Value {
         let api: Api<Secret> = Api::namespaced(env.client().await, &self.ns.name);
         let list = api
             .list(&ListParams::default().labels(&format!("gitops-agent.io/state-of={}", self.ns.name)))
@@ -164,7 +167,7 @@ impl App {
     }
 
     /// Writes (not dry-runs) to this test's namespace that the audit log recorded.
-    fn writes(&self, env: &TestEnv) -> Vec<String> {
+    pub(crate) fn writes(&self, env: &TestEnv) -> Vec<String> {
         env.audit_events()
             .into_iter()
             .filter(|e| {
@@ -187,7 +190,7 @@ impl App {
     }
 }
 
-fn bundle<'a>(doc: &'a Value, name: &str) -> &'a Value {
+pub(crate) fn bundle<'a>(doc: &'a Value, name: &str) -> &'a Value {
     doc["bundles"]
         .as_array()
         .unwrap()
@@ -315,7 +318,7 @@ async fn a_missing_image_is_stopped_by_preflight_and_a_dry_run_writes_nothing() 
 impl App {
     /// Starts `agent reconcile --once` paused at `step` (the agent's test seam), waits until it
     /// says so, and SIGKILLs it.
-    fn kill_at(&self, step: &str) {
+    pub(crate) fn kill_at(&self, step: &str) {
         use std::io::{BufRead, BufReader};
         let mut child = Command::new(env!("CARGO_BIN_EXE_agent"))
             .args(["reconcile", "--once", "-c", self.config.to_str().unwrap()])
@@ -347,7 +350,7 @@ impl App {
     }
 
     /// The local copy of the record (what survives on the node's disk).
-    fn file_record(&self) -> Value {
+    pub(crate) fn file_record(&self) -> Value {
         let dir = self.state_dir.join("state");
         let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
         assert_eq!(files.len(), 1, "{files:?}");
@@ -355,9 +358,15 @@ impl App {
     }
 
     /// Points the config's git source at a port nobody listens on.
-    fn break_git(&self) {
+    pub(crate) fn break_git(&self) {
+        self.edit_config(&self.repo.url, "https://127.0.0.1:9/git/unreachable.git");
+    }
+
+    /// Replaces `from` with `to` in the agent's config file.
+    pub(crate) fn edit_config(&self, from: &str, to: &str) {
         let text = std::fs::read_to_string(&self.config).unwrap();
-        std::fs::write(&self.config, text.replace(&self.repo.url, "https://127.0.0.1:9/git/unreachable.git")).unwrap();
+        assert!(text.contains(from), "{from:?} is not in the config");
+        std::fs::write(&self.config, text.replace(from, to)).unwrap();
     }
 }
 
