@@ -145,6 +145,20 @@ pub struct Record {
     pub history: Vec<Snapshot>,
     pub quarantine: Option<Quarantine>,
     pub last: Option<Outcome>,
+    /// How the bundle's rollouts ended, counted since the record began (status and metrics).
+    #[serde(default)]
+    pub counts: Counts,
+}
+
+/// Outcomes counted per kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counts {
+    pub rolled_out: u64,
+    pub adopted: u64,
+    pub rolled_back: u64,
+    pub failed_no_rollback: u64,
+    pub rollback_failed: u64,
 }
 
 impl Record {
@@ -157,7 +171,21 @@ impl Record {
             history: Vec::new(),
             quarantine: None,
             last: None,
+            counts: Counts::default(),
         }
+    }
+
+    /// Records how a step ended, and counts it.
+    fn ended(&mut self, result: OutcomeKind, revision: Revision, message: String, now: Time) {
+        let c = &mut self.counts;
+        match result {
+            OutcomeKind::RolledOut => c.rolled_out += 1,
+            OutcomeKind::Adopted => c.adopted += 1,
+            OutcomeKind::RolledBack => c.rolled_back += 1,
+            OutcomeKind::FailedNoRollback => c.failed_no_rollback += 1,
+            OutcomeKind::RollbackFailed => c.rollback_failed += 1,
+        }
+        self.last = Some(Outcome { result, revision, message, at: now });
     }
 
     fn next(&self) -> Record {
@@ -174,12 +202,7 @@ impl Record {
     pub fn rolled_out(&self, now: Time) -> Record {
         let Phase::RollingOut { candidate, .. } = &self.phase else { return self.clone() };
         let mut r = self.next();
-        r.last = Some(Outcome {
-            result: OutcomeKind::RolledOut,
-            revision: candidate.revision.clone(),
-            message: "healthy".into(),
-            at: now,
-        });
+        r.ended(OutcomeKind::RolledOut, candidate.revision.clone(), "healthy".into(), now);
         r.become_lkg(Snapshot { at: now, ..candidate.clone() });
         // A quarantine blocks what is current; once another revision is healthy it has done its
         // job (a later commit that renders the failed objects again is one new attempt, not a loop).
@@ -192,12 +215,7 @@ impl Record {
     /// state already equal to the desired one.
     pub fn adopted(&self, snapshot: Snapshot, message: &str, now: Time) -> Record {
         let mut r = self.next();
-        r.last = Some(Outcome {
-            result: OutcomeKind::Adopted,
-            revision: snapshot.revision.clone(),
-            message: message.to_owned(),
-            at: now,
-        });
+        r.ended(OutcomeKind::Adopted, snapshot.revision.clone(), message.to_owned(), now);
         r.become_lkg(Snapshot { at: now, ..snapshot });
         r
     }
@@ -229,12 +247,12 @@ impl Record {
             }
             None => {
                 r.quarantine(&candidate.revision, reason, retryable, now);
-                r.last = Some(Outcome {
-                    result: OutcomeKind::FailedNoRollback,
-                    revision: candidate.revision.clone(),
-                    message: format!("{reason}; no last-known-good to roll back to"),
-                    at: now,
-                });
+                r.ended(
+                    OutcomeKind::FailedNoRollback,
+                    candidate.revision.clone(),
+                    format!("{reason}; no last-known-good to roll back to"),
+                    now,
+                );
                 r.phase = Phase::Idle;
             }
         }
@@ -246,12 +264,12 @@ impl Record {
         let Phase::RollingBack { failed, target, reason, retryable, .. } = &self.phase else { return self.clone() };
         let mut r = self.next();
         r.quarantine(&failed.revision, reason, *retryable, now);
-        r.last = Some(Outcome {
-            result: OutcomeKind::RolledBack,
-            revision: failed.revision.clone(),
-            message: format!("{reason}; rolled back to {}", target.revision.short()),
-            at: now,
-        });
+        r.ended(
+            OutcomeKind::RolledBack,
+            failed.revision.clone(),
+            format!("{reason}; rolled back to {}", target.revision.short()),
+            now,
+        );
         if self.lkg.as_ref().is_none_or(|l| l.revision.hash != target.revision.hash) {
             r.become_lkg(Snapshot { at: now, ..target.clone() });
         }
@@ -265,12 +283,12 @@ impl Record {
         let Phase::RollingBack { failed, reason, .. } = &self.phase else { return self.clone() };
         let mut r = self.next();
         r.quarantine(&failed.revision, reason, false, now);
-        r.last = Some(Outcome {
-            result: OutcomeKind::RollbackFailed,
-            revision: failed.revision.clone(),
-            message: format!("{reason}; the rollback did not become healthy: {why}"),
-            at: now,
-        });
+        r.ended(
+            OutcomeKind::RollbackFailed,
+            failed.revision.clone(),
+            format!("{reason}; the rollback did not become healthy: {why}"),
+            now,
+        );
         r.phase = Phase::Idle;
         r
     }
@@ -611,6 +629,11 @@ mod tests {
             assert_eq!((q.attempts, q.retry_at), (attempts, Some(100 + delay)));
         }
         assert_eq!(retry_delay(30), RETRY_MAX);
+        // Every ending is counted (status and metrics read the counts).
+        assert_eq!(r.counts, Counts { rolled_out: 1, rolled_back: 3, ..Counts::default() });
+        let failed_back =
+            rec.start_rollout(bad.clone(), L, false, 1).rollout_failed("x", false, 2).rollback_failed("y", 3);
+        assert_eq!(failed_back.counts, Counts { rolled_out: 1, rollback_failed: 1, ..Counts::default() });
     }
 
     #[test]
@@ -621,6 +644,7 @@ mod tests {
         assert_eq!(r.last.as_ref().unwrap().result, OutcomeKind::FailedNoRollback);
         assert!(r.last.as_ref().unwrap().message.contains("no last-known-good"));
         assert_eq!(r.quarantine.as_ref().unwrap().revision, bad.revision);
+        assert_eq!(r.counts, Counts { failed_no_rollback: 1, ..Counts::default() });
     }
 
     #[test]
@@ -668,6 +692,13 @@ mod tests {
         let text = serde_json::to_string(&r).unwrap();
         assert!(text.contains(r#""phase":"rollingOut""#), "{text}");
         assert_eq!(serde_json::from_str::<Record>(&text).unwrap(), r);
+        // A record written before the counts existed still reads (as zero).
+        let older = text.replace(
+            r#","counts":{"rolledOut":0,"adopted":0,"rolledBack":0,"failedNoRollback":0,"rollbackFailed":0}"#,
+            "",
+        );
+        assert_ne!(older, text);
+        assert_eq!(serde_json::from_str::<Record>(&older).unwrap(), r);
     }
 
     #[test]

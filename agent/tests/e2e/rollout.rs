@@ -261,6 +261,7 @@ async fn a_good_tag_becomes_lkg_a_broken_one_is_rolled_back_with_an_event_and_st
     assert_eq!(record["quarantine"]["revision"]["commit"], broken_commit.as_str());
     assert_eq!(record["lkg"]["revision"]["commit"], first_commit.as_str(), "the last-known-good is unchanged");
     assert_eq!(record["last"]["result"], "rolledBack");
+    assert_eq!((record["counts"]["rolledOut"].as_u64(), record["counts"]["rolledBack"].as_u64()), (Some(1), Some(1)));
 
     // 3. An unrelated commit renders the same objects: the quarantined revision is not retried.
     app.write("README.md", "the app, documented\n");
@@ -284,6 +285,7 @@ async fn a_good_tag_becomes_lkg_a_broken_one_is_rolled_back_with_an_event_and_st
     assert_eq!(record["lkg"]["revision"]["commit"], app.head());
     assert_eq!(record["quarantine"], Value::Null, "a healthy new revision lifts the quarantine");
     assert_eq!(record["history"][0]["revision"]["commit"], first_commit.as_str(), "the earlier LKG is kept");
+    assert_eq!((record["counts"]["rolledOut"].as_u64(), record["counts"]["rolledBack"].as_u64()), (Some(2), Some(1)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
