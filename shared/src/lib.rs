@@ -18,4 +18,5 @@ pub mod render;
 pub mod rollout;
 pub mod state;
 pub mod tree;
+pub mod webhook;
 pub mod yaml_lines;
