@@ -17,6 +17,7 @@ pub mod registry;
 pub mod render;
 pub mod rollout;
 pub mod state;
+pub mod status;
 pub mod tree;
 pub mod webhook;
 pub mod yaml_lines;

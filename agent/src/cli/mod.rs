@@ -111,6 +111,17 @@ enum Cmd {
         #[arg(long, short, env = "GITOPS_AGENT_CONFIG")]
         config: PathBuf,
     },
+    /// What runs (last-known-good), what happened last, what is quarantined, and what happens
+    /// next and why, per bundle, from the agent's records. Exit 4 when a bundle needs a person.
+    Status {
+        /// One bundle in full.
+        #[arg(long)]
+        explain: Option<String>,
+        #[arg(long, short, env = "GITOPS_AGENT_CONFIG")]
+        config: PathBuf,
+        #[arg(long, short, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
     /// Image tag policies (Flux's ImagePolicy language).
     Policy {
         #[command(subcommand)]
@@ -179,6 +190,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
             reconcile::rollback(&config, &bundle, to.as_deref(), output, out)
         }
         Cmd::Retry { bundle, config } => reconcile::retry(&config, &bundle, out),
+        Cmd::Status { explain, config, output } => reconcile::status(&config, explain.as_deref(), output, out),
         Cmd::Policy { cmd: PolicyCmd::Test { policy, tags, image: None, output, .. } } => {
             policy::test(&policy, &tags, output, out)
         }

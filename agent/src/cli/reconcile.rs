@@ -291,3 +291,49 @@ pub fn retry(config: &Path, bundle: &str, out: &mut dyn Write) -> anyhow::Result
     writeln!(out, "{message}")?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// `agent status [--explain BUNDLE]`, from the records (the cluster's state Secrets and the
+/// node's files; the newer copy wins). With the API server unreachable, the node's files alone,
+/// said so.
+pub fn status(
+    config_path: &Path,
+    explain: Option<&str>,
+    output: Output,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let (records, warning) = runtime()?.block_on(async {
+        let (loaded, base) = super::load_config(config_path)?;
+        let config = loaded.config;
+        let (client, warning) = match Cluster::connect(&config.kube, &base).await {
+            Ok(c) => (Some(c.client().clone()), None),
+            Err(e) => (None, Some(format!("{e}; showing this node's local records only"))),
+        };
+        let store =
+            StateStore::new(&base.join(&config.state_dir), &config.identity.agent_id, &config.kube.namespace, client);
+        anyhow::Ok((store.all().await?, warning))
+    })?;
+    let now = crate::watch::unix_now();
+    let mut statuses: Vec<shared::status::BundleStatus> =
+        records.iter().map(|r| shared::status::bundle_status(r, now)).collect();
+    if let Some(name) = explain {
+        let name = name.trim_matches('/');
+        statuses.retain(|s| s.bundle == name);
+        if statuses.is_empty() {
+            anyhow::bail!("no record of bundle {name}: this agent identity never rolled it out");
+        }
+    }
+    match output {
+        Output::Json => writeln!(out, "{}", serde_json::json!({"bundles": statuses, "warning": warning}))?,
+        Output::Human => {
+            if let Some(w) = &warning {
+                writeln!(out, "warning: {w}")?;
+            }
+            match explain {
+                Some(_) => write!(out, "{}", shared::status::explain(&statuses[0], now))?,
+                None => write!(out, "{}", shared::status::table(&statuses, now))?,
+            }
+        }
+    }
+    let needs_person = statuses.iter().any(|s| matches!(s.state, "failed" | "rollback-failed"));
+    Ok(if needs_person { ExitCode::from(EXIT_CRITICAL) } else { ExitCode::SUCCESS })
+}

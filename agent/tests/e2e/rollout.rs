@@ -275,6 +275,25 @@ async fn a_good_tag_becomes_lkg_a_broken_one_is_rolled_back_with_an_event_and_st
     assert_eq!(app.writes(env), before, "a quarantined revision is not applied again");
     assert_eq!(app.deployment_image(env).await, good_image);
 
+    // `agent status` tells the operator what runs, what was rolled back and what happens next.
+    let config = app.config.to_str().unwrap();
+    let out = agent(&["status", "-c", config]);
+    assert!(out.status.success(), "{}", text(&out));
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let row = table.lines().find(|l| l.starts_with("web ")).unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("rolled-back") && row.contains(&first_commit[..12]), "{table}");
+    assert!(row.contains(&format!("keeps {} off", &broken_commit[..12])), "{table}");
+    assert!(table.lines().all(|l| l.chars().count() <= 100), "{table}");
+    let out = agent(&["status", "-c", config, "--explain", "web", "-o", "json"]);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert_eq!(doc["bundles"][0]["quarantined"]["commit"], broken_commit.as_str(), "{doc}");
+    assert_eq!(doc["bundles"][0]["running"]["commit"], first_commit.as_str(), "{doc}");
+    let out = agent(&["status", "-c", config, "--explain", "web"]);
+    assert!(text(&out).contains("CrashLoopBackOff") && text(&out).contains("next: keeps"), "{}", text(&out));
+    let out = agent(&["status", "-c", config, "--explain", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("no record of bundle nope"), "{}", text(&out));
+
     // 4. A real change is tried, and rolls out.
     app.set_tag("1.1.0");
     app.commit(env, "bump to 1.1.0");

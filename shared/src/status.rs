@@ -1,0 +1,345 @@
+//! `agent status` from the bundle records: what runs (the last-known-good), what happened last,
+//! what is quarantined, and what happens next and why. One screen (a table that fits 100
+//! columns), JSON for machines, and `--explain` for one bundle in full.
+
+use serde::Serialize;
+
+use crate::state::{Counts, OutcomeKind, Phase, Record, Time, rfc3339};
+
+/// The width the human table fits in.
+pub const WIDTH: usize = 100;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionView {
+    /// The git commit (`adopted`: found running).
+    pub commit: String,
+    pub hash: String,
+    pub images: Vec<String>,
+    pub since: Time,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastView {
+    pub result: OutcomeKind,
+    pub commit: String,
+    pub message: String,
+    pub at: Time,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuarantineView {
+    pub commit: String,
+    pub hash: String,
+    pub reason: String,
+    pub since: Time,
+    pub retry_at: Option<Time>,
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleStatus {
+    pub bundle: String,
+    /// One word an operator can grep: `synced`, `rolling-out`, `rolling-back`, `rolled-back`,
+    /// `quarantined`, `failed`, `rollback-failed`, `new`.
+    pub state: &'static str,
+    /// The last-known-good: what runs, as far as the agent knows.
+    pub running: Option<RevisionView>,
+    pub last: Option<LastView>,
+    pub quarantined: Option<QuarantineView>,
+    pub counts: Counts,
+    /// What happens next, and why.
+    pub next: String,
+}
+
+/// One bundle's status from its record at `now`.
+pub fn bundle_status(record: &Record, now: Time) -> BundleStatus {
+    let running = record.lkg.as_ref().map(|l| RevisionView {
+        commit: l.revision.commit.clone(),
+        hash: l.revision.hash.clone(),
+        images: l.revision.images.clone(),
+        since: l.at,
+    });
+    let last = record.last.as_ref().map(|o| LastView {
+        result: o.result,
+        commit: o.revision.commit.clone(),
+        message: o.message.clone(),
+        at: o.at,
+    });
+    let quarantined = record.quarantine.as_ref().map(|q| QuarantineView {
+        commit: q.revision.commit.clone(),
+        hash: q.revision.hash.clone(),
+        reason: q.reason.clone(),
+        since: q.at,
+        retry_at: q.retry_at,
+        attempts: q.attempts,
+    });
+    let last_kind = record.last.as_ref().map(|o| o.result);
+    let (state, next) = match (&record.phase, &record.quarantine, last_kind) {
+        (Phase::RollingOut { candidate, started, .. }, _, _) => (
+            "rolling-out",
+            format!(
+                "rolling out {} since {} ago; an agent restarted meanwhile finishes it first",
+                short(&candidate.revision.commit),
+                ago(now - started)
+            ),
+        ),
+        (Phase::RollingBack { failed, target, .. }, _, _) => (
+            "rolling-back",
+            format!(
+                "rolling back {} to {}; an agent restarted meanwhile finishes it first",
+                short(&failed.revision.commit),
+                short(&target.revision.commit)
+            ),
+        ),
+        (Phase::Idle, _, Some(OutcomeKind::RollbackFailed)) => {
+            ("rollback-failed", "needs a person: the rollback did not become healthy (see last)".to_owned())
+        }
+        (Phase::Idle, Some(q), Some(OutcomeKind::FailedNoRollback)) => (
+            "failed",
+            format!(
+                "needs a person: {} failed with no last-known-good to return to; a change in Git or \
+                 `agent retry {}` tries again",
+                short(&q.revision.commit),
+                record.bundle
+            ),
+        ),
+        (Phase::Idle, Some(q), _) => {
+            let state = if last_kind == Some(OutcomeKind::RolledBack) { "rolled-back" } else { "quarantined" };
+            let next = match q.retry_at {
+                Some(at) if at > now => format!(
+                    "retries {} in {} (at {}, attempt {} failed on an image pull)",
+                    short(&q.revision.commit),
+                    ago(at - now),
+                    rfc3339(at),
+                    q.attempts
+                ),
+                Some(_) => format!("retries {} at the next reconcile", short(&q.revision.commit)),
+                None => format!(
+                    "keeps {} off until Git renders the bundle differently, or `agent retry {}`",
+                    short(&q.revision.commit),
+                    record.bundle
+                ),
+            };
+            (state, next)
+        }
+        (Phase::Idle, None, None) if record.lkg.is_none() => ("new", "rolls out at the next reconcile".to_owned()),
+        (Phase::Idle, None, _) => ("synced", "follows Git at the next reconcile".to_owned()),
+    };
+    BundleStatus { bundle: record.bundle.clone(), state, running, last, quarantined, counts: record.counts, next }
+}
+
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}
+
+/// A duration in its largest whole unit: `45s`, `12m`, `3h`, `2d`.
+pub fn ago(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+fn fit(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        text.to_owned()
+    } else {
+        let mut t: String = text.chars().take(width.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// The one-screen table: a row per bundle, `NEXT` cut to fit [`WIDTH`] (`--explain` has it all).
+pub fn table(statuses: &[BundleStatus], now: Time) -> String {
+    let rows: Vec<[String; 5]> = statuses
+        .iter()
+        .map(|s| {
+            let running = s.running.as_ref().map_or("-".to_owned(), |r| short(&r.commit).to_owned());
+            let age = s.running.as_ref().map_or("-".to_owned(), |r| ago(now - r.since));
+            [fit(&s.bundle, 24), s.state.to_owned(), running, age, s.next.clone()]
+        })
+        .collect();
+    let head = ["BUNDLE", "STATE", "RUNNING", "AGE", "NEXT"];
+    let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate().take(4) {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let used: usize = widths[..4].iter().map(|w| w + 2).sum();
+    let next_width = WIDTH.saturating_sub(used).max(10);
+    let line = |cells: [&str; 5]| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate().take(4) {
+            l.push_str(&format!("{c:<w$}  ", w = widths[i]));
+        }
+        l.push_str(&fit(cells[4], next_width));
+        l.trim_end().to_owned()
+    };
+    let mut out = line(head) + "\n";
+    for r in &rows {
+        out.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4]]));
+        out.push('\n');
+    }
+    if statuses.is_empty() {
+        out.push_str("(no bundle records yet: nothing was rolled out by this agent identity)\n");
+    }
+    out
+}
+
+/// One bundle in full.
+pub fn explain(s: &BundleStatus, now: Time) -> String {
+    let mut out = format!("bundle {}: {}\n", s.bundle, s.state);
+    match &s.running {
+        Some(r) => {
+            out.push_str(&format!(
+                "running (last-known-good): commit {} hash {}, since {} ({} ago)\n",
+                short(&r.commit),
+                short(&r.hash),
+                rfc3339(r.since),
+                ago(now - r.since)
+            ));
+            for image in &r.images {
+                out.push_str(&format!("  image {image}\n"));
+            }
+        }
+        None => out.push_str("running: nothing known to be good yet\n"),
+    }
+    if let Some(l) = &s.last {
+        out.push_str(&format!(
+            "last: {:?} of {} at {} ({} ago): {}\n",
+            l.result,
+            short(&l.commit),
+            rfc3339(l.at),
+            ago(now - l.at),
+            l.message
+        ));
+    }
+    if let Some(q) = &s.quarantined {
+        out.push_str(&format!(
+            "quarantined: {} (hash {}) since {}, {} attempt(s): {}\n",
+            short(&q.commit),
+            short(&q.hash),
+            rfc3339(q.since),
+            q.attempts,
+            q.reason
+        ));
+    }
+    let c = &s.counts;
+    out.push_str(&format!(
+        "counts: {} rolled out, {} adopted, {} rolled back, {} failed without rollback, {} rollbacks failed\n",
+        c.rolled_out, c.adopted, c.rolled_back, c.failed_no_rollback, c.rollback_failed
+    ));
+    out.push_str(&format!("next: {}\n", s.next));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::Limits;
+    use crate::state::{Snapshot, rendered_hash};
+    use serde_json::json;
+
+    const L: Limits = Limits { progress_deadline: 60, verify_window: 0, probes: Vec::new() };
+    const NOW: Time = 1_790_000_000; // 2026-09-21T14:13:20Z
+
+    fn snap(commit: &str, tag: &str) -> Snapshot {
+        let objects =
+            vec![json!({"kind": "ConfigMap", "metadata": {"name": "c", "namespace": "ns"}, "data": {"t": tag}})];
+        Snapshot {
+            revision: crate::state::Revision {
+                commit: commit.into(),
+                hash: rendered_hash(&objects),
+                images: vec![format!("harbor.example/library/web:{tag}@sha256:0123")],
+            },
+            objects,
+            at: 0,
+        }
+    }
+
+    fn records() -> Vec<Record> {
+        let good = snap("1111111111111111aaaa", "1.0.0");
+        let synced = Record::new("kiosk").start_rollout(good.clone(), L, false, NOW - 7200).rolled_out(NOW - 7000);
+        let rolled_back = synced
+            .clone()
+            .start_rollout(snap("2222222222222222bbbb", "1.2.0-broken"), L, false, NOW - 300)
+            .rollout_failed(
+                "Deployment/kiosk/web: pod web-1 container web: CrashLoopBackOff (back-off 10s)",
+                false,
+                NOW - 290,
+            )
+            .rolled_back(NOW - 280);
+        let pulling = Record { bundle: "signalling".into(), ..synced.clone() }
+            .start_rollout(snap("3333333333333333cccc", "1.3.0"), L, false, NOW - 20)
+            .rollout_failed("ImagePullBackOff", true, NOW - 12)
+            .rolled_back(NOW - 2);
+        let midway = Record { bundle: "session-store".into(), ..synced.clone() }.start_rollout(
+            snap("4444444444444444dddd", "7.2"),
+            L,
+            false,
+            NOW - 20,
+        );
+        let fresh = Record::new("new-app");
+        vec![Record { bundle: "monitoring".into(), ..synced }, rolled_back, pulling, midway, fresh]
+    }
+
+    #[test]
+    fn the_table_fits_one_screen_and_says_what_happens_next() {
+        let statuses: Vec<BundleStatus> = records().iter().map(|r| bundle_status(r, NOW)).collect();
+        let got = table(&statuses, NOW);
+        let want = "\
+BUNDLE         STATE        RUNNING       AGE  NEXT
+monitoring     synced       111111111111  1h   follows Git at the next reconcile
+kiosk          rolled-back  111111111111  1h   keeps 222222222222 off until Git renders the bundle …
+signalling     rolled-back  111111111111  1h   retries 333333333333 in 58s (at 2026-09-21T14:14:18Z…
+session-store  rolling-out  111111111111  1h   rolling out 444444444444 since 20s ago; an agent res…
+new-app        new          -             -    rolls out at the next reconcile
+";
+        assert_eq!(got, want, "\n{got}");
+        assert!(got.lines().all(|l| l.chars().count() <= WIDTH), "{got}");
+        assert!(table(&[], NOW).contains("no bundle records yet"));
+    }
+
+    #[test]
+    fn explain_and_json_tell_everything() {
+        let s = bundle_status(&records()[1], NOW);
+        let got = explain(&s, NOW);
+        let want = "\
+bundle kiosk: rolled-back
+running (last-known-good): commit 111111111111 hash HASH, since 2026-09-21T12:16:40Z (1h ago)
+  image harbor.example/library/web:1.0.0@sha256:0123
+last: RolledBack of 222222222222 at 2026-09-21T14:08:40Z (4m ago): Deployment/kiosk/web: pod web-1 container web: CrashLoopBackOff (back-off 10s); rolled back to 111111111111/HASH
+quarantined: 222222222222 (hash QHASH) since 2026-09-21T14:08:40Z, 1 attempt(s): Deployment/kiosk/web: pod web-1 container web: CrashLoopBackOff (back-off 10s)
+counts: 1 rolled out, 0 adopted, 1 rolled back, 0 failed without rollback, 0 rollbacks failed
+next: keeps 222222222222 off until Git renders the bundle differently, or `agent retry kiosk`
+";
+        let running = s.running.as_ref().unwrap();
+        let q = s.quarantined.as_ref().unwrap();
+        let want = want.replace("QHASH", &q.hash[..12]).replace("HASH", &running.hash[..12]);
+        assert_eq!(got, want, "\n{got}");
+
+        let doc = serde_json::to_value(&s).unwrap();
+        assert_eq!(doc["state"], "rolled-back");
+        assert_eq!(doc["running"]["commit"], "1111111111111111aaaa");
+        assert_eq!(doc["last"]["result"], "rolledBack");
+        assert_eq!(doc["quarantined"]["attempts"], 1);
+        assert_eq!(doc["counts"]["rolledBack"], 1);
+        assert!(doc["next"].as_str().unwrap().contains("agent retry kiosk"));
+    }
+
+    #[test]
+    fn durations_read_at_a_glance() {
+        for (secs, want) in [(-5, "0s"), (59, "59s"), (60, "1m"), (3599, "59m"), (3600, "1h"), (86_400, "1d")] {
+            assert_eq!(ago(secs), want);
+        }
+    }
+}
