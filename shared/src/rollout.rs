@@ -191,7 +191,16 @@ pub fn judge(seen: Seen<'_>) -> Verdict {
             waiting.push(format!("{id}: not seen yet"));
             continue;
         };
-        for pod in current_pods(live, seen.replica_sets, seen.pods) {
+        // Until the controller has observed the applied spec, the revision it names is the old
+        // one: right after a rollback is applied, the failed revision's pods still look current
+        // and crash. Pods are judged only once the spec is observed.
+        let observed = match (live["metadata"]["generation"].as_i64(), live["status"]["observedGeneration"].as_i64()) {
+            (Some(generation), Some(seen)) => seen >= generation,
+            (Some(_), None) => false,
+            (None, _) => true,
+        };
+        let pods = if observed { current_pods(live, seen.replica_sets, seen.pods) } else { Vec::new() };
+        for pod in pods {
             if let Some(f) = pod_failure(pod) {
                 let reason = format!(
                     "{id}: pod {} container {}: {}{}",
@@ -634,6 +643,16 @@ mod tests {
                     reason: "Deployment/ns/web: pod web-y container web: ImagePullBackOff (m)".into(),
                     image_pull: true,
                 },
+            ),
+            (
+                "spec not observed yet: the revision named is the previous one",
+                Some({
+                    let mut d = live_deploy("2", false);
+                    d["metadata"]["generation"] = json!(3);
+                    d
+                }),
+                vec![crash("new", false)],
+                Verdict::Waiting("Deployment/ns/web: waiting for the deployment spec update to be observed".into()),
             ),
             (
                 "no ReplicaSet of this revision yet",

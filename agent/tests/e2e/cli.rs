@@ -115,7 +115,19 @@ fn help_lists_only_commands_that_work() {
         .collect();
     assert_eq!(
         commands,
-        vec!["validate", "fetch", "render", "diff", "reconcile", "rollback", "retry", "status", "policy", "version", "help"]
+        vec![
+            "validate",
+            "fetch",
+            "render",
+            "diff",
+            "reconcile",
+            "rollback",
+            "retry",
+            "status",
+            "policy",
+            "version",
+            "help"
+        ]
     );
 }
 
