@@ -116,30 +116,6 @@ pub async fn plan_objects(
     Ok(shared::plan::plan(manifests, &observed, &owned, agent_id, bundle))
 }
 
-/// Seconds of a policy duration, or the default.
-pub fn limits(policy: &shared::fleet::BundlePolicy, defaults: &Limits) -> std::result::Result<Limits, String> {
-    let secs = |v: &Option<String>, field: &str, default: i64| match v {
-        None => Ok(default),
-        Some(s) => humantime::parse_duration(s)
-            .map(|d| d.as_secs() as i64)
-            .map_err(|e| format!("fleet.yaml: gitopsAgent.{field}: {s:?}: {e}")),
-    };
-    let probes = policy
-        .health_probes
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            shared::probe::Probe::compile(p)
-                .map_err(|(field, e)| format!("fleet.yaml: gitopsAgent.healthProbes[{i}].{field}: {e}"))
-        })
-        .collect::<std::result::Result<_, _>>()?;
-    Ok(Limits {
-        progress_deadline: secs(&policy.progress_deadline, "progressDeadline", defaults.progress_deadline)?,
-        verify_window: secs(&policy.verify_window, "verifyWindow", defaults.verify_window)?,
-        probes,
-    })
-}
-
 fn manifests(objects: &[Value]) -> Vec<Manifest> {
     let mut out: Vec<Manifest> =
         objects.iter().map(|o| Manifest { source: String::new(), object: o.clone() }).collect();
@@ -426,7 +402,7 @@ impl Driver<'_> {
     ) -> BundleResult {
         let name = desired.name.as_str();
         let policy = &desired.spec.policy;
-        let limits = match limits(policy, &self.defaults) {
+        let limits = match Limits::for_bundle(policy, &self.defaults) {
             Ok(l) => l,
             Err(e) => return BundleResult::new(name, Result::Blocked, e),
         };

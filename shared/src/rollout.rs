@@ -307,6 +307,33 @@ impl Limits {
     }
 }
 
+impl Limits {
+    /// A bundle's limits: its policy's durations and probes over the node's defaults. Errors name
+    /// the `fleet.yaml` field.
+    pub fn for_bundle(policy: &crate::fleet::BundlePolicy, defaults: &Limits) -> Result<Limits, String> {
+        let secs = |v: &Option<String>, field: &str, default: i64| match v {
+            None => Ok(default),
+            Some(s) => humantime::parse_duration(s)
+                .map(|d| d.as_secs() as i64)
+                .map_err(|e| format!("fleet.yaml: gitopsAgent.{field}: {s:?}: {e}")),
+        };
+        let probes = policy
+            .health_probes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                crate::probe::Probe::compile(p)
+                    .map_err(|(field, e)| format!("fleet.yaml: gitopsAgent.healthProbes[{i}].{field}: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Limits {
+            progress_deadline: secs(&policy.progress_deadline, "progressDeadline", defaults.progress_deadline)?,
+            verify_window: secs(&policy.verify_window, "verifyWindow", defaults.verify_window)?,
+            probes,
+        })
+    }
+}
+
 /// The rollout watch as a state machine: `healthy_since` is the state, `now` the clock, `probes`
 /// what the health probes say (`Green` when there are none). A failure during verification,
 /// Kubernetes' or a probe's, fails the rollout; a blip back to waiting restarts the window; the
@@ -706,6 +733,21 @@ mod tests {
         }
         let no_verify = Limits { verify_window: 0, ..limits.clone() };
         assert_eq!(step(&Verdict::Healthy, &Health::Green, 0, None, &no_verify, 3), Step::Done);
+    }
+
+    #[test]
+    fn a_bundle_policy_overrides_the_node_defaults() {
+        let defaults = Limits { progress_deadline: 300, verify_window: 0, probes: Vec::new() };
+        let policy: crate::fleet::BundlePolicy = serde_json::from_value(json!({
+            "verifyWindow": "30s", "healthProbes": [{"workload": "web", "url": "/health"}]
+        }))
+        .unwrap();
+        let l = Limits::for_bundle(&policy, &defaults).unwrap();
+        assert_eq!((l.progress_deadline, l.verify_window, l.probes.len()), (300, 30, 1));
+        let bad: crate::fleet::BundlePolicy = serde_json::from_value(json!({"progressDeadline": "soon"})).unwrap();
+        assert!(
+            Limits::for_bundle(&bad, &defaults).unwrap_err().starts_with("fleet.yaml: gitopsAgent.progressDeadline")
+        );
     }
 
     #[test]
