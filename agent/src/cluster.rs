@@ -32,7 +32,8 @@ pub enum ClusterError {
     Object { object: String, reason: String, status: Option<u16> },
 }
 
-/// A connected cluster with its discovery.
+/// A connected cluster with its discovery (cheap to clone: the client is shared).
+#[derive(Clone)]
 pub struct Cluster {
     client: Client,
     url: String,

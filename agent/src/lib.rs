@@ -3,6 +3,8 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod cycle;
+pub mod daemon;
 pub mod desired;
 pub mod reconcile;
 pub mod render;

@@ -24,6 +24,7 @@ pub const STATE_LABEL: &str = "gitops-agent.io/state-of";
 pub const STATE_BUNDLE_ANNOTATION: &str = "gitops-agent.io/bundle";
 const KEY: &str = "record.json.gz";
 
+#[derive(Clone)]
 pub struct StateStore {
     dir: PathBuf,
     agent_id: String,

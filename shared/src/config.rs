@@ -30,6 +30,8 @@ pub struct AgentConfig {
     pub rollout: RolloutDefaults,
     #[serde(default)]
     pub render: Render,
+    #[serde(default)]
+    pub leader_election: LeaderElection,
     /// Local state (last-known-good records, caches).
     #[serde(default = "defaults::state_dir")]
     pub state_dir: String,
@@ -50,6 +52,10 @@ pub struct Identity {
     /// agent runs per node of a multi-node cluster.
     #[serde(default = "defaults::agent_id")]
     pub agent_id: String,
+    /// Per-node mode: the agent id is the node's name (`nodeName`), so agents on different nodes
+    /// of one cluster own their objects apart and never contend for a Lease. Overrides `agentId`.
+    #[serde(default)]
+    pub per_node: bool,
 }
 
 /// The external renderers, as Argo CD and Fleet run them.
@@ -139,6 +145,49 @@ pub struct Kube {
 pub struct Server {
     #[serde(default = "defaults::listen")]
     pub listen: String,
+    /// A webhook body larger than this is refused with 413 before it is read further.
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Webhook receivers, one per sender: `POST /webhooks/<sender>`.
+    #[serde(default)]
+    pub webhooks: Vec<Webhook>,
+    /// Per sender: this many webhook requests at once, then one per `webhookEvery`; more get 429.
+    #[serde(default = "defaults::webhook_burst")]
+    pub webhook_burst: u32,
+    #[serde(default = "defaults::webhook_every")]
+    pub webhook_every: String,
+}
+
+/// One webhook sender and the secret it proves itself with (Harbor: the Authorization value;
+/// Gitea, GitHub and generic: the HMAC-SHA256 key; registry: the Authorization value).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Webhook {
+    /// `harbor`, `gitea`, `github`, `registry` or `generic`.
+    pub sender: String,
+    #[serde(default)]
+    pub secret_file: Option<String>,
+    #[serde(default)]
+    pub secret_env: Option<String>,
+}
+
+/// Several agents with one `identity.agentId` (replicas) elect one leader with a Lease named
+/// after that id in `kube.namespace`; only the leader applies. Agents with different ids (one
+/// per node) never contend.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LeaderElection {
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// A leader that stops renewing is replaced after this long.
+    #[serde(default = "defaults::lease_duration")]
+    pub lease_duration: String,
+}
+
+impl Default for LeaderElection {
+    fn default() -> Self {
+        LeaderElection { enabled: true, lease_duration: defaults::lease_duration() }
+    }
 }
 
 /// Rollout policy used when a bundle does not set its own.
@@ -190,6 +239,23 @@ mod defaults {
     pub fn listen() -> String {
         "0.0.0.0:8080".into()
     }
+    /// Harbor and Gitea payloads are a few KiB; a push of many tags stays well under 1 MiB.
+    pub fn max_body_bytes() -> usize {
+        1024 * 1024
+    }
+    pub fn webhook_burst() -> u32 {
+        10
+    }
+    pub fn webhook_every() -> String {
+        "1s".into()
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    /// Kubernetes' own controllers use 15 s.
+    pub fn lease_duration() -> String {
+        "15s".into()
+    }
     /// Kubernetes' own default `progressDeadlineSeconds` is 600; stores want to know sooner.
     pub fn progress_deadline() -> String {
         "5m".into()
@@ -211,7 +277,13 @@ impl Default for Kube {
 
 impl Default for Server {
     fn default() -> Self {
-        Server { listen: defaults::listen() }
+        Server {
+            listen: defaults::listen(),
+            max_body_bytes: defaults::max_body_bytes(),
+            webhooks: Vec::new(),
+            webhook_burst: defaults::webhook_burst(),
+            webhook_every: defaults::webhook_every(),
+        }
     }
 }
 
@@ -287,6 +359,9 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded,
             apply_override(&mut config, path, value);
             overridden.insert((*path).to_owned(), (*var).to_owned());
         }
+    }
+    if config.identity.per_node {
+        config.identity.agent_id = config.identity.node_name.clone();
     }
     Ok(Loaded { config, overridden, lines })
 }
@@ -397,6 +472,37 @@ impl Loaded {
         if c.server.listen.parse::<std::net::SocketAddr>().is_err() {
             v.push("server.listen", format!("{:?} is not an address:port such as 0.0.0.0:8080", c.server.listen));
         }
+        v.check(c.server.max_body_bytes < 1024, "server.maxBodyBytes", || "must be at least 1024".into());
+        let mut senders = BTreeMap::new();
+        for (i, w) in c.server.webhooks.iter().enumerate() {
+            let base = format!("server.webhooks[{i}]");
+            if crate::webhook::Sender::from_name(&w.sender).is_none() {
+                v.push(
+                    &format!("{base}.sender"),
+                    format!(
+                        "unknown sender {:?} (expected one of: harbor, gitea, github, registry, generic)",
+                        w.sender
+                    ),
+                );
+            } else if let Some(prev) = senders.insert(w.sender.clone(), base.clone()) {
+                v.push(&format!("{base}.sender"), format!("{:?} is already configured at {prev}", w.sender));
+            }
+            match (&w.secret_file, &w.secret_env) {
+                (None, None) => {
+                    v.push(&base, "needs secretFile or secretEnv: a webhook is never unauthenticated".into())
+                }
+                (Some(_), Some(_)) => v.push(&base, "set secretFile or secretEnv, not both".into()),
+                (Some(f), None) if f.trim().is_empty() => {
+                    v.push(&format!("{base}.secretFile"), "must not be empty".into())
+                }
+                (None, Some(e)) if !is_env_name(e) => {
+                    v.push(&format!("{base}.secretEnv"), format!("{e:?} is not an environment variable name"))
+                }
+                _ => {}
+            }
+        }
+        v.duration("server.webhookEvery", &c.server.webhook_every, Some(Duration::from_millis(1)));
+        v.duration("leaderElection.leaseDuration", &c.leader_election.lease_duration, Some(Duration::from_secs(5)));
         v.duration("rollout.progressDeadline", &c.rollout.progress_deadline, Some(Duration::from_secs(1)));
         v.duration("rollout.verifyWindow", &c.rollout.verify_window, None);
         v.duration("rollout.drainWindow", &c.rollout.drain_window, None);
@@ -412,6 +518,16 @@ impl AgentConfig {
     /// The renderer timeout; only valid on a validated config.
     pub fn render_timeout(&self) -> Duration {
         humantime::parse_duration(&self.render.timeout).expect("validated by config::load")
+    }
+
+    /// The lease duration; only valid on a validated config.
+    pub fn lease_duration(&self) -> Duration {
+        humantime::parse_duration(&self.leader_election.lease_duration).expect("validated by config::load")
+    }
+
+    /// The webhook rate limit's refill period; only valid on a validated config.
+    pub fn webhook_every(&self) -> Duration {
+        humantime::parse_duration(&self.server.webhook_every).expect("validated by config::load")
     }
 
     /// The poll interval; only valid on a validated config.
@@ -592,6 +708,38 @@ registries:
     }
 
     #[test]
+    fn webhooks_need_a_known_sender_and_exactly_one_secret() {
+        let text = format!(
+            "{GOOD}server:\n  webhooks:\n  - sender: harbor\n    secretFile: /run/secrets/harbor\n\
+             \x20 - sender: gitlab\n    secretEnv: X\n  - sender: gitea\n\
+             \x20 - sender: harbor\n    secretEnv: \"1BAD\"\n"
+        );
+        assert_eq!(
+            problems(&text),
+            vec![
+                r#"server.webhooks[1].sender: line 19: unknown sender "gitlab" (expected one of: harbor, gitea, github, registry, generic)"#,
+                "server.webhooks[2]: line 21: needs secretFile or secretEnv: a webhook is never unauthenticated",
+                r#"server.webhooks[3].sender: line 22: "harbor" is already configured at server.webhooks[0]"#,
+                r#"server.webhooks[3].secretEnv: line 23: "1BAD" is not an environment variable name"#,
+            ]
+        );
+        let good = format!("{GOOD}server:\n  webhooks:\n  - sender: gitea\n    secretEnv: GITEA_HOOK\n");
+        let l = load(&good, &no_env).expect("valid");
+        assert_eq!(l.config.server.max_body_bytes, 1024 * 1024);
+        assert_eq!(l.config.webhook_every(), Duration::from_secs(1));
+        assert!(l.config.leader_election.enabled);
+        assert_eq!(l.config.lease_duration(), Duration::from_secs(15));
+    }
+
+    #[test]
+    fn per_node_mode_makes_the_node_name_the_agent_id() {
+        let l = load(GOOD, &no_env).expect("valid");
+        assert_eq!(l.config.identity.agent_id, "gitops-agent", "one identity per cluster by default");
+        let text = GOOD.replace("  labels: {store", "  perNode: true\n  labels: {store");
+        assert_eq!(load(&text, &no_env).expect("valid").config.identity.agent_id, "store-node-1");
+    }
+
+    #[test]
     fn an_unsupported_scheme_names_field_line_and_scheme() {
         let text = GOOD.replace("https://git.example/stores/gitops.git", "ftp://git.example/x");
         assert_eq!(
@@ -661,7 +809,7 @@ registries:
         assert_eq!(
             p,
             vec![
-                "identity.lables: line 3: unknown field `lables`, expected one of nodeName, labels, labelsFromNode, agentId"
+                "identity.lables: line 3: unknown field `lables`, expected one of nodeName, labels, labelsFromNode, agentId, perNode"
             ]
         );
     }

@@ -19,5 +19,6 @@ pub mod rollout;
 pub mod state;
 pub mod status;
 pub mod tree;
+pub mod trigger;
 pub mod webhook;
 pub mod yaml_lines;

@@ -148,6 +148,18 @@ pub struct Record {
     /// How the bundle's rollouts ended, counted since the record began (status and metrics).
     #[serde(default)]
     pub counts: Counts,
+    /// `agent pause`: no rollout starts until `agent resume`. Unfinished work (a rollout or a
+    /// rollback a killed agent left) is still finished: stopping half-way is never safer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<Paused>,
+}
+
+/// Who paused a bundle, when and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Paused {
+    pub at: Time,
+    pub reason: String,
 }
 
 /// Outcomes counted per kind.
@@ -172,7 +184,18 @@ impl Record {
             quarantine: None,
             last: None,
             counts: Counts::default(),
+            paused: None,
         }
+    }
+
+    /// `agent pause`.
+    pub fn pause(&self, reason: &str, now: Time) -> Record {
+        Record { paused: Some(Paused { at: now, reason: reason.to_owned() }), ..self.next() }
+    }
+
+    /// `agent resume`.
+    pub fn resume(&self) -> Record {
+        Record { paused: None, ..self.next() }
     }
 
     /// Records how a step ended, and counts it.
@@ -426,6 +449,14 @@ pub fn next(record: &Record, hash: &str, in_sync: bool, now: Time) -> Next {
             }
         }
     }
+    if let Some(p) = record.paused.as_ref().filter(|_| !in_sync) {
+        return Next::Blocked(format!(
+            "paused since {} ({}): `agent resume {}` lets it roll out",
+            rfc3339(p.at),
+            p.reason,
+            record.bundle
+        ));
+    }
     match (in_sync, record.lkg.as_ref().is_some_and(|l| l.revision.hash == hash)) {
         (true, true) => Next::Nothing,
         (true, false) => Next::Verify,
@@ -594,6 +625,40 @@ mod tests {
         rec.quarantine = Some(quarantined(None));
         let Next::Blocked(why) = next(&rec, &h(&bad), false, 0) else { panic!() };
         assert!(why.contains("`agent retry b`"), "{why}");
+    }
+
+    #[test]
+    fn a_paused_bundle_starts_no_rollout_but_is_still_verified_and_resumes() {
+        let good = snap("c1", vec![cm("a", "1")]);
+        let new = snap("c2", vec![cm("a", "2")]);
+        let mut rec = Record::new("web");
+        rec.lkg = Some(good.clone());
+        let paused = rec.pause("store opening hours", 200);
+        assert_eq!(paused.seq, rec.seq + 1, "a pause is a new record version");
+        // (case, desired, in sync, expected)
+        let cases = [
+            ("a change waits", &new, false, "blocked"),
+            ("in sync stays in sync", &good, true, "nothing"),
+            ("found running is still verified (nothing is applied)", &new, true, "verify"),
+        ];
+        for (name, desired, in_sync, want) in cases {
+            let got = match next(&paused, &desired.revision.hash, in_sync, 300) {
+                Next::Nothing => "nothing",
+                Next::Verify => "verify",
+                Next::RollOut => "roll out",
+                Next::Blocked(_) => "blocked",
+            };
+            assert_eq!(got, want, "{name}");
+        }
+        let Next::Blocked(why) = next(&paused, &new.revision.hash, false, 300) else { panic!() };
+        assert_eq!(why, "paused since 1970-01-01T00:03:20Z (store opening hours): `agent resume web` lets it roll out");
+        let resumed = paused.resume();
+        assert_eq!(resumed.paused, None);
+        assert_eq!(next(&resumed, &new.revision.hash, false, 300), Next::RollOut);
+        // An older record, written before pausing existed, reads as not paused.
+        let mut old = serde_json::to_value(&rec).unwrap();
+        old.as_object_mut().unwrap().remove("paused");
+        assert_eq!(serde_json::from_value::<Record>(old).unwrap().paused, None);
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //! what is quarantined, and what happens next and why. One screen (a table that fits 100
 //! columns), JSON for machines, and `--explain` for one bundle in full.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::state::{Counts, OutcomeKind, Phase, Record, Time, rfc3339};
+use crate::state::{Counts, OutcomeKind, Paused, Phase, Record, Time, rfc3339};
 
 /// The width the human table fits in.
 pub const WIDTH: usize = 100;
@@ -51,8 +51,69 @@ pub struct BundleStatus {
     pub last: Option<LastView>,
     pub quarantined: Option<QuarantineView>,
     pub counts: Counts,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused: Option<Paused>,
+    /// What the running agent's last reconcile of this bundle found (absent when the agent is
+    /// down: the records alone do not know what Git wants now).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub desired: Option<CycleView>,
     /// What happens next, and why.
     pub next: String,
+}
+
+/// The running agent's last reconcile of a bundle: the commit, the desired images (pinned to
+/// digests when resolved) and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CycleView {
+    pub commit: String,
+    pub images: Vec<String>,
+    /// `in-sync`, `rolled-out`, `blocked`, ... (one word).
+    pub result: String,
+    pub message: String,
+    pub at: Time,
+}
+
+/// One source as the running agent last saw it. The URL carries no credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceView {
+    /// `git` or `registry`.
+    pub kind: String,
+    pub url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// The last successful fetch.
+    pub fetched_at: Option<Time>,
+    pub last_error: Option<String>,
+    /// Failing since then (what runs is kept; it may lag behind Git).
+    pub stale_since: Option<Time>,
+}
+
+/// Who the agent is and whether it leads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentView {
+    pub agent_id: String,
+    pub node: String,
+    /// This process's Lease holder identity.
+    pub holder: String,
+    /// `None`: leader election is off (this agent always applies).
+    pub leader: Option<bool>,
+    pub version: String,
+}
+
+/// The whole `agent status` document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// Absent when read from the records (the agent is not running).
+    pub agent: Option<AgentView>,
+    pub sources: Vec<SourceView>,
+    pub bundles: Vec<BundleStatus>,
+    pub warning: Option<String>,
 }
 
 /// One bundle's status from its record at `now`.
@@ -107,6 +168,18 @@ pub fn bundle_status(record: &Record, now: Time) -> BundleStatus {
                 record.bundle
             ),
         ),
+        (Phase::Idle, _, _) if record.paused.is_some() => {
+            let p = record.paused.as_ref().expect("guarded");
+            (
+                "paused",
+                format!(
+                    "paused since {} ({}); `agent resume {}` lets it roll out",
+                    rfc3339(p.at),
+                    p.reason,
+                    record.bundle
+                ),
+            )
+        }
         (Phase::Idle, Some(q), _) => {
             let state = if last_kind == Some(OutcomeKind::RolledBack) { "rolled-back" } else { "quarantined" };
             let next = match q.retry_at {
@@ -129,7 +202,81 @@ pub fn bundle_status(record: &Record, now: Time) -> BundleStatus {
         (Phase::Idle, None, None) if record.lkg.is_none() => ("new", "rolls out at the next reconcile".to_owned()),
         (Phase::Idle, None, _) => ("synced", "follows Git at the next reconcile".to_owned()),
     };
-    BundleStatus { bundle: record.bundle.clone(), state, running, last, quarantined, counts: record.counts, next }
+    BundleStatus {
+        bundle: record.bundle.clone(),
+        state,
+        running,
+        last,
+        quarantined,
+        counts: record.counts,
+        paused: record.paused.clone(),
+        desired: None,
+        next,
+    }
+}
+
+/// Adds what the running agent's last reconcile found. A blocked bundle says why it waits
+/// (preflight: image missing, render error, dependency, ...) unless its record says more
+/// urgent things (a rollout under way, a person needed, a pause).
+pub fn with_cycle(mut status: BundleStatus, cycle: CycleView) -> BundleStatus {
+    let quiet = matches!(status.state, "synced" | "new" | "rolled-back" | "quarantined");
+    if cycle.result == "blocked" && quiet {
+        status.next = format!("blocked at {}: {}", short(&cycle.commit), cycle.message);
+        if status.state == "new" || status.state == "synced" {
+            status.state = "blocked";
+        }
+    }
+    status.desired = Some(cycle);
+    status
+}
+
+/// A bundle the running agent saw in Git but never recorded (it never got as far as a rollout).
+pub fn unrecorded(bundle: &str) -> BundleStatus {
+    bundle_status(&Record::new(bundle), 0)
+}
+
+/// The sources block of the screen: one line per source, a second when it fails.
+pub fn sources(list: &[SourceView], now: Time) -> String {
+    let mut out = String::new();
+    for s in list {
+        let at = match (&s.reference, &s.commit) {
+            (Some(r), Some(c)) => format!(" {r}@{}", short(c)),
+            (Some(r), None) => format!(" {r}"),
+            _ => String::new(),
+        };
+        let fetched = s.fetched_at.map_or("never fetched".to_owned(), |t| format!("fetched {} ago", ago(now - t)));
+        out.push_str(&fit(&format!("{} {}{at}  {fetched}", s.kind, s.url), WIDTH));
+        out.push('\n');
+        if let Some(e) = &s.last_error {
+            let stale = s.stale_since.map(|t| format!("stale since {} ago: ", ago(now - t))).unwrap_or_default();
+            out.push_str(&fit(&format!("  {stale}{e}"), WIDTH));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The whole screen: who, sources, then the bundle table.
+pub fn screen(report: &Report, now: Time) -> String {
+    let mut out = String::new();
+    if let Some(w) = &report.warning {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    if let Some(a) = &report.agent {
+        let role = match a.leader {
+            None => "applies (leader election off)".to_owned(),
+            Some(true) => "leader: applies".to_owned(),
+            Some(false) => "standby: another replica leads".to_owned(),
+        };
+        out.push_str(&fit(&format!("agent {} on {} ({}), {role}", a.agent_id, a.node, a.version), WIDTH));
+        out.push('\n');
+    }
+    out.push_str(&sources(&report.sources, now));
+    if report.agent.is_some() || !report.sources.is_empty() {
+        out.push('\n');
+    }
+    out.push_str(&table(&report.bundles, now));
+    out
 }
 
 fn short(commit: &str) -> &str {
@@ -334,6 +481,73 @@ next: keeps 222222222222 off until Git renders the bundle differently, or `agent
         assert_eq!(doc["quarantined"]["attempts"], 1);
         assert_eq!(doc["counts"]["rolledBack"], 1);
         assert!(doc["next"].as_str().unwrap().contains("agent retry kiosk"));
+    }
+
+    #[test]
+    fn the_running_agent_s_screen_shows_who_sources_pauses_and_why_a_bundle_waits() {
+        let recs = records();
+        let paused = bundle_status(&recs[1].pause("store opening hours", NOW - 600), NOW);
+        let blocked = with_cycle(
+            bundle_status(&recs[0], NOW),
+            CycleView {
+                commit: "5555555555555555eeee".into(),
+                images: vec!["harbor.example/library/web:1.4.0".into()],
+                result: "blocked".into(),
+                message: "preflight failed: image harbor.example/library/web:1.4.0 is not in the registry".into(),
+                at: NOW - 5,
+            },
+        );
+        let report = Report {
+            agent: Some(AgentView {
+                agent_id: "gitops-agent".into(),
+                node: "store-node-1".into(),
+                holder: "store-node-1/4242".into(),
+                leader: Some(true),
+                version: "0.1.0".into(),
+            }),
+            sources: vec![
+                SourceView {
+                    kind: "git".into(),
+                    url: "https://gitea.example/stores/gitops.git".into(),
+                    reference: Some("main".into()),
+                    commit: Some("1111111111111111aaaa".into()),
+                    fetched_at: Some(NOW - 12),
+                    last_error: None,
+                    stale_since: None,
+                },
+                SourceView {
+                    kind: "registry".into(),
+                    url: "https://harbor.example".into(),
+                    reference: None,
+                    commit: None,
+                    fetched_at: Some(NOW - 400),
+                    last_error: Some("GET https://harbor.example/v2/: connection refused".into()),
+                    stale_since: Some(NOW - 300),
+                },
+            ],
+            bundles: vec![paused, blocked, unrecorded("brand-new")],
+            warning: None,
+        };
+        let got = screen(&report, NOW);
+        let want = "\
+agent gitops-agent on store-node-1 (0.1.0), leader: applies
+git https://gitea.example/stores/gitops.git main@111111111111  fetched 12s ago
+registry https://harbor.example  fetched 6m ago
+  stale since 5m ago: GET https://harbor.example/v2/: connection refused
+
+BUNDLE      STATE    RUNNING       AGE  NEXT
+kiosk       paused   111111111111  1h   paused since 2026-09-21T14:03:20Z (store opening hours); `a…
+monitoring  blocked  111111111111  1h   blocked at 555555555555: preflight failed: image harbor.exa…
+brand-new   new      -             -    rolls out at the next reconcile
+";
+        assert_eq!(got, want, "\n{got}");
+        assert!(got.lines().all(|l| l.chars().count() <= WIDTH), "{got}");
+        let doc = serde_json::to_value(&report).unwrap();
+        assert_eq!(doc["agent"]["leader"], true);
+        assert_eq!(doc["sources"][1]["staleSince"], NOW - 300);
+        assert_eq!(doc["bundles"][0]["paused"]["reason"], "store opening hours");
+        assert_eq!(doc["bundles"][1]["desired"]["images"][0], "harbor.example/library/web:1.4.0");
+        assert!(doc["bundles"][2].get("paused").is_none());
     }
 
     #[test]

@@ -6,7 +6,7 @@ mod fetch;
 mod policy;
 pub mod reconcile;
 mod render;
-mod session;
+pub mod session;
 mod validate;
 
 use std::io::Write;
@@ -111,8 +111,9 @@ enum Cmd {
         #[arg(long, short, env = "GITOPS_AGENT_CONFIG")]
         config: PathBuf,
     },
-    /// What runs (last-known-good), what happened last, what is quarantined, and what happens
-    /// next and why, per bundle, from the agent's records. Exit 4 when a bundle needs a person.
+    /// What runs (last-known-good), what should run, what happened last, what is quarantined,
+    /// and what happens next and why, per bundle: from the running agent (with its sources), or
+    /// from the records when it is down. Exit 4 when a bundle needs a person.
     Status {
         /// One bundle in full.
         #[arg(long)]
@@ -121,6 +122,28 @@ enum Cmd {
         config: PathBuf,
         #[arg(long, short, value_enum, default_value_t = Output::Human)]
         output: Output,
+    },
+    /// Runs the agent: polls the sources (interval + jitter), takes webhooks, reconciles, and
+    /// serves /healthz, /readyz, /metrics and /status on server.listen, until SIGTERM.
+    Run {
+        #[arg(long, short, env = "GITOPS_AGENT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Holds a bundle where it is: no rollout starts until `agent resume` (rollbacks and
+    /// unfinished work still finish).
+    Pause {
+        bundle: String,
+        /// Said in `agent status`.
+        #[arg(long, default_value = "paused by hand")]
+        reason: String,
+        #[arg(long, short, env = "GITOPS_AGENT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Lets a paused bundle roll out again, and asks the running agent to reconcile it now.
+    Resume {
+        bundle: String,
+        #[arg(long, short, env = "GITOPS_AGENT_CONFIG")]
+        config: PathBuf,
     },
     /// Image tag policies (Flux's ImagePolicy language).
     Policy {
@@ -191,6 +214,9 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
         }
         Cmd::Retry { bundle, config } => reconcile::retry(&config, &bundle, out),
         Cmd::Status { explain, config, output } => reconcile::status(&config, explain.as_deref(), output, out),
+        Cmd::Run { config } => crate::daemon::run(&config),
+        Cmd::Pause { bundle, reason, config } => reconcile::pause(&config, &bundle, Some(&reason), out),
+        Cmd::Resume { bundle, config } => reconcile::pause(&config, &bundle, None, out),
         Cmd::Policy { cmd: PolicyCmd::Test { policy, tags, image: None, output, .. } } => {
             policy::test(&policy, &tags, output, out)
         }
@@ -213,7 +239,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
 
 /// Reads a config file and refuses an invalid one, listing every problem; returns it with the
 /// folder that relative paths in it are relative to.
-fn load_config(path: &Path) -> anyhow::Result<(shared::config::Loaded, PathBuf)> {
+pub fn load_config(path: &Path) -> anyhow::Result<(shared::config::Loaded, PathBuf)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let loaded = shared::config::load(&text, &|k| std::env::var(k).ok()).map_err(|problems| {
         let list: Vec<String> = problems.iter().map(ToString::to_string).collect();

@@ -6,38 +6,23 @@
 //! (render, preflight, blast radius, conflict, quarantine) or rolled back; 4 a bundle needs a
 //! person (failed with nothing to roll back to, rollback failed, or interrupted).
 
-use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
-use std::process::ExitCode;
 
 use anyhow::Context;
-use serde::Serialize;
-
-use shared::rollout::Limits;
+use std::path::Path;
+use std::process::ExitCode;
 
 use super::Output;
 use super::session::{ClusterUse, Session};
 use crate::cluster::Cluster;
-use crate::reconcile::{BundleResult, Driver, Result};
+pub use crate::cycle::Report;
+use crate::cycle::Setup;
+use crate::reconcile::{BundleResult, Result};
 use crate::state::StateStore;
 
 pub const EXIT_WOULD_APPLY: u8 = 1;
 pub const EXIT_BLOCKED: u8 = 3;
 pub const EXIT_CRITICAL: u8 = 4;
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Report {
-    pub dry_run: bool,
-    pub source: Option<String>,
-    pub commit: Option<String>,
-    /// Work a previous run left unfinished, finished first.
-    pub resumed: Vec<BundleResult>,
-    pub bundles: Vec<BundleResult>,
-    /// Why the cycle stopped before the bundles (git or cluster unreachable).
-    pub error: Option<String>,
-}
 
 pub struct Args<'a> {
     pub config: &'a Path,
@@ -46,45 +31,10 @@ pub struct Args<'a> {
     pub output: Output,
 }
 
-struct Setup {
-    config: shared::config::AgentConfig,
-    cluster: Cluster,
-    store: StateStore,
-    defaults: Limits,
-}
-
 async fn setup(config_path: &Path) -> anyhow::Result<Setup> {
     let (loaded, base) = super::load_config(config_path)?;
-    let config = loaded.config;
-    let cluster = Cluster::connect(&config.kube, &base).await?;
-    let store = StateStore::new(
-        &base.join(&config.state_dir),
-        &config.identity.agent_id,
-        &config.kube.namespace,
-        Some(cluster.client().clone()),
-    );
-    let secs = |s: &str, field: &str| {
-        humantime::parse_duration(s).map(|d| d.as_secs() as i64).with_context(|| format!("rollout.{field}: {s:?}"))
-    };
-    let defaults = Limits {
-        progress_deadline: secs(&config.rollout.progress_deadline, "progressDeadline")?,
-        verify_window: secs(&config.rollout.verify_window, "verifyWindow")?,
-        probes: Vec::new(),
-    };
-    Ok(Setup { config, cluster, store, defaults })
-}
-
-impl Setup {
-    fn driver(&self, dry_run: bool) -> Driver<'_> {
-        Driver {
-            cluster: &self.cluster,
-            store: &self.store,
-            agent_id: &self.config.identity.agent_id,
-            defaults: self.defaults.clone(),
-            dry_run,
-            progress: &progress,
-        }
-    }
+    let cluster = Cluster::connect(&loaded.config.kube, &base).await?;
+    Setup::new(loaded.config, &base, cluster)
 }
 
 fn progress(bundle: &str, line: &str) {
@@ -125,79 +75,11 @@ pub fn exit_code(report: &Report) -> u8 {
     }
 }
 
-/// One cycle: unfinished work first, then sources, render, plan, apply, watch, verify or roll
-/// back, bundle by bundle in `dependsOn` order.
+/// One cycle, as `agent reconcile --once` runs it.
 pub async fn cycle(config_path: &Path, only: Option<&str>, dry_run: bool) -> anyhow::Result<Report> {
     let s = setup(config_path).await?;
-    let driver = s.driver(dry_run);
-    let mut report =
-        Report { dry_run, source: None, commit: None, resumed: Vec::new(), bundles: Vec::new(), error: None };
-    report.resumed = driver.resume().await?;
-    let session = match Session::open(config_path, ClusterUse::Required, None).await {
-        Ok(s) => s,
-        Err(e) => {
-            report.error = Some(format!("{e:#}"));
-            return Ok(report);
-        }
-    };
-    report.source = Some(session.shown_url.clone());
-    report.commit = Some(session.poll.commit.id.clone());
-    let bundles = match only {
-        Some(name) => vec![session.bundle(name).await?],
-        None => session.bundles().await?,
-    };
-    let namespaced = session.namespaced();
-    let build = session.build(&namespaced, true);
-    let mut built = Vec::new();
-    for b in &bundles {
-        built.push(build.bundle(b).await);
-    }
-    let deps: Vec<(String, Vec<String>)> = bundles
-        .iter()
-        .zip(&built)
-        .map(|(b, d)| (b.dir.clone(), d.as_ref().map(|d| d.spec.depends_on.clone()).unwrap_or_default()))
-        .collect();
-    let (order, depends_on) = match shared::desired::bundle_order(&deps) {
-        Ok(o) => o,
-        Err(e) => {
-            report.error = Some(e);
-            return Ok(report);
-        }
-    };
-    let mut done: BTreeMap<String, Result> = BTreeMap::new();
-    let mut owned_cache = BTreeMap::new();
-    for i in order {
-        let name = bundles[i].dir.clone();
-        let failed_dep = depends_on[i].iter().find_map(|&d| {
-            let r = done.get(&bundles[d].dir)?;
-            let ok = matches!(r, Result::InSync | Result::Verified | Result::RolledOut);
-            (!ok).then(|| format!("{} ({r:?})", bundles[d].dir))
-        });
-        let result = match (&built[i], failed_dep) {
-            (Err(e), _) => BundleResult {
-                bundle: name.clone(),
-                result: Result::Blocked,
-                revision: None,
-                message: format!("{} failed: {}", e.stage, e.reasons.join("; ")),
-                summary: None,
-                objects: Vec::new(),
-            },
-            (Ok(_), Some(dep)) if !dry_run => BundleResult {
-                bundle: name.clone(),
-                result: Result::Blocked,
-                revision: None,
-                message: format!("waiting for the bundle it depends on: {dep}"),
-                summary: None,
-                objects: Vec::new(),
-            },
-            (Ok(desired), _) => driver.bundle(desired, &session.poll.commit.id, &mut owned_cache).await,
-        };
-        done.insert(name, result.result.clone());
-        report.bundles.push(result);
-    }
-    // Report in the repository's order, not the apply order.
-    report.bundles.sort_by_key(|b| bundles.iter().position(|x| x.dir == b.bundle));
-    Ok(report)
+    let session = Session::open(config_path, ClusterUse::Required, None);
+    crate::cycle::run(&s, &progress, session, only, dry_run).await
 }
 
 fn result_word(r: &Result) -> &'static str {
@@ -268,7 +150,7 @@ pub fn rollback(
 ) -> anyhow::Result<ExitCode> {
     let result = runtime()?.block_on(async {
         let s = setup(config).await?;
-        let driver = s.driver(false);
+        let driver = s.driver(false, &progress);
         driver.rollback(bundle.trim_matches('/'), to, s.defaults.clone()).await
     })?;
     match output {
@@ -285,11 +167,106 @@ pub fn rollback(
 pub fn retry(config: &Path, bundle: &str, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     let message = runtime()?.block_on(async {
         let s = setup(config).await?;
-        let driver = s.driver(false);
+        let driver = s.driver(false, &progress);
         driver.retry(bundle.trim_matches('/')).await
     })?;
     writeln!(out, "{message}")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `agent pause BUNDLE` (with a reason) and `agent resume BUNDLE` (without): a new version of
+/// the bundle's record; on resume the running agent on this node is asked to reconcile it now.
+pub fn pause(config: &Path, bundle: &str, reason: Option<&str>, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let bundle = bundle.trim_matches('/');
+    let (loaded, _) = super::load_config(config)?;
+    let listen = loaded.config.server.listen.clone();
+    let said = runtime()?.block_on(async {
+        let s = setup(config).await?;
+        let record = s.store.load(bundle).await?;
+        let known = record.is_some();
+        let record = record.unwrap_or_else(|| shared::state::Record::new(bundle));
+        if record.phase != shared::state::Phase::Idle && reason.is_some() {
+            writeln!(
+                out,
+                "note: {bundle} is {} now; that finishes first (stopping half-way is never safer)",
+                record.phase.name()
+            )?;
+        }
+        let next = match reason {
+            Some(r) => record.pause(r, crate::watch::unix_now()),
+            None if record.paused.is_none() => {
+                anyhow::bail!("{bundle} is not paused")
+            }
+            None => record.resume(),
+        };
+        s.store.save(&next).await?;
+        let mut said = match reason {
+            Some(_) if known => format!("paused {bundle}: no rollout starts until `agent resume {bundle}`"),
+            Some(_) => {
+                format!("paused {bundle} before its first rollout: nothing starts until `agent resume {bundle}`")
+            }
+            None => format!("resumed {bundle}"),
+        };
+        if reason.is_none() {
+            said.push_str(&match nudge(&listen, bundle).await {
+                Ok(()) => "; the running agent reconciles it now".to_owned(),
+                Err(e) => format!("; the agent rolls it out at its next poll (no running agent answered: {e})"),
+            });
+        }
+        anyhow::Ok(said)
+    })?;
+    writeln!(out, "{said}")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The running agent's address on this node, from `server.listen` (a wildcard means loopback).
+fn local_url(listen: &str) -> Option<String> {
+    let addr: std::net::SocketAddr = listen.parse().ok()?;
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => "127.0.0.1".to_owned(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => "[::1]".to_owned(),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        ip => ip.to_string(),
+    };
+    Some(format!("http://{ip}:{}", addr.port()))
+}
+
+fn http_client() -> anyhow::Result<reqwest::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Ok(reqwest::Client::builder().timeout(std::time::Duration::from_secs(3)).build()?)
+}
+
+async fn nudge(listen: &str, bundle: &str) -> anyhow::Result<()> {
+    let base = local_url(listen).context("server.listen is not an address")?;
+    let mut url = url::Url::parse(&format!("{base}/reconcile"))?;
+    url.query_pairs_mut().append_pair("bundle", bundle).append_pair("why", "agent resume");
+    let resp = http_client()?.post(url).send().await?;
+    anyhow::ensure!(resp.status().is_success(), "HTTP {}", resp.status());
+    Ok(())
+}
+
+/// The running agent's `/status`, if it is ours and answers.
+async fn from_agent(
+    config: &shared::config::AgentConfig,
+    explain: Option<&str>,
+) -> Option<(serde_json::Value, String)> {
+    let base = local_url(&config.server.listen)?;
+    let client = http_client().ok()?;
+    let get = |output: &'static str| {
+        let mut url = url::Url::parse(&format!("{base}/status")).expect("a URL from an address");
+        url.query_pairs_mut().append_pair("output", output);
+        if let Some(b) = explain {
+            url.query_pairs_mut().append_pair("explain", b);
+        }
+        client.get(url).send()
+    };
+    let text = get("json").await.ok()?.error_for_status().ok()?.text().await.ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    if json["agent"]["agentId"] != config.identity.agent_id.as_str() {
+        return None;
+    }
+    let human = get("human").await.ok()?.text().await.ok()?;
+    Some((json, human))
 }
 
 /// `agent status [--explain BUNDLE]`, from the records (the cluster's state Secrets and the
@@ -301,9 +278,19 @@ pub fn status(
     output: Output,
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
+    let (loaded, base) = super::load_config(config_path)?;
+    let config = loaded.config;
+    if let Some((json, human)) = runtime()?.block_on(from_agent(&config, explain)) {
+        match output {
+            Output::Json => writeln!(out, "{json}")?,
+            Output::Human => write!(out, "{human}")?,
+        }
+        let needs_person = json["bundles"]
+            .as_array()
+            .is_some_and(|b| b.iter().any(|s| matches!(s["state"].as_str(), Some("failed" | "rollback-failed"))));
+        return Ok(if needs_person { ExitCode::from(EXIT_CRITICAL) } else { ExitCode::SUCCESS });
+    }
     let (records, warning) = runtime()?.block_on(async {
-        let (loaded, base) = super::load_config(config_path)?;
-        let config = loaded.config;
         let (client, warning) = match Cluster::connect(&config.kube, &base).await {
             Ok(c) => (Some(c.client().clone()), None),
             Err(e) => (None, Some(format!("{e}; showing this node's local records only"))),
@@ -323,7 +310,11 @@ pub fn status(
         }
     }
     match output {
-        Output::Json => writeln!(out, "{}", serde_json::json!({"bundles": statuses, "warning": warning}))?,
+        Output::Json => writeln!(
+            out,
+            "{}",
+            serde_json::json!({"agent": null, "sources": [], "bundles": statuses, "warning": warning})
+        )?,
         Output::Human => {
             if let Some(w) = &warning {
                 writeln!(out, "warning: {w}")?;

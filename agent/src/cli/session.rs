@@ -26,6 +26,12 @@ pub struct Session {
     pub node: Node,
 }
 
+/// A cluster already connected, or the version to render for offline.
+pub enum Connected<'a> {
+    Yes(Cluster),
+    Offline(&'a str),
+}
+
 /// How the session reaches the cluster.
 pub enum ClusterUse<'a> {
     /// Required (diff).
@@ -44,19 +50,35 @@ impl Session {
         let (loaded, base) = super::load_config(config_path)?;
         let config = loaded.config;
         let git = Arc::new(GitSource::new(GitOptions::from_config(&config, &base))?);
-        let shown_url = git.shown_url();
         let poller = git.clone();
         let poll = tokio::task::spawn_blocking(move || poller.poll()).await??;
+        let cluster = match cluster {
+            ClusterUse::Required => Connected::Yes(Cluster::connect(&config.kube, &base).await?),
+            ClusterUse::Offline(v) => Connected::Offline(v),
+        };
+        Session::assemble(config, &base, git, poll, cluster, labels).await
+    }
+
+    /// A session from a poll already made and a cluster already connected (the daemon keeps
+    /// both between cycles).
+    pub async fn assemble(
+        config: shared::config::AgentConfig,
+        base: &Path,
+        git: Arc<GitSource>,
+        poll: Poll,
+        cluster: Connected<'_>,
+        labels: Option<BTreeMap<String, String>>,
+    ) -> anyhow::Result<Session> {
+        let shown_url = git.shown_url();
         let root = config.git.path.trim_matches('/').to_owned();
         let root = if root == "." { String::new() } else { root };
         let checkout = Checkout { git, commit: poll.commit.id.clone(), root };
         let (cluster, caps) = match cluster {
-            ClusterUse::Required => {
-                let c = Cluster::connect(&config.kube, &base).await?;
+            Connected::Yes(c) => {
                 let caps = c.capabilities().clone();
                 (Some(c), caps)
             }
-            ClusterUse::Offline(v) => {
+            Connected::Offline(v) => {
                 (None, Capabilities { kube_version: Some(v.to_owned()), api_versions: Vec::new() })
             }
         };
@@ -75,7 +97,7 @@ impl Session {
                 l
             }
         };
-        let registries = Registries::from_config(&config.registries, &base)?;
+        let registries = Registries::from_config(&config.registries, base)?;
         let node = Node { agent_id: config.identity.agent_id.clone(), labels };
         let renderers = Renderers::from_config(&config);
         Ok(Session { config, checkout, poll, shown_url, cluster, caps, renderers, registries, node })

@@ -123,6 +123,8 @@ pub struct Registry {
     uses_basic: std::sync::atomic::AtomicBool,
     /// HTTP requests by kind (`manifest_head`, `tag_list`, `token`) and outcome.
     pub counters: Arc<RequestCounts>,
+    /// The last request's error, if it failed (never holds a secret); cleared by a success.
+    last_error: Mutex<Option<String>>,
 }
 
 /// Every configured registry, found by the host an image names or by one of its aliases.
@@ -145,6 +147,18 @@ impl Registries {
         shared::registry::find_registry(&image.registry, &self.config)
             .map(|i| &self.registries[i])
             .ok_or_else(|| RegistryError::NoRegistry { image: image.to_string(), host: image.registry.clone() })
+    }
+
+    /// Every registry's requests so far and its last error (status and metrics).
+    pub fn stats(&self) -> Vec<crate::cycle::RegistryStats> {
+        self.registries
+            .iter()
+            .map(|r| crate::cycle::RegistryStats {
+                host: r.opts.host.clone(),
+                requests: r.counters.snapshot(),
+                last_error: r.last_error.lock().expect("registry last error lock").clone(),
+            })
+            .collect()
     }
 
     /// Whether two hosts name the same configured registry (one may be an alias of the other).
@@ -195,6 +209,7 @@ impl Registry {
             tokens: Mutex::new(HashMap::new()),
             uses_basic: std::sync::atomic::AtomicBool::new(false),
             counters: Arc::new(RequestCounts::default()),
+            last_error: Mutex::new(None),
         })
     }
 
@@ -444,6 +459,19 @@ impl Registry {
             Err(_) => "unreachable",
         };
         self.counters.record(kind, outcome);
+        let error = match &result {
+            Ok(reply) if reply.status >= 500 || reply.status == 401 || reply.status == 403 || reply.status == 429 => {
+                Some(format!("{} {shown}: HTTP {}", req_method(kind), reply.status))
+            }
+            Ok(_) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        *self.last_error.lock().expect("registry last error lock") = error;
         result
     }
+}
+
+/// The HTTP method a request kind uses, for error lines.
+fn req_method(kind: &str) -> &'static str {
+    if kind == "manifest_head" { "HEAD" } else { "GET" }
 }

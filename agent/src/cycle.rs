@@ -1,0 +1,187 @@
+//! One reconcile cycle, as both `agent reconcile --once` and the daemon (`agent run`) run it:
+//! unfinished work from the records first, then sources, render, plan, apply, watch, verify or
+//! roll back, bundle by bundle in `dependsOn` order.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Serialize;
+use tracing::Instrument;
+
+use shared::rollout::Limits;
+
+use crate::cli::session::Session;
+use crate::cluster::Cluster;
+use crate::reconcile::{BundleResult, Driver, Result};
+use crate::state::StateStore;
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub dry_run: bool,
+    pub source: Option<String>,
+    pub commit: Option<String>,
+    /// Work a previous run left unfinished, finished first.
+    pub resumed: Vec<BundleResult>,
+    pub bundles: Vec<BundleResult>,
+    /// Why the cycle stopped before the bundles (git or cluster unreachable).
+    pub error: Option<String>,
+    /// Per bundle, the images Git wants (as resolved and pinned), for the daemon's status.
+    #[serde(skip)]
+    pub desired_images: BTreeMap<String, Vec<String>>,
+    /// Per registry host: its requests of this cycle by (kind, outcome), and its last error.
+    #[serde(skip)]
+    pub registries: Vec<RegistryStats>,
+}
+
+/// One registry's requests during a cycle.
+#[derive(Debug, Clone)]
+pub struct RegistryStats {
+    pub host: String,
+    pub requests: Vec<(&'static str, &'static str, u64)>,
+    pub last_error: Option<String>,
+}
+
+/// What a cycle needs besides the sources: the config, the cluster and the records.
+pub struct Setup {
+    pub config: shared::config::AgentConfig,
+    /// The folder relative paths of the config are relative to.
+    pub base: PathBuf,
+    pub cluster: Cluster,
+    pub store: StateStore,
+    pub defaults: Limits,
+}
+
+impl Setup {
+    /// From a loaded config and a connected cluster.
+    pub fn new(config: shared::config::AgentConfig, base: &Path, cluster: Cluster) -> anyhow::Result<Setup> {
+        let store = StateStore::new(
+            &base.join(&config.state_dir),
+            &config.identity.agent_id,
+            &config.kube.namespace,
+            Some(cluster.client().clone()),
+        );
+        let secs = |s: &str, field: &str| {
+            humantime::parse_duration(s).map(|d| d.as_secs() as i64).with_context(|| format!("rollout.{field}: {s:?}"))
+        };
+        let defaults = Limits {
+            progress_deadline: secs(&config.rollout.progress_deadline, "progressDeadline")?,
+            verify_window: secs(&config.rollout.verify_window, "verifyWindow")?,
+            probes: Vec::new(),
+        };
+        Ok(Setup { config, base: base.to_owned(), cluster, store, defaults })
+    }
+
+    pub fn driver<'a>(&'a self, dry_run: bool, progress: &'a (dyn Fn(&str, &str) + Sync)) -> Driver<'a> {
+        Driver {
+            cluster: &self.cluster,
+            store: &self.store,
+            agent_id: &self.config.identity.agent_id,
+            defaults: self.defaults.clone(),
+            dry_run,
+            progress,
+        }
+    }
+}
+
+/// One cycle. `session` (the git poll and what comes with it) is awaited only after unfinished
+/// work is finished, so a broken source never holds up a rollback.
+pub async fn run(
+    s: &Setup,
+    progress: &(dyn Fn(&str, &str) + Sync),
+    session: impl Future<Output = anyhow::Result<Session>>,
+    only: Option<&str>,
+    dry_run: bool,
+) -> anyhow::Result<Report> {
+    let driver = s.driver(dry_run, progress);
+    let mut report = Report {
+        dry_run,
+        source: None,
+        commit: None,
+        resumed: Vec::new(),
+        bundles: Vec::new(),
+        error: None,
+        desired_images: BTreeMap::new(),
+        registries: Vec::new(),
+    };
+    report.resumed = driver.resume().await?;
+    let session = match session.await {
+        Ok(s) => s,
+        Err(e) => {
+            report.error = Some(format!("{e:#}"));
+            return Ok(report);
+        }
+    };
+    report.source = Some(session.shown_url.clone());
+    report.commit = Some(session.poll.commit.id.clone());
+    let bundles = match only {
+        Some(name) => vec![session.bundle(name).await?],
+        None => session.bundles().await?,
+    };
+    let namespaced = session.namespaced();
+    let build = session.build(&namespaced, true);
+    let mut built = Vec::new();
+    for b in &bundles {
+        let d = build.bundle(b).await;
+        if let Ok(d) = &d {
+            let mut images: Vec<String> = d.images.iter().map(|i| i.running.clone()).collect();
+            images.sort();
+            images.dedup();
+            report.desired_images.insert(b.dir.clone(), images);
+        }
+        built.push(d);
+    }
+    let deps: Vec<(String, Vec<String>)> = bundles
+        .iter()
+        .zip(&built)
+        .map(|(b, d)| (b.dir.clone(), d.as_ref().map(|d| d.spec.depends_on.clone()).unwrap_or_default()))
+        .collect();
+    let (order, depends_on) = match shared::desired::bundle_order(&deps) {
+        Ok(o) => o,
+        Err(e) => {
+            report.error = Some(e);
+            return Ok(report);
+        }
+    };
+    let mut done: BTreeMap<String, Result> = BTreeMap::new();
+    let mut owned_cache = BTreeMap::new();
+    for i in order {
+        let name = bundles[i].dir.clone();
+        let failed_dep = depends_on[i].iter().find_map(|&d| {
+            let r = done.get(&bundles[d].dir)?;
+            let ok = matches!(r, Result::InSync | Result::Verified | Result::RolledOut);
+            (!ok).then(|| format!("{} ({r:?})", bundles[d].dir))
+        });
+        let result = match (&built[i], failed_dep) {
+            (Err(e), _) => BundleResult {
+                bundle: name.clone(),
+                result: Result::Blocked,
+                revision: None,
+                message: format!("{} failed: {}", e.stage, e.reasons.join("; ")),
+                summary: None,
+                objects: Vec::new(),
+            },
+            (Ok(_), Some(dep)) if !dry_run => BundleResult {
+                bundle: name.clone(),
+                result: Result::Blocked,
+                revision: None,
+                message: format!("waiting for the bundle it depends on: {dep}"),
+                summary: None,
+                objects: Vec::new(),
+            },
+            (Ok(desired), _) => {
+                let commit = &session.poll.commit.id;
+                let span = tracing::info_span!("bundle", bundle = %name, revision = %&commit[..12.min(commit.len())]);
+                driver.bundle(desired, commit, &mut owned_cache).instrument(span).await
+            }
+        };
+        done.insert(name, result.result.clone());
+        report.bundles.push(result);
+    }
+    report.registries = session.registries.stats();
+    // Report in the repository's order, not the apply order.
+    report.bundles.sort_by_key(|b| bundles.iter().position(|x| x.dir == b.bundle));
+    Ok(report)
+}

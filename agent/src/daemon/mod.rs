@@ -1,0 +1,561 @@
+//! `agent run`: the long-running agent. One worker reconciles, one cycle at a time, what the
+//! trigger queue (`shared::trigger`) says is due: the jittered poll timer, webhooks, and CLI
+//! requests all feed it, debounced per target. The HTTP server (`server`) answers health,
+//! readiness, metrics, status and webhooks beside it. Replicas with one identity elect a leader
+//! with a Lease; a standby polls its sources (so it is ready) but applies nothing.
+//!
+//! Shutdown (SIGTERM, SIGINT): no new cycle starts; the cycle in flight gets `SHUTDOWN_GRACE` to
+//! finish. Past that it is dropped: every step was persisted before it began, so the next start
+//! (or the new leader) finishes or rolls back from the records.
+
+pub mod metrics;
+mod server;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::{mpsc, watch};
+use tracing::{Instrument, error, info, warn};
+
+use shared::config::AgentConfig;
+use shared::status::{AgentView, CycleView, SourceView};
+use shared::trigger::{Cause, Limiter, Queue, RateLimit, Target, Trigger};
+use shared::webhook::Sender;
+
+use crate::cli::session::{Connected, Session};
+use crate::cluster::Cluster;
+use crate::cycle::{Report, Setup};
+use crate::reconcile::Result;
+use crate::source::git::{GitOptions, GitSource};
+use crate::source::secret::{Secret, SecretSource};
+use crate::state::StateStore;
+use crate::watch::unix_now;
+use metrics::Metrics;
+
+/// Triggers closer together than this make one reconcile.
+const DEBOUNCE: Duration = Duration::from_millis(300);
+/// A steady stream of triggers still reconciles at least this often.
+const MAX_DELAY: Duration = Duration::from_secs(3);
+/// How long the cycle in flight may take to finish after SIGTERM (Kubernetes' default
+/// terminationGracePeriodSeconds is 30 s; leave room to exit).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// What the server and the worker share.
+pub struct Daemon {
+    pub config: AgentConfig,
+    pub base: PathBuf,
+    pub metrics: Metrics,
+    pub triggers: mpsc::UnboundedSender<Trigger>,
+    pub view: Mutex<View>,
+    /// The records, through the cluster once connected (files only before).
+    pub store: RwLock<StateStore>,
+    pub webhooks: Vec<(Sender, Secret)>,
+    pub limiter: Mutex<Limiter>,
+    pub agent: AgentView,
+    /// The shown git URL (no credentials).
+    pub git_url: String,
+}
+
+/// What the running agent knows beyond its records.
+#[derive(Debug)]
+pub struct View {
+    pub git: Option<SourceView>,
+    pub registries: BTreeMap<String, SourceView>,
+    /// The last reconcile of each bundle.
+    pub cycles: BTreeMap<String, CycleView>,
+    /// `host/repository` of every image the bundles want (to match image webhooks).
+    pub known_images: Vec<String>,
+    /// The API server answered the last time it was asked.
+    pub api: std::result::Result<(), String>,
+    pub leader: Option<bool>,
+}
+
+impl View {
+    fn new() -> View {
+        View {
+            git: None,
+            registries: BTreeMap::new(),
+            cycles: BTreeMap::new(),
+            known_images: Vec::new(),
+            api: Err("not connected yet".into()),
+            leader: None,
+        }
+    }
+}
+
+/// The tracing subscriber: JSON lines on stderr (`GITOPS_AGENT_LOG=text` for people),
+/// filtered by `RUST_LOG` (default `info`).
+fn init_logs() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let text = std::env::var("GITOPS_AGENT_LOG").is_ok_and(|v| v == "text");
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if text {
+        builder.with_ansi(false).try_init()
+    } else {
+        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init()
+    };
+}
+
+/// `agent run`: until SIGTERM or SIGINT. Exit 0 after a clean shutdown, 2 when it cannot start
+/// (config, listener).
+pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
+    let (loaded, base) = crate::cli::load_config(config_path)?;
+    init_logs();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(serve(loaded.config, base))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn holder_identity(node: &str) -> String {
+    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| node.to_owned());
+    format!("{host}/{}", std::process::id())
+}
+
+async fn serve(config: AgentConfig, base: PathBuf) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&config.server.listen)
+        .await
+        .with_context(|| format!("server.listen: cannot listen on {}", config.server.listen))?;
+    let addr = listener.local_addr()?;
+    let git = Arc::new(GitSource::new(GitOptions::from_config(&config, &base))?);
+    let webhooks = config
+        .server
+        .webhooks
+        .iter()
+        .filter_map(|w| {
+            let sender = Sender::from_name(&w.sender)?;
+            let source = match (&w.secret_file, &w.secret_env) {
+                (Some(f), _) => SecretSource::File(base.join(f)),
+                (None, Some(e)) => SecretSource::Env(e.clone()),
+                (None, None) => return None,
+            };
+            Some((sender, Secret::new(source)))
+        })
+        .collect();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let agent = AgentView {
+        agent_id: config.identity.agent_id.clone(),
+        node: config.identity.node_name.clone(),
+        holder: holder_identity(&config.identity.node_name),
+        leader: None,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let store = StateStore::new(&base.join(&config.state_dir), &config.identity.agent_id, &config.kube.namespace, None);
+    let limiter = Limiter::new(RateLimit { burst: config.server.webhook_burst, every: config.webhook_every() });
+    let d = Arc::new(Daemon {
+        git_url: git.shown_url(),
+        metrics: Metrics::new(),
+        triggers: tx,
+        view: Mutex::new(View::new()),
+        store: RwLock::new(store),
+        webhooks,
+        limiter: Mutex::new(limiter),
+        agent,
+        config,
+        base,
+    });
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    info!(listen = %addr, agent_id = %d.agent.agent_id, holder = %d.agent.holder, "agent started");
+    let server = tokio::spawn(server::serve(d.clone(), listener, stop.clone()));
+
+    let Some(cluster) = connect(&d, stop.clone()).await else {
+        info!("stopped before the API server was reached");
+        let _ = server.await;
+        return Ok(());
+    };
+    *d.store.write().expect("store lock") = StateStore::new(
+        &d.base.join(&d.config.state_dir),
+        &d.config.identity.agent_id,
+        &d.config.kube.namespace,
+        Some(cluster.client().clone()),
+    );
+    let setup = Setup::new(d.config.clone(), &d.base, cluster.clone())?;
+    // Keep the sender alive as long as the worker runs: a dropped sender would wake
+    // `changed()` in a loop.
+    let (leader, _lease_guard) = elect(&d, &cluster).await;
+    worker(d.clone(), rx, stop, leader, setup, git).await;
+    info!("stopped");
+    let _ = server.await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+    }
+}
+
+/// Connects to the API server, retrying with backoff until it answers or shutdown.
+async fn connect(d: &Daemon, mut stop: watch::Receiver<bool>) -> Option<Cluster> {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match Cluster::connect(&d.config.kube, &d.base).await {
+            Ok(c) => {
+                d.view.lock().expect("view lock").api = Ok(());
+                info!(api = %c.url(), "connected to the API server");
+                return Some(c);
+            }
+            Err(e) => {
+                warn!(error = %e, "API server unreachable; retrying in {}s", delay.as_secs());
+                d.view.lock().expect("view lock").api = Err(e.to_string());
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Leadership as a watch channel: the Lease when election is on, always `true` when off.
+/// The second value keeps the channel's sender (or the Lease task) alive.
+async fn elect(d: &Arc<Daemon>, cluster: &Cluster) -> (watch::Receiver<bool>, Box<dyn std::any::Any + Send>) {
+    if !d.config.leader_election.enabled {
+        let (tx, rx) = watch::channel(true);
+        d.metrics.leader.set(1);
+        return (rx, Box::new(tx));
+    }
+    let secs = d.config.lease_duration().as_secs().max(5);
+    let lease_name = format!("gitops-agent-{}", d.config.identity.agent_id);
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(cluster.client().clone());
+        if let Ok(None) = namespaces.get_opt(&d.config.kube.namespace).await {
+            warn!(
+                "kube.namespace {:?} does not exist (the Lease and the state Secrets live there); \
+                 waiting for it, retrying in {}s",
+                d.config.kube.namespace,
+                delay.as_secs()
+            );
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(30));
+            continue;
+        }
+        let built = kube_lease_manager::LeaseManagerBuilder::new(cluster.client().clone(), &lease_name)
+            .with_namespace(&d.config.kube.namespace)
+            .with_identity(&d.agent.holder)
+            .with_duration(secs)
+            .with_grace((secs / 3).max(1))
+            .build()
+            .await;
+        match built {
+            Ok(manager) => {
+                let (rx, task) = manager.watch().await;
+                info!(lease = %lease_name, namespace = %d.config.kube.namespace, "competing for the Lease");
+                d.view.lock().expect("view lock").leader = Some(false);
+                return (rx, Box::new(task));
+            }
+            Err(e) => {
+                warn!(error = %e, lease = %lease_name, "cannot set up the Lease; retrying in {}s", delay.as_secs());
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+async fn worker(
+    d: Arc<Daemon>,
+    mut rx: mpsc::UnboundedReceiver<Trigger>,
+    mut stop: watch::Receiver<bool>,
+    mut leader: watch::Receiver<bool>,
+    setup: Setup,
+    git: Arc<GitSource>,
+) {
+    let mut queue = Queue::new(DEBOUNCE, MAX_DELAY);
+    let interval = d.config.poll_interval();
+    let mut failures: u32 = 0;
+    let mut next_poll = Instant::now();
+    let mut leading = *leader.borrow_and_update();
+    note_leadership(&d, leading);
+    loop {
+        let wake = queue.next_due().map_or(next_poll, |due| due.min(next_poll));
+        tokio::select! {
+            _ = stop.changed() => return,
+            Some(t) = rx.recv() => {
+                queue.push(t, Instant::now());
+                continue;
+            }
+            Ok(()) = leader.changed() => {
+                leading = *leader.borrow_and_update();
+                note_leadership(&d, leading);
+                if leading {
+                    queue.push(Trigger { target: Target::All, cause: Cause::Cli { what: "became leader".into() } }, Instant::now());
+                }
+                continue;
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+        let now = Instant::now();
+        if now >= next_poll {
+            queue.push(Trigger { target: Target::All, cause: Cause::Poll }, now);
+            next_poll = now + interval;
+        }
+        let Some((target, causes)) = queue.pop_due(now) else { continue };
+        let cycle = cycle(&d, &setup, &git, target, causes, leading);
+        tokio::pin!(cycle);
+        let git_ok = loop {
+            tokio::select! {
+                ok = &mut cycle => break Some(ok),
+                Some(t) = rx.recv() => queue.push(t, Instant::now()),
+                _ = stop.changed() => {
+                    info!("letting the reconcile in flight finish (up to {}s)", SHUTDOWN_GRACE.as_secs());
+                    if tokio::time::timeout(SHUTDOWN_GRACE, &mut cycle).await.is_err() {
+                        warn!("the reconcile in flight was stopped; its record says where the next start resumes");
+                    }
+                    return;
+                }
+                Ok(()) = leader.changed(), if leading => {
+                    if !*leader.borrow_and_update() {
+                        leading = false;
+                        note_leadership(&d, false);
+                        warn!("lost the Lease during a reconcile: stopped it; the new leader resumes from the records");
+                        break None;
+                    }
+                }
+            }
+        };
+        match git_ok {
+            Some(true) => failures = 0,
+            Some(false) => failures = failures.saturating_add(1),
+            None => {}
+        }
+        let delay = shared::trigger::poll_delay(interval, failures, rand::random::<f64>());
+        next_poll = Instant::now() + delay;
+    }
+}
+
+fn note_leadership(d: &Daemon, leading: bool) {
+    let mut view = d.view.lock().expect("view lock");
+    if view.leader.is_some() {
+        if view.leader != Some(leading) {
+            info!(
+                leader = leading,
+                "{}",
+                if leading { "acquired the Lease: applying" } else { "standby: another replica holds the Lease" }
+            );
+        }
+        view.leader = Some(leading);
+        d.metrics.leader.set(i64::from(leading));
+    }
+}
+
+fn describe(causes: &[Cause]) -> String {
+    let words: Vec<String> = causes
+        .iter()
+        .map(|c| match c {
+            Cause::Poll => "poll".to_owned(),
+            Cause::Webhook { sender, .. } => format!("webhook:{sender}"),
+            Cause::Drift { object } => format!("drift:{object}"),
+            Cause::Cli { what } => what.clone(),
+        })
+        .collect();
+    words.join(",")
+}
+
+fn progress(bundle: &str, line: &str) {
+    if bundle.is_empty() {
+        info!("{line}");
+    } else {
+        info!(bundle, "{line}");
+    }
+}
+
+/// One reconcile: polls git, then (as leader) the cycle. Returns whether git answered.
+async fn cycle(
+    d: &Daemon,
+    setup: &Setup,
+    git: &Arc<GitSource>,
+    target: Target,
+    causes: Vec<Cause>,
+    leading: bool,
+) -> bool {
+    let trace = causes.iter().find_map(|c| match c {
+        Cause::Webhook { trace: Some(t), .. } => Some(t.clone()),
+        _ => None,
+    });
+    let only = match &target {
+        Target::All => None,
+        Target::Bundle(b) => Some(b.clone()),
+    };
+    let span = tracing::info_span!(
+        "reconcile",
+        target = only.as_deref().unwrap_or("all"),
+        causes = %describe(&causes),
+        trace_id = trace.as_ref().map(|t| t.trace_id.as_str()),
+        parent_id = trace.as_ref().map(|t| t.parent_id.as_str()),
+    );
+    async move {
+        let started = Instant::now();
+        let before = git.counters.snapshot();
+        let poller = git.clone();
+        let polled = tokio::task::spawn_blocking(move || poller.poll()).await;
+        for (kind, outcome, n) in git.counters.snapshot() {
+            let was = before.iter().find(|(k, o, _)| *k == kind && *o == outcome).map_or(0, |b| b.2);
+            d.metrics.count_requests("git", kind, outcome, n - was);
+        }
+        let now = unix_now();
+        let polled = match polled {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("the git poll task failed: {e}")),
+        };
+        let git_ok = polled.is_ok();
+        {
+            let mut view = d.view.lock().expect("view lock");
+            let prev = view.git.take();
+            let mut s = prev.unwrap_or(SourceView {
+                kind: "git".into(),
+                url: d.git_url.clone(),
+                reference: Some(d.config.git.reference.clone()),
+                commit: None,
+                fetched_at: None,
+                last_error: None,
+                stale_since: None,
+            });
+            match &polled {
+                Ok(p) => {
+                    s.commit = Some(p.commit.id.clone());
+                    s.fetched_at = Some(now);
+                    s.last_error = None;
+                    s.stale_since = None;
+                }
+                Err(e) => {
+                    warn!(source = %d.git_url, error = %e, "git poll failed; what runs is kept");
+                    s.last_error = Some(e.clone());
+                    s.stale_since = s.stale_since.or(Some(now));
+                }
+            }
+            view.git = Some(s);
+        }
+        if !leading {
+            return git_ok;
+        }
+        let session = async {
+            let poll = polled.map_err(anyhow::Error::msg)?;
+            Session::assemble(d.config.clone(), &d.base, git.clone(), poll, Connected::Yes(setup.cluster.clone()), None)
+                .await
+        };
+        info!("reconcile started");
+        let report = crate::cycle::run(setup, &progress, session, only.as_deref(), false).await;
+        d.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+        match report {
+            Ok(report) => record(d, &report, now),
+            Err(e) => {
+                error!(error = %format!("{e:#}"), "reconcile failed before the bundles");
+                d.view.lock().expect("view lock").api = Err(format!("{e:#}"));
+            }
+        }
+        git_ok
+    }
+    .instrument(span)
+    .await
+}
+
+fn result_word(r: &Result) -> &'static str {
+    match r {
+        Result::InSync => "in-sync",
+        Result::Verified => "verified",
+        Result::RolledOut => "rolled-out",
+        Result::RolledBack => "rolled-back",
+        Result::WouldApply => "would-apply",
+        Result::Blocked => "blocked",
+        Result::FailedNoRollback => "failed",
+        Result::RollbackFailed => "rollback-failed",
+        Result::Interrupted => "interrupted",
+    }
+}
+
+/// Takes a cycle's report into the view and the metrics.
+fn record(d: &Daemon, report: &Report, now: shared::state::Time) {
+    let mut view = d.view.lock().expect("view lock");
+    let interrupted = report.resumed.iter().chain(&report.bundles).any(|b| b.result == Result::Interrupted);
+    view.api = match (&report.error, interrupted) {
+        (_, true) => Err("a step was interrupted: the API server did not answer".into()),
+        _ => Ok(()),
+    };
+    for b in report.resumed.iter().chain(&report.bundles) {
+        let kind = match b.result {
+            Result::RolledOut => Some("rolled_out"),
+            Result::Verified => Some("adopted"),
+            Result::RolledBack => Some("rolled_back"),
+            Result::FailedNoRollback => Some("failed_no_rollback"),
+            Result::RollbackFailed => Some("rollback_failed"),
+            _ => None,
+        };
+        if let Some(k) = kind {
+            d.metrics.rollouts.get_or_create(&metrics::Outcome { result: k.to_owned() }).inc();
+        }
+        info!(bundle = %b.bundle, result = result_word(&b.result), revision = b.revision.as_deref().unwrap_or(""), "{}", b.message);
+    }
+    if let Some(commit) = &report.commit {
+        for b in &report.bundles {
+            let images = report.desired_images.get(&b.bundle).cloned().unwrap_or_default();
+            view.cycles.insert(
+                b.bundle.clone(),
+                CycleView {
+                    commit: commit.clone(),
+                    images,
+                    result: result_word(&b.result).to_owned(),
+                    message: b.message.clone(),
+                    at: now,
+                },
+            );
+        }
+        let mut known: Vec<String> = report
+            .desired_images
+            .values()
+            .flatten()
+            .filter_map(|i| shared::image::ImageRef::parse(i).ok())
+            .map(|i| format!("{}/{}", i.registry, i.repository))
+            .collect();
+        known.sort();
+        known.dedup();
+        view.known_images = known;
+    }
+    for r in &report.registries {
+        for (kind, outcome, n) in &r.requests {
+            d.metrics.count_requests(&r.host, kind, outcome, *n);
+        }
+        if r.requests.is_empty() {
+            continue;
+        }
+        let s = view.registries.entry(r.host.clone()).or_insert_with(|| SourceView {
+            kind: "registry".into(),
+            url: format!("https://{}", r.host),
+            reference: None,
+            commit: None,
+            fetched_at: None,
+            last_error: None,
+            stale_since: None,
+        });
+        match &r.last_error {
+            None => {
+                s.fetched_at = Some(now);
+                s.last_error = None;
+                s.stale_since = None;
+            }
+            Some(e) => {
+                s.last_error = Some(e.clone());
+                s.stale_since = s.stale_since.or(Some(now));
+            }
+        }
+    }
+    let all_good = report.error.is_none()
+        && report.bundles.iter().all(|b| matches!(b.result, Result::InSync | Result::Verified | Result::RolledOut));
+    if all_good {
+        d.metrics.last_sync.set(now as f64);
+    }
+}
