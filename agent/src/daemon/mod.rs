@@ -97,7 +97,7 @@ fn init_logs() {
     let _ = if text {
         builder.with_ansi(false).try_init()
     } else {
-        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init()
+        builder.json().flatten_event(true).with_current_span(true).with_span_list(true).try_init()
     };
 }
 

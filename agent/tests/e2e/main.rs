@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cli;
+mod daemon;
 mod desired_state;
 mod git_source;
 mod registry_source;

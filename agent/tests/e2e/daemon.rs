@@ -1,0 +1,398 @@
+//! `agent run` against the testenv: webhooks (auth matrix, rate limit, a webhook leads to an
+//! apply with polling set to an hour), `/metrics` read by a Prometheus text parser, `/status`,
+//! traceparent in the logs, Lease election between two processes with one identity, SIGTERM mid
+//! rollout, pause and resume, and one canary credential that must appear nowhere.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::api::{Api, ListParams};
+use serde_json::{Value, json};
+use xtask::support::TestEnv;
+
+use crate::rollout::{App, agent, text};
+use crate::util::wait_for;
+
+/// The webhook secret of every test here: it must never be seen again.
+const CANARY: &str = "canary-7f3a9c1e5b-never-print-me";
+
+/// A running `agent run`, its log in a file the test reads at any time.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+    url: String,
+}
+
+impl Daemon {
+    fn start(config: &Path, log: PathBuf, port: u16, env: &[(&str, &str)]) -> Daemon {
+        let child = Command::new(env!("CARGO_BIN_EXE_agent"))
+            .args(["run", "-c", config.to_str().unwrap()])
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Daemon { child, log, url: format!("http://127.0.0.1:{port}") }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_log(&self, what: &str, needle: &str, timeout: Duration) {
+        wait_for(what, timeout, || async {
+            let l = self.logs();
+            if l.contains(needle) { Ok(()) } else { Err(tail(&l)) }
+        })
+        .await;
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let r = client().get(format!("{}{path}", self.url)).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    async fn status(&self) -> Value {
+        let (code, body) = self.get("/status").await;
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    async fn wait_ready(&self) {
+        wait_for("/readyz 200", Duration::from_secs(90), || async {
+            match client().get(format!("{}/readyz", self.url)).send().await {
+                Ok(r) if r.status() == 200 => Ok(()),
+                Ok(r) => Err(r.text().await.unwrap_or_default()),
+                Err(e) => Err(format!("{e}; log: {}", tail(&self.logs()))),
+            }
+        })
+        .await;
+    }
+
+    /// Waits until `bundle` runs `commit` (its last-known-good).
+    async fn wait_running(&self, bundle: &str, commit: &str, timeout: Duration) -> Value {
+        wait_for(&format!("{bundle} running {commit}"), timeout, || async {
+            let s = self.status().await;
+            let b = s["bundles"].as_array().unwrap().iter().find(|b| b["bundle"] == bundle).cloned();
+            match b {
+                Some(b) if b["running"]["commit"] == commit && b["state"] == "synced" => Ok(b),
+                other => Err(format!("{other:?}\nlog: {}", tail(&self.logs()))),
+            }
+        })
+        .await
+    }
+
+    /// Sends SIGTERM and waits for the exit status (within `timeout`).
+    async fn sigterm(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "no exit {timeout:?} after SIGTERM: {}", tail(&self.logs()));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Reconcile cycles finished so far, from /metrics.
+    async fn cycles(&self) -> f64 {
+        let (_, body) = self.get("/metrics").await;
+        sample(&metrics(&body), "gitops_agent_reconcile_duration_seconds_count", &[]).unwrap_or(0.0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(8)..].join("\n")
+}
+
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+}
+
+fn metrics(body: &str) -> prometheus_parse::Scrape {
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap()
+}
+
+/// The value of the sample `name` whose labels include `labels`.
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape.samples.iter().find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))).map(
+        |s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        },
+    )
+}
+
+/// Adds a `server` section (a free port, webhooks whose secret is the canary) and sets the poll
+/// interval; returns the port.
+fn serve(app: &App, extra_server: &str, poll: &str, lease: &str) -> u16 {
+    let port = crate::util::free_port_block(1);
+    let secret = app.config.with_file_name("webhook-secret");
+    std::fs::write(&secret, CANARY).unwrap();
+    app.edit_config("  path: apps\n", &format!("  path: apps\n  pollInterval: {poll}\n"));
+    let mut text = std::fs::read_to_string(&app.config).unwrap();
+    text.push_str(&format!(
+        "server:\n  listen: 127.0.0.1:{port}\n  maxBodyBytes: 4096\n{extra_server}  webhooks:\n\
+         \x20 - sender: gitea\n    secretFile: {s}\n  - sender: harbor\n    secretFile: {s}\n\
+         \x20 - sender: generic\n    secretFile: {s}\nleaderElection:\n  leaseDuration: {lease}\n",
+        s = secret.display()
+    ));
+    std::fs::write(&app.config, text).unwrap();
+    port
+}
+
+fn gitea_push(app: &App) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "ref": "refs/heads/main",
+        "after": app.head(),
+        "repository": {"full_name": format!("ci/{}", app.repo.name), "clone_url": app.repo.url},
+    }))
+    .unwrap()
+}
+
+async fn post(d: &Daemon, sender: &str, headers: &[(&str, String)], body: Vec<u8>) -> (u16, String) {
+    let mut req = client().post(format!("{}/webhooks/{sender}", d.url)).body(body);
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let r = req.send().await.unwrap();
+    let code = r.status().as_u16();
+    (code, r.text().await.unwrap())
+}
+
+fn signed(body: &[u8]) -> String {
+    shared::webhook::signature(CANARY.as_bytes(), body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_trigger_applies_with_polling_set_to_an_hour_and_nothing_leaks() {
+    let env = TestEnv::get();
+    let app = App::new(env, "daemon-hook").await;
+    let port = serve(&app, "  webhookBurst: 10\n  webhookEvery: 1s\n", "1h", "15s");
+    let dir = app.config.parent().unwrap().to_owned();
+    let d = Daemon::start(&app.config, dir.join("agent.log"), port, &[]);
+    d.wait_ready().await;
+    // The first reconcile runs at start; after it, only webhooks can cause another (1 h poll).
+    let first = app.head();
+    d.wait_running("web", &first, Duration::from_secs(90)).await;
+    let (code, health) = d.get("/healthz").await;
+    assert_eq!((code, health.as_str()), (200, "ok\n"));
+
+    // ---- the auth matrix: nothing is triggered by a refused request -------------------------
+    let cycles = d.cycles().await;
+    let body = gitea_push(&app);
+    let push = ("x-gitea-event", "push".to_owned());
+    let cases: Vec<(&str, Vec<(&str, String)>, Vec<u8>, u16)> = vec![
+        ("missing signature", vec![push.clone()], body.clone(), 401),
+        ("wrong signature", vec![push.clone(), ("x-gitea-signature", "0".repeat(64))], body.clone(), 401),
+        (
+            "signed with another secret",
+            vec![push.clone(), ("x-gitea-signature", shared::webhook::signature(b"other", &body))],
+            body.clone(),
+            401,
+        ),
+        ("oversized", vec![push.clone(), ("x-gitea-signature", signed(&[b'x'; 5000]))], vec![b'x'; 5000], 413),
+        (
+            "an event that is not a push",
+            vec![("x-gitea-event", "issues".to_owned()), ("x-gitea-signature", signed(b"{}"))],
+            b"{}".to_vec(),
+            200,
+        ),
+        (
+            "a push to another repository",
+            vec![push.clone(), ("x-gitea-signature", signed(br#"{"repository":{"clone_url":"https://x/y.git"}}"#))],
+            br#"{"repository":{"clone_url":"https://x/y.git"}}"#.to_vec(),
+            200,
+        ),
+    ];
+    for (name, headers, body, want) in cases {
+        let (code, answer) = post(&d, "gitea", &headers, body).await;
+        assert_eq!(code, want, "{name}: {answer}");
+        assert!(!answer.contains(CANARY), "{name}: {answer}");
+    }
+    let harbor_for = |repo: &str, tag: &str| {
+        serde_json::to_vec(&json!({
+            "type": "PUSH_ARTIFACT",
+            "event_data": {
+                "resources": [{"tag": tag, "resource_url": format!("{}/{repo}:{tag}", env.info.registry)}],
+                "repository": {"repo_full_name": repo},
+            },
+        }))
+        .unwrap()
+    };
+    let (code, answer) =
+        post(&d, "harbor", &[("authorization", format!("{CANARY}x"))], harbor_for(&app.image_repo, "1.1.0")).await;
+    assert_eq!(code, 401, "harbor with a near-miss secret: {answer}");
+    let (code, answer) =
+        post(&d, "harbor", &[("authorization", CANARY.to_owned())], harbor_for("library/elsewhere", "9.9.9")).await;
+    assert_eq!(code, 200, "harbor push of an image nobody here uses: {answer}");
+    assert_eq!(d.cycles().await, cycles, "no refused or foreign webhook caused a reconcile");
+
+    // ---- a signed Gitea push leads to the apply (the audit log says so, not a clock) --------
+    app.set_tag("1.1.0");
+    app.commit(env, "web 1.1.0");
+    let second = app.head();
+    let patches = |app: &App| app.writes(env).iter().filter(|w| w.starts_with("patch deployments/web")).count();
+    let before = patches(&app);
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let body = gitea_push(&app);
+    let (code, answer) = post(
+        &d,
+        "gitea",
+        &[
+            push.clone(),
+            ("x-gitea-signature", signed(&body)),
+            ("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01")),
+        ],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(code, 202, "{answer}");
+    d.wait_running("web", &second, Duration::from_secs(90)).await;
+    assert!(patches(&app) > before, "the webhook's reconcile patched the Deployment: {:?}", app.writes(env));
+    assert!(app.deployment_image(env).await.contains(":1.1.0@sha256:"));
+    // The trace id of the webhook is on the reconcile's log lines, with bundle and revision.
+    let applied = d
+        .logs()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["message"].as_str().is_some_and(|m| m.starts_with("applying ")))
+        .filter(|_| true);
+    assert!(applied.is_some(), "{}", d.logs());
+    let traced: Vec<Value> = d
+        .logs()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l.to_string().contains(trace_id))
+        .collect();
+    assert!(
+        traced.iter().any(|l| l["message"].as_str().is_some_and(|m| m.starts_with("applying"))
+            && l["bundle"] == "web"
+            && l["span"]["revision"] == &second[..12]),
+        "the apply carries the webhook's trace id, bundle and revision: {traced:#?}"
+    );
+
+    // ---- a replay and a digest-as-tag push: harmless (sources re-read, nothing applied) -----
+    let writes = app.writes(env).len();
+    let cycles = d.cycles().await;
+    let (code, _) = post(&d, "gitea", &[push.clone(), ("x-gitea-signature", signed(&body))], body.clone()).await;
+    assert_eq!(code, 202, "a replay is accepted: it only causes a re-read");
+    let digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    let (code, answer) =
+        post(&d, "harbor", &[("authorization", CANARY.to_owned())], harbor_for(&app.image_repo, digest)).await;
+    assert_eq!(code, 202, "a push by digest to our repository triggers a re-read: {answer}");
+    wait_for("the replay's reconcile", Duration::from_secs(60), || async {
+        let n = d.cycles().await;
+        if n > cycles { Ok(()) } else { Err(format!("{n} cycles")) }
+    })
+    .await;
+    assert_eq!(app.writes(env).len(), writes, "nothing applied: {:?}", app.writes(env));
+    assert!(app.deployment_image(env).await.contains(":1.1.0@sha256:"), "the payload's digest was not used");
+
+    // ---- per-sender rate limit: 429 with Retry-After past the burst ------------------------
+    let mut codes = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..14 {
+        let r = client()
+            .post(format!("{}/webhooks/generic", d.url))
+            .header("x-signature-256", format!("sha256={}", signed(b"{}")))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+        }
+        codes.push(r.status().as_u16());
+    }
+    assert!(codes.contains(&202) && codes.contains(&429), "{codes:?}");
+    assert_eq!(retry_after.as_deref(), Some("1"), "{codes:?}");
+
+    // ---- /metrics, read as Prometheus would ------------------------------------------------
+    let (code, body) = d.get("/metrics").await;
+    assert_eq!(code, 200);
+    let m = metrics(&body);
+    let at_least = |name: &str, labels: &[(&str, &str)], min: f64| {
+        let v = sample(&m, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{body}"));
+        assert!(v >= min, "{name} {labels:?} = {v}, expected >= {min}");
+    };
+    at_least("gitops_agent_reconcile_duration_seconds_count", &[], 3.0);
+    at_least("gitops_agent_rollouts_total", &[("result", "rolled_out")], 2.0);
+    at_least("gitops_agent_bundle_sync_state", &[("bundle", "web"), ("state", "synced")], 1.0);
+    at_least("gitops_agent_source_requests_total", &[("source", "git"), ("kind", "poll"), ("outcome", "fetched")], 2.0);
+    at_least("gitops_agent_source_requests_total", &[("source", env.info.registry.as_str()), ("outcome", "ok")], 1.0);
+    at_least("gitops_agent_webhook_requests_total", &[("sender", "gitea"), ("outcome", "unauthorized")], 3.0);
+    at_least("gitops_agent_webhook_requests_total", &[("sender", "gitea"), ("outcome", "triggered")], 2.0);
+    at_least("gitops_agent_webhook_requests_total", &[("sender", "gitea"), ("outcome", "too_large")], 1.0);
+    at_least("gitops_agent_webhook_requests_total", &[("sender", "generic"), ("outcome", "rate_limited")], 1.0);
+    at_least("gitops_agent_last_successful_sync_timestamp_seconds", &[], 1.7e9);
+    at_least("gitops_agent_leader", &[], 1.0);
+
+    // ---- status from the running agent: sources, role, desired images -----------------------
+    let s = d.status().await;
+    assert_eq!(s["agent"]["leader"], true, "{s:#}");
+    assert_eq!(s["sources"][0]["url"], app.repo.url.as_str());
+    assert_eq!(s["sources"][0]["commit"], second.as_str());
+    assert!(s["sources"][0]["lastError"].is_null());
+    let web = s["bundles"].as_array().unwrap().iter().find(|b| b["bundle"] == "web").unwrap();
+    assert!(web["desired"]["images"][0].as_str().unwrap().contains(":1.1.0@sha256:"), "{web:#}");
+    let out = agent(&["status", "-c", app.config.to_str().unwrap()]);
+    let screen = text(&out);
+    assert!(screen.contains("leader: applies") && screen.contains(&format!("git {}", app.repo.url)), "{screen}");
+    assert!(screen.lines().any(|l| l.starts_with("web ") && l.contains("synced")), "{screen}");
+
+    // ---- one canary credential, and the real ones, appear nowhere ---------------------------
+    let events: Api<Event> = Api::namespaced(env.client().await, &app.ns.name);
+    let events = serde_json::to_string(&events.list(&ListParams::default()).await.unwrap().items).unwrap();
+    let secrets: Api<Secret> = Api::namespaced(env.client().await, &app.ns.name);
+    let records = secrets
+        .list(&ListParams::default().labels(&format!("gitops-agent.io/state-of={}", app.ns.name)))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|s| {
+            serde_json::to_string(
+                &agent::state::decode_secret_data(&s.data.as_ref().unwrap()["record.json.gz"].0).unwrap(),
+            )
+            .unwrap()
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let surfaces = [
+        ("log", d.logs()),
+        ("status", d.get("/status").await.1),
+        ("human status", screen),
+        ("metrics", body),
+        ("events", events),
+        ("state records", records),
+        (
+            "local records",
+            std::fs::read_dir(app.state_dir.join("state"))
+                .unwrap()
+                .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+                .collect(),
+        ),
+    ];
+    for (name, content) in &surfaces {
+        for secret in [CANARY, env.info.git_agent.password.as_str(), env.info.registry_agent.password.as_str()] {
+            assert!(!content.contains(secret), "a credential is in the {name}");
+        }
+    }
+}
