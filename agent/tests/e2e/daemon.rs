@@ -396,3 +396,119 @@ async fn webhooks_trigger_applies_with_polling_set_to_an_hour_and_nothing_leaks(
         }
     }
 }
+
+/// A copy of the app's config listening on another free port (a second replica).
+fn replica(app: &App, port: u16) -> (PathBuf, u16) {
+    let other = crate::util::free_port_block(1);
+    let text = std::fs::read_to_string(&app.config).unwrap();
+    let path = app.config.with_file_name("agent-b.yaml");
+    std::fs::write(&path, text.replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{other}"))).unwrap();
+    (path, other)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_with_one_identity_elect_one_leader_and_hand_over_when_it_is_killed() {
+    let env = TestEnv::get();
+    let app = App::new(env, "daemon-lease").await;
+    let port_a = serve(&app, "", "5s", "5s");
+    let (config_b, port_b) = replica(&app, port_a);
+    let dir = app.config.parent().unwrap().to_owned();
+    let configs = [app.config.clone(), config_b];
+    let mut replicas = vec![
+        Daemon::start(&configs[0], dir.join("a.log"), port_a, &[]),
+        Daemon::start(&configs[1], dir.join("b.log"), port_b, &[]),
+    ];
+    for r in &replicas {
+        r.wait_ready().await;
+    }
+    let head = app.head();
+    // Exactly one leads; it rolls out, the other never applies.
+    let leader = wait_for("exactly one leader", Duration::from_secs(60), || async {
+        let roles = [
+            replicas[0].status().await["agent"]["leader"].clone(),
+            replicas[1].status().await["agent"]["leader"].clone(),
+        ];
+        match (roles[0].as_bool(), roles[1].as_bool()) {
+            (Some(true), Some(false)) => Ok(0),
+            (Some(false), Some(true)) => Ok(1),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let standby = 1 - leader;
+    replicas[leader].wait_running("web", &head, Duration::from_secs(90)).await;
+    assert!(replicas[leader].logs().contains("applying "), "{}", replicas[leader].logs());
+    let s = replicas[standby].status().await;
+    assert_eq!(s["sources"][0]["commit"], head.as_str(), "the standby polls its sources too");
+    assert!(
+        !replicas[standby].logs().contains("reconcile started"),
+        "the standby reconciled: {}",
+        replicas[standby].logs()
+    );
+    let screen = text(&agent(&["status", "-c", configs[standby].to_str().unwrap()]));
+    assert!(screen.contains("standby: another replica leads"), "{screen}");
+
+    // SIGKILL the leader: its Lease expires and the standby takes over, then follows Git.
+    let dead = &mut replicas[leader];
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
+    let survivor = &replicas[standby];
+    wait_for("the standby to take the Lease", Duration::from_secs(60), || async {
+        let s = survivor.status().await;
+        if s["agent"]["leader"] == true { Ok(()) } else { Err(tail(&survivor.logs())) }
+    })
+    .await;
+    assert!(survivor.logs().contains("acquired the Lease: applying"), "{}", survivor.logs());
+    app.set_tag("1.1.0");
+    app.commit(env, "web 1.1.0");
+    survivor.wait_running("web", &app.head(), Duration::from_secs(90)).await;
+    assert!(app.deployment_image(env).await.contains(":1.1.0@sha256:"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_rollout_persists_the_step_and_the_next_start_finishes_it_then_pause_holds_a_change() {
+    let env = TestEnv::get();
+    let app = App::new(env, "daemon-term").await;
+    let port = serve(&app, "", "1h", "15s");
+    let dir = app.config.parent().unwrap().to_owned();
+    let mut d = Daemon::start(&app.config, dir.join("first.log"), port, &[("GITOPS_AGENT_PAUSE_AT", "mid-rollout")]);
+    d.wait_log("the rollout to be under way", "paused at mid-rollout", Duration::from_secs(90)).await;
+    let status = d.sigterm(Duration::from_secs(40)).await;
+    assert!(status.success(), "{status:?}: {}", tail(&d.logs()));
+    assert!(d.logs().contains("the reconcile in flight was stopped"), "{}", d.logs());
+    let record = app.file_record();
+    assert_eq!(record["phase"]["phase"], "rollingOut", "the step was persisted before it began: {record:#}");
+    assert_eq!(app.secret_record(env).await["phase"]["phase"], "rollingOut");
+
+    // The next start finishes it from the record.
+    let d = Daemon::start(&app.config, dir.join("second.log"), port, &[]);
+    let head = app.head();
+    d.wait_running("web", &head, Duration::from_secs(90)).await;
+    assert!(d.logs().contains("resuming: rolling out was interrupted"), "{}", d.logs());
+
+    // Paused: a change in Git waits (the webhook is taken, nothing is applied) until resumed.
+    let out = agent(&["pause", "web", "--reason", "store opening hours", "-c", app.config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    app.set_tag("1.1.0");
+    app.commit(env, "web 1.1.0");
+    let cycles = d.cycles().await;
+    let body = gitea_push(&app);
+    let (code, _) =
+        post(&d, "gitea", &[("x-gitea-event", "push".to_owned()), ("x-gitea-signature", signed(&body))], body).await;
+    assert_eq!(code, 202);
+    wait_for("the webhook's reconcile", Duration::from_secs(60), || async {
+        let n = d.cycles().await;
+        if n > cycles { Ok(()) } else { Err(format!("{n} cycles")) }
+    })
+    .await;
+    let s = d.status().await;
+    let web = s["bundles"].as_array().unwrap().iter().find(|b| b["bundle"] == "web").unwrap().clone();
+    assert_eq!(web["state"], "paused", "{web:#}");
+    assert_eq!(web["running"]["commit"], head.as_str());
+    assert!(web["next"].as_str().unwrap().contains("store opening hours"), "{web:#}");
+    assert!(app.deployment_image(env).await.contains(":1.0.0@sha256:"), "nothing applied while paused");
+    let out = agent(&["resume", "web", "-c", app.config.to_str().unwrap()]);
+    assert!(text(&out).contains("the running agent reconciles it now"), "{}", text(&out));
+    d.wait_running("web", &app.head(), Duration::from_secs(90)).await;
+    assert!(app.deployment_image(env).await.contains(":1.1.0@sha256:"));
+}
