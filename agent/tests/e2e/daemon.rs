@@ -198,7 +198,9 @@ async fn webhooks_trigger_applies_with_polling_set_to_an_hour_and_nothing_leaks(
     let cycles = d.cycles().await;
     let body = gitea_push(&app);
     let push = ("x-gitea-event", "push".to_owned());
-    let cases: Vec<(&str, Vec<(&str, String)>, Vec<u8>, u16)> = vec![
+    // (case, headers, body, expected status)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, Vec<u8>, u16);
+    let cases: Vec<Case> = vec![
         ("missing signature", vec![push.clone()], body.clone(), 401),
         ("wrong signature", vec![push.clone(), ("x-gitea-signature", "0".repeat(64))], body.clone(), 401),
         (
@@ -272,8 +274,7 @@ async fn webhooks_trigger_applies_with_polling_set_to_an_hour_and_nothing_leaks(
         .logs()
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|l| l["message"].as_str().is_some_and(|m| m.starts_with("applying ")))
-        .filter(|_| true);
+        .find(|l| l["message"].as_str().is_some_and(|m| m.starts_with("applying ")));
     assert!(applied.is_some(), "{}", d.logs());
     let traced: Vec<Value> = d
         .logs()
@@ -284,7 +285,7 @@ async fn webhooks_trigger_applies_with_polling_set_to_an_hour_and_nothing_leaks(
     assert!(
         traced.iter().any(|l| l["message"].as_str().is_some_and(|m| m.starts_with("applying"))
             && l["bundle"] == "web"
-            && l["span"]["revision"] == &second[..12]),
+            && l["span"]["revision"] == second[..12]),
         "the apply carries the webhook's trace id, bundle and revision: {traced:#?}"
     );
 
