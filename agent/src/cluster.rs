@@ -141,6 +141,12 @@ impl Cluster {
         }
     }
 
+    /// An API over every namespace for a served kind (watches), if the API server serves it.
+    pub fn api_all(&self, api_version: &str, kind: &str) -> Option<Api<DynamicObject>> {
+        let (ar, _) = self.kinds.get(&(api_version.to_owned(), kind.to_owned()))?;
+        Some(Api::all_with(self.client.clone(), ar))
+    }
+
     fn api_for(&self, m: &Manifest) -> Result<Api<DynamicObject>, ClusterError> {
         let (api_version, kind) = api_version_kind(&m.object);
         let (ar, caps) = self.kinds.get(&(api_version.clone(), kind.clone())).ok_or_else(|| {

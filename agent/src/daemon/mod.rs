@@ -8,6 +8,7 @@
 //! finish. Past that it is dropped: every step was persisted before it began, so the next start
 //! (or the new leader) finishes or rolls back from the records.
 
+mod drift;
 pub mod metrics;
 mod server;
 
@@ -275,6 +276,7 @@ async fn worker(
     git: Arc<GitSource>,
 ) {
     let mut queue = Queue::new(DEBOUNCE, MAX_DELAY);
+    let watches = drift::Watches::default();
     let interval = d.config.poll_interval();
     let mut failures: u32 = 0;
     let mut next_poll = Instant::now();
@@ -327,6 +329,14 @@ async fn worker(
                 }
             }
         };
+        if leading {
+            let store = d.store.read().expect("store lock").clone();
+            if let Ok(records) = store.all().await {
+                let objects: Vec<serde_json::Value> =
+                    records.iter().filter_map(|r| r.lkg.as_ref()).flat_map(|l| l.objects.iter().cloned()).collect();
+                watches.ensure(&d, &setup.cluster, &objects);
+            }
+        }
         match git_ok {
             Some(true) => failures = 0,
             Some(false) => failures = failures.saturating_add(1),

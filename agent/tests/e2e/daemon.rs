@@ -358,6 +358,31 @@ async fn webhooks_trigger_applies_with_polling_set_to_an_hour_and_nothing_leaks(
     assert!(screen.contains("leader: applies") && screen.contains(&format!("git {}", app.repo.url)), "{screen}");
     assert!(screen.lines().any(|l| l.starts_with("web ") && l.contains("synced")), "{screen}");
 
+    // ---- drift: someone edits what the agent applied; the watch puts Git's version back ------
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(env.client().await, &app.ns.name);
+    let good = app.deployment_image(env).await;
+    let edit = json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "busybox:drift"}]}}}});
+    deployments
+        .patch(
+            "web",
+            &kube::api::PatchParams { field_manager: Some("intruder".into()), ..Default::default() },
+            &kube::api::Patch::Strategic(edit),
+        )
+        .await
+        .unwrap();
+    // The edit took the image field over (an Update), and the bundle does not force conflicts:
+    // the drift's reconcile refuses, and status names the field and who holds it.
+    let web = wait_for("the drift's reconcile", Duration::from_secs(90), || async {
+        let s = d.status().await;
+        let web = s["bundles"].as_array().unwrap().iter().find(|b| b["bundle"] == "web").cloned().unwrap();
+        if web["state"] == "blocked" { Ok(web) } else { Err(format!("{web}; log: {}", tail(&d.logs()))) }
+    })
+    .await;
+    assert!(d.logs().contains(&format!("drift: Deployment/{}/web changed by intruder", app.ns.name)), "{}", d.logs());
+    let next = web["next"].as_str().unwrap();
+    assert!(next.contains(r#"conflict with "intruder""#) && next.contains("forceConflicts"), "{web:#}");
+    assert_ne!(app.deployment_image(env).await, good, "a conflict is not overwritten without forceConflicts");
+
     // ---- one canary credential, and the real ones, appear nowhere ---------------------------
     let events: Api<Event> = Api::namespaced(env.client().await, &app.ns.name);
     let events = serde_json::to_string(&events.list(&ListParams::default()).await.unwrap().items).unwrap();

@@ -1,0 +1,85 @@
+//! Drift watches: one Kubernetes watch per kind the agent has applied, filtered by its owner
+//! label. When someone else changes such an object (`shared::drift` decides from its
+//! `managedFields`) or deletes it, its bundle is queued for a reconcile, which puts back what
+//! Git says. Watches re-establish themselves with backoff after an API server outage.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event, watcher};
+use tracing::{info, warn};
+
+use shared::desired::{FIELD_MANAGER, OWNER_LABEL, ownership};
+use shared::trigger::{Cause, Target, Trigger};
+
+use super::Daemon;
+use crate::cluster::Cluster;
+
+/// The kinds watched so far.
+#[derive(Default)]
+pub struct Watches {
+    kinds: Mutex<BTreeSet<(String, String)>>,
+}
+
+impl Watches {
+    /// Starts a watch for every kind of `objects` not watched yet.
+    pub fn ensure(&self, d: &Arc<Daemon>, cluster: &Cluster, objects: &[serde_json::Value]) {
+        let mut kinds = self.kinds.lock().expect("watched kinds lock");
+        for o in objects {
+            let key = (
+                o["apiVersion"].as_str().unwrap_or_default().to_owned(),
+                o["kind"].as_str().unwrap_or_default().to_owned(),
+            );
+            if kinds.contains(&key) {
+                continue;
+            }
+            let Some(api) = cluster.api_all(&key.0, &key.1) else { continue };
+            kinds.insert(key.clone());
+            tokio::spawn(watch_kind(d.clone(), api, key.1));
+        }
+    }
+}
+
+async fn watch_kind(d: Arc<Daemon>, api: kube::Api<kube::api::DynamicObject>, kind: String) {
+    let config = watcher::Config::default().labels(&format!("{OWNER_LABEL}={}", d.config.identity.agent_id));
+    let mut seen: HashMap<String, (String, String)> = HashMap::new();
+    let mut events = watcher(api, config).default_backoff().boxed();
+    while let Some(event) = events.next().await {
+        let (object, deleted, initial) = match event {
+            Ok(Event::InitApply(o)) => (o, false, true),
+            Ok(Event::Apply(o)) => (o, false, false),
+            Ok(Event::Delete(o)) => (o, true, false),
+            Ok(_) => continue,
+            Err(e) => {
+                warn!(kind = %kind, error = %e, "drift watch interrupted; re-watching with backoff");
+                continue;
+            }
+        };
+        let Ok(value) = serde_json::to_value(&object) else { continue };
+        let key = format!(
+            "{}/{}",
+            value["metadata"]["namespace"].as_str().unwrap_or_default(),
+            value["metadata"]["name"].as_str().unwrap_or_default()
+        );
+        let Some((_, bundle)) = ownership(&value) else { continue };
+        let writer = shared::drift::last_writer(&value, FIELD_MANAGER);
+        let what = if deleted {
+            seen.remove(&key);
+            Some(format!("{kind}/{key} was deleted"))
+        } else if initial {
+            None
+        } else {
+            shared::drift::is_drift(&value, FIELD_MANAGER, seen.get(&key))
+                .map(|who| format!("{kind}/{key} changed by {who}"))
+        };
+        if let (false, Some(w)) = (deleted, writer) {
+            seen.insert(key, w);
+        }
+        if let Some(object) = what {
+            info!(bundle = %bundle, "drift: {object}; reconciling the bundle");
+            let _ = d.triggers.send(Trigger { target: Target::Bundle(bundle), cause: Cause::Drift { object } });
+        }
+    }
+}
