@@ -3,9 +3,11 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use xtask::{paths, seed, testenv};
+
+mod demo;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Development tasks for gitops-agent")]
@@ -27,7 +29,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// The one-command demo on the local test environment.
+    /// The agent's real job on the local test environment: `agent run` rolls Stack B out, takes
+    /// a release on Gitea's webhook, and rolls a broken one back by itself.
     Demo,
 }
 
@@ -97,7 +100,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         },
         Cmd::Test { args } => return test(&args).await,
-        Cmd::Demo => demo().await?,
+        Cmd::Demo => demo::demo().await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -132,60 +135,4 @@ async fn test(extra: &[String]) -> Result<ExitCode> {
         eprintln!("xtask test: failed: {}", failed.join(", "));
         Ok(ExitCode::FAILURE)
     }
-}
-
-/// Until the daemon lands (`agent run`), the demo brings up the environment, seeds Stack B,
-/// validates an agent config pointed at it, fetches the repository as the agent would, and says
-/// how to look around.
-async fn demo() -> Result<()> {
-    let info = testenv::up(&testenv::UpOptions::default()).await?;
-    seed::seed(&info)?;
-    let root = paths::workspace_root();
-    let dir = root.join("target/demo");
-    std::fs::create_dir_all(&dir)?;
-    let secret = dir.join("git-password");
-    std::fs::write(&secret, &info.git_agent.password)?;
-    let registry_secret = dir.join("registry-password");
-    std::fs::write(&registry_secret, &info.registry_agent.password)?;
-    let config = dir.join("agent.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "identity:\n  nodeName: {node}\n  labels: {{store: store1, env: qa}}\ngit:\n  url: {git}/{repo}.git\n  path: stack-b\n  \
-             caFile: {ca}\n  auth:\n    username: {git_user}\n    passwordFile: {secret}\nregistries:\n- host: {registry}\n  \
-             caFile: {ca}\n  auth:\n    username: {reg_user:?}\n    passwordFile: {registry_secret}\nkube:\n  kubeconfig: {kubeconfig}\n\
-             render:\n  helm: {helm}\n  kustomize: {kustomize}\nstateDir: {state}\n",
-            node = info.node_name,
-            git = info.git_base,
-            repo = seed::STACK_B_REPO,
-            ca = info.ca_cert.display(),
-            git_user = info.git_agent.username,
-            secret = secret.display(),
-            registry = info.registry,
-            reg_user = info.registry_agent.username,
-            registry_secret = registry_secret.display(),
-            kubeconfig = info.kubeconfig.display(),
-            helm = info.helm.display(),
-            kustomize = info.kustomize.display(),
-            state = dir.join("state").display(),
-        ),
-    )?;
-    // `diff` exits 1 when something differs (before the first apply, everything does).
-    for (command, ok) in [("validate", &[0][..]), ("fetch", &[0]), ("diff", &[0, 1])] {
-        println!("\n$ agent {command} --config {}", config.display());
-        let status = paths::cargo()
-            .args(["run", "--quiet", "--package", "agent", "--", command, "--config"])
-            .arg(&config)
-            .status()?;
-        if !status.code().is_some_and(|c| ok.contains(&c)) {
-            bail!("agent {command} failed ({status}) with the demo config {}", config.display());
-        }
-    }
-    println!();
-    println!("The test environment is up and seeded with the Stack B repository and images.");
-    println!("  agent config:  {}", config.display());
-    println!("  endpoints:     eval \"$(cargo xtask testenv env)\"; kubectl get nodes");
-    println!("  stop it:       cargo xtask testenv down");
-    println!("The full demo (agent run, rollout, automatic rollback) comes with the daemon.");
-    Ok(())
 }
