@@ -375,11 +375,18 @@ fn describe(causes: &[Cause]) -> String {
     words.join(",")
 }
 
+/// The driver's progress lines; failures, rollbacks and warnings at WARN, so an operator's
+/// `level=WARN` filter shows every rollout that went wrong.
 fn progress(bundle: &str, line: &str) {
-    if bundle.is_empty() {
-        info!("{line}");
-    } else {
-        info!(bundle, "{line}");
+    let bad = line.starts_with("warning:")
+        || line.starts_with("rolling back")
+        || line.starts_with("failed")
+        || (line.starts_with("rollout of") && line.contains(" failed"));
+    match (bundle.is_empty(), bad) {
+        (true, false) => info!("{line}"),
+        (true, true) => warn!("{line}"),
+        (false, false) => info!(bundle, "{line}"),
+        (false, true) => warn!(bundle, "{line}"),
     }
 }
 
@@ -508,7 +515,14 @@ fn record(d: &Daemon, report: &Report, now: shared::state::Time) {
         if let Some(k) = kind {
             d.metrics.rollouts.get_or_create(&metrics::Outcome { result: k.to_owned() }).inc();
         }
-        info!(bundle = %b.bundle, result = result_word(&b.result), revision = b.revision.as_deref().unwrap_or(""), "{}", b.message);
+        let revision = b.revision.as_deref().unwrap_or("");
+        let result = result_word(&b.result);
+        match b.result {
+            Result::InSync | Result::Verified | Result::RolledOut | Result::WouldApply => {
+                info!(bundle = %b.bundle, result, revision, "{}", b.message)
+            }
+            _ => warn!(bundle = %b.bundle, result, revision, "{}", b.message),
+        }
     }
     if let Some(commit) = &report.commit {
         for b in &report.bundles {
