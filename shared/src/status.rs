@@ -360,6 +360,17 @@ pub fn explain(s: &BundleStatus, now: Time) -> String {
         }
         None => out.push_str("running: nothing known to be good yet\n"),
     }
+    if let Some(c) = &s.desired {
+        out.push_str(&format!(
+            "desired (Git at {}, last reconcile {} ago): {}\n",
+            short(&c.commit),
+            ago(now - c.at),
+            c.result
+        ));
+        for image in &c.images {
+            out.push_str(&format!("  image {image}\n"));
+        }
+    }
     if let Some(l) = &s.last {
         out.push_str(&format!(
             "last: {:?} of {} at {} ({} ago): {}\n",
@@ -548,6 +559,13 @@ brand-new   new      -             -    rolls out at the next reconcile
         assert_eq!(doc["bundles"][0]["paused"]["reason"], "store opening hours");
         assert_eq!(doc["bundles"][1]["desired"]["images"][0], "harbor.example/library/web:1.4.0");
         assert!(doc["bundles"][2].get("paused").is_none());
+        let text = explain(&report.bundles[1], NOW);
+        assert!(
+            text.contains(
+                "desired (Git at 555555555555, last reconcile 5s ago): blocked\n  image harbor.example/library/web:1.4.0\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -124,6 +124,9 @@ fn help_lists_only_commands_that_work() {
             "rollback",
             "retry",
             "status",
+            "run",
+            "pause",
+            "resume",
             "policy",
             "version",
             "help"

@@ -75,8 +75,12 @@ impl Daemon {
     /// Waits until `bundle` runs `commit` (its last-known-good).
     async fn wait_running(&self, bundle: &str, commit: &str, timeout: Duration) -> Value {
         wait_for(&format!("{bundle} running {commit}"), timeout, || async {
-            let s = self.status().await;
-            let b = s["bundles"].as_array().unwrap().iter().find(|b| b["bundle"] == bundle).cloned();
+            let s = match client().get(format!("{}/status", self.url)).send().await {
+                Ok(r) => serde_json::from_str::<Value>(&r.text().await.unwrap_or_default()).unwrap_or_default(),
+                Err(e) => return Err(format!("{e}; log: {}", tail(&self.logs()))),
+            };
+            let Some(bundles) = s["bundles"].as_array() else { return Err(format!("{s}")) };
+            let b = bundles.iter().find(|b| b["bundle"] == bundle).cloned();
             match b {
                 Some(b) if b["running"]["commit"] == commit && b["state"] == "synced" => Ok(b),
                 other => Err(format!("{other:?}\nlog: {}", tail(&self.logs()))),
@@ -508,6 +512,7 @@ async fn sigterm_mid_rollout_persists_the_step_and_the_next_start_finishes_it_th
 
     // The next start finishes it from the record.
     let d = Daemon::start(&app.config, dir.join("second.log"), port, &[]);
+    d.wait_ready().await;
     let head = app.head();
     d.wait_running("web", &head, Duration::from_secs(90)).await;
     assert!(d.logs().contains("resuming: rolling out was interrupted"), "{}", d.logs());
