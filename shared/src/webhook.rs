@@ -226,7 +226,15 @@ fn git_key(url: &str) -> String {
 /// as the path's end, since a forge's external URL may differ from the one the agent uses), or an
 /// image push to a repository its bundles use (`known`: `host/path` as in manifests; a pushed
 /// host matches through the registries' aliases).
-pub fn concerns(event: &Event, git_url: &str, known: &[String], registries: &[crate::config::Registry]) -> bool {
+///
+/// `known` is `None` before the agent's first reconcile: it does not know its images yet, so any
+/// image push concerns it (one extra re-read at most).
+pub fn concerns(
+    event: &Event,
+    git_url: &str,
+    known: Option<&[String]>,
+    registries: &[crate::config::Registry],
+) -> bool {
     match event {
         Event::Everything => true,
         Event::Ignored(_) => false,
@@ -235,8 +243,9 @@ pub fn concerns(event: &Event, git_url: &str, known: &[String], registries: &[cr
             urls.iter().any(|u| git_key(u) == ours)
                 || full_name.as_ref().is_some_and(|n| ours.ends_with(&format!("/{}", n.trim_matches('/'))))
         }
+        Event::ImagePush(_) if known.is_none() => true,
         Event::ImagePush(images) => images.iter().any(|p| {
-            known.iter().any(|k| {
+            known.unwrap_or_default().iter().any(|k| {
                 let Some((host, path)) = k.split_once('/') else { return false };
                 path == p.repository
                     && p.host.as_deref().is_none_or(|h| {
@@ -432,7 +441,13 @@ mod tests {
             ("ignored", Event::Ignored("ping".into()), false),
         ];
         for (name, event, want) in cases {
-            assert_eq!(concerns(&event, git, &known, &registries), want, "{name}");
+            assert_eq!(concerns(&event, git, Some(&known), &registries), want, "{name}");
         }
+        let unknown_yet = image(Some("harbor.internal"), "library/other");
+        assert!(concerns(&unknown_yet, git, None, &registries), "before the first reconcile any image push counts");
+        assert!(
+            !concerns(&git_push(&["https://x/y.git"], None), git, None, &registries),
+            "a git push still must match"
+        );
     }
 }

@@ -30,6 +30,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
+use xtask::seed::run;
 use xtask::testenv::{self, EnvInfo};
 use xtask::{paths, seed, support};
 
@@ -448,19 +449,6 @@ fn set_image_tag(text: &str, repo: &str, tag: &str) -> Result<(String, String)> 
     let old = line.trim_start().trim_start_matches("tag:").trim().trim_matches('"').to_owned();
     *line = format!("{indent}tag: \"{tag}\"");
     Ok((lines.join("\n") + "\n", old))
-}
-
-fn run(cmd: &mut Command) -> Result<String> {
-    let what = std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(|a| a.to_string_lossy())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let out = cmd.output().with_context(|| format!("running {what}"))?;
-    if !out.status.success() {
-        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 async fn print_rollback_events(client: &kube::Client) -> Result<()> {

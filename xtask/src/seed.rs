@@ -75,7 +75,7 @@ pub fn push_image_salted(info: &EnvInfo, repo: &str, tag: &str, salt: &str) -> R
 pub fn init_bare(path: &Path) -> Result<()> {
     run(Command::new("git").args(["init", "-q", "--bare", "-b", "main"]).arg(path))?;
     // Let pushes update refs the server does not know yet, like a hosted git server does.
-    run(Command::new("git").arg("-C").arg(path).args(["config", "http.receivepack", "true"]))
+    run(Command::new("git").arg("-C").arg(path).args(["config", "http.receivepack", "true"])).map(drop)
 }
 
 /// `git push` over HTTPS with Basic credentials passed through the environment (never argv).
@@ -84,7 +84,7 @@ pub fn git_push(info: &EnvInfo, who: &Creds, worktree: &Path, repo: &str, branch
     let mut cmd = Command::new("git");
     cmd.arg("-C").arg(worktree).args(["push", "-q", "--force", &url, &format!("HEAD:refs/heads/{branch}")]);
     git_auth_env(&mut cmd, info, who);
-    run(&mut cmd)
+    run(&mut cmd).map(drop)
 }
 
 /// Environment that makes `git` trust the testenv CA and send `who`'s Basic credentials.
@@ -105,7 +105,8 @@ fn tempdir(hint: &str) -> Result<std::path::PathBuf> {
     Ok(dir)
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+/// Runs a command; its stdout, or an error naming the program, its arguments and its stderr.
+pub fn run(cmd: &mut Command) -> Result<String> {
     // Name the program and arguments only: the environment may hold credentials.
     let what = std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
@@ -116,5 +117,5 @@ fn run(cmd: &mut Command) -> Result<()> {
     if !out.status.success() {
         bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -198,12 +198,8 @@ async fn webhook(
     };
     let concerns = {
         let view = d.view.lock().expect("view lock");
-        // Before the first reconcile nothing is known: any image push may concern us.
-        let nothing_known = view.cycles.is_empty();
-        match &event {
-            Event::ImagePush(_) if nothing_known => true,
-            e => shared::webhook::concerns(e, &d.config.git.url, &view.known_images, &d.config.registries),
-        }
+        let known = (!view.cycles.is_empty()).then_some(view.known_images.as_slice());
+        shared::webhook::concerns(&event, &d.config.git.url, known, &d.config.registries)
     };
     if let Event::Ignored(why) = &event {
         d.metrics.count_webhook(sender_name, "ignored");
