@@ -249,6 +249,18 @@ async fn webhooks_trigger_applies_with_polling_set_to_an_hour_and_nothing_leaks(
         post(&d, "harbor", &[("authorization", CANARY.to_owned())], harbor_for("library/elsewhere", "9.9.9")).await;
     assert_eq!(code, 200, "harbor push of an image nobody here uses: {answer}");
     assert_eq!(d.cycles().await, cycles, "no refused or foreign webhook caused a reconcile");
+    // Every queued trigger is counted as `triggered` when it is sent: none was.
+    let (_, body) = d.get("/metrics").await;
+    let m = metrics(&body);
+    for sender in ["gitea", "harbor"] {
+        let n = sample(&m, "gitops_agent_webhook_requests_total", &[("sender", sender), ("outcome", "triggered")]);
+        assert_eq!(n.unwrap_or(0.0), 0.0, "{sender}: {body}");
+    }
+    assert_eq!(
+        sample(&m, "gitops_agent_webhook_requests_total", &[("sender", "gitea"), ("outcome", "ignored")]),
+        Some(2.0),
+        "{body}"
+    );
 
     // ---- a signed Gitea push leads to the apply (the audit log says so, not a clock) --------
     app.set_tag("1.1.0");
