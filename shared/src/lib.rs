@@ -22,4 +22,5 @@ pub mod status;
 pub mod tree;
 pub mod trigger;
 pub mod webhook;
+pub mod window;
 pub mod yaml_lines;
