@@ -52,6 +52,8 @@ pub struct Setup {
     pub cluster: Cluster,
     pub store: StateStore,
     pub defaults: Limits,
+    /// `--ignore-windows` (one emergency `reconcile --once`).
+    pub ignore_windows: bool,
 }
 
 impl Setup {
@@ -71,7 +73,7 @@ impl Setup {
             verify_window: secs(&config.rollout.verify_window, "verifyWindow")?,
             probes: Vec::new(),
         };
-        Ok(Setup { config, base: base.to_owned(), cluster, store, defaults })
+        Ok(Setup { config, base: base.to_owned(), cluster, store, defaults, ignore_windows: false })
     }
 
     pub fn driver<'a>(&'a self, dry_run: bool, progress: &'a (dyn Fn(&str, &str) + Sync)) -> Driver<'a> {
@@ -81,6 +83,8 @@ impl Setup {
             agent_id: &self.config.identity.agent_id,
             defaults: self.defaults.clone(),
             dry_run,
+            windows: &self.config.rollout.windows,
+            ignore_windows: self.ignore_windows,
             progress,
         }
     }

@@ -18,6 +18,7 @@ use shared::probe::Health;
 use shared::render::Manifest;
 use shared::rollout::{Limits, Step, Verdict};
 use shared::state::{Next, OutcomeKind, Phase, Record, Revision, Snapshot, Time, object_id, rendered_hash};
+use shared::window::{Change, Gate};
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::desired::DesiredBundle;
@@ -92,6 +93,10 @@ pub struct Driver<'a> {
     /// Node config's rollout defaults.
     pub defaults: Limits,
     pub dry_run: bool,
+    /// The node's rollout windows (`rollout.windows`); a bundle's own add to them.
+    pub windows: &'a [shared::window::WindowSpec],
+    /// `--ignore-windows`: an emergency rollout (rollbacks ignore windows anyway).
+    pub ignore_windows: bool,
     /// Hears progress lines (verdict changes, steps), for the log.
     pub progress: &'a (dyn Fn(&str, &str) + Sync),
 }
@@ -470,7 +475,20 @@ impl Driver<'_> {
             ));
         }
         let now = unix_now();
-        match shared::state::next(&record, &candidate.revision.hash, summary.in_sync(), now) {
+        let mut next = shared::state::next(&record, &candidate.revision.hash, summary.in_sync(), now);
+        if next == Next::RollOut {
+            let windows = match shared::window::for_bundle(self.windows, &policy.rollout_windows) {
+                Ok(w) => w,
+                Err(e) => return with(BundleResult::new(name, Result::Blocked, e)),
+            };
+            let change = if self.ignore_windows { Change::EmergencyRollout } else { Change::Rollout };
+            if let Gate::Deferred { reason, .. } = shared::window::gate_change(change, &windows, now) {
+                next = Next::Blocked(format!("deferred: {reason}"));
+            } else if self.ignore_windows && !windows.is_empty() {
+                self.say(name, "--ignore-windows: rolling out whatever the windows say");
+            }
+        }
+        match next {
             Next::Nothing => with(BundleResult::new(name, Result::InSync, "live objects match the last-known-good")),
             Next::Blocked(why) => with(BundleResult::new(name, Result::Blocked, why)),
             Next::Verify if self.dry_run => {

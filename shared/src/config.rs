@@ -200,6 +200,10 @@ pub struct RolloutDefaults {
     pub verify_window: String,
     #[serde(default = "defaults::drain_window")]
     pub drain_window: String,
+    /// Allow/deny windows for starting any rollout on this node (`shared::window`); a bundle's
+    /// own `rolloutWindows` add to them. Rollbacks ignore them.
+    #[serde(default)]
+    pub windows: Vec<crate::window::WindowSpec>,
 }
 
 mod defaults {
@@ -293,6 +297,7 @@ impl Default for RolloutDefaults {
             progress_deadline: defaults::progress_deadline(),
             verify_window: defaults::verify_window(),
             drain_window: defaults::drain_window(),
+            windows: Vec::new(),
         }
     }
 }
@@ -506,6 +511,11 @@ impl Loaded {
         v.duration("rollout.progressDeadline", &c.rollout.progress_deadline, Some(Duration::from_secs(1)));
         v.duration("rollout.verifyWindow", &c.rollout.verify_window, None);
         v.duration("rollout.drainWindow", &c.rollout.drain_window, None);
+        for (i, w) in c.rollout.windows.iter().enumerate() {
+            if let Err(e) = crate::window::Window::compile(w) {
+                v.push(&format!("rollout.windows[{i}].{}", e.field), e.message);
+            }
+        }
         v.check(c.render.helm.trim().is_empty(), "render.helm", || "must not be empty".into());
         v.check(c.render.kustomize.trim().is_empty(), "render.kustomize", || "must not be empty".into());
         v.duration("render.timeout", &c.render.timeout, Some(Duration::from_secs(1)));

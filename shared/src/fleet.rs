@@ -75,6 +75,10 @@ pub struct BundlePolicy {
     /// HTTP probes that must stay green during the verification window (`shared::probe`).
     #[serde(default)]
     pub health_probes: Vec<crate::probe::ProbeSpec>,
+    /// Allow/deny windows for starting a rollout (`shared::window`), beside the node's global
+    /// ones (`rollout.windows`). Rollbacks ignore them.
+    #[serde(default)]
+    pub rollout_windows: Vec<crate::window::WindowSpec>,
 }
 
 /// One image's tag policy.
@@ -262,6 +266,10 @@ fn parse_policy(raw: Value, lines: &LineIndex) -> Result<BundlePolicy, Problem> 
     for (i, probe) in policy.health_probes.iter().enumerate() {
         crate::probe::Probe::compile(probe)
             .map_err(|(field, message)| at(format!("{POLICY_KEY}.healthProbes[{i}].{field}"), message))?;
+    }
+    for (i, window) in policy.rollout_windows.iter().enumerate() {
+        crate::window::Window::compile(window)
+            .map_err(|e| at(format!("{POLICY_KEY}.rolloutWindows[{i}].{}", e.field), e.message))?;
     }
     for (field, value) in [
         ("progressDeadline", &policy.progress_deadline),
@@ -530,6 +538,11 @@ targetCustomizations:
                 "gitopsAgent:\n  healthProbes:\n  - url: /health\n    interval: often\n",
                 "gitopsAgent.healthProbes[0].interval",
                 "\"often\" is not a duration",
+            ),
+            (
+                "gitopsAgent:\n  rolloutWindows:\n  - kind: deny\n    schedule: '0 22 * * 1-5'\n    duration: 2h\n    timeZone: Europe/Berlni\n",
+                "gitopsAgent.rolloutWindows[0].timeZone",
+                "Europe/Berlni",
             ),
         ];
         for (text, path, words) in bad {

@@ -44,7 +44,8 @@ pub struct QuarantineView {
 pub struct BundleStatus {
     pub bundle: String,
     /// One word an operator can grep: `synced`, `rolling-out`, `rolling-back`, `rolled-back`,
-    /// `quarantined`, `failed`, `rollback-failed`, `new`.
+    /// `quarantined`, `failed`, `rollback-failed`, `new`, `paused`, `blocked`, `deferred` (outside
+    /// its rollout windows).
     pub state: &'static str,
     /// The last-known-good: what runs, as far as the agent knows.
     pub running: Option<RevisionView>,
@@ -221,9 +222,11 @@ pub fn bundle_status(record: &Record, now: Time) -> BundleStatus {
 pub fn with_cycle(mut status: BundleStatus, cycle: CycleView) -> BundleStatus {
     let quiet = matches!(status.state, "synced" | "new" | "rolled-back" | "quarantined");
     if cycle.result == "blocked" && quiet {
-        status.next = format!("blocked at {}: {}", short(&cycle.commit), cycle.message);
+        let deferred = cycle.message.starts_with("deferred:");
+        status.next =
+            format!("{} at {}: {}", if deferred { "waits" } else { "blocked" }, short(&cycle.commit), cycle.message);
         if status.state == "new" || status.state == "synced" {
-            status.state = "blocked";
+            status.state = if deferred { "deferred" } else { "blocked" };
         }
     }
     status.desired = Some(cycle);
@@ -559,6 +562,18 @@ brand-new   new      -             -    rolls out at the next reconcile
         assert_eq!(doc["bundles"][0]["paused"]["reason"], "store opening hours");
         assert_eq!(doc["bundles"][1]["desired"]["images"][0], "harbor.example/library/web:1.4.0");
         assert!(doc["bundles"][2].get("paused").is_none());
+        let deferred = with_cycle(
+            bundle_status(&recs[0], NOW),
+            CycleView {
+                commit: "6666666666666666ffff".into(),
+                images: Vec::new(),
+                result: "blocked".into(),
+                message: "deferred: inside deny window `0 9 * * *` for 12h (UTC); opens at 2026-09-21T21:00:00Z".into(),
+                at: NOW,
+            },
+        );
+        assert_eq!(deferred.state, "deferred");
+        assert!(deferred.next.starts_with("waits at 666666666666: deferred: inside deny window"), "{}", deferred.next);
         let text = explain(&report.bundles[1], NOW);
         assert!(
             text.contains(

@@ -394,6 +394,19 @@ fn opening<'w>(windows: &'w [Window], now: i64, search: &mut Search) -> Result<(
     Err(Stop::Lookahead)
 }
 
+/// The windows that gate a bundle's rollouts: the node's global ones, then the bundle's own.
+/// Both lists were validated when their files were read; an invalid one here is an error naming
+/// where it came from.
+pub fn for_bundle(global: &[WindowSpec], bundle: &[WindowSpec]) -> Result<Vec<Window>, String> {
+    let global =
+        global.iter().enumerate().map(|(i, w)| Window::compile(w).map_err(|e| format!("rollout.windows[{i}].{e}")));
+    let own = bundle
+        .iter()
+        .enumerate()
+        .map(|(i, w)| Window::compile(w).map_err(|e| format!("fleet.yaml: gitopsAgent.rolloutWindows[{i}].{e}")));
+    global.chain(own).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,6 +86,9 @@ enum Cmd {
         /// Plan and report only: nothing is written to the cluster or the state records.
         #[arg(long)]
         dry_run: bool,
+        /// An emergency: roll out even outside the rollout windows (rollbacks ignore them anyway).
+        #[arg(long)]
+        ignore_windows: bool,
         /// One bundle (default: every bundle under git.path).
         bundle: Option<String>,
         #[arg(long, short, env = "GITOPS_AGENT_CONFIG")]
@@ -206,9 +209,10 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
             let color = diff::use_color(std::io::stdout().is_terminal(), std::env::var("NO_COLOR").ok().as_deref());
             diff::run(diff::Args { config: &config, bundle: bundle.as_deref(), output, color }, out)
         }
-        Cmd::Reconcile { once: _, dry_run, bundle, config, output } => {
-            reconcile::run(reconcile::Args { config: &config, bundle: bundle.as_deref(), dry_run, output }, out)
-        }
+        Cmd::Reconcile { once: _, dry_run, ignore_windows, bundle, config, output } => reconcile::run(
+            reconcile::Args { config: &config, bundle: bundle.as_deref(), dry_run, ignore_windows, output },
+            out,
+        ),
         Cmd::Rollback { bundle, to, config, output } => {
             reconcile::rollback(&config, &bundle, to.as_deref(), output, out)
         }

@@ -28,6 +28,7 @@ pub struct Args<'a> {
     pub config: &'a Path,
     pub bundle: Option<&'a str>,
     pub dry_run: bool,
+    pub ignore_windows: bool,
     pub output: Output,
 }
 
@@ -50,7 +51,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 pub fn run(args: Args<'_>, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
-    let report = runtime()?.block_on(cycle(args.config, args.bundle, args.dry_run))?;
+    let report = runtime()?.block_on(cycle(args.config, args.bundle, args.dry_run, args.ignore_windows))?;
     match args.output {
         Output::Json => writeln!(out, "{}", serde_json::to_string(&report)?)?,
         Output::Human => human(&report, out)?,
@@ -76,8 +77,14 @@ pub fn exit_code(report: &Report) -> u8 {
 }
 
 /// One cycle, as `agent reconcile --once` runs it.
-pub async fn cycle(config_path: &Path, only: Option<&str>, dry_run: bool) -> anyhow::Result<Report> {
-    let s = setup(config_path).await?;
+pub async fn cycle(
+    config_path: &Path,
+    only: Option<&str>,
+    dry_run: bool,
+    ignore_windows: bool,
+) -> anyhow::Result<Report> {
+    let mut s = setup(config_path).await?;
+    s.ignore_windows = ignore_windows;
     let session = Session::open(config_path, ClusterUse::Required, None);
     crate::cycle::run(&s, &progress, session, only, dry_run).await
 }

@@ -15,3 +15,4 @@ mod rollout_policy;
 mod stack_b_fixture;
 mod testenv_is_real;
 mod util;
+mod windows;
