@@ -93,6 +93,41 @@ pub struct SourceView {
     pub stale_since: Option<Time>,
 }
 
+impl SourceView {
+    /// A source not fetched yet.
+    pub fn new(kind: &str, url: &str, reference: Option<&str>) -> SourceView {
+        SourceView {
+            kind: kind.to_owned(),
+            url: url.to_owned(),
+            reference: reference.map(str::to_owned),
+            commit: None,
+            fetched_at: None,
+            last_error: None,
+            stale_since: None,
+        }
+    }
+
+    /// Takes one fetch's outcome at `now`: a success clears the error (and sets the commit when
+    /// it has one); a failure keeps the last good fetch and marks the source stale since the
+    /// first failure in a row.
+    pub fn observe(&mut self, outcome: Result<Option<&str>, &str>, now: Time) {
+        match outcome {
+            Ok(commit) => {
+                if let Some(c) = commit {
+                    self.commit = Some(c.to_owned());
+                }
+                self.fetched_at = Some(now);
+                self.last_error = None;
+                self.stale_since = None;
+            }
+            Err(e) => {
+                self.last_error = Some(e.to_owned());
+                self.stale_since = self.stale_since.or(Some(now));
+            }
+        }
+    }
+}
+
 /// Who the agent is and whether it leads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -581,6 +616,29 @@ brand-new   new      -             -    rolls out at the next reconcile
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_source_is_stale_from_its_first_failure_in_a_row_until_a_success() {
+        let mut s = SourceView::new("git", "https://gitea.example/x.git", Some("main"));
+        // (outcome, now, commit, fetched_at, last_error, stale_since)
+        type Row<'a> =
+            (Result<Option<&'a str>, &'a str>, Time, Option<&'a str>, Option<Time>, Option<&'a str>, Option<Time>);
+        let rows: Vec<Row> = vec![
+            (Ok(Some("c1")), 100, Some("c1"), Some(100), None, None),
+            (Err("connection refused"), 160, Some("c1"), Some(100), Some("connection refused"), Some(160)),
+            (Err("timed out"), 220, Some("c1"), Some(100), Some("timed out"), Some(160)),
+            (Ok(None), 280, Some("c1"), Some(280), None, None),
+            (Ok(Some("c2")), 340, Some("c2"), Some(340), None, None),
+        ];
+        for (outcome, now, commit, fetched, error, stale) in rows {
+            s.observe(outcome, now);
+            assert_eq!(
+                (s.commit.as_deref(), s.fetched_at, s.last_error.as_deref(), s.stale_since),
+                (commit, fetched, error, stale),
+                "at {now}"
+            );
+        }
     }
 
     #[test]

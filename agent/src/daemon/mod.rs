@@ -129,11 +129,7 @@ async fn serve(config: AgentConfig, base: PathBuf) -> anyhow::Result<()> {
         .iter()
         .filter_map(|w| {
             let sender = Sender::from_name(&w.sender)?;
-            let source = match (&w.secret_file, &w.secret_env) {
-                (Some(f), _) => SecretSource::File(base.join(f)),
-                (None, Some(e)) => SecretSource::Env(e.clone()),
-                (None, None) => return None,
-            };
+            let source = SecretSource::from_parts(w.secret_file.as_deref(), w.secret_env.as_deref(), &base);
             Some((sender, Secret::new(source)))
         })
         .collect();
@@ -432,30 +428,11 @@ async fn cycle(
         let git_ok = polled.is_ok();
         {
             let mut view = d.view.lock().expect("view lock");
-            let prev = view.git.take();
-            let mut s = prev.unwrap_or(SourceView {
-                kind: "git".into(),
-                url: d.git_url.clone(),
-                reference: Some(d.config.git.reference.clone()),
-                commit: None,
-                fetched_at: None,
-                last_error: None,
-                stale_since: None,
-            });
-            match &polled {
-                Ok(p) => {
-                    s.commit = Some(p.commit.id.clone());
-                    s.fetched_at = Some(now);
-                    s.last_error = None;
-                    s.stale_since = None;
-                }
-                Err(e) => {
-                    warn!(source = %d.git_url, error = %e, "git poll failed; what runs is kept");
-                    s.last_error = Some(e.clone());
-                    s.stale_since = s.stale_since.or(Some(now));
-                }
+            let s = view.git.get_or_insert_with(|| SourceView::new("git", &d.git_url, Some(&d.config.git.reference)));
+            if let Err(e) = &polled {
+                warn!(source = %d.git_url, error = %e, "git poll failed; what runs is kept");
             }
-            view.git = Some(s);
+            s.observe(polled.as_ref().map(|p| Some(p.commit.id.as_str())).map_err(String::as_str), now);
         }
         if !leading {
             return git_ok;
@@ -556,26 +533,10 @@ fn record(d: &Daemon, report: &Report, now: shared::state::Time) {
         if r.requests.is_empty() {
             continue;
         }
-        let s = view.registries.entry(r.host.clone()).or_insert_with(|| SourceView {
-            kind: "registry".into(),
-            url: format!("https://{}", r.host),
-            reference: None,
-            commit: None,
-            fetched_at: None,
-            last_error: None,
-            stale_since: None,
-        });
-        match &r.last_error {
-            None => {
-                s.fetched_at = Some(now);
-                s.last_error = None;
-                s.stale_since = None;
-            }
-            Some(e) => {
-                s.last_error = Some(e.clone());
-                s.stale_since = s.stale_since.or(Some(now));
-            }
-        }
+        view.registries
+            .entry(r.host.clone())
+            .or_insert_with(|| SourceView::new("registry", &format!("https://{}", r.host), None))
+            .observe(r.last_error.as_deref().map_or(Ok(None), Err), now);
     }
     let all_good = report.error.is_none()
         && report.bundles.iter().all(|b| matches!(b.result, Result::InSync | Result::Verified | Result::RolledOut));

@@ -16,9 +16,14 @@ pub enum SecretSource {
 impl SecretSource {
     /// From a config `Credentials` entry; relative files are relative to `base`.
     pub fn from_config(c: &shared::config::Credentials, base: &Path) -> SecretSource {
-        match (&c.password_file, &c.password_env) {
+        SecretSource::from_parts(c.password_file.as_deref(), c.password_env.as_deref(), base)
+    }
+
+    /// From a `...File` / `...Env` pair of config fields (a file wins).
+    pub fn from_parts(file: Option<&str>, env: Option<&str>, base: &Path) -> SecretSource {
+        match (file, env) {
             (Some(f), _) => SecretSource::File(base.join(f)),
-            (None, Some(e)) => SecretSource::Env(e.clone()),
+            (None, Some(e)) => SecretSource::Env(e.to_owned()),
             // Validation refuses this; an unset variable with an empty name reads as "not set".
             (None, None) => SecretSource::Env(String::new()),
         }
