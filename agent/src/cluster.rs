@@ -301,6 +301,25 @@ impl Cluster {
         })
     }
 
+    /// Every object of a core kind (`Node`, `Pod`), in all namespaces or in `namespace`, as JSON
+    /// (for the drain's room estimate and its idle check).
+    pub async fn list_core(&self, kind: &str, namespace: Option<&str>) -> Result<Vec<Value>, ClusterError> {
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("", "v1", kind));
+        let api: Api<DynamicObject> = match namespace {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
+            None => Api::all_with(self.client.clone(), &ar),
+        };
+        let list = api.list(&ListParams::default()).await.map_err(|e| ClusterError::Object {
+            object: format!("{kind} list{}", namespace.map(|n| format!(" in {n}")).unwrap_or_default()),
+            reason: crate::source::error_chain(&e),
+            status: match &e {
+                kube::Error::Api(s) => Some(s.code),
+                _ => None,
+            },
+        })?;
+        Ok(list.items.into_iter().filter_map(|o| serde_json::to_value(o).ok()).collect())
+    }
+
     /// Labels of the Node `name` (for `identity.labelsFromNode`).
     pub async fn node_labels(&self, name: &str) -> Result<BTreeMap<String, String>, ClusterError> {
         let gvk = GroupVersionKind::gvk("", "v1", "Node");

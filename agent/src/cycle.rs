@@ -52,6 +52,8 @@ pub struct Setup {
     pub cluster: Cluster,
     pub store: StateStore,
     pub defaults: Limits,
+    /// `rollout.drainWindow` in seconds.
+    pub drain_window: i64,
     /// `--ignore-windows` (one emergency `reconcile --once`).
     pub ignore_windows: bool,
 }
@@ -72,8 +74,10 @@ impl Setup {
             progress_deadline: secs(&config.rollout.progress_deadline, "progressDeadline")?,
             verify_window: secs(&config.rollout.verify_window, "verifyWindow")?,
             probes: Vec::new(),
+            drains: Vec::new(),
         };
-        Ok(Setup { config, base: base.to_owned(), cluster, store, defaults, ignore_windows: false })
+        let drain_window = secs(&config.rollout.drain_window, "drainWindow")?;
+        Ok(Setup { config, base: base.to_owned(), cluster, store, defaults, drain_window, ignore_windows: false })
     }
 
     pub fn driver<'a>(&'a self, dry_run: bool, progress: &'a (dyn Fn(&str, &str) + Sync)) -> Driver<'a> {
@@ -82,6 +86,7 @@ impl Setup {
             store: &self.store,
             agent_id: &self.config.identity.agent_id,
             defaults: self.defaults.clone(),
+            drain_window: self.drain_window,
             dry_run,
             windows: &self.config.rollout.windows,
             ignore_windows: self.ignore_windows,
@@ -159,22 +164,12 @@ pub async fn run(
             (!ok).then(|| format!("{} ({r:?})", bundles[d].dir))
         });
         let result = match (&built[i], failed_dep) {
-            (Err(e), _) => BundleResult {
-                bundle: name.clone(),
-                result: Result::Blocked,
-                revision: None,
-                message: format!("{} failed: {}", e.stage, e.reasons.join("; ")),
-                summary: None,
-                objects: Vec::new(),
-            },
-            (Ok(_), Some(dep)) if !dry_run => BundleResult {
-                bundle: name.clone(),
-                result: Result::Blocked,
-                revision: None,
-                message: format!("waiting for the bundle it depends on: {dep}"),
-                summary: None,
-                objects: Vec::new(),
-            },
+            (Err(e), _) => {
+                BundleResult::new(&name, Result::Blocked, format!("{} failed: {}", e.stage, e.reasons.join("; ")))
+            }
+            (Ok(_), Some(dep)) if !dry_run => {
+                BundleResult::new(&name, Result::Blocked, format!("waiting for the bundle it depends on: {dep}"))
+            }
             (Ok(desired), _) => {
                 let commit = &session.poll.commit.id;
                 let span = tracing::info_span!("bundle", bundle = %name, revision = %&commit[..12.min(commit.len())]);

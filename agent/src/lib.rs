@@ -1,4 +1,4 @@
-//! gitops-agent: adapters (sources, renderers, cluster; later the server) and the command line.
+//! gitops-agent: adapters (sources, renderers, cluster, the daemon) and the command line.
 //! Decisions live in `shared`; this crate does the I/O around them.
 
 pub mod cli;
@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod cycle;
 pub mod daemon;
 pub mod desired;
+pub mod drain;
 pub mod reconcile;
 pub mod render;
 pub mod source;

@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use shared::desired::{in_apply_order, ownership};
+use shared::drain::Idle;
 use shared::plan::{Action, ObjectPlan, Summary};
 use shared::probe::Health;
 use shared::render::Manifest;
@@ -71,10 +72,17 @@ pub struct BundleResult {
     pub summary: Option<Summary>,
     /// Objects that would change (dry-run) or changed.
     pub objects: Vec<ObjectPlan>,
+    /// When a deferred bundle should be looked at again (a rollout window opens, idle pods are
+    /// checked again): the daemon wakes for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<Time>,
+    /// How the old pods of each drained workload ended (drained cleanly, sessions cut).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub drains: Vec<shared::drain::Report>,
 }
 
 impl BundleResult {
-    fn new(bundle: &str, result: Result, message: impl Into<String>) -> BundleResult {
+    pub fn new(bundle: &str, result: Result, message: impl Into<String>) -> BundleResult {
         BundleResult {
             bundle: bundle.to_owned(),
             result,
@@ -82,6 +90,8 @@ impl BundleResult {
             message: message.into(),
             summary: None,
             objects: Vec::new(),
+            retry_at: None,
+            drains: Vec::new(),
         }
     }
 }
@@ -92,6 +102,8 @@ pub struct Driver<'a> {
     pub agent_id: &'a str,
     /// Node config's rollout defaults.
     pub defaults: Limits,
+    /// The node's drain window (`rollout.drainWindow`) in seconds, for drains that set none.
+    pub drain_window: i64,
     pub dry_run: bool,
     /// The node's rollout windows (`rollout.windows`); a bundle's own add to them.
     pub windows: &'a [shared::window::WindowSpec],
@@ -249,6 +261,58 @@ impl Driver<'_> {
         until_settled(self.cluster.client(), objects, started, limits, say, on_watch).await
     }
 
+    /// The rollout watch, and beside it the drain tracker of the workloads whose drain is
+    /// planned (`limits.drains`): the old pods are followed until they are gone, so the result
+    /// says whether their sessions drained or were cut.
+    async fn watch_draining(
+        &self,
+        bundle: &str,
+        objects: &[Value],
+        started: Time,
+        limits: &Limits,
+    ) -> (Step, Vec<shared::drain::Report>) {
+        if limits.drains.is_empty() {
+            return (self.watch(bundle, objects, started, limits).await, Vec::new());
+        }
+        let (tx, rx) = tokio::sync::watch::channel(crate::drain::Watched::Running);
+        let watching = async {
+            let step = self.watch(bundle, objects, started, limits).await;
+            let watched =
+                if step == Step::Done { crate::drain::Watched::Healthy } else { crate::drain::Watched::Failed };
+            if step == Step::Done {
+                self.say(bundle, "healthy; waiting for the old pods to drain");
+            }
+            let _ = tx.send(watched);
+            step
+        };
+        let tracking =
+            crate::drain::track(self.cluster.client(), &limits.drains, objects, rx, |line| self.say(bundle, line));
+        let (step, reports) = tokio::join!(watching, tracking);
+        for r in &reports {
+            self.say(bundle, &r.message);
+        }
+        (step, reports)
+    }
+
+    /// Events on each drained workload: `DrainedCleanly`; a warning `SessionsCut`; or a warning
+    /// `DrainUnconfirmed` when a pod ended by its grace period without a session reading.
+    async fn drain_events(&self, objects: &[Value], reports: &[shared::drain::Report]) {
+        for r in reports {
+            let Some(o) = objects.iter().find(|o| object_id(o) == r.workload) else { continue };
+            let live = self.cluster.get(&Manifest { source: String::new(), object: o.clone() }).await.ok().flatten();
+            let (warning, reason) = match r.result() {
+                "clean" => (false, "DrainedCleanly"),
+                "cut" => (true, "SessionsCut"),
+                _ => (true, "DrainUnconfirmed"),
+            };
+            let note = format!("gitops-agent: {}", r.message);
+            if let Err(e) = self.cluster.event(self.agent_id, live.as_ref().unwrap_or(o), warning, reason, &note).await
+            {
+                self.say("", &format!("warning: {e}"));
+            }
+        }
+    }
+
     /// Finishes every rollout or rollback a previous run left in its records.
     pub async fn resume(&self) -> anyhow::Result<Vec<BundleResult>> {
         let mut out = Vec::new();
@@ -265,9 +329,14 @@ impl Driver<'_> {
     /// Drives a record that is rolling out or back to its end.
     async fn finish(&self, mut record: Record, resumed: bool) -> BundleResult {
         let bundle = record.bundle.clone();
+        let mut drained: Vec<shared::drain::Report> = Vec::new();
         loop {
             match record.phase.clone() {
-                Phase::Idle => return self.result_of(&record, resumed),
+                Phase::Idle => {
+                    let mut r = self.result_of(&record, resumed);
+                    r.drains = drained;
+                    return r;
+                }
                 Phase::RollingOut { candidate, started, limits, force } => {
                     pause_at("before-apply").await;
                     self.say(&bundle, &format!("applying {}", candidate.revision.short()));
@@ -279,7 +348,10 @@ impl Driver<'_> {
                         Ok(()) => {
                             self.say(&bundle, &format!("applied {}; watching the rollout", candidate.revision.short()));
                             pause_at("mid-rollout").await;
-                            self.watch(&bundle, &candidate.objects, started, &limits).await
+                            let (step, reports) =
+                                self.watch_draining(&bundle, &candidate.objects, started, &limits).await;
+                            drained = reports;
+                            step
                         }
                     };
                     let now = unix_now();
@@ -292,7 +364,13 @@ impl Driver<'_> {
                                 &format!("gitops-agent rolled out {}", candidate.revision.short()),
                             )
                             .await;
-                            record.rolled_out(now)
+                            self.drain_events(&candidate.objects, &drained).await;
+                            let mut next = record.rolled_out(now);
+                            if let Some(last) = next.last.as_mut().filter(|_| !drained.is_empty()) {
+                                let notes: Vec<&str> = drained.iter().map(|d| d.message.as_str()).collect();
+                                last.message = format!("{}; {}", last.message, notes.join("; "));
+                            }
+                            next
                         }
                         Step::Failed { reason, image_pull } => {
                             self.say(&bundle, &format!("rollout of {} failed: {reason}", candidate.revision.short()));
@@ -407,27 +485,34 @@ impl Driver<'_> {
     ) -> BundleResult {
         let name = desired.name.as_str();
         let policy = &desired.spec.policy;
-        let limits = match Limits::for_bundle(policy, &self.defaults) {
+        let mut limits = match Limits::for_bundle(policy, &self.defaults) {
             Ok(l) => l,
             Err(e) => return BundleResult::new(name, Result::Blocked, e),
         };
-        let objects: Vec<Value> = desired.manifests.iter().map(|m| m.object.clone()).collect();
+        // The drain's fields (strategy, grace period, preStop) are part of what is applied, and
+        // so of the revision: a rollback restores them too.
+        let mut manifests = desired.manifests.clone();
+        limits.drains = match crate::drain::for_bundle(self.cluster, policy, self.drain_window, &mut manifests).await {
+            Ok(plans) => plans,
+            Err(e) => return BundleResult::new(name, Result::Blocked, e),
+        };
+        let objects: Vec<Value> = manifests.iter().map(|m| m.object.clone()).collect();
         let unmatched = shared::probe::unmatched(&limits.probes, &objects);
         if !unmatched.is_empty() {
             return BundleResult::new(name, Result::Blocked, format!("fleet.yaml: {}", unmatched.join("; ")));
         }
-        if let Err(problems) = shared::desired::check_scope(&desired.manifests, &desired.spec.namespace, policy) {
+        if let Err(problems) = shared::desired::check_scope(&manifests, &desired.spec.namespace, policy) {
             return BundleResult::new(
                 name,
                 Result::Blocked,
                 format!("outside the bundle's blast radius, nothing applied: {}", problems.join("; ")),
             );
         }
-        let plans = match plan_objects(self.cluster, &desired.manifests, owned_cache, self.agent_id, name).await {
+        let plans = match plan_objects(self.cluster, &manifests, owned_cache, self.agent_id, name).await {
             Ok(p) => p,
             Err(e) => return BundleResult::new(name, Result::Interrupted, format!("planning: {e}")),
         };
-        let record = match self.store.load(name).await {
+        let mut record = match self.store.load(name).await {
             Ok(r) => r.unwrap_or_else(|| Record::new(name)),
             Err(e) => return BundleResult::new(name, Result::Interrupted, format!("reading the record: {e:#}")),
         };
@@ -476,21 +561,47 @@ impl Driver<'_> {
         }
         let now = unix_now();
         let mut next = shared::state::next(&record, &candidate.revision.hash, summary.in_sync(), now);
+        let mut retry_at = None;
         if next == Next::RollOut {
             let windows = match shared::window::for_bundle(self.windows, &policy.rollout_windows) {
                 Ok(w) => w,
                 Err(e) => return with(BundleResult::new(name, Result::Blocked, e)),
             };
             let change = if self.ignore_windows { Change::EmergencyRollout } else { Change::Rollout };
-            if let Gate::Deferred { reason, .. } = shared::window::gate_change(change, &windows, now) {
+            if let Gate::Deferred { reason, until } = shared::window::gate_change(change, &windows, now) {
                 next = Next::Blocked(format!("deferred: {reason}"));
+                retry_at = until;
             } else if self.ignore_windows && !windows.is_empty() {
                 self.say(name, "--ignore-windows: rolling out whatever the windows say");
             }
         }
+        // waitForIdle: the rollout starts once the old pods have no sessions, or maxDefer passed.
+        let idle_waits: Vec<&shared::drain::Plan> = limits.drains.iter().filter(|p| p.max_defer.is_some()).collect();
+        if next == Next::RollOut && !self.dry_run && !idle_waits.is_empty() {
+            let readings = crate::drain::readings(self.cluster, &idle_waits).await;
+            let since = record.idle_since(&candidate.revision.hash, now);
+            match crate::drain::gate(&idle_waits, &readings, since, now) {
+                Idle::Go(why) => self.say(name, &why),
+                Idle::Wait { recheck_at, reason } => {
+                    self.say(name, &reason);
+                    if record.idle_wait.as_ref().is_none_or(|w| w.hash != candidate.revision.hash) {
+                        record = record.wait_for_idle(&candidate.revision.hash, now);
+                        if let Err(e) = self.save(&record).await {
+                            return BundleResult::new(name, Result::Interrupted, format!("saving the record: {e:#}"));
+                        }
+                    }
+                    next = Next::Blocked(format!("deferred: {reason}"));
+                    retry_at = Some(recheck_at);
+                }
+            }
+        }
         match next {
             Next::Nothing => with(BundleResult::new(name, Result::InSync, "live objects match the last-known-good")),
-            Next::Blocked(why) => with(BundleResult::new(name, Result::Blocked, why)),
+            Next::Blocked(why) => {
+                let mut r = with(BundleResult::new(name, Result::Blocked, why));
+                r.retry_at = retry_at;
+                r
+            }
             Next::Verify if self.dry_run => {
                 with(BundleResult::new(name, Result::WouldApply, "would verify the running objects and record them"))
             }
@@ -524,7 +635,7 @@ impl Driver<'_> {
             Next::RollOut => {
                 let mut record = record;
                 if record.lkg.is_none() {
-                    match self.adopt(name, &desired.manifests, &plans, &limits).await {
+                    match self.adopt(name, &manifests, &plans, &limits).await {
                         Ok(Some(snapshot)) => {
                             record = record.adopted(
                                 snapshot,

@@ -189,16 +189,20 @@ pub async fn until_settled(
     }
 }
 
-/// Makes health probes' HTTP GETs (plain HTTP, or HTTPS checked against public roots).
-struct Prober {
+/// Makes health probes' and session probes' HTTP GETs (plain HTTP, or HTTPS checked against
+/// public roots).
+pub(crate) struct Prober {
     client: hyper_util::client::legacy::Client<
         hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
         http_body_util::Empty<bytes::Bytes>,
     >,
 }
 
+/// The most of a session probe's answer that is read.
+const MAX_BODY: usize = 1 << 20;
+
 impl Prober {
-    fn new() -> Prober {
+    pub(crate) fn new() -> Prober {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
@@ -207,6 +211,32 @@ impl Prober {
         Prober {
             client: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector),
         }
+    }
+
+    /// One GET within `timeout`: the body of a 2xx answer, else why not.
+    pub(crate) async fn get_text(&self, url: &str, timeout: Duration) -> Result<String, String> {
+        use http_body_util::BodyExt;
+        let uri = url.parse::<hyper::Uri>().map_err(|e| format!("not a URL: {e}"))?;
+        let req = hyper::Request::get(uri)
+            .header("user-agent", "gitops-agent")
+            .body(http_body_util::Empty::new())
+            .map_err(|e| e.to_string())?;
+        let call = async {
+            let resp = self.client.request(req).await.map_err(|e| connect_error(&e))?;
+            let status = resp.status();
+            if !status.is_success() {
+                return Err(format!("HTTP {status}"));
+            }
+            let body = http_body_util::Limited::new(resp.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the answer: {e}"))?
+                .to_bytes();
+            String::from_utf8(body.to_vec()).map_err(|_| "the answer is not UTF-8 text".to_owned())
+        };
+        tokio::time::timeout(timeout, call)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {}s", timeout.as_secs())))
     }
 
     /// Calls every target at once, each within its probe's timeout. A 2xx or 3xx answer is good,

@@ -56,8 +56,14 @@ pub struct BundlePolicy {
     pub progress_deadline: Option<String>,
     #[serde(default)]
     pub verify_window: Option<String>,
+    /// How long sessions get once a pod is asked to stop, for every workload of the bundle
+    /// (`shared::drain`); the default window of `drain[]` entries.
     #[serde(default)]
     pub drain_window: Option<String>,
+    /// Drain policies per workload (`shared::drain`): surge or one pod at a time, grace period,
+    /// preStop, session probe, waiting for idle. Instead of the implicit one of `drainWindow`.
+    #[serde(default)]
+    pub drain: Vec<crate::drain::DrainSpec>,
     /// Take over fields another field manager owns when applying (default false: a conflict
     /// blocks the bundle and is reported).
     #[serde(default)]
@@ -249,6 +255,15 @@ fn parse_policy(raw: Value, lines: &LineIndex) -> Result<BundlePolicy, Problem> 
     if raw.is_null() {
         return Ok(BundlePolicy::default());
     }
+    // Drain entries one by one first: serde's error for a misspelt key names neither the entry
+    // nor the line.
+    for (i, entry) in raw.get("drain").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let path = format!("{POLICY_KEY}.drain[{i}]");
+        if let Some((key, message)) = crate::drain::unknown_key(entry) {
+            return Err(at(format!("{path}{key}"), message));
+        }
+        serde_json::from_value::<crate::drain::DrainSpec>(entry.clone()).map_err(|e| at(path, e.to_string()))?;
+    }
     let policy: BundlePolicy = serde_json::from_value(raw.clone()).map_err(|e| at(POLICY_KEY.into(), e.to_string()))?;
     for (i, image) in policy.images.iter().enumerate() {
         let path = format!("{POLICY_KEY}.images[{i}]");
@@ -281,6 +296,7 @@ fn parse_policy(raw: Value, lines: &LineIndex) -> Result<BundlePolicy, Problem> 
                 .map_err(|e| at(format!("{POLICY_KEY}.{field}"), format!("{v:?} is not a duration: {e}")))?;
         }
     }
+    crate::drain::check(policy.drain_window.as_deref(), &policy.drain).map_err(|e| at(e.path, e.message))?;
     Ok(policy)
 }
 
@@ -543,6 +559,22 @@ targetCustomizations:
                 "gitopsAgent:\n  rolloutWindows:\n  - kind: deny\n    schedule: '0 22 * * 1-5'\n    duration: 2h\n    timeZone: Europe/Berlni\n",
                 "gitopsAgent.rolloutWindows[0].timeZone",
                 "Europe/Berlni",
+            ),
+            (
+                "gitopsAgent:\n  drain:\n  - workload: web\n    sessions:\n      url: /metrics\n      gauges: kiosk_active_sessions\n",
+                "gitopsAgent.drain[0].sessions.gauges",
+                "unknown field `gauges`",
+            ),
+            (
+                "gitopsAgent:\n  drain:\n  - workload: web\n    windw: 45s\n",
+                "gitopsAgent.drain[0].windw",
+                "unknown field `windw`",
+            ),
+            ("gitopsAgent:\n  drain:\n  - replace: sometimes\n", "gitopsAgent.drain[0]", "unknown variant `sometimes`"),
+            (
+                "gitopsAgent:\n  drain:\n  - workload: web\n  - workload: db\n    window: soon\n",
+                "gitopsAgent.drain[1].window",
+                "\"soon\" is not a duration",
             ),
         ];
         for (text, path, words) in bad {

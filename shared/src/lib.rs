@@ -7,6 +7,7 @@
 pub mod bundle;
 pub mod config;
 pub mod desired;
+pub mod drain;
 pub mod drift;
 pub mod fleet;
 pub mod image;

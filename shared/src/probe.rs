@@ -63,23 +63,7 @@ pub struct Probe {
 impl Probe {
     /// Checks a spec; errors name the field (relative to the probe).
     pub fn compile(spec: &ProbeSpec) -> Result<Probe, (String, String)> {
-        let url =
-            if spec.url.starts_with('/') { format!("http://{{podIP}}:{{port}}{}", spec.url) } else { spec.url.clone() };
-        for var in variables(&url).map_err(|e| ("url".to_owned(), e))? {
-            if !VARIABLES.iter().any(|(v, _)| *v == var) {
-                let known: Vec<String> = VARIABLES.iter().map(|(v, _)| format!("{{{v}}}")).collect();
-                return Err(("url".into(), format!("unknown variable {{{var}}} (known: {})", known.join(", "))));
-            }
-        }
-        let sample = expand(&url, &|var| Some(if var == "port" { "80" } else { "x" }.to_owned()));
-        match url::Url::parse(&sample) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-            Ok(u) => return Err(("url".into(), format!("scheme {:?} is not http or https", u.scheme()))),
-            Err(e) => return Err(("url".into(), format!("{:?} is not a URL: {e}", crate::redact::url(&spec.url)))),
-        }
-        if crate::redact::has_userinfo(&sample) {
-            return Err(("url".into(), "must not carry credentials".into()));
-        }
+        let url = check_template(&spec.url).map_err(|e| ("url".to_owned(), e))?;
         let secs = |field: &str, v: &Option<String>, default: i64| -> Result<i64, (String, String)> {
             match v {
                 None => Ok(default),
@@ -117,8 +101,52 @@ impl Probe {
     }
 
     fn per_pod(&self) -> bool {
-        variables(&self.url).is_ok_and(|vs| vs.iter().any(|v| POD_VARIABLES.contains(&v.as_str())))
+        is_per_pod(&self.url)
     }
+}
+
+/// Checks a URL template as written in `fleet.yaml` and returns it in full: a path (`/health`)
+/// means `http://{podIP}:{port}/health`; only known variables; http or https; no credentials
+/// (they would end up in logs and status). The error is about the `url` field.
+pub(crate) fn check_template(written: &str) -> Result<String, String> {
+    let url = if written.starts_with('/') { format!("http://{{podIP}}:{{port}}{written}") } else { written.to_owned() };
+    for var in variables(&url)? {
+        if !VARIABLES.iter().any(|(v, _)| *v == var) {
+            let known: Vec<String> = VARIABLES.iter().map(|(v, _)| format!("{{{v}}}")).collect();
+            return Err(format!("unknown variable {{{var}}} (known: {})", known.join(", ")));
+        }
+    }
+    let sample = expand(&url, &|var| Some(if var == "port" { "80" } else { "x" }.to_owned()));
+    match url::Url::parse(&sample) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+        Ok(u) => return Err(format!("scheme {:?} is not http or https", u.scheme())),
+        Err(e) => return Err(format!("{:?} is not a URL: {e}", crate::redact::url(written))),
+    }
+    if crate::redact::has_userinfo(&sample) {
+        return Err("must not carry credentials".into());
+    }
+    Ok(url)
+}
+
+/// Whether a checked template names a per-pod variable (`{podIP}`, `{pod}`, `{port}`, `{hostIP}`).
+fn is_per_pod(template: &str) -> bool {
+    variables(template).is_ok_and(|vs| vs.iter().any(|v| POD_VARIABLES.contains(&v.as_str())))
+}
+
+/// A checked template expanded for one pod of `workload`; `None` when a variable has no value
+/// (no IP yet, no containerPort).
+pub(crate) fn pod_url(template: &str, workload: &Value, pod: &Value) -> Option<String> {
+    let value = |var: &str| match var {
+        "podIP" => pod["status"]["podIP"].as_str().map(str::to_owned),
+        "hostIP" => pod["status"]["hostIP"].as_str().map(str::to_owned),
+        "pod" => pod["metadata"]["name"].as_str().map(str::to_owned),
+        "port" => pod["spec"]["containers"][0]["ports"][0]["containerPort"].as_i64().map(|p| p.to_string()),
+        "namespace" => workload["metadata"]["namespace"].as_str().map(str::to_owned),
+        "name" => workload["metadata"]["name"].as_str().map(str::to_owned),
+        _ => None,
+    };
+    let vars = variables(template).ok()?;
+    vars.iter().all(|v| value(v).is_some()).then(|| expand(template, &value))
 }
 
 /// The `{name}`s of a template, in order.
@@ -197,17 +225,9 @@ pub fn targets(
                 continue;
             }
             for pod in current_pods(w, replica_sets, pods).into_iter().filter(|p| ready(p)) {
-                let value = |var: &str| match var {
-                    "podIP" => pod["status"]["podIP"].as_str().map(str::to_owned),
-                    "hostIP" => pod["status"]["hostIP"].as_str().map(str::to_owned),
-                    "pod" => pod["metadata"]["name"].as_str().map(str::to_owned),
-                    "port" => pod["spec"]["containers"][0]["ports"][0]["containerPort"].as_i64().map(|p| p.to_string()),
-                    v => of_workload(v),
-                };
-                let vars = variables(&probe.url).unwrap_or_default();
-                if vars.iter().all(|v| value(v).is_some()) {
+                if let Some(url) = pod_url(&probe.url, w, pod) {
                     let name = pod["metadata"]["name"].as_str().unwrap_or_default();
-                    out.push(Target { probe: i, key: format!("{id}/{name}"), url: expand(&probe.url, &value) });
+                    out.push(Target { probe: i, key: format!("{id}/{name}"), url });
                 }
             }
         }

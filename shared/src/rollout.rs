@@ -297,13 +297,18 @@ pub struct Limits {
     /// HTTP probes that must stay green during the verification window.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub probes: Vec<crate::probe::Probe>,
+    /// The drain plans of the rollout (`shared::drain`), persisted so a restarted agent tracks the
+    /// drain as the interrupted one did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drains: Vec<crate::drain::Plan>,
 }
 
 impl Limits {
     /// For watching a rollback or an adoption: Kubernetes health only, at once. The probes judged
-    /// the revision that failed; what was last known good is restored as fast as it can be.
+    /// the revision that failed; what was last known good is restored as fast as it can be, so a
+    /// rollback is not drained either.
     pub fn health_only(&self) -> Limits {
-        Limits { progress_deadline: self.progress_deadline, verify_window: 0, probes: Vec::new() }
+        Limits { progress_deadline: self.progress_deadline, verify_window: 0, probes: Vec::new(), drains: Vec::new() }
     }
 }
 
@@ -330,6 +335,8 @@ impl Limits {
             progress_deadline: secs(&policy.progress_deadline, "progressDeadline", defaults.progress_deadline)?,
             verify_window: secs(&policy.verify_window, "verifyWindow", defaults.verify_window)?,
             probes,
+            // Drains are planned when the bundle's manifests are shaped (`drain::shape`).
+            drains: Vec::new(),
         })
     }
 }
@@ -708,7 +715,7 @@ mod tests {
 
     #[test]
     fn step_waits_verifies_and_meets_the_deadline() {
-        let limits = Limits { progress_deadline: 60, verify_window: 10, probes: Vec::new() };
+        let limits = Limits { progress_deadline: 60, verify_window: 10, probes: Vec::new(), drains: Vec::new() };
         let waiting = Verdict::Waiting("w".into());
         let failed = Verdict::Failed { reason: "crash".into(), image_pull: false };
         // (verdict, healthy_since, now, expected)
@@ -737,7 +744,7 @@ mod tests {
 
     #[test]
     fn a_bundle_policy_overrides_the_node_defaults() {
-        let defaults = Limits { progress_deadline: 300, verify_window: 0, probes: Vec::new() };
+        let defaults = Limits { progress_deadline: 300, verify_window: 0, probes: Vec::new(), drains: Vec::new() };
         let policy: crate::fleet::BundlePolicy = serde_json::from_value(json!({
             "verifyWindow": "30s", "healthProbes": [{"workload": "web", "url": "/health"}]
         }))
@@ -752,7 +759,7 @@ mod tests {
 
     #[test]
     fn probes_gate_the_end_of_the_window_and_fail_it_when_red() {
-        let limits = Limits { progress_deadline: 60, verify_window: 10, probes: Vec::new() };
+        let limits = Limits { progress_deadline: 60, verify_window: 10, probes: Vec::new(), drains: Vec::new() };
         let pending = Health::Pending("http://p/h: not called yet".into());
         let red = Health::Red("health probe http://p/h failed 3 times in a row: HTTP 503".into());
         let waiting = Verdict::Waiting("w".into());

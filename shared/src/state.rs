@@ -152,6 +152,20 @@ pub struct Record {
     /// rollback a killed agent left) is still finished: stopping half-way is never safer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<Paused>,
+    /// A rollout deferred until the old pods are idle (`waitForIdle`): since when, for which
+    /// rendered revision. Persisted so `maxDefer` counts from the first deferral across cycles
+    /// and restarts; a different revision starts a new wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_wait: Option<IdleWait>,
+}
+
+/// Since when a revision has waited for idle pods.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdleWait {
+    /// The rendered hash of the revision that waits.
+    pub hash: String,
+    pub since: Time,
 }
 
 /// Who paused a bundle, when and why.
@@ -185,7 +199,22 @@ impl Record {
             last: None,
             counts: Counts::default(),
             paused: None,
+            idle_wait: None,
         }
+    }
+
+    /// Since when `hash` has waited for idle pods: the recorded start when it is the same
+    /// revision, else `now` (a new revision waits anew).
+    pub fn idle_since(&self, hash: &str, now: Time) -> Time {
+        match &self.idle_wait {
+            Some(w) if w.hash == hash => w.since,
+            _ => now,
+        }
+    }
+
+    /// The rollout of `hash` is deferred until the pods are idle; keeps the first deferral's time.
+    pub fn wait_for_idle(&self, hash: &str, now: Time) -> Record {
+        Record { idle_wait: Some(IdleWait { hash: hash.to_owned(), since: self.idle_since(hash, now) }), ..self.next() }
     }
 
     /// `agent pause`.
@@ -217,7 +246,7 @@ impl Record {
 
     /// Before the first apply of `candidate`.
     pub fn start_rollout(&self, candidate: Snapshot, limits: Limits, force: bool, now: Time) -> Record {
-        Record { phase: Phase::RollingOut { candidate, started: now, limits, force }, ..self.next() }
+        Record { phase: Phase::RollingOut { candidate, started: now, limits, force }, idle_wait: None, ..self.next() }
     }
 
     /// The candidate became healthy (and stayed so through the verification window): it is
@@ -551,7 +580,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const L: Limits = Limits { progress_deadline: 60, verify_window: 0, probes: Vec::new() };
+    const L: Limits = Limits { progress_deadline: 60, verify_window: 0, probes: Vec::new(), drains: Vec::new() };
 
     fn snap(commit: &str, objects: Vec<Value>) -> Snapshot {
         let hash = rendered_hash(&objects);
@@ -575,6 +604,27 @@ mod tests {
         a2["data"]["y"] = json!("3");
         assert_ne!(rendered_hash(&[a.clone(), b.clone()]), rendered_hash(&[a2, b.clone()]));
         assert_eq!(rendered_hash(&[a]).len(), 64);
+    }
+
+    #[test]
+    fn an_idle_wait_counts_from_the_first_deferral_of_its_revision() {
+        let rec = Record::new("b");
+        // (case, record, hash asked, now, expected since)
+        let waited = rec.wait_for_idle("h1", 100);
+        let cases: Vec<(&str, &Record, &str, Time, Time)> = vec![
+            ("never waited", &rec, "h1", 150, 150),
+            ("same revision keeps its start", &waited, "h1", 150, 100),
+            ("another revision waits anew", &waited, "h2", 150, 150),
+        ];
+        for (case, r, hash, now, want) in cases {
+            assert_eq!(r.idle_since(hash, now), want, "{case}");
+        }
+        assert_eq!(waited.wait_for_idle("h1", 200).idle_wait.unwrap().since, 100, "a second deferral keeps the first");
+        let started = waited.start_rollout(snap("c1", vec![cm("a", "1")]), L, false, 300);
+        assert_eq!(started.idle_wait, None, "a started rollout waits no more");
+        let old =
+            r#"{"seq":1,"bundle":"b","phase":{"phase":"idle"},"lkg":null,"history":[],"quarantine":null,"last":null}"#;
+        assert_eq!(serde_json::from_str::<Record>(old).unwrap().idle_wait, None, "an older record still reads");
     }
 
     #[test]

@@ -445,7 +445,7 @@ mod tests {
     use crate::state::{Snapshot, rendered_hash};
     use serde_json::json;
 
-    const L: Limits = Limits { progress_deadline: 60, verify_window: 0, probes: Vec::new() };
+    const L: Limits = Limits { progress_deadline: 60, verify_window: 0, probes: Vec::new(), drains: Vec::new() };
     const NOW: Time = 1_790_000_000; // 2026-09-21T14:13:20Z
 
     fn snap(commit: &str, tag: &str) -> Snapshot {

@@ -45,6 +45,9 @@ pub enum Cause {
     Drift { object: String },
     /// A request of the command line (`agent sync`, ...).
     Cli { what: String },
+    /// A deferred bundle's time to look again came: a rollout window opens, or idle pods are
+    /// checked again (`waitForIdle`).
+    Deferred,
 }
 
 /// A request to reconcile `target`, because of `cause`.

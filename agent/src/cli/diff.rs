@@ -31,6 +31,9 @@ pub struct BundleDiff {
     pub images: Vec<ImageChoice>,
     pub summary: Summary,
     pub objects: Vec<ObjectPlan>,
+    /// How each drained workload will be replaced (surge, or one pod at a time when the node has
+    /// no room), and what the agent writes for it.
+    pub drains: Vec<shared::drain::Plan>,
     pub error: Option<BundleError>,
 }
 
@@ -78,6 +81,9 @@ pub async fn report(config: &Path, only: Option<&str>) -> anyhow::Result<Report>
     let build = session.build(&namespaced, true);
     let mut out = Vec::new();
     let mut owned_cache = BTreeMap::new();
+    let node_drain = humantime::parse_duration(&session.config.rollout.drain_window)
+        .map(|d| d.as_secs() as i64)
+        .map_err(|e| anyhow::anyhow!("rollout.drainWindow: {e}"))?;
     for b in &bundles {
         let mut d = BundleDiff {
             bundle: b.dir.clone(),
@@ -86,11 +92,21 @@ pub async fn report(config: &Path, only: Option<&str>) -> anyhow::Result<Report>
             images: Vec::new(),
             summary: Summary::default(),
             objects: Vec::new(),
+            drains: Vec::new(),
             error: None,
         };
         match build.bundle(b).await {
             Err(e) => d.error = Some(e),
-            Ok(desired) => {
+            Ok(mut desired) => {
+                let policy = desired.spec.policy.clone();
+                match crate::drain::for_bundle(cluster, &policy, node_drain, &mut desired.manifests).await {
+                    Ok(plans) => d.drains = plans,
+                    Err(e) => {
+                        d.error = Some(BundleError { bundle: b.dir.clone(), stage: Stage::Render, reasons: vec![e] });
+                        out.push(d);
+                        continue;
+                    }
+                }
                 d.target = desired.spec.target.clone();
                 d.warnings = desired.warnings.clone();
                 d.images = desired.images.clone();
@@ -187,6 +203,9 @@ fn human(report: &Report, color: bool, out: &mut dyn Write) -> anyhow::Result<()
         )?;
         for w in &b.warnings {
             writeln!(out, "  {} {w}", p.wrap("33", "warning:"))?;
+        }
+        for plan in &b.drains {
+            writeln!(out, "  drain {}", shared::drain::describe(plan))?;
         }
         for o in b.objects.iter().filter(|o| o.action != Action::Unchanged) {
             let (mark, code) = match o.action {

@@ -25,6 +25,18 @@ pub struct Outcome {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Drained {
+    pub bundle: String,
+    /// `clean`, `cut` or `unconfirmed` (a pod ended by its grace period with no session reading).
+    pub result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BundleLabel {
+    pub bundle: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceRequest {
     /// `git` or the registry's host.
     pub source: String,
@@ -49,6 +61,8 @@ pub struct Metrics {
     pub webhooks: Family<WebhookRequest, Counter>,
     pub last_sync: Gauge<f64, AtomicU64>,
     pub leader: Gauge,
+    drains: Family<Drained, Counter>,
+    sessions_cut: Family<BundleLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -95,6 +109,18 @@ impl Metrics {
         );
         let leader = Gauge::default();
         registry.register("leader", "1 while this process holds the Lease and applies", leader.clone());
+        let drains = Family::<Drained, Counter>::default();
+        registry.register(
+            "drains",
+            "Drains of a workload's old pods during a rollout, by bundle and result (clean, cut, unconfirmed)",
+            drains.clone(),
+        );
+        let sessions_cut = Family::<BundleLabel, Counter>::default();
+        registry.register(
+            "sessions_cut",
+            "Sessions still open on an old pod when its drain window ended, by bundle",
+            sessions_cut.clone(),
+        );
         Metrics {
             registry,
             reconcile_seconds,
@@ -105,6 +131,16 @@ impl Metrics {
             webhooks,
             last_sync,
             leader,
+            drains,
+            sessions_cut,
+        }
+    }
+
+    /// Counts how one workload's drain ended.
+    pub fn drained(&self, bundle: &str, report: &shared::drain::Report) {
+        self.drains.get_or_create(&Drained { bundle: bundle.to_owned(), result: report.result().to_owned() }).inc();
+        if report.cut > 0 {
+            self.sessions_cut.get_or_create(&BundleLabel { bundle: bundle.to_owned() }).inc_by(report.cut);
         }
     }
 

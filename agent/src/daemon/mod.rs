@@ -278,8 +278,11 @@ async fn worker(
     let mut next_poll = Instant::now();
     let mut leading = *leader.borrow_and_update();
     note_leadership(&d, leading);
+    // Deferred bundles and when to look at them again (a window opens, an idle check is due).
+    let mut deferred: BTreeMap<String, Instant> = BTreeMap::new();
     loop {
-        let wake = queue.next_due().map_or(next_poll, |due| due.min(next_poll));
+        let soonest = deferred.values().min().map_or(next_poll, |t| (*t).min(next_poll));
+        let wake = queue.next_due().map_or(soonest, |due| due.min(soonest));
         tokio::select! {
             _ = stop.changed() => return,
             Some(t) = rx.recv() => {
@@ -301,12 +304,26 @@ async fn worker(
             queue.push(Trigger { target: Target::All, cause: Cause::Poll }, now);
             next_poll = now + interval;
         }
+        deferred.retain(|bundle, at| {
+            let due = *at <= now;
+            if due {
+                queue.push(Trigger { target: Target::Bundle(bundle.clone()), cause: Cause::Deferred }, now);
+            }
+            !due
+        });
         let Some((target, causes)) = queue.pop_due(now) else { continue };
         let cycle = cycle(&d, &setup, &git, target, causes, leading);
         tokio::pin!(cycle);
         let git_ok = loop {
             tokio::select! {
-                ok = &mut cycle => break Some(ok),
+                (ok, retries) = &mut cycle => {
+                    let (wall, mono) = (unix_now(), Instant::now());
+                    for (bundle, at) in retries {
+                        let after = Duration::from_secs(u64::try_from(at - wall).unwrap_or(0));
+                        deferred.insert(bundle, mono + after);
+                    }
+                    break Some(ok);
+                }
                 Some(t) = rx.recv() => queue.push(t, Instant::now()),
                 _ = stop.changed() => {
                     info!("letting the reconcile in flight finish (up to {}s)", SHUTDOWN_GRACE.as_secs());
@@ -366,6 +383,7 @@ fn describe(causes: &[Cause]) -> String {
             Cause::Webhook { sender, .. } => format!("webhook:{sender}"),
             Cause::Drift { object } => format!("drift:{object}"),
             Cause::Cli { what } => what.clone(),
+            Cause::Deferred => "deferred".to_owned(),
         })
         .collect();
     words.join(",")
@@ -386,7 +404,8 @@ fn progress(bundle: &str, line: &str) {
     }
 }
 
-/// One reconcile: polls git, then (as leader) the cycle. Returns whether git answered.
+/// One reconcile: polls git, then (as leader) the cycle. Returns whether git answered, and the
+/// deferred bundles with when to look at them again.
 async fn cycle(
     d: &Daemon,
     setup: &Setup,
@@ -394,7 +413,7 @@ async fn cycle(
     target: Target,
     causes: Vec<Cause>,
     leading: bool,
-) -> bool {
+) -> (bool, Vec<(String, shared::state::Time)>) {
     let trace = causes.iter().find_map(|c| match c {
         Cause::Webhook { trace: Some(t), .. } => Some(t.clone()),
         _ => None,
@@ -435,7 +454,7 @@ async fn cycle(
             s.observe(polled.as_ref().map(|p| Some(p.commit.id.as_str())).map_err(String::as_str), now);
         }
         if !leading {
-            return git_ok;
+            return (git_ok, Vec::new());
         }
         let session = async {
             let poll = polled.map_err(anyhow::Error::msg)?;
@@ -445,14 +464,18 @@ async fn cycle(
         info!("reconcile started");
         let report = crate::cycle::run(setup, &progress, session, only.as_deref(), false).await;
         d.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+        let mut retries = Vec::new();
         match report {
-            Ok(report) => record(d, &report, now),
+            Ok(report) => {
+                record(d, &report, now);
+                retries = report.bundles.iter().filter_map(|b| Some((b.bundle.clone(), b.retry_at?))).collect();
+            }
             Err(e) => {
                 error!(error = %format!("{e:#}"), "reconcile failed before the bundles");
                 d.view.lock().expect("view lock").api = Err(format!("{e:#}"));
             }
         }
-        git_ok
+        (git_ok, retries)
     }
     .instrument(span)
     .await
@@ -491,6 +514,12 @@ fn record(d: &Daemon, report: &Report, now: shared::state::Time) {
         };
         if let Some(k) = kind {
             d.metrics.rollouts.get_or_create(&metrics::Outcome { result: k.to_owned() }).inc();
+        }
+        for drain in &b.drains {
+            d.metrics.drained(&b.bundle, drain);
+            if drain.cut > 0 {
+                warn!(bundle = %b.bundle, sessions_cut = drain.cut, "{}", drain.message);
+            }
         }
         let revision = b.revision.as_deref().unwrap_or("");
         let result = result_word(&b.result);

@@ -20,14 +20,14 @@ use crate::util::wait_for;
 const CANARY: &str = "canary-7f3a9c1e5b-never-print-me";
 
 /// A running `agent run`, its log in a file the test reads at any time.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     log: PathBuf,
     url: String,
 }
 
 impl Daemon {
-    fn start(config: &Path, log: PathBuf, port: u16, env: &[(&str, &str)]) -> Daemon {
+    pub(crate) fn start(config: &Path, log: PathBuf, port: u16, env: &[(&str, &str)]) -> Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_agent"))
             .args(["run", "-c", config.to_str().unwrap()])
             .envs(env.iter().copied())
@@ -38,11 +38,11 @@ impl Daemon {
         Daemon { child, log, url: format!("http://127.0.0.1:{port}") }
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    async fn wait_log(&self, what: &str, needle: &str, timeout: Duration) {
+    pub(crate) async fn wait_log(&self, what: &str, needle: &str, timeout: Duration) {
         wait_for(what, timeout, || async {
             let l = self.logs();
             if l.contains(needle) { Ok(()) } else { Err(tail(&l)) }
@@ -50,18 +50,18 @@ impl Daemon {
         .await;
     }
 
-    async fn get(&self, path: &str) -> (u16, String) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, String) {
         let r = client().get(format!("{}{path}", self.url)).send().await.unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
     }
 
-    async fn status(&self) -> Value {
+    pub(crate) async fn status(&self) -> Value {
         let (code, body) = self.get("/status").await;
         assert_eq!(code, 200, "{body}");
         serde_json::from_str(&body).unwrap()
     }
 
-    async fn wait_ready(&self) {
+    pub(crate) async fn wait_ready(&self) {
         wait_for("/readyz 200", Duration::from_secs(90), || async {
             match client().get(format!("{}/readyz", self.url)).send().await {
                 Ok(r) if r.status() == 200 => Ok(()),
@@ -73,7 +73,7 @@ impl Daemon {
     }
 
     /// Waits until `bundle` runs `commit` (its last-known-good).
-    async fn wait_running(&self, bundle: &str, commit: &str, timeout: Duration) -> Value {
+    pub(crate) async fn wait_running(&self, bundle: &str, commit: &str, timeout: Duration) -> Value {
         wait_for(&format!("{bundle} running {commit}"), timeout, || async {
             let s = match client().get(format!("{}/status", self.url)).send().await {
                 Ok(r) => serde_json::from_str::<Value>(&r.text().await.unwrap_or_default()).unwrap_or_default(),
@@ -90,7 +90,7 @@ impl Daemon {
     }
 
     /// Sends SIGTERM and waits for the exit status (within `timeout`).
-    async fn sigterm(&mut self, timeout: Duration) -> std::process::ExitStatus {
+    pub(crate) async fn sigterm(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         let deadline = std::time::Instant::now() + timeout;
@@ -104,7 +104,7 @@ impl Daemon {
     }
 
     /// Reconcile cycles finished so far, from /metrics.
-    async fn cycles(&self) -> f64 {
+    pub(crate) async fn cycles(&self) -> f64 {
         let (_, body) = self.get("/metrics").await;
         sample(&metrics(&body), "gitops_agent_reconcile_duration_seconds_count", &[]).unwrap_or(0.0)
     }
@@ -117,7 +117,7 @@ impl Drop for Daemon {
     }
 }
 
-fn tail(log: &str) -> String {
+pub(crate) fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(8)..].join("\n")
 }
@@ -127,12 +127,12 @@ fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
 }
 
-fn metrics(body: &str) -> prometheus_parse::Scrape {
+pub(crate) fn metrics(body: &str) -> prometheus_parse::Scrape {
     prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap()
 }
 
 /// The value of the sample `name` whose labels include `labels`.
-fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     scrape.samples.iter().find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))).map(
         |s| match s.value {
             prometheus_parse::Value::Counter(v)
@@ -145,7 +145,7 @@ fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]
 
 /// Adds a `server` section (a free port, webhooks whose secret is the canary) and sets the poll
 /// interval; returns the port.
-fn serve(app: &App, extra_server: &str, poll: &str, lease: &str) -> u16 {
+pub(crate) fn serve(app: &App, extra_server: &str, poll: &str, lease: &str) -> u16 {
     let port = crate::util::free_port_block(1);
     let secret = app.config.with_file_name("webhook-secret");
     std::fs::write(&secret, CANARY).unwrap();
@@ -161,7 +161,7 @@ fn serve(app: &App, extra_server: &str, poll: &str, lease: &str) -> u16 {
     port
 }
 
-fn gitea_push(app: &App) -> Vec<u8> {
+pub(crate) fn gitea_push(app: &App) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "ref": "refs/heads/main",
         "after": app.head(),
@@ -170,7 +170,7 @@ fn gitea_push(app: &App) -> Vec<u8> {
     .unwrap()
 }
 
-async fn post(d: &Daemon, sender: &str, headers: &[(&str, String)], body: Vec<u8>) -> (u16, String) {
+pub(crate) async fn post(d: &Daemon, sender: &str, headers: &[(&str, String)], body: Vec<u8>) -> (u16, String) {
     let mut req = client().post(format!("{}/webhooks/{sender}", d.url)).body(body);
     for (k, v) in headers {
         req = req.header(*k, v);
@@ -180,7 +180,7 @@ async fn post(d: &Daemon, sender: &str, headers: &[(&str, String)], body: Vec<u8
     (code, r.text().await.unwrap())
 }
 
-fn signed(body: &[u8]) -> String {
+pub(crate) fn signed(body: &[u8]) -> String {
     shared::webhook::signature(CANARY.as_bytes(), body)
 }
 

@@ -8,6 +8,7 @@
 mod cli;
 mod daemon;
 mod desired_state;
+mod drain;
 mod git_source;
 mod kubelet;
 mod registry_source;

@@ -1,0 +1,274 @@
+//! Drain windows at the cluster: the nodes and pods the surge-room estimate reads, the session
+//! probes' HTTP calls before a rollout (`waitForIdle`), and the tracker that follows the old
+//! pods while they drain. What it all means is `shared::drain`'s; this module only fetches,
+//! calls, watches and keeps the clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures::stream::{BoxStream, SelectAll};
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::Value;
+use tokio::sync::watch;
+
+use shared::drain::{Drain, Idle, Plan, PodDrain, Replace, Report, Room};
+use shared::render::Manifest;
+use shared::state::{Time, object_id};
+
+use crate::cluster::Cluster;
+use crate::watch::{Prober, unix_now};
+
+/// How often the tracker looks at the clock when nothing changes (session readings are due by
+/// their own interval).
+const TICK: Duration = Duration::from_millis(500);
+
+/// After the last old pod's grace period, how long a pod that is still there is waited for
+/// (the kubelet's own clean-up), before it is reported as still terminating.
+const AFTER_GRACE: i64 = 30;
+
+/// A bundle's drain policy (`gitopsAgent.drainWindow` and `drain[]` over the node's window)
+/// compiled and applied to its manifests; the error names the `fleet.yaml` field.
+pub async fn for_bundle(
+    cluster: &Cluster,
+    policy: &shared::fleet::BundlePolicy,
+    node_window: i64,
+    manifests: &mut [Manifest],
+) -> Result<Vec<Plan>, String> {
+    let drains = shared::drain::compile(policy.drain_window.as_deref(), &policy.drain, node_window)?;
+    let objects: Vec<Value> = manifests.iter().map(|m| m.object.clone()).collect();
+    let unmatched = shared::drain::unmatched(&drains, &objects);
+    if !unmatched.is_empty() {
+        return Err(format!("fleet.yaml: gitopsAgent: {}", unmatched.join("; ")));
+    }
+    Ok(shape(cluster, manifests, &drains).await)
+}
+
+/// Shapes the bundle's workloads for their drain (`shared::drain::shape`) and returns the
+/// plans. Room for a surge pod is estimated from every Node and Pod, listed once and only when
+/// a drain asks for it; when they cannot be listed the estimate says so and the plan surges
+/// (the rollout then fails at its progress deadline rather than cutting sessions).
+pub async fn shape(cluster: &Cluster, manifests: &mut [Manifest], drains: &[Drain]) -> Vec<Plan> {
+    let needs_room = manifests
+        .iter()
+        .any(|m| shared::drain::drain_for(drains, &m.object).is_some_and(|d| d.replace == Replace::Auto));
+    let listed = if needs_room {
+        let nodes = cluster.list_core("Node", None).await;
+        let pods = cluster.list_core("Pod", None).await;
+        Some(match (nodes, pods) {
+            (Ok(n), Ok(p)) => Ok((n, p)),
+            (Err(e), _) | (_, Err(e)) => Err(format!("cannot estimate the room for a surge pod: {e}")),
+        })
+    } else {
+        None
+    };
+    let mut plans = Vec::new();
+    for m in manifests.iter_mut() {
+        let Some(drain) = shared::drain::drain_for(drains, &m.object) else { continue };
+        let room = match (&listed, drain.replace) {
+            (Some(Ok((nodes, pods))), Replace::Auto) => shared::drain::room(&m.object, nodes, pods),
+            (Some(Err(e)), Replace::Auto) => Room::Unknown { reason: e.clone() },
+            _ => Room::Unknown { reason: "not estimated: fleet.yaml sets replace".into() },
+        };
+        if let Some(plan) = shared::drain::shape(&mut m.object, drain, &room) {
+            plans.push(plan);
+        }
+    }
+    plans
+}
+
+/// The sessions on each running pod of the workloads whose plan waits for idle, read through
+/// their session probes: (plan's workload, pod, reading). A workload not found live has no old
+/// pods.
+pub async fn readings(cluster: &Cluster, plans: &[&Plan]) -> Vec<(String, Result<u64, String>)> {
+    let prober = Prober::new();
+    let mut out = Vec::new();
+    for plan in plans {
+        let Some(probe) = &plan.sessions else { continue };
+        let Some((kind, ns, name)) = split_id(&plan.workload) else { continue };
+        let stub = Manifest {
+            source: String::new(),
+            object: serde_json::json!({
+                "apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name, "namespace": ns},
+            }),
+        };
+        let live = match cluster.get(&stub).await {
+            Ok(Some(l)) => l,
+            Ok(None) => continue,
+            Err(e) => {
+                out.push((plan.workload.clone(), Err(e.to_string())));
+                continue;
+            }
+        };
+        let (pods, rs) = match (cluster.list_core("Pod", Some(ns)).await, list_replica_sets(cluster, ns).await) {
+            (Ok(p), Ok(r)) => (p, r),
+            (Err(e), _) | (_, Err(e)) => {
+                out.push((plan.workload.clone(), Err(e.to_string())));
+                continue;
+            }
+        };
+        let timeout = Duration::from_secs(u64::try_from(probe.timeout).unwrap_or(2));
+        for pod in shared::rollout::current_pods(&live, &rs, &pods) {
+            let pod_name = pod["metadata"]["name"].as_str().unwrap_or("?").to_owned();
+            let reading = match shared::drain::session_url(probe, &live, pod) {
+                None => Err("no address yet".to_owned()),
+                Some(url) => prober
+                    .get_text(&url, timeout)
+                    .await
+                    .and_then(|body| shared::drain::read_sessions(&probe.read, &body))
+                    .map_err(|e| format!("{}: {e}", shared::redact::url(&url))),
+            };
+            out.push((pod_name, reading));
+        }
+    }
+    out
+}
+
+async fn list_replica_sets(cluster: &Cluster, ns: &str) -> Result<Vec<Value>, crate::cluster::ClusterError> {
+    let api: Api<k8s_openapi::api::apps::v1::ReplicaSet> = Api::namespaced(cluster.client().clone(), ns);
+    let list = api.list(&Default::default()).await.map_err(|e| crate::cluster::ClusterError::Object {
+        object: format!("ReplicaSet list in {ns}"),
+        reason: crate::source::error_chain(&e),
+        status: None,
+    })?;
+    Ok(list.items.into_iter().filter_map(|o| serde_json::to_value(o).ok()).collect())
+}
+
+/// The idle gate over every plan that waits for idle: one combined answer (wait while any
+/// waits; look again at the earliest time any asks).
+pub fn gate(plans: &[&Plan], readings: &[(String, Result<u64, String>)], since: Time, now: Time) -> Idle {
+    let max_defer = plans.iter().filter_map(|p| p.max_defer).min().unwrap_or(0);
+    let interval = plans.iter().filter_map(|p| p.sessions.as_ref().map(|s| s.interval)).min().unwrap_or(5);
+    shared::drain::idle(readings, since, max_defer, interval, now)
+}
+
+fn split_id(id: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = id.splitn(3, '/');
+    Some((parts.next()?, parts.next()?, parts.next()?))
+}
+
+/// How the rollout watch ended, for the tracker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watched {
+    Running,
+    Healthy,
+    Failed,
+}
+
+/// Follows the terminating pods of every planned workload from the start of the rollout until
+/// they are gone, reading their sessions on each probe's interval, and reports how each
+/// workload's drain ended. Stops at once when the rollout failed (the rollback follows), and
+/// once it is healthy, as soon as no old pod is left (or the last grace period is well over).
+/// `objects` are the applied objects (for each workload's selector); `say` hears progress.
+pub async fn track(
+    client: &Client,
+    plans: &[Plan],
+    objects: &[Value],
+    mut watched: watch::Receiver<Watched>,
+    say: impl Fn(&str),
+) -> Vec<Report> {
+    let workloads: Vec<(&Plan, &Value)> =
+        plans.iter().filter_map(|p| objects.iter().find(|o| object_id(o) == p.workload).map(|o| (p, o))).collect();
+    if workloads.is_empty() {
+        return Vec::new();
+    }
+    let namespaces: BTreeSet<&str> =
+        workloads.iter().filter_map(|(_, o)| o["metadata"]["namespace"].as_str()).collect();
+    let mut streams: SelectAll<BoxStream<'static, ()>> = SelectAll::new();
+    let mut stores: Vec<Store<Pod>> = Vec::new();
+    for ns in namespaces {
+        let (reader, writer) = reflector::store();
+        let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let stream =
+            reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff().map(|_| ());
+        streams.push(stream.boxed());
+        stores.push(reader);
+    }
+    let prober = Prober::new();
+    // Per workload: its pods draining, and when each is due for a session reading.
+    let mut drains: Vec<BTreeMap<String, PodDrain>> = vec![BTreeMap::new(); workloads.len()];
+    let mut due: BTreeMap<String, Time> = BTreeMap::new();
+    let mut last_line = String::new();
+    loop {
+        let ready = stores.iter().all(|s| s.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok()));
+        let pods: Vec<Value> =
+            stores.iter().flat_map(|s| s.state()).filter_map(|p| serde_json::to_value(&*p).ok()).collect();
+        let now = unix_now();
+        if ready {
+            for ((plan, object), tracked) in workloads.iter().zip(drains.iter_mut()) {
+                let terminating = shared::drain::terminating(object, &pods);
+                for (pod, deadline) in &terminating {
+                    tracked.entry(pod.clone()).or_insert_with(|| PodDrain {
+                        pod: pod.clone(),
+                        deadline: *deadline,
+                        gone_at: None,
+                        last: None,
+                        error: None,
+                    });
+                }
+                for (name, d) in tracked.iter_mut() {
+                    let present = pods.iter().find(|p| p["metadata"]["name"].as_str() == Some(name));
+                    match present {
+                        None if d.gone_at.is_none() => d.gone_at = Some(now),
+                        None => {}
+                        Some(pod) => {
+                            let Some(probe) = &plan.sessions else { continue };
+                            if due.get(name).is_some_and(|t| *t > now) {
+                                continue;
+                            }
+                            due.insert(name.clone(), now + probe.interval);
+                            let timeout = Duration::from_secs(u64::try_from(probe.timeout).unwrap_or(2));
+                            let reading = match shared::drain::session_url(probe, object, pod) {
+                                None => Err("no address".to_owned()),
+                                Some(url) => prober
+                                    .get_text(&url, timeout)
+                                    .await
+                                    .and_then(|b| shared::drain::read_sessions(&probe.read, &b)),
+                            };
+                            match reading {
+                                Ok(n) => {
+                                    d.last = Some(n);
+                                    d.error = None;
+                                }
+                                Err(e) => d.error = Some(e),
+                            }
+                        }
+                    }
+                }
+                let draining: Vec<PodDrain> = tracked.values().filter(|d| d.gone_at.is_none()).cloned().collect();
+                if !draining.is_empty() {
+                    let line = shared::drain::progress(plan.window, &draining, now);
+                    if line != last_line {
+                        say(&line);
+                        last_line = line;
+                    }
+                }
+            }
+        }
+        let state = *watched.borrow();
+        let all_gone = drains.iter().flat_map(|t| t.values()).all(|d| d.gone_at.is_some());
+        let last_deadline = drains.iter().flat_map(|t| t.values()).map(|d| d.deadline).max().unwrap_or(0);
+        match state {
+            Watched::Failed => break,
+            Watched::Healthy if ready && (all_gone || now > last_deadline + AFTER_GRACE) => break,
+            _ => {}
+        }
+        tokio::select! {
+            Some(()) = streams.next() => {
+                while let Some(Some(())) = streams.next().now_or_never() {}
+            }
+            _ = watched.changed() => {}
+            () = tokio::time::sleep(TICK) => {}
+        }
+    }
+    workloads
+        .iter()
+        .zip(drains)
+        .filter(|(_, tracked)| !tracked.is_empty())
+        .map(|((plan, _), tracked)| shared::drain::report(&plan.workload, &tracked.into_values().collect::<Vec<_>>()))
+        .collect()
+}

@@ -1,0 +1,324 @@
+//! Drain windows against the testenv, with the kiosk fixture app running for each pod (the
+//! harness acts as the kubelet: preStop, SIGTERM, removal at the end of the grace period):
+//! a rollout waits for idle pods, a clean drain is reported clean, `maxDefer` expires and a
+//! session held past the window is really cut and reported as cut, and on a node with no room
+//! for a second GPU pod the agent replaces one pod at a time and says so in `agent diff`.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use serde_json::{Value, json};
+use xtask::kubelet::Kubelet;
+use xtask::support::TestEnv;
+
+use crate::daemon::{Daemon, gitea_push, metrics, post, sample, serve, signed};
+use crate::rollout::{App, agent, bundle, text};
+use crate::util::wait_for;
+
+/// The kiosk Deployment: one replica, the harness is its kubelet, an explicit grace period.
+fn kiosk(app: &App, tag: &str, grace: u32) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 1\n  selector:\n    \
+         matchLabels: {{app: web}}\n  template:\n    metadata:\n      labels: {{app: web}}\n      annotations:\n        \
+         {annotation}: harness\n    spec:\n      terminationGracePeriodSeconds: {grace}\n      containers:\n      \
+         - name: web\n        image: {image}:{tag}\n        ports:\n        - containerPort: 8080\n",
+        annotation = xtask::testenv::HARNESS_KUBELET_ANNOTATION,
+        image = app.image,
+    )
+}
+
+/// `fleet.yaml` with one drain entry for `web` (extra lines indented as its fields).
+fn fleet(app: &App, entry: &str) -> String {
+    format!("defaultNamespace: {}\ngitopsAgent:\n  drain:\n  - workload: web\n{entry}", app.ns.name)
+}
+
+fn sessions(kubelet: &Kubelet) -> String {
+    format!(
+        "    sessions:\n      url: '{}/{{pod}}/metrics'\n      gauge: kiosk_active_sessions\n      interval: 1s\n",
+        kubelet.proxy_url()
+    )
+}
+
+async fn live(app: &App, env: &TestEnv) -> Value {
+    let api: Api<Deployment> = Api::namespaced(env.client().await, &app.ns.name);
+    serde_json::to_value(api.get("web").await.unwrap()).unwrap()
+}
+
+/// The fields of the Deployment's spec that field manager `gitops-agent` owns (server-side apply).
+fn owned_by_agent(live: &Value) -> String {
+    live["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["manager"] == "gitops-agent" && f["operation"] == "Apply")
+        .map(|f| f["fieldsV1"].to_string())
+        .collect()
+}
+
+async fn event(env: &TestEnv, ns: &str, reason: &str) -> Event {
+    let events: Api<Event> = Api::namespaced(env.client().await, ns);
+    wait_for(&format!("{reason} event"), Duration::from_secs(20), || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some(reason))
+            .ok_or_else(|| "none yet".to_owned())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollout_waits_for_idle_pods_then_the_old_pod_drains_cleanly() {
+    let env = TestEnv::get();
+    let app = App::new(env, "drain-idle").await;
+    let kubelet = Kubelet::start(env.client().await, &app.ns.name).await;
+    let entry = format!(
+        "    window: 20s\n{}    waitForIdle:\n      maxDefer: 10m\n    preStop:\n      httpGet: {{path: /drain, port: 8080}}\n",
+        sessions(&kubelet)
+    );
+    app.write("apps/web/fleet.yaml", &fleet(&app, &entry));
+    app.write("apps/web/deployment.yaml", &kiosk(&app, "1.0.0", 5));
+    app.commit(env, "the kiosk, with a drain policy");
+
+    // Nothing runs yet, so nothing to wait for: the first version rolls out at once.
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!((code, bundle(&doc, "web")["result"].as_str()), (Some(0), Some("rolledOut")), "{human}");
+    let d = live(&app, env).await;
+    let spec = &d["spec"];
+    assert_eq!(spec["strategy"]["rollingUpdate"]["maxUnavailable"], 0, "surge before unavailable: {spec:#}");
+    assert_eq!(spec["strategy"]["rollingUpdate"]["maxSurge"], 1, "the chart sets none: one pod beside the old one");
+    assert_eq!(spec["template"]["spec"]["terminationGracePeriodSeconds"], 20, "raised to the window");
+    assert_eq!(spec["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["httpGet"]["path"], "/drain");
+    let owned = owned_by_agent(&d);
+    for field in ["f:terminationGracePeriodSeconds", "f:maxUnavailable", "f:preStop"] {
+        assert!(owned.contains(field), "gitops-agent owns {field} under server-side apply: {owned}");
+    }
+    let old_pod = kubelet.wait_running(&[], Duration::from_secs(60)).await;
+    let mut session = kubelet.open_session(&old_pod).await;
+
+    // The daemon (polling every hour) gets the change by webhook and defers it: a customer is
+    // talking to the old pod.
+    let port = serve(&app, "", "1h", "15s");
+    let dir = app.config.parent().unwrap().to_owned();
+    let daemon = Daemon::start(&app.config, dir.join("agent.log"), port, &[]);
+    daemon.wait_ready().await;
+    daemon.wait_running("web", &app.head(), Duration::from_secs(60)).await;
+    app.write("apps/web/deployment.yaml", &kiosk(&app, "1.1.0", 5));
+    app.commit(env, "web 1.1.0");
+    let body = gitea_push(&app);
+    let (code, _) =
+        post(&daemon, "gitea", &[("x-gitea-event", "push".to_owned()), ("x-gitea-signature", signed(&body))], body)
+            .await;
+    assert_eq!(code, 202);
+    let waiting = format!("waiting for idle: 1 session on {old_pod}");
+    let web = wait_for("the rollout deferred for the open session", Duration::from_secs(60), || async {
+        let s = daemon.status().await;
+        let web = s["bundles"].as_array().unwrap().iter().find(|b| b["bundle"] == "web").cloned().unwrap();
+        if web["state"] == "deferred" { Ok(web) } else { Err(format!("{web:#}")) }
+    })
+    .await;
+    assert!(web["next"].as_str().unwrap().contains(&waiting), "{web:#}");
+    // It looks again by itself (no poll, no webhook), and keeps waiting while the session lasts.
+    let cycles = daemon.cycles().await;
+    wait_for("two idle checks more", Duration::from_secs(30), || async {
+        let n = daemon.cycles().await;
+        if n >= cycles + 2.0 { Ok(()) } else { Err(format!("{n} cycles")) }
+    })
+    .await;
+    assert!(live(&app, env).await.to_string().contains(":1.0.0@sha256:"), "nothing applied while a session is open");
+    assert!(session.ping().await, "the customer's session is untouched");
+
+    // The conversation ends: the rollout starts by itself, the old pod drains cleanly.
+    session.close().await;
+    let web = daemon.wait_running("web", &app.head(), Duration::from_secs(60)).await;
+    let message = web["last"]["message"].as_str().unwrap();
+    assert!(message.contains("Deployment/") && message.contains("drained cleanly (1 pod)"), "{web:#}");
+    let ended = kubelet.wait_ended(&old_pod, Duration::from_secs(30)).await;
+    assert_eq!(ended.last_line, "drained cleanly", "{ended:?}");
+    assert!(!ended.killed && ended.exited_at < ended.deadline, "it exited by itself before its grace ended: {ended:?}");
+    let ev = event(env, &app.ns.name, "DrainedCleanly").await;
+    assert_eq!(ev.type_.as_deref(), Some("Normal"));
+    assert_eq!(ev.regarding.as_ref().unwrap().name.as_deref(), Some("web"));
+    let (_, body) = daemon.get("/metrics").await;
+    let scrape = metrics(&body);
+    assert_eq!(sample(&scrape, "gitops_agent_drains_total", &[("bundle", "web"), ("result", "clean")]), Some(1.0));
+    assert_eq!(sample(&scrape, "gitops_agent_sessions_cut_total", &[("bundle", "web")]), None, "{body}");
+    let logs = daemon.logs();
+    assert!(logs.contains(&waiting) && logs.contains("idle: no sessions on 1 old pod"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_defer_expires_and_a_session_held_past_the_window_is_cut_and_reported() {
+    let env = TestEnv::get();
+    let app = App::new(env, "drain-cut").await;
+    let kubelet = Kubelet::start(env.client().await, &app.ns.name).await;
+    let entry = format!("    window: 6s\n{}    waitForIdle:\n      maxDefer: 3s\n", sessions(&kubelet));
+    app.write("apps/web/fleet.yaml", &fleet(&app, &entry));
+    app.write("apps/web/deployment.yaml", &kiosk(&app, "1.0.0", 6));
+    app.commit(env, "the kiosk, with a short drain");
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!((code, bundle(&doc, "web")["result"].as_str()), (Some(0), Some("rolledOut")), "{human}");
+    let old_pod = kubelet.wait_running(&[], Duration::from_secs(60)).await;
+    let mut session = kubelet.open_session(&old_pod).await;
+
+    app.write("apps/web/deployment.yaml", &kiosk(&app, "1.1.0", 6));
+    app.commit(env, "web 1.1.0");
+    let before = app.writes(env);
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!(code, Some(3), "{human}");
+    let web = bundle(&doc, "web");
+    assert_eq!(web["result"], "blocked", "{human}");
+    let message = web["message"].as_str().unwrap();
+    assert!(message.starts_with(&format!("deferred: waiting for idle: 1 session on {old_pod}")), "{human}");
+    assert!(web["retryAt"].as_i64().is_some(), "says when to look again: {human}");
+    assert!(
+        app.writes(env)
+            .iter()
+            .filter(|w| !w.contains("secrets/"))
+            .eq(before.iter().filter(|w| !w.contains("secrets/"))),
+        "nothing applied while deferred (only the record was written)"
+    );
+
+    // maxDefer passes while the customer still talks: the rollout starts anyway, and the session
+    // is cut when the drain window ends (the harness, as the kubelet, ends the pod then).
+    let doc = wait_for("maxDefer to pass and the rollout to run", Duration::from_secs(60), || async {
+        let (code, doc, human) = app.reconcile(&[]);
+        match bundle(&doc, "web")["result"].as_str() {
+            Some("rolledOut") if code == Some(0) => Ok(doc),
+            _ => Err(human),
+        }
+    })
+    .await;
+    let web = bundle(&doc, "web");
+    let drain = &web["drains"][0];
+    assert_eq!(drain["cut"], 1, "{web:#}");
+    assert_eq!(drain["clean"], false, "{web:#}");
+    assert!(web["message"].as_str().unwrap().contains("1 session cut at window end"), "{web:#}");
+    // Really cut: the app closed it at the end of its grace ("going away"), or the kubelet's
+    // SIGKILL at the end of the pod's grace period dropped it, whichever came first.
+    let closed = session.closed_by_server(Duration::from_secs(5)).await;
+    let ended = kubelet.wait_ended(&old_pod, Duration::from_secs(10)).await;
+    match closed {
+        Some(1001) => assert_eq!(ended.last_line, "grace ended: cut 1 sessions", "{ended:?}"),
+        None => assert!(ended.killed, "dropped without a close frame, so killed: {ended:?}"),
+        other => panic!("the session ended with close code {other:?}: {ended:?}"),
+    }
+    assert!(ended.exited_at + 1 >= ended.deadline, "it lived its whole drain window: {ended:?}");
+    let ev = event(env, &app.ns.name, "SessionsCut").await;
+    assert_eq!(ev.type_.as_deref(), Some("Warning"));
+    assert!(ev.note.as_deref().unwrap().contains("1 session cut at window end"), "{:?}", ev.note);
+    let out = agent(&["status", "-c", app.config.to_str().unwrap(), "--explain", "web"]);
+    assert!(text(&out).contains("1 session cut at window end"), "{}", text(&out));
+}
+
+/// A KWOK node of this test alone, with one GPU, tainted so that only this test's pods land on it.
+struct GpuNode {
+    name: String,
+    kubeconfig: std::path::PathBuf,
+}
+
+impl GpuNode {
+    async fn new(env: &TestEnv, ns: &str) -> GpuNode {
+        let client = env.client().await;
+        let name = format!("{ns}-gpu");
+        xtask::support::ensure_node(&client, &name, &[("gitops-agent.test/node", ns)], &[("nvidia.com/gpu", "1")])
+            .await
+            .unwrap();
+        let nodes: Api<Node> = Api::all(client.clone());
+        let taint =
+            json!({"spec": {"taints": [{"key": "gitops-agent.test/node", "value": ns, "effect": "NoSchedule"}]}});
+        nodes.patch(&name, &PatchParams::default(), &Patch::Merge(&taint)).await.unwrap();
+        xtask::support::wait_node_ready(&client, &name, Duration::from_secs(60)).await.unwrap();
+        GpuNode { name, kubeconfig: env.info.kubeconfig.clone() }
+    }
+}
+
+impl Drop for GpuNode {
+    fn drop(&mut self) {
+        let (name, kubeconfig) = (self.name.clone(), self.kubeconfig.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async {
+                let client = xtask::support::kube_client(&kubeconfig).await.ok()?;
+                // Its pods first: once the node is gone KWOK no longer ends them, and the test's
+                // namespace would stay Terminating.
+                let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::all(client.clone());
+                let on_node = ListParams::default().fields(&format!("spec.nodeName={name}"));
+                for p in pods.list(&on_node).await.ok()?.items {
+                    let (Some(ns), Some(pod)) = (p.metadata.namespace, p.metadata.name) else { continue };
+                    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
+                    let _ = api
+                        .delete(&pod, &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() })
+                        .await;
+                }
+                Api::<Node>::all(client).delete(&name, &DeleteParams::default()).await.ok()
+            })
+        })
+        .join();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_room_for_a_second_gpu_pod_one_pod_is_replaced_at_a_time_and_diff_says_so() {
+    let env = TestEnv::get();
+    let app = App::new(env, "drain-gpu").await;
+    let node = GpuNode::new(env, &app.ns.name).await;
+    let ns = app.ns.name.clone();
+    let deployment = |tag: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 1\n  selector:\n    \
+             matchLabels: {{app: web}}\n  template:\n    metadata:\n      labels: {{app: web}}\n    spec:\n      \
+             terminationGracePeriodSeconds: 3\n      nodeSelector: {{gitops-agent.test/node: {ns}}}\n      tolerations:\n      \
+             - {{key: gitops-agent.test/node, operator: Equal, value: {ns}, effect: NoSchedule}}\n      containers:\n      \
+             - name: web\n        image: {image}:{tag}\n        resources:\n          limits: {{nvidia.com/gpu: 1}}\n",
+            image = app.image,
+        )
+    };
+    app.write("apps/web/fleet.yaml", &fleet(&app, "    window: 4s\n    preStop:\n      sleep: 1s\n"));
+    app.write("apps/web/deployment.yaml", &deployment("1.0.0"));
+    app.commit(env, "a GPU workload");
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!((code, bundle(&doc, "web")["result"].as_str()), (Some(0), Some("rolledOut")), "{human}");
+    let d = live(&app, env).await;
+    assert_eq!(
+        d["spec"]["strategy"]["rollingUpdate"],
+        json!({"maxSurge": 0, "maxUnavailable": 1}),
+        "decided before the pod ran, and the same after: {d:#}"
+    );
+
+    app.write("apps/web/deployment.yaml", &deployment("1.1.0"));
+    app.commit(env, "web 1.1.0");
+    let config = app.config.to_str().unwrap();
+    let out = agent(&["diff", "-c", config]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let shown = text(&out);
+    let line = shown.lines().find(|l| l.trim_start().starts_with("drain ")).unwrap_or_else(|| panic!("{shown}"));
+    assert!(line.contains("one pod at a time"), "{line}");
+    assert!(line.contains(&format!("{} has no room for a second pod", node.name)), "{line}");
+    assert!(line.contains("nvidia.com/gpu"), "{line}");
+    let out = agent(&["diff", "-c", config, "-o", "json"]);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let plan = &doc["bundles"][0]["drains"][0];
+    assert_eq!((plan["mode"].as_str(), plan["window"].as_i64()), (Some("oneAtATime"), Some(4)), "{doc:#}");
+
+    // The old pod goes first (its GPU is the only one) and drains for its window; then the new
+    // one starts. With no session probe, the drain is reported as ended by its grace period.
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!((code, bundle(&doc, "web")["result"].as_str()), (Some(0), Some("rolledOut")), "{human}");
+    let web = bundle(&doc, "web");
+    assert!(web["drains"][0]["message"].as_str().unwrap().contains("ended by its grace period"), "{human}");
+    assert!(human.contains("draining "), "the drain was followed: {human}");
+    let d = live(&app, env).await;
+    let pod_spec = &d["spec"]["template"]["spec"];
+    assert_eq!(pod_spec["terminationGracePeriodSeconds"], 4, "raised to the window: {d:#}");
+    assert_eq!(pod_spec["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"], 1);
+    assert!(pod_spec["containers"][0]["image"].as_str().unwrap().contains(":1.1.0@sha256:"));
+    let owned = owned_by_agent(&d);
+    assert!(owned.contains("f:maxSurge") && owned.contains("f:preStop"), "{owned}");
+}
