@@ -1,7 +1,8 @@
 //! Drain windows against the testenv, with the kiosk fixture app running for each pod (the
 //! harness acts as the kubelet: preStop, SIGTERM, removal at the end of the grace period):
 //! a rollout waits for idle pods, a clean drain is reported clean, `maxDefer` expires and a
-//! session held past the window is really cut and reported as cut, and on a node with no room
+//! session held past the window is really cut and reported as cut (read from the JSON endpoint,
+//! the first test reads the Prometheus gauge), and on a node with no room
 //! for a second GPU pod the agent replaces one pod at a time and says so in `agent diff`.
 
 use std::time::Duration;
@@ -35,11 +36,12 @@ fn fleet(app: &App, entry: &str) -> String {
     format!("defaultNamespace: {}\ngitopsAgent:\n  drain:\n  - workload: web\n{entry}", app.ns.name)
 }
 
-fn sessions(kubelet: &Kubelet) -> String {
-    format!(
-        "    sessions:\n      url: '{}/{{pod}}/metrics'\n      gauge: kiosk_active_sessions\n      interval: 1s\n",
-        kubelet.proxy_url()
-    )
+/// The session probe through the harness kubelet's proxy: the Prometheus gauge, or the JSON
+/// endpoint.
+fn sessions(kubelet: &Kubelet, json: bool) -> String {
+    let (path, read) =
+        if json { ("sessions", "jsonPointer: /active") } else { ("metrics", "gauge: kiosk_active_sessions") };
+    format!("    sessions:\n      url: '{}/{{pod}}/{path}'\n      {read}\n      interval: 1s\n", kubelet.proxy_url())
 }
 
 async fn live(app: &App, env: &TestEnv) -> Value {
@@ -80,7 +82,7 @@ async fn a_rollout_waits_for_idle_pods_then_the_old_pod_drains_cleanly() {
     let kubelet = Kubelet::start(env.client().await, &app.ns.name).await;
     let entry = format!(
         "    window: 20s\n{}    waitForIdle:\n      maxDefer: 10m\n    preStop:\n      httpGet: {{path: /drain, port: 8080}}\n",
-        sessions(&kubelet)
+        sessions(&kubelet, false)
     );
     app.write("apps/web/fleet.yaml", &fleet(&app, &entry));
     app.write("apps/web/deployment.yaml", &kiosk(&app, "1.0.0", 5));
@@ -158,7 +160,7 @@ async fn max_defer_expires_and_a_session_held_past_the_window_is_cut_and_reporte
     let env = TestEnv::get();
     let app = App::new(env, "drain-cut").await;
     let kubelet = Kubelet::start(env.client().await, &app.ns.name).await;
-    let entry = format!("    window: 6s\n{}    waitForIdle:\n      maxDefer: 3s\n", sessions(&kubelet));
+    let entry = format!("    window: 6s\n{}    waitForIdle:\n      maxDefer: 3s\n", sessions(&kubelet, true));
     app.write("apps/web/fleet.yaml", &fleet(&app, &entry));
     app.write("apps/web/deployment.yaml", &kiosk(&app, "1.0.0", 6));
     app.commit(env, "the kiosk, with a short drain");
