@@ -2736,6 +2736,15 @@ other_kiosk_active_sessions 5
             let r = report(w, &pods);
             assert_eq!((r.cut, r.clean, r.message.as_str()), (cut, clean, message));
             assert_eq!(r.pods.len(), pods.len());
+            // The one word of metrics and Events follows the counts.
+            let word = if cut > 0 {
+                "cut"
+            } else if clean {
+                "clean"
+            } else {
+                "unconfirmed"
+            };
+            assert_eq!(r.result(), word, "{message}");
         }
     }
 
