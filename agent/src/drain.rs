@@ -6,12 +6,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use futures::StreamExt;
 use futures::stream::{BoxStream, SelectAll};
-use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -164,6 +163,9 @@ pub enum Watched {
 /// workload's drain ended. Stops at once when the rollout failed (the rollback follows), and
 /// once it is healthy, as soon as no old pod is left (or the last grace period is well over).
 /// `objects` are the applied objects (for each workload's selector); `say` hears progress.
+///
+/// It works on the watch's events, not on snapshots of a cache: a pod that drains at once (no
+/// session open) is deleted a moment after its deletion began, and both are seen.
 pub async fn track(
     client: &Client,
     plans: &[Plan],
@@ -178,88 +180,113 @@ pub async fn track(
     }
     let namespaces: BTreeSet<&str> =
         workloads.iter().filter_map(|(_, o)| o["metadata"]["namespace"].as_str()).collect();
-    let mut streams: SelectAll<BoxStream<'static, ()>> = SelectAll::new();
-    let mut stores: Vec<Store<Pod>> = Vec::new();
-    for ns in namespaces {
-        let (reader, writer) = reflector::store();
+    let mut streams: SelectAll<BoxStream<'static, Result<watcher::Event<Pod>, watcher::Error>>> = SelectAll::new();
+    for ns in &namespaces {
         let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-        let stream =
-            reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff().map(|_| ());
-        streams.push(stream.boxed());
-        stores.push(reader);
+        streams.push(watcher(api, watcher::Config::default()).default_backoff().boxed());
     }
     let prober = Prober::new();
-    // Per workload: its pods draining, and when each is due for a session reading.
+    // Per workload: its pods draining; the live pods by name; when each is due for a reading.
     let mut drains: Vec<BTreeMap<String, PodDrain>> = vec![BTreeMap::new(); workloads.len()];
+    let mut live: BTreeMap<String, Value> = BTreeMap::new();
+    let mut listing: Option<BTreeSet<String>> = None;
+    let mut listed = 0;
     let mut due: BTreeMap<String, Time> = BTreeMap::new();
     let mut last_line = String::new();
     loop {
-        let ready = stores.iter().all(|s| s.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok()));
-        let pods: Vec<Value> =
-            stores.iter().flat_map(|s| s.state()).filter_map(|p| serde_json::to_value(&*p).ok()).collect();
         let now = unix_now();
-        if ready {
-            for ((plan, object), tracked) in workloads.iter().zip(drains.iter_mut()) {
-                let terminating = shared::drain::terminating(object, &pods);
-                for (pod, deadline) in &terminating {
-                    tracked.entry(pod.clone()).or_insert_with(|| PodDrain {
-                        pod: pod.clone(),
-                        deadline: *deadline,
-                        gone_at: None,
-                        last: None,
-                        error: None,
-                    });
+        // Sessions of the pods still draining, each on its probe's interval.
+        for ((plan, object), tracked) in workloads.iter().zip(drains.iter_mut()) {
+            // Without a session probe the drain is followed by the pods' deletion alone.
+            let probe = plan.sessions.as_ref();
+            for (name, d) in tracked.iter_mut().filter(|(_, d)| d.gone_at.is_none() && probe.is_some()) {
+                let (Some(probe), Some(pod)) = (probe, live.get(name)) else { continue };
+                if due.get(name).is_some_and(|t| *t > now) {
+                    continue;
                 }
-                for (name, d) in tracked.iter_mut() {
-                    let present = pods.iter().find(|p| p["metadata"]["name"].as_str() == Some(name));
-                    match present {
-                        None if d.gone_at.is_none() => d.gone_at = Some(now),
-                        None => {}
-                        Some(pod) => {
-                            let Some(probe) = &plan.sessions else { continue };
-                            if due.get(name).is_some_and(|t| *t > now) {
-                                continue;
-                            }
-                            due.insert(name.clone(), now + probe.interval);
-                            let timeout = Duration::from_secs(u64::try_from(probe.timeout).unwrap_or(2));
-                            let reading = match shared::drain::session_url(probe, object, pod) {
-                                None => Err("no address".to_owned()),
-                                Some(url) => prober
-                                    .get_text(&url, timeout)
-                                    .await
-                                    .and_then(|b| shared::drain::read_sessions(&probe.read, &b)),
-                            };
-                            match reading {
-                                Ok(n) => {
-                                    d.last = Some(n);
-                                    d.error = None;
-                                }
-                                Err(e) => d.error = Some(e),
-                            }
-                        }
+                due.insert(name.clone(), now + probe.interval);
+                let timeout = Duration::from_secs(u64::try_from(probe.timeout).unwrap_or(2));
+                let reading = match shared::drain::session_url(probe, object, pod) {
+                    None => Err("no address".to_owned()),
+                    Some(url) => {
+                        prober.get_text(&url, timeout).await.and_then(|b| shared::drain::read_sessions(&probe.read, &b))
                     }
+                };
+                match reading {
+                    Ok(n) => {
+                        d.last = Some(n);
+                        d.error = None;
+                    }
+                    Err(e) => d.error = Some(e),
                 }
-                let draining: Vec<PodDrain> = tracked.values().filter(|d| d.gone_at.is_none()).cloned().collect();
-                if !draining.is_empty() {
-                    let line = shared::drain::progress(plan.window, &draining, now);
-                    if line != last_line {
-                        say(&line);
-                        last_line = line;
-                    }
+            }
+            let draining: Vec<PodDrain> = tracked.values().filter(|d| d.gone_at.is_none()).cloned().collect();
+            if !draining.is_empty() {
+                let line = shared::drain::progress(plan.window, &draining, now);
+                if line != last_line {
+                    say(&line);
+                    last_line = line;
                 }
             }
         }
-        let state = *watched.borrow();
+        let ready = listed == namespaces.len();
         let all_gone = drains.iter().flat_map(|t| t.values()).all(|d| d.gone_at.is_some());
         let last_deadline = drains.iter().flat_map(|t| t.values()).map(|d| d.deadline).max().unwrap_or(0);
-        match state {
+        match *watched.borrow() {
             Watched::Failed => break,
             Watched::Healthy if ready && (all_gone || now > last_deadline + AFTER_GRACE) => break,
             _ => {}
         }
         tokio::select! {
-            Some(()) = streams.next() => {
-                while let Some(Some(())) = streams.next().now_or_never() {}
+            Some(event) = streams.next() => {
+                let now = unix_now();
+                let mut seen = |pod: &Pod, gone: bool, drains: &mut Vec<BTreeMap<String, PodDrain>>| {
+                    let Ok(value) = serde_json::to_value(pod) else { return };
+                    let name = value["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+                    for ((_, object), tracked) in workloads.iter().zip(drains.iter_mut()) {
+                        for (pod, deadline) in shared::drain::terminating(object, std::slice::from_ref(&value)) {
+                            let d = tracked.entry(pod.clone()).or_insert_with(|| PodDrain {
+                                pod,
+                                deadline,
+                                gone_at: None,
+                                last: None,
+                                error: None,
+                            });
+                            if gone && d.gone_at.is_none() {
+                                d.gone_at = Some(now);
+                            }
+                        }
+                    }
+                    if gone {
+                        live.remove(&name);
+                    } else {
+                        live.insert(name, value);
+                    }
+                };
+                match event {
+                    Ok(watcher::Event::Apply(pod)) => seen(&pod, false, &mut drains),
+                    Ok(watcher::Event::Delete(pod)) => seen(&pod, true, &mut drains),
+                    Ok(watcher::Event::Init) => listing = Some(BTreeSet::new()),
+                    Ok(watcher::Event::InitApply(pod)) => {
+                        if let Some(names) = listing.as_mut() {
+                            names.insert(pod.metadata.name.clone().unwrap_or_default());
+                        }
+                        seen(&pod, false, &mut drains);
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        // A (re-)list: a pod followed but no longer listed went while the watch
+                        // was down.
+                        let names = listing.take().unwrap_or_default();
+                        for d in drains.iter_mut().flat_map(|t| t.values_mut()) {
+                            if d.gone_at.is_none() && !names.contains(&d.pod) {
+                                d.gone_at = Some(now);
+                            }
+                        }
+                        live.retain(|name, _| names.contains(name));
+                        listed = (listed + 1).min(namespaces.len());
+                    }
+                    Err(_) => {}
+                }
             }
             _ = watched.changed() => {}
             () = tokio::time::sleep(TICK) => {}
