@@ -4,11 +4,16 @@
 //! is the store's cluster, its git server is Gitea, its registry is Harbor, and this task is CI.
 //! The agent runs as the daemon (`agent run`) it is on a node:
 //!
-//! 1. testenv up, Stack B seeded (chart at images `1.0.0`), the demo store reset;
+//! 1. testenv up, Stack B seeded (chart at images `1.0.0`), the demo store reset; the store's
+//!    drain policy for the signalling server committed (sessions read from each pod's gauge,
+//!    `waitForIdle`, preStop), and its pods run the kiosk fixture app with this task as their
+//!    kubelet (`xtask::kubelet`);
 //! 2. a node config with a Gitea webhook and a free local port;
 //! 3. `agent run` rolls Stack B out;
-//! 4. CI pushes a new signalling image, bumps its tag in git and sends Gitea's push webhook: the
-//!    agent rolls it out within seconds, not at the next poll;
+//! 4. a customer opens a WebSocket session on the signalling pod; CI pushes a new signalling
+//!    image, bumps its tag in git and sends Gitea's push webhook: the agent defers the rollout
+//!    while the customer talks, and rolls it out by itself within seconds of the conversation's
+//!    end (no poll), the old pod drained cleanly;
 //! 5. CI pushes a broken image the same way: the rollout fails (CrashLoopBackOff) and the agent
 //!    rolls back to the last-known-good by itself, quarantining the broken revision;
 //! 6. SIGTERM: the agent shuts down cleanly.
@@ -75,6 +80,12 @@ pub async fn demo() -> Result<()> {
     let client = support::kube_client(&info.kubeconfig).await?;
     reset_store(&client).await?;
     let ci = CiWorkspace::clone(&info, &dir.join("ci-work"))?;
+    let kubelet = xtask::kubelet::Kubelet::start(client.clone(), STORE_NAMESPACE).await;
+    println!(
+        "the signalling pods run the kiosk fixture app (WebSocket sessions, gauge kiosk_active_sessions): \
+         the demo plays their kubelet"
+    );
+    ci.drain_signalling(&info, &kubelet.proxy_url())?;
     println!("git {}/{}.git at {}", info.git_base, seed::STACK_B_REPO, short(&ci.head()?));
 
     step(&started, 2, "Node config");
@@ -96,25 +107,51 @@ pub async fn demo() -> Result<()> {
     println!("Stack B runs commit {} ({})", short(&first), images(&s));
     agent_cmd(&agent_bin, &["status", "--config"], &cfg, &[0])?;
 
-    step(&started, 4, &format!("As CI would: {IMAGE}:{GOOD_TAG}, a values bump, Gitea's push webhook"));
+    step(&started, 4, &format!("A customer talks to the kiosk; CI ships {IMAGE}:{GOOD_TAG} with Gitea's push webhook"));
+    let old_pod = kubelet.wait_running(&[], READY_WITHIN).await;
+    let mut session = kubelet.open_session(&old_pod).await;
+    println!("a customer's WebSocket session is open on {old_pod}");
     let digest = seed::push_image(&info, IMAGE, GOOD_TAG)?;
     println!("pushed {}/{IMAGE}:{GOOD_TAG} {digest}", info.registry);
     let good = ci.bump(&info, GOOD_TAG)?;
     let sent = Instant::now();
     agent.gitea_push(&info, &webhook_secret, &first, &good).await?;
     let s = agent
+        .wait_bundle("the rollout to wait for the customer (waitForIdle)", ROLLOUT_WITHIN, |b| {
+            if synced_at(b, &good)? {
+                bail!("{GOOD_TAG} was rolled out while a customer talked to {old_pod}");
+            }
+            Ok(b["state"] == "deferred")
+        })
+        .await?;
+    println!("next: {}", s["next"].as_str().unwrap_or_default());
+    agent_cmd(&agent_bin, &["status", "--config"], &cfg, &[0])?;
+    if !session.ping().await {
+        bail!("the customer's session on {old_pod} stopped answering while the rollout waited");
+    }
+    session.close().await;
+    let goodbye = Instant::now();
+    println!("\nthe customer's session was untouched; the conversation ends now");
+    let s = agent
         .wait_bundle(&format!("the rollout of {IMAGE}:{GOOD_TAG}"), ROLLOUT_WITHIN, |b| synced_at(b, &good))
         .await?;
     println!(
-        "rolled out commit {} {:.1}s after the webhook (the next poll was up to 30s away): {}",
+        "rolled out commit {} {:.1}s after the conversation ended ({:.1}s after the webhook; no poll needed): {}",
         short(&good),
+        goodbye.elapsed().as_secs_f64(),
         sent.elapsed().as_secs_f64(),
         images(&s)
     );
+    if let Some(m) = s["last"]["message"].as_str() {
+        println!("outcome: {m}");
+    }
+    let ended = kubelet.wait_ended(&old_pod, READY_WITHIN).await;
+    println!("the old pod's app, after preStop /drain and SIGTERM: {}", ended.last_line);
     println!("(signalling's init container stays at 1.0.0: its tag is pinned on its own, initImage.tag)");
     agent_cmd(&agent_bin, &["status", "--config"], &cfg, &[0])?;
 
     step(&started, 5, &format!("As CI would, with a broken release: {IMAGE}:{BROKEN_TAG}"));
+    let serving = kubelet.running();
     let digest = seed::push_image(&info, IMAGE, BROKEN_TAG)?;
     println!("pushed {}/{IMAGE}:{BROKEN_TAG} {digest}", info.registry);
     let broken = ci.bump(&info, BROKEN_TAG)?;
@@ -135,11 +172,20 @@ pub async fn demo() -> Result<()> {
         println!("why: {m}");
     }
     print_rollback_events(&client).await?;
+    let running = kubelet.running();
+    if let Some(gone) = serving.iter().find(|p| !running.contains(p)) {
+        bail!("{gone}, which served {GOOD_TAG}, was stopped during the broken rollout");
+    }
+    println!(
+        "the {GOOD_TAG} pod ({}) served throughout: surge before unavailable never stopped it for the broken one",
+        serving.join(", ")
+    );
     agent_cmd(&agent_bin, &["status", "--config"], &cfg, &[0])?;
     agent_cmd(&agent_bin, &["status", "--explain", BUNDLE, "--config"], &cfg, &[0])?;
 
     step(&started, 6, "Stopping the agent (SIGTERM)");
     let status = agent.stop(STOP_WITHIN)?;
+    drop(kubelet);
     println!("agent run exited: {status}");
     if !status.success() {
         bail!("agent run did not shut down cleanly ({status}); see {}", log.display());
@@ -151,6 +197,7 @@ pub async fn demo() -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     println!("and rolled {BROKEN_TAG} back by itself, keeping that revision quarantined.");
+    println!("The release waited for the customer's conversation to end, and no session was cut.");
     println!("  agent log:     {}   (less {0}; grep -E 'roll|webhook' {0})", log.display());
     println!("  agent config:  {}", cfg.display());
     println!("  run it again:  {} run --config {}", agent_bin.display(), cfg.display());
@@ -419,6 +466,36 @@ impl CiWorkspace {
     }
 
     /// Pins the signalling image to `tag` in the chart's values, commits and pushes as CI.
+    /// The store's drain policy for the signalling server, as an operator would commit it: its
+    /// sessions read from the gauge of each pod's app (here through the harness kubelet's proxy),
+    /// a rollout waits until no customer talks to the old pod (at most 2 minutes), preStop tells
+    /// the app to refuse new sessions. The pods carry the harness kubelet's annotation, so each
+    /// runs the kiosk fixture app.
+    fn drain_signalling(&self, info: &EnvInfo, proxy: &str) -> Result<String> {
+        let fleet = self.dir.join("stack-b/helm/fleet.yaml");
+        let mut text = std::fs::read_to_string(&fleet).with_context(|| format!("reading {}", fleet.display()))?;
+        write!(
+            text,
+            "gitopsAgent:\n  drain:\n  - workload: kiosk-signalling\n    sessions:\n      \
+             url: '{proxy}/{{pod}}/metrics'\n      gauge: kiosk_active_sessions\n      interval: 1s\n    \
+             waitForIdle:\n      maxDefer: 2m\n    preStop:\n      httpGet: {{path: /drain, port: ws}}\n"
+        )?;
+        std::fs::write(&fleet, text)?;
+        let values = self.dir.join(VALUES);
+        let text = std::fs::read_to_string(&values).with_context(|| format!("reading {}", values.display()))?;
+        let annotated =
+            format!("\nsignalling:\n  podAnnotations: {{{}: harness}}\n", testenv::HARNESS_KUBELET_ANNOTATION);
+        if !text.contains("\nsignalling:\n") {
+            bail!("{VALUES} has no top-level signalling: section");
+        }
+        std::fs::write(&values, text.replacen("\nsignalling:\n", &annotated, 1))?;
+        self.git(&["commit", "-qam", "signalling: drain customers' sessions on rollouts (gitopsAgent.drain)"])?;
+        seed::git_push(info, &info.git_ci, &self.dir, seed::STACK_B_REPO, "main")?;
+        let head = self.head()?;
+        println!("pushed commit {}: fleet.yaml: gitopsAgent.drain for kiosk-signalling", short(&head));
+        Ok(head)
+    }
+
     fn bump(&self, info: &EnvInfo, tag: &str) -> Result<String> {
         let path = self.dir.join(VALUES);
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
