@@ -15,7 +15,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use shared::drain::{Drain, Idle, Plan, PodDrain, Replace, Report, Room};
+use shared::drain::{Drain, Plan, PodDrain, Replace, Report, Room};
 use shared::render::Manifest;
 use shared::state::{Time, object_id};
 
@@ -135,14 +135,6 @@ async fn list_replica_sets(cluster: &Cluster, ns: &str) -> Result<Vec<Value>, cr
         status: None,
     })?;
     Ok(list.items.into_iter().filter_map(|o| serde_json::to_value(o).ok()).collect())
-}
-
-/// The idle gate over every plan that waits for idle: one combined answer (wait while any
-/// waits; look again at the earliest time any asks).
-pub fn gate(plans: &[&Plan], readings: &[(String, Result<u64, String>)], since: Time, now: Time) -> Idle {
-    let max_defer = plans.iter().filter_map(|p| p.max_defer).min().unwrap_or(0);
-    let interval = plans.iter().filter_map(|p| p.sessions.as_ref().map(|s| s.interval)).min().unwrap_or(5);
-    shared::drain::idle(readings, since, max_defer, interval, now)
 }
 
 fn split_id(id: &str) -> Option<(&str, &str, &str)> {

@@ -576,11 +576,11 @@ impl Driver<'_> {
             }
         }
         // waitForIdle: the rollout starts once the old pods have no sessions, or maxDefer passed.
-        let idle_waits: Vec<&shared::drain::Plan> = limits.drains.iter().filter(|p| p.max_defer.is_some()).collect();
+        let idle_waits = shared::drain::waiting_for_idle(&limits.drains);
         if next == Next::RollOut && !self.dry_run && !idle_waits.is_empty() {
             let readings = crate::drain::readings(self.cluster, &idle_waits).await;
             let since = record.idle_since(&candidate.revision.hash, now);
-            match crate::drain::gate(&idle_waits, &readings, since, now) {
+            match shared::drain::idle_for(&idle_waits, &readings, since, now) {
                 Idle::Go(why) => self.say(name, &why),
                 Idle::Wait { recheck_at, reason } => {
                     self.say(name, &reason);

@@ -1436,6 +1436,20 @@ pub fn idle(readings: &[(String, Result<u64, String>)], since: Time, max_defer: 
     }
 }
 
+/// The plans of a bundle whose rollout waits for idle pods (`waitForIdle`).
+pub fn waiting_for_idle(plans: &[Plan]) -> Vec<&Plan> {
+    plans.iter().filter(|p| p.max_defer.is_some() && p.sessions.is_some()).collect()
+}
+
+/// [`idle`] for a bundle: one answer over all its plans that wait, with the shortest `maxDefer`
+/// and the shortest probe interval among them (a bundle starts its rollout as one unit).
+pub fn idle_for(waiting: &[&Plan], readings: &[(String, Result<u64, String>)], since: Time, now: Time) -> Idle {
+    let max_defer = waiting.iter().filter_map(|p| p.max_defer).min().unwrap_or(0);
+    let interval =
+        waiting.iter().filter_map(|p| p.sessions.as_ref().map(|s| s.interval)).min().unwrap_or(DEFAULT_INTERVAL);
+    idle(readings, since, max_defer, interval, now)
+}
+
 fn word<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
     if n == 1 { one } else { many }
 }
@@ -2587,6 +2601,58 @@ other_kiosk_active_sessions 5
                 (Err(got), Err(want)) => assert!(got.contains(want), "{body}: {got}"),
                 (got, want) => panic!("{body}: got {got:?}, want {want:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn a_bundle_waits_with_its_shortest_max_defer_and_interval() {
+        let probe = |interval| SessionProbe {
+            url: "http://{podIP}:9100/metrics".into(),
+            read: Read::Gauge("kiosk_active_sessions".into()),
+            interval,
+            timeout: 2,
+        };
+        let plan = |name: &str, sessions: Option<SessionProbe>, max_defer| Plan {
+            workload: format!("Deployment/ns/{name}"),
+            window: 30,
+            mode: Mode::Surge,
+            why: String::new(),
+            grace: 30,
+            pre_stop: None,
+            sessions,
+            max_defer,
+            notes: Vec::new(),
+        };
+        let plans = vec![
+            plan("web", Some(probe(5)), Some(600)),
+            plan("api", Some(probe(2)), Some(120)),
+            plan("db", Some(probe(1)), None),
+            plan("cache", None, None),
+        ];
+        let waiting = waiting_for_idle(&plans);
+        let names: Vec<&str> = waiting.iter().map(|p| p.workload.as_str()).collect();
+        assert_eq!(names, ["Deployment/ns/web", "Deployment/ns/api"], "only plans with waitForIdle and a probe wait");
+        let busy = vec![("web-abc".to_owned(), Ok(1))];
+        // (now, expected): api's 2s interval and 2m maxDefer bound the whole bundle.
+        let table: Vec<(Time, Idle)> = vec![
+            (
+                1_000,
+                Idle::Wait {
+                    recheck_at: 1_002,
+                    reason:
+                        "waiting for idle: 1 session on web-abc (rolls out anyway at 1970-01-01T00:18:40Z, maxDefer 2m)"
+                            .into(),
+                },
+            ),
+            (
+                1_120,
+                Idle::Go(
+                    "maxDefer 2m passed with 1 session open on 1 pod: rolling out; they get the drain window".into(),
+                ),
+            ),
+        ];
+        for (now, want) in table {
+            assert_eq!(idle_for(&waiting, &busy, 1_000, now), want, "at {now}");
         }
     }
 
