@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use xtask::kubelet::Kubelet;
@@ -58,21 +57,6 @@ fn owned_by_agent(live: &Value) -> String {
         .filter(|f| f["manager"] == "gitops-agent" && f["operation"] == "Apply")
         .map(|f| f["fieldsV1"].to_string())
         .collect()
-}
-
-async fn event(env: &TestEnv, ns: &str, reason: &str) -> Event {
-    let events: Api<Event> = Api::namespaced(env.client().await, ns);
-    wait_for(&format!("{reason} event"), Duration::from_secs(20), || async {
-        events
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?
-            .items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some(reason))
-            .ok_or_else(|| "none yet".to_owned())
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -144,7 +128,7 @@ async fn a_rollout_waits_for_idle_pods_then_the_old_pod_drains_cleanly() {
     let ended = kubelet.wait_ended(&old_pod, Duration::from_secs(30)).await;
     assert_eq!(ended.last_line, "drained cleanly", "{ended:?}");
     assert!(!ended.killed && ended.exited_at < ended.deadline, "it exited by itself before its grace ended: {ended:?}");
-    let ev = event(env, &app.ns.name, "DrainedCleanly").await;
+    let ev = crate::util::event(env, &app.ns.name, "DrainedCleanly").await;
     assert_eq!(ev.type_.as_deref(), Some("Normal"));
     assert_eq!(ev.regarding.as_ref().unwrap().name.as_deref(), Some("web"));
     let (_, body) = daemon.get("/metrics").await;
@@ -212,7 +196,7 @@ async fn max_defer_expires_and_a_session_held_past_the_window_is_cut_and_reporte
         other => panic!("the session ended with close code {other:?}: {ended:?}"),
     }
     assert!(ended.exited_at + 1 >= ended.deadline, "it lived its whole drain window: {ended:?}");
-    let ev = event(env, &app.ns.name, "SessionsCut").await;
+    let ev = crate::util::event(env, &app.ns.name, "SessionsCut").await;
     assert_eq!(ev.type_.as_deref(), Some("Warning"));
     assert!(ev.note.as_deref().unwrap().contains("1 session cut at window end"), "{:?}", ev.note);
     let out = agent(&["status", "-c", app.config.to_str().unwrap(), "--explain", "web"]);

@@ -242,18 +242,7 @@ async fn a_good_tag_becomes_lkg_a_broken_one_is_rolled_back_with_an_event_and_st
     let cms: Api<ConfigMap> = Api::namespaced(env.client().await, ns);
     assert!(cms.get_opt("web-extra").await.unwrap().is_none(), "what the failed revision added is gone");
     assert!(cms.get_opt("web-config").await.unwrap().is_some());
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.client().await, ns);
-    let ev = wait_for("RolledBack event", Duration::from_secs(10), || async {
-        events
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?
-            .items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some("RolledBack"))
-            .ok_or_else(|| "none yet".to_owned())
-    })
-    .await;
+    let ev = crate::util::event(env, ns, "RolledBack").await;
     assert_eq!(ev.regarding.as_ref().unwrap().name.as_deref(), Some("web"));
     assert_eq!(ev.type_.as_deref(), Some("Warning"));
     assert!(ev.note.as_deref().unwrap().contains("CrashLoopBackOff"), "{:?}", ev.note);

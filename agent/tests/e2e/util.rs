@@ -23,6 +23,24 @@ where
     }
 }
 
+/// The first Kubernetes Event (events.k8s.io/v1) with `reason` in namespace `ns`, waited for up
+/// to 20 s.
+pub async fn event(env: &xtask::support::TestEnv, ns: &str, reason: &str) -> k8s_openapi::api::events::v1::Event {
+    use kube::api::{Api, ListParams};
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.client().await, ns);
+    wait_for(&format!("{reason} event"), Duration::from_secs(20), || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some(reason))
+            .ok_or_else(|| "none yet".to_owned())
+    })
+    .await
+}
+
 /// Runs `cargo xtask ARGS` with extra environment; returns (success, stdout+stderr).
 pub fn xtask(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let out = xtask::paths::cargo()
