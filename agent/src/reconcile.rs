@@ -279,9 +279,6 @@ impl Driver<'_> {
             let step = self.watch(bundle, objects, started, limits).await;
             let watched =
                 if step == Step::Done { crate::drain::Watched::Healthy } else { crate::drain::Watched::Failed };
-            if step == Step::Done {
-                self.say(bundle, "healthy; waiting for the old pods to drain");
-            }
             let _ = tx.send(watched);
             step
         };
