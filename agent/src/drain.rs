@@ -81,21 +81,18 @@ pub async fn shape(cluster: &Cluster, manifests: &mut [Manifest], drains: &[Drai
 }
 
 /// The sessions on each running pod of the workloads whose plan waits for idle, read through
-/// their session probes: (plan's workload, pod, reading). A workload not found live has no old
-/// pods.
-pub async fn readings(cluster: &Cluster, plans: &[&Plan]) -> Vec<(String, Result<u64, String>)> {
+/// their session probes: (pod, or the workload when its pods cannot be listed, reading).
+/// `objects` are the bundle's desired objects (to find
+/// each planned workload). A workload not found live has no old pods.
+pub async fn readings(cluster: &Cluster, plans: &[&Plan], objects: &[Value]) -> Vec<(String, Result<u64, String>)> {
     let prober = Prober::new();
     let mut out = Vec::new();
     for plan in plans {
         let Some(probe) = &plan.sessions else { continue };
-        let Some((kind, ns, name)) = split_id(&plan.workload) else { continue };
-        let stub = Manifest {
-            source: String::new(),
-            object: serde_json::json!({
-                "apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name, "namespace": ns},
-            }),
-        };
-        let live = match cluster.get(&stub).await {
+        let Some(object) = objects.iter().find(|o| object_id(o) == plan.workload) else { continue };
+        let ns = object["metadata"]["namespace"].as_str().unwrap_or_default();
+        let desired = Manifest { source: String::new(), object: object.clone() };
+        let live = match cluster.get(&desired).await {
             Ok(Some(l)) => l,
             Ok(None) => continue,
             Err(e) => {
@@ -135,11 +132,6 @@ async fn list_replica_sets(cluster: &Cluster, ns: &str) -> Result<Vec<Value>, cr
         status: None,
     })?;
     Ok(list.items.into_iter().filter_map(|o| serde_json::to_value(o).ok()).collect())
-}
-
-fn split_id(id: &str) -> Option<(&str, &str, &str)> {
-    let mut parts = id.splitn(3, '/');
-    Some((parts.next()?, parts.next()?, parts.next()?))
 }
 
 /// How the rollout watch ended, for the tracker.

@@ -575,7 +575,7 @@ impl Driver<'_> {
         // waitForIdle: the rollout starts once the old pods have no sessions, or maxDefer passed.
         let idle_waits = shared::drain::waiting_for_idle(&limits.drains);
         if next == Next::RollOut && !self.dry_run && !idle_waits.is_empty() {
-            let readings = crate::drain::readings(self.cluster, &idle_waits).await;
+            let readings = crate::drain::readings(self.cluster, &idle_waits, &candidate.objects).await;
             let since = record.idle_since(&candidate.revision.hash, now);
             match shared::drain::idle_for(&idle_waits, &readings, since, now) {
                 Idle::Go(why) => self.say(name, &why),
