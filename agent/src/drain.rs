@@ -82,8 +82,8 @@ pub async fn shape(cluster: &Cluster, manifests: &mut [Manifest], drains: &[Drai
 
 /// The sessions on each running pod of the workloads whose plan waits for idle, read through
 /// their session probes: (pod, or the workload when its pods cannot be listed, reading).
-/// `objects` are the bundle's desired objects (to find
-/// each planned workload). A workload not found live has no old pods.
+/// `objects` are the bundle's desired objects, to find each planned workload. A workload not
+/// found live has no old pods.
 pub async fn readings(cluster: &Cluster, plans: &[&Plan], objects: &[Value]) -> Vec<(String, Result<u64, String>)> {
     let prober = Prober::new();
     let mut out = Vec::new();
