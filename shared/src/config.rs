@@ -5,7 +5,6 @@
 //! each one, so a config can be printed, validated and shared without leaking anything.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -302,23 +301,7 @@ impl Default for RolloutDefaults {
     }
 }
 
-/// One thing wrong with a config, located by field path and, where known, line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// Dotted field path (`git.url`, `registries[1].auth`), or the environment variable.
-    pub path: String,
-    pub line: Option<usize>,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "{}: line {}: {}", self.path, line, self.message),
-            None => write!(f, "{}: {}", self.path, self.message),
-        }
-    }
-}
+pub use crate::problem::Problem;
 
 /// Environment variables that override deployment-relevant settings (the container image and the
 /// systemd unit set these instead of templating the file).

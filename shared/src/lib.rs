@@ -14,6 +14,7 @@ pub mod image;
 pub mod plan;
 pub mod policy;
 pub mod probe;
+pub mod problem;
 pub mod redact;
 pub mod registry;
 pub mod render;
