@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 
 use crate::rollout::Limits;
 
-/// Unix seconds.
-pub type Time = i64;
+// Moved to the leaf module `k8s`; re-exported until every user imports it from there.
+pub use crate::k8s::{Time, object_id};
 
 /// Revisions kept besides the last-known-good, newest first: enough for `agent rollback --to`,
 /// small enough that the record stays far below a Secret's 1 MiB.
@@ -497,16 +497,6 @@ pub fn next(record: &Record, hash: &str, in_sync: bool, now: Time) -> Next {
 pub fn rollback_deletions(failed: &Snapshot, target: &Snapshot) -> Vec<String> {
     let keep = target.ids();
     failed.ids().into_iter().filter(|id| !keep.contains(id)).collect()
-}
-
-/// `Kind/namespace/name` (or `Kind/name`), as `shared::render::Manifest::id`.
-pub fn object_id(object: &Value) -> String {
-    let kind = object["kind"].as_str().unwrap_or("?");
-    let name = object["metadata"]["name"].as_str().unwrap_or("?");
-    match object["metadata"]["namespace"].as_str() {
-        Some(ns) => format!("{kind}/{ns}/{name}"),
-        None => format!("{kind}/{name}"),
-    }
 }
 
 /// SHA-256 of the objects in a canonical form (keys sorted, objects sorted by id): the same
