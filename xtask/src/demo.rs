@@ -37,7 +37,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
 use xtask::seed::run;
 use xtask::testenv::{self, EnvInfo};
-use xtask::{paths, seed, support};
+use xtask::{paths, seed};
 
 /// The agent identity of the demo node (the config's default), and so its Lease and state labels.
 const AGENT_ID: &str = "gitops-agent";
@@ -77,7 +77,7 @@ pub async fn demo() -> Result<()> {
     step(&started, 1, "Test environment, Stack B fixture, a fresh store");
     let info = testenv::up(&testenv::UpOptions::default()).await?;
     seed::seed(&info)?;
-    let client = support::kube_client(&info.kubeconfig).await?;
+    let client = xtask::kube::kube_client(&info.kubeconfig).await?;
     reset_store(&client).await?;
     let ci = CiWorkspace::clone(&info, &dir.join("ci-work"))?;
     let kubelet = xtask::kubelet::Kubelet::start(client.clone(), STORE_NAMESPACE).await;

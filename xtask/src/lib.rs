@@ -5,6 +5,7 @@
 
 pub mod fault_proxy;
 pub mod http;
+pub mod kube;
 pub mod kubelet;
 pub mod kwok_stages;
 pub mod paths;

@@ -5,84 +5,15 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, DeleteParams, PostParams};
 
 use crate::fault_proxy::FaultProxy;
+use crate::kube::kube_client;
 use crate::paths;
 use crate::testenv::{self, Creds, EnvInfo};
-
-/// A kube client from a kubeconfig file.
-pub async fn kube_client(kubeconfig: &Path) -> Result<kube::Client> {
-    crate::tls::install_crypto_provider();
-    let kc =
-        kube::config::Kubeconfig::read_from(kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
-    Ok(kube::Client::try_from(cfg)?)
-}
-
-/// Creates a KWOK-managed node (no taints) unless it exists.
-pub async fn ensure_node(
-    client: &kube::Client,
-    name: &str,
-    labels: &[(&str, &str)],
-    extra_capacity: &[(&str, &str)],
-) -> Result<()> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    if nodes.get_opt(name).await?.is_some() {
-        return Ok(());
-    }
-    let mut all_labels = serde_json::json!({
-        "type": "kwok",
-        "kubernetes.io/hostname": name,
-        "kubernetes.io/os": "linux",
-        "kubernetes.io/arch": "amd64",
-    });
-    for (k, v) in labels {
-        all_labels[*k] = serde_json::Value::String((*v).to_owned());
-    }
-    let mut capacity = serde_json::json!({"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi"});
-    for (k, v) in extra_capacity {
-        capacity[*k] = serde_json::Value::String((*v).to_owned());
-    }
-    let node: Node = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": name,
-            "labels": all_labels,
-            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
-        },
-        "spec": {},
-        "status": {"capacity": capacity, "allocatable": capacity},
-    }))?;
-    nodes.create(&PostParams::default(), &node).await.with_context(|| format!("creating node {name}"))?;
-    Ok(())
-}
-
-/// Waits until the node's Ready condition is True.
-pub async fn wait_node_ready(client: &kube::Client, name: &str, timeout: Duration) -> Result<()> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let deadline = Instant::now() + timeout;
-    loop {
-        let ready = nodes
-            .get_opt(name)
-            .await?
-            .and_then(|n| n.status)
-            .and_then(|s| s.conditions)
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        if ready {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("node {name} not Ready within {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// A unique, DNS-safe name with a readable hint: `t-<hint>-<random>`.
 pub fn unique(hint: &str) -> String {
@@ -246,12 +177,66 @@ impl TestEnv {
         cmd
     }
 
-    /// The API server's audit events (write requests), parsed.
-    pub fn audit_events(&self) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(&self.info.audit_log).unwrap_or_default();
-        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    /// The API server's audit events (write requests) as far as the log holds them now, parsed.
+    /// An unreadable log is an error, never an empty list: a check of what was (not) written
+    /// must not pass because the log could not be read. The last line may be half written
+    /// and is then left out; any other line that does not parse is an error.
+    pub fn audit_events(&self) -> Result<Vec<serde_json::Value>> {
+        let path = &self.info.audit_log;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading the audit log {}", path.display()))?;
+        let lines: Vec<&str> = text.lines().collect();
+        let mut events = Vec::with_capacity(lines.len());
+        for (i, line) in lines.iter().enumerate() {
+            match serde_json::from_str(line) {
+                Ok(e) => events.push(e),
+                Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => {}
+                Err(e) => bail!("{}: line {}: not an audit event: {e}", path.display(), i + 1),
+            }
+        }
+        Ok(events)
+    }
+
+    /// The audit events once the log has caught up with every write that finished before this
+    /// call: writes a marker ConfigMap (`audit-marker-…`) in `namespace`, waits until the API
+    /// server logged it, and returns the events logged before it. Checks that nothing was
+    /// applied compare these, so a late or missing log fails them instead of passing them.
+    /// Markers are test writes: filter names starting with [`AUDIT_MARKER_PREFIX`] out.
+    pub async fn audit_events_settled(&self, namespace: &str) -> Vec<serde_json::Value> {
+        let name = format!("{AUDIT_MARKER_PREFIX}{:08x}", rand::random::<u32>());
+        let marker: ConfigMap = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "labels": {"gitops-agent.test/audit-marker": "true"}},
+        }))
+        .expect("static ConfigMap");
+        let api: Api<ConfigMap> = Api::namespaced(self.client().await, namespace);
+        api.create(&PostParams::default(), &marker).await.expect("writing the audit marker");
+        let is_marker = |e: &serde_json::Value| {
+            e["objectRef"]["resource"] == "configmaps"
+                && e["objectRef"]["namespace"] == namespace
+                && e["objectRef"]["name"] == name.as_str()
+        };
+        let deadline = std::time::Instant::now() + AUDIT_CATCH_UP;
+        loop {
+            let events = self.audit_events().expect("the audit log is readable");
+            if let Some(at) = events.iter().position(is_marker) {
+                return events.into_iter().take(at).collect();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the audit log did not record the marker {namespace}/{name} within {AUDIT_CATCH_UP:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 }
+
+/// Names of the marker objects [`TestEnv::audit_events_settled`] writes.
+pub const AUDIT_MARKER_PREFIX: &str = "audit-marker-";
+
+/// How long the audit log may lag behind a finished write: it is written as each request
+/// completes, so anything near this is a broken log, not a slow one.
+const AUDIT_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A test's own namespace.
 #[derive(Debug)]

@@ -664,10 +664,10 @@ async fn start_all(
     wait_tcp(l, "kube-scheduler", ports.scheduler, Duration::from_secs(30)).await?;
     wait_tcp(l, "kwok", ports.kwok, Duration::from_secs(30)).await?;
 
-    let client = crate::support::kube_client(&info.kubeconfig).await?;
-    crate::support::ensure_node(&client, NODE_NAME, &[("store", "store1"), ("env", "qa")], &[("nvidia.com/gpu", "1")])
+    let client = crate::kube::kube_client(&info.kubeconfig).await?;
+    crate::kube::ensure_node(&client, NODE_NAME, &[("store", "store1"), ("env", "qa")], &[("nvidia.com/gpu", "1")])
         .await?;
-    crate::support::wait_node_ready(&client, NODE_NAME, Duration::from_secs(60))
+    crate::kube::wait_node_ready(&client, NODE_NAME, Duration::from_secs(60))
         .await
         .with_context(|| format!("KWOK did not make node {NODE_NAME} Ready; see {}", l.log("kwok").display()))?;
     Ok(())

@@ -266,8 +266,8 @@ async fn webhooks_trigger_applies_with_polling_set_to_an_hour_and_nothing_leaks(
     app.set_tag("1.1.0");
     app.commit(env, "web 1.1.0");
     let second = app.head();
-    let patches = |app: &App| app.writes(env).iter().filter(|w| w.starts_with("patch deployments/web")).count();
-    let before = patches(&app);
+    let patches = |writes: Vec<String>| writes.iter().filter(|w| w.starts_with("patch deployments/web")).count();
+    let before = patches(app.writes(env).await);
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let body = gitea_push(&app);
     let (code, answer) = post(
@@ -283,7 +283,8 @@ async fn webhooks_trigger_applies_with_polling_set_to_an_hour_and_nothing_leaks(
     .await;
     assert_eq!(code, 202, "{answer}");
     d.wait_running("web", &second, Duration::from_secs(90)).await;
-    assert!(patches(&app) > before, "the webhook's reconcile patched the Deployment: {:?}", app.writes(env));
+    let writes = app.writes(env).await;
+    assert!(patches(writes.clone()) > before, "the webhook's reconcile patched the Deployment: {writes:?}");
     assert!(app.deployment_image(env).await.contains(":1.1.0@sha256:"));
     // The trace id of the webhook is on the reconcile's log lines, with bundle and revision.
     let applied = d
@@ -306,7 +307,7 @@ async fn webhooks_trigger_applies_with_polling_set_to_an_hour_and_nothing_leaks(
     );
 
     // ---- a replay and a digest-as-tag push: harmless (sources re-read, nothing applied) -----
-    let writes = app.writes(env).len();
+    let writes = app.writes(env).await;
     let cycles = d.cycles().await;
     let (code, _) = post(&d, "gitea", &[push.clone(), ("x-gitea-signature", signed(&body))], body.clone()).await;
     assert_eq!(code, 202, "a replay is accepted: it only causes a re-read");
@@ -319,7 +320,7 @@ async fn webhooks_trigger_applies_with_polling_set_to_an_hour_and_nothing_leaks(
         if n > cycles { Ok(()) } else { Err(format!("{n} cycles")) }
     })
     .await;
-    assert_eq!(app.writes(env).len(), writes, "nothing applied: {:?}", app.writes(env));
+    assert_eq!(app.writes(env).await, writes, "nothing applied");
     assert!(app.deployment_image(env).await.contains(":1.1.0@sha256:"), "the payload's digest was not used");
 
     // ---- per-sender rate limit: 429 with Retry-After past the burst ------------------------

@@ -155,7 +155,7 @@ async fn max_defer_expires_and_a_session_held_past_the_window_is_cut_and_reporte
 
     app.write("apps/web/deployment.yaml", &kiosk(&app, "1.1.0", 6));
     app.commit(env, "web 1.1.0");
-    let before = app.writes(env);
+    let before = app.writes(env).await;
     let (code, doc, human) = app.reconcile(&[]);
     assert_eq!(code, Some(3), "{human}");
     let web = bundle(&doc, "web");
@@ -165,6 +165,7 @@ async fn max_defer_expires_and_a_session_held_past_the_window_is_cut_and_reporte
     assert!(web["retryAt"].as_i64().is_some(), "says when to look again: {human}");
     assert!(
         app.writes(env)
+            .await
             .iter()
             .filter(|w| !w.contains("secrets/"))
             .eq(before.iter().filter(|w| !w.contains("secrets/"))),
@@ -213,14 +214,14 @@ impl GpuNode {
     async fn new(env: &TestEnv, ns: &str) -> GpuNode {
         let client = env.client().await;
         let name = format!("{ns}-gpu");
-        xtask::support::ensure_node(&client, &name, &[("gitops-agent.test/node", ns)], &[("nvidia.com/gpu", "1")])
+        xtask::kube::ensure_node(&client, &name, &[("gitops-agent.test/node", ns)], &[("nvidia.com/gpu", "1")])
             .await
             .unwrap();
         let nodes: Api<Node> = Api::all(client.clone());
         let taint =
             json!({"spec": {"taints": [{"key": "gitops-agent.test/node", "value": ns, "effect": "NoSchedule"}]}});
         nodes.patch(&name, &PatchParams::default(), &Patch::Merge(&taint)).await.unwrap();
-        xtask::support::wait_node_ready(&client, &name, Duration::from_secs(60)).await.unwrap();
+        xtask::kube::wait_node_ready(&client, &name, Duration::from_secs(60)).await.unwrap();
         GpuNode { name, kubeconfig: env.info.kubeconfig.clone() }
     }
 }
@@ -231,7 +232,7 @@ impl Drop for GpuNode {
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
             rt.block_on(async {
-                let client = xtask::support::kube_client(&kubeconfig).await.ok()?;
+                let client = xtask::kube::kube_client(&kubeconfig).await.ok()?;
                 // Its pods first: once the node is gone KWOK no longer ends them, and the test's
                 // namespace would stay Terminating.
                 let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::all(client.clone());

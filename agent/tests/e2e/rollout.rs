@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ListParams};
 use serde_json::Value;
-use xtask::support::{GitRepo, TestEnv};
+use xtask::support::{AUDIT_MARKER_PREFIX, GitRepo, TestEnv};
 
 use crate::util::{git, wait_for};
 
@@ -166,13 +166,17 @@ impl App {
         serde_json::to_value(agent::state::decode_secret_data(&data.0).unwrap()).unwrap()
     }
 
-    /// Writes (not dry-runs) to this test's namespace that the audit log recorded.
-    pub(crate) fn writes(&self, env: &TestEnv) -> Vec<String> {
-        env.audit_events()
+    /// Writes (not dry-runs) to this test's namespace that the audit log recorded, once it has
+    /// caught up (a marker written now shows in it), so "nothing applied" cannot pass on a log
+    /// that was late or unreadable.
+    pub(crate) async fn writes(&self, env: &TestEnv) -> Vec<String> {
+        env.audit_events_settled(&self.ns.name)
+            .await
             .into_iter()
             .filter(|e| {
                 // The agent's kubeconfig user (controllers write too: the default ServiceAccount).
                 e["user"]["username"] == "testenv-admin"
+                    && !e["objectRef"]["name"].as_str().is_some_and(|n| n.starts_with(AUDIT_MARKER_PREFIX))
                     && e["objectRef"]["namespace"] == self.ns.name.as_str()
                     && !matches!(e["verb"].as_str(), Some("get" | "list" | "watch"))
                     && !e["requestURI"].as_str().unwrap_or_default().contains("dryRun")
@@ -219,10 +223,10 @@ async fn a_good_tag_becomes_lkg_a_broken_one_is_rolled_back_with_an_event_and_st
     assert_eq!(files.len(), 1, "the local copy of the record");
 
     // Nothing changed: in sync, and nothing written.
-    let before = app.writes(env).len();
+    let before = app.writes(env).await.len();
     let (code, doc, human) = app.reconcile(&[]);
     assert_eq!((code, bundle(&doc, "web")["result"].as_str()), (Some(0), Some("inSync")), "{human}");
-    assert_eq!(app.writes(env).len(), before, "an in-sync reconcile writes nothing");
+    assert_eq!(app.writes(env).await.len(), before, "an in-sync reconcile writes nothing");
 
     // 2. A broken tag, committed with a new ConfigMap: fails fast, rolled back within 30 s, the
     //    ConfigMap it added is deleted, an Event says why.
@@ -255,13 +259,13 @@ async fn a_good_tag_becomes_lkg_a_broken_one_is_rolled_back_with_an_event_and_st
     // 3. An unrelated commit renders the same objects: the quarantined revision is not retried.
     app.write("README.md", "the app, documented\n");
     app.commit(env, "docs only");
-    let before = app.writes(env);
+    let before = app.writes(env).await;
     let (code, doc, human) = app.reconcile(&[]);
     assert_eq!(code, Some(3), "{human}");
     let b = bundle(&doc, "web");
     assert_eq!(b["result"], "blocked");
     assert!(b["message"].as_str().unwrap().contains("quarantined"), "{human}");
-    assert_eq!(app.writes(env), before, "a quarantined revision is not applied again");
+    assert_eq!(app.writes(env).await, before, "a quarantined revision is not applied again");
     assert_eq!(app.deployment_image(env).await, good_image);
 
     // `agent status` tells the operator what runs, what was rolled back and what happens next.
@@ -307,7 +311,7 @@ async fn a_missing_image_is_stopped_by_preflight_and_a_dry_run_writes_nothing() 
     let b = bundle(&doc, "web");
     assert_eq!(b["result"], "wouldApply");
     assert_eq!(b["summary"]["create"], 2, "{human}");
-    assert_eq!(app.writes(env), Vec::<String>::new(), "dry run: no write in the namespace");
+    assert_eq!(app.writes(env).await, Vec::<String>::new(), "dry run: no write in the namespace");
     assert!(!app.state_dir.join("state").exists(), "dry run: no state file");
 
     app.set_tag("9.9.9-missing");
@@ -320,7 +324,7 @@ async fn a_missing_image_is_stopped_by_preflight_and_a_dry_run_writes_nothing() 
         b["message"].as_str().unwrap().contains(&format!("image {}:9.9.9-missing is not in the registry", app.image)),
         "{human}"
     );
-    assert_eq!(app.writes(env), Vec::<String>::new(), "preflight: nothing applied");
+    assert_eq!(app.writes(env).await, Vec::<String>::new(), "preflight: nothing applied");
 }
 
 // ---- restart safety: SIGKILL at each phase ----------------------------------------------------

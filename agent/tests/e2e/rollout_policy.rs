@@ -120,13 +120,13 @@ async fn a_failing_health_probe_during_verification_rolls_back() {
     // A probe naming no workload of the bundle is a clear error, before anything is applied.
     app.write("apps/web/fleet.yaml", &fleet("wbe"));
     app.commit(env, "a typo");
-    let before = app.writes(env);
+    let before = app.writes(env).await;
     let (code, doc, human) = app.reconcile(&[]);
     assert_eq!(code, Some(3), "{human}");
     let b = bundle(&doc, "web");
     assert_eq!(b["result"], "blocked");
     assert!(b["message"].as_str().unwrap().contains("workload \"wbe\": no such workload in the bundle"), "{human}");
-    assert_eq!(app.writes(env), before, "nothing applied");
+    assert_eq!(app.writes(env).await, before, "nothing applied");
 }
 
 /// `agent reconcile --once` started in the background, its stderr lines sent as they come.
@@ -237,11 +237,11 @@ async fn an_image_pull_failure_after_preflight_is_retried_with_backoff() {
     assert_eq!(q["retryAt"].as_i64().unwrap() - q["at"].as_i64().unwrap(), 60, "first retry after a minute: {q}");
 
     // Until then: blocked, saying when it is retried, and nothing is written.
-    let before = app.writes(env);
+    let before = app.writes(env).await;
     let (code, doc, human) = app.reconcile(&[]);
     assert_eq!(code, Some(3), "{human}");
     assert!(bundle(&doc, "web")["message"].as_str().unwrap().contains("is quarantined until"), "{human}");
-    assert_eq!(app.writes(env), before);
+    assert_eq!(app.writes(env).await, before);
 
     // Then it is tried again (the image might have arrived); failing again doubles the wait.
     let (doc, human) = wait_for("the retry", Duration::from_secs(150), || {
@@ -293,7 +293,7 @@ async fn prune_is_opt_in_and_removes_only_our_objects() {
     assert!(cms.get_opt("web-extra").await.unwrap().is_none(), "ours, gone from Git: pruned");
     assert!(cms.get_opt("not-ours").await.unwrap().is_some(), "not ours: kept");
     assert!(cms.get_opt("web-config").await.unwrap().is_some(), "still in Git: kept");
-    let deletes: Vec<String> = app.writes(env).into_iter().filter(|w| w.starts_with("delete ")).collect();
+    let deletes: Vec<String> = app.writes(env).await.into_iter().filter(|w| w.starts_with("delete ")).collect();
     assert_eq!(deletes, vec!["delete configmaps/web-extra"]);
 }
 
@@ -318,7 +318,7 @@ async fn objects_outside_the_blast_radius_are_refused_and_nothing_is_applied() {
     assert_eq!(b["result"], "blocked");
     let message = b["message"].as_str().unwrap();
     assert!(message.contains("blast radius") && message.contains(&other.name), "{human}");
-    assert_eq!(app.writes(env), Vec::<String>::new(), "nothing applied in the bundle's namespace");
+    assert_eq!(app.writes(env).await, Vec::<String>::new(), "nothing applied in the bundle's namespace");
     let cms: Api<ConfigMap> = Api::namespaced(env.client().await, &other.name);
     assert!(cms.get_opt("sneaky").await.unwrap().is_none(), "nothing applied elsewhere");
 
@@ -337,7 +337,7 @@ async fn objects_outside_the_blast_radius_are_refused_and_nothing_is_applied() {
     assert_eq!(code, Some(3), "{human}");
     let message = bundle(&doc, "web")["message"].as_str().unwrap().to_owned();
     assert!(message.contains(&format!("Service/{ns}/web")) && message.contains("kind"), "{human}");
-    assert_eq!(app.writes(env), Vec::<String>::new(), "nothing applied");
+    assert_eq!(app.writes(env).await, Vec::<String>::new(), "nothing applied");
 
     // Without the Service, the bundle is inside its radius and rolls out.
     std::fs::remove_file(app.work.join("apps/web/service.yaml")).unwrap();
@@ -381,12 +381,12 @@ async fn a_bundle_waits_for_the_bundle_it_depends_on() {
     // A cycle is an error naming the bundles, and nothing is applied.
     app.write("apps/web/fleet.yaml", &format!("defaultNamespace: {ns}\ndependsOn:\n- name: api\n"));
     app.commit(env, "a cycle");
-    let before = app.writes(env);
+    let before = app.writes(env).await;
     let (code, doc, human) = app.reconcile(&[]);
     assert_eq!(code, Some(2), "{human}");
     let error = doc["error"].as_str().unwrap();
     assert!(error.contains("cycle") && error.contains("api") && error.contains("web"), "{human}");
-    assert_eq!(app.writes(env), before);
+    assert_eq!(app.writes(env).await, before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

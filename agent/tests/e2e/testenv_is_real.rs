@@ -199,6 +199,7 @@ async fn the_audit_log_records_each_write_with_its_body() {
     cms.create(&PostParams::default(), &cm).await.unwrap();
     let ev = wait_for("audit event", Duration::from_secs(10), || async {
         env.audit_events()
+            .unwrap()
             .into_iter()
             .find(|e| {
                 e["verb"] == "create"
@@ -212,7 +213,9 @@ async fn the_audit_log_records_each_write_with_its_body() {
     assert_eq!(ev["user"]["username"], "testenv-admin");
     assert_eq!(ev["requestObject"]["data"]["marker"], ns.name.as_str());
     // Reads are not audited: the log proves writes only.
-    assert!(env.audit_events().iter().all(|e| e["verb"] != "get" && e["verb"] != "list"));
+    let settled = env.audit_events_settled(&ns.name).await;
+    assert!(settled.iter().any(|e| e["objectRef"]["name"] == "flows"), "the settled log holds the earlier write");
+    assert!(settled.iter().all(|e| e["verb"] != "get" && e["verb"] != "list"));
 }
 
 fn basic(user: &str, password: &str) -> String {
@@ -428,7 +431,7 @@ async fn the_fault_proxy_cut_and_429_are_seen_by_a_real_client() {
     let env = TestEnv::get();
     let proxy = env.fault_proxy(Upstream::ApiServer).await;
     let dir = tempfile::tempdir().unwrap();
-    let client = xtask::support::kube_client(&env.kubeconfig_for(&proxy.url(), dir.path())).await.unwrap();
+    let client = xtask::kube::kube_client(&env.kubeconfig_for(&proxy.url(), dir.path())).await.unwrap();
     let pods: Api<Pod> = Api::namespaced(client, "default");
     let lists =
         |p: &xtask::fault_proxy::FaultProxy| p.count(|s| s.target.starts_with("/api/v1/namespaces/default/pods"));
@@ -473,7 +476,7 @@ async fn a_fault_proxy_cut_also_ends_an_open_watch() {
     let ns = env.namespace("watch-cut").await;
     let proxy = env.fault_proxy(Upstream::ApiServer).await;
     let dir = tempfile::tempdir().unwrap();
-    let client = xtask::support::kube_client(&env.kubeconfig_for(&proxy.url(), dir.path())).await.unwrap();
+    let client = xtask::kube::kube_client(&env.kubeconfig_for(&proxy.url(), dir.path())).await.unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(client, &ns.name);
     let mut stream = cms.watch(&kube::api::WatchParams::default(), "0").await.unwrap().boxed();
     // Control: the watch through the proxy really delivers events before the cut.

@@ -16,7 +16,7 @@ async fn outside_its_windows_a_change_waits_an_emergency_overrides_and_a_rollbac
     let app = App::new(env, "windows").await;
     assert_eq!(app.reconcile(&[]).0, Some(0), "the first version, with no window");
     let first = app.deployment_image(env).await;
-    let before = app.writes(env);
+    let before = app.writes(env).await;
 
     app.edit_config("rollout:\n ", ALWAYS_DENY);
     app.set_tag("1.1.0");
@@ -26,7 +26,7 @@ async fn outside_its_windows_a_change_waits_an_emergency_overrides_and_a_rollbac
     let web = bundle(&doc, "web");
     assert_eq!(web["result"], "blocked", "{human}");
     assert!(web["message"].as_str().unwrap().starts_with("deferred: inside deny window `0 0 * * *`"), "{human}");
-    assert_eq!(app.writes(env), before, "nothing applied outside the windows");
+    assert_eq!(app.writes(env).await, before, "nothing applied outside the windows");
     assert_eq!(app.deployment_image(env).await, first);
 
     let (code, doc, human) = app.reconcile(&["--ignore-windows"]);
