@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use serde::Serialize;
 use tracing::Instrument;
 
@@ -60,24 +59,21 @@ pub struct Setup {
 
 impl Setup {
     /// From a loaded config and a connected cluster.
-    pub fn new(config: shared::config::AgentConfig, base: &Path, cluster: Cluster) -> anyhow::Result<Setup> {
+    pub fn new(config: shared::config::AgentConfig, base: &Path, cluster: Cluster) -> Setup {
         let store = StateStore::new(
             &base.join(&config.state_dir),
             &config.identity.agent_id,
             &config.kube.namespace,
             Some(cluster.client().clone()),
         );
-        let secs = |s: &str, field: &str| {
-            humantime::parse_duration(s).map(|d| d.as_secs() as i64).with_context(|| format!("rollout.{field}: {s:?}"))
-        };
         let defaults = Limits {
-            progress_deadline: secs(&config.rollout.progress_deadline, "progressDeadline")?,
-            verify_window: secs(&config.rollout.verify_window, "verifyWindow")?,
+            progress_deadline: config.rollout.progress_deadline.secs(),
+            verify_window: config.rollout.verify_window.secs(),
             probes: Vec::new(),
             drains: Vec::new(),
         };
-        let drain_window = secs(&config.rollout.drain_window, "drainWindow")?;
-        Ok(Setup { config, base: base.to_owned(), cluster, store, defaults, drain_window, ignore_windows: false })
+        let drain_window = config.rollout.drain_window.secs();
+        Setup { config, base: base.to_owned(), cluster, store, defaults, drain_window, ignore_windows: false }
     }
 
     pub fn driver<'a>(&'a self, dry_run: bool, progress: &'a (dyn Fn(&str, &str) + Sync)) -> Driver<'a> {

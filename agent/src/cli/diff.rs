@@ -81,9 +81,7 @@ pub async fn report(config: &Path, only: Option<&str>) -> anyhow::Result<Report>
     let build = session.build(&namespaced, true);
     let mut out = Vec::new();
     let mut owned_cache = BTreeMap::new();
-    let node_drain = humantime::parse_duration(&session.config.rollout.drain_window)
-        .map(|d| d.as_secs() as i64)
-        .map_err(|e| anyhow::anyhow!("rollout.drainWindow: {e}"))?;
+    let node_drain = session.config.rollout.drain_window.secs();
     for b in &bundles {
         let mut d = BundleDiff {
             bundle: b.dir.clone(),

@@ -35,7 +35,7 @@ pub struct Args<'a> {
 async fn setup(config_path: &Path) -> anyhow::Result<Setup> {
     let (loaded, base) = super::load_config(config_path)?;
     let cluster = Cluster::connect(&loaded.config.kube, &base).await?;
-    Setup::new(loaded.config, &base, cluster)
+    Ok(Setup::new(loaded.config, &base, cluster))
 }
 
 fn progress(bundle: &str, line: &str) {

@@ -142,7 +142,8 @@ async fn serve(config: AgentConfig, base: PathBuf) -> anyhow::Result<()> {
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
     let store = StateStore::new(&base.join(&config.state_dir), &config.identity.agent_id, &config.kube.namespace, None);
-    let limiter = Limiter::new(RateLimit { burst: config.server.webhook_burst, every: config.webhook_every() });
+    let limiter =
+        Limiter::new(RateLimit { burst: config.server.webhook_burst, every: config.server.webhook_every.get() });
     let d = Arc::new(Daemon {
         git_url: git.shown_url(),
         metrics: Metrics::new(),
@@ -174,7 +175,7 @@ async fn serve(config: AgentConfig, base: PathBuf) -> anyhow::Result<()> {
         &d.config.kube.namespace,
         Some(cluster.client().clone()),
     );
-    let setup = Setup::new(d.config.clone(), &d.base, cluster.clone())?;
+    let setup = Setup::new(d.config.clone(), &d.base, cluster.clone());
     // Keep the sender alive as long as the worker runs: a dropped sender would wake
     // `changed()` in a loop.
     let (leader, _lease_guard) = elect(&d, &cluster).await;
@@ -224,7 +225,7 @@ async fn elect(d: &Arc<Daemon>, cluster: &Cluster) -> (watch::Receiver<bool>, Bo
         d.metrics.leader.set(1);
         return (rx, Box::new(tx));
     }
-    let secs = d.config.lease_duration().as_secs().max(5);
+    let secs = d.config.leader_election.lease_duration.get().as_secs().max(5);
     let lease_name = format!("gitops-agent-{}", d.config.identity.agent_id);
     let mut delay = Duration::from_secs(1);
     loop {
@@ -273,7 +274,7 @@ async fn worker(
 ) {
     let mut queue = Queue::new(DEBOUNCE, MAX_DELAY);
     let watches = drift::Watches::default();
-    let interval = d.config.poll_interval();
+    let interval = d.config.git.poll_interval.get();
     let mut failures: u32 = 0;
     let mut next_poll = Instant::now();
     let mut leading = *leader.borrow_and_update();
