@@ -164,11 +164,79 @@ pub struct Server {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Webhook {
     /// `harbor`, `gitea`, `github`, `registry` or `generic`.
-    pub sender: String,
+    pub sender: Sender,
     #[serde(default)]
     pub secret_file: Option<String>,
     #[serde(default)]
     pub secret_env: Option<String>,
+}
+
+/// Who sends webhooks; each has its own endpoint (`/webhooks/<name>`) and authentication
+/// (`shared::webhook::authenticate`). Part of the config schema, so the config never imports the
+/// webhook logic; written by its name (`harbor`, `gitea`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Sender {
+    /// Harbor: the policy's "Auth Header" sent verbatim as `Authorization`.
+    Harbor,
+    /// Gitea (and Gogs, Forgejo): HMAC-SHA256 of the body, `X-Gitea-Signature` (hex) or
+    /// `X-Hub-Signature-256` (`sha256=<hex>`).
+    Gitea,
+    /// GitHub: `X-Hub-Signature-256`.
+    GitHub,
+    /// The distribution registry's notifications: the endpoint's configured `Authorization`.
+    Registry,
+    /// Anything else (a CI step): `X-Signature-256: sha256=<hex>` over the body. Re-reads all
+    /// sources.
+    Generic,
+}
+
+impl Sender {
+    pub const ALL: [Sender; 5] = [Sender::Harbor, Sender::Gitea, Sender::GitHub, Sender::Registry, Sender::Generic];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Sender::Harbor => "harbor",
+            Sender::Gitea => "gitea",
+            Sender::GitHub => "github",
+            Sender::Registry => "registry",
+            Sender::Generic => "generic",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Sender> {
+        Sender::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// A sender name that is none of [`Sender::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown sender {0:?} (expected one of: harbor, gitea, github, registry, generic)")]
+pub struct UnknownSender(pub String);
+
+impl std::str::FromStr for Sender {
+    type Err = UnknownSender;
+
+    fn from_str(name: &str) -> Result<Sender, UnknownSender> {
+        Sender::from_name(name).ok_or_else(|| UnknownSender(name.to_owned()))
+    }
+}
+
+impl std::fmt::Display for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for Sender {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Sender {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// Several agents with one `identity.agentId` (replicas) elect one leader with a Lease named
@@ -321,7 +389,8 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
 ];
 
 /// Every duration field of the config, by dotted path. A value that is no duration is a value
-/// problem of its field, reported with the others (see [`parse`]), not a stop of the parse.
+/// problem of its field, reported with the others (see [`parse`]), not a stop of the parse; so
+/// is an unknown webhook sender.
 const DURATIONS: &[&str] = &[
     "git.pollInterval",
     "server.webhookEvery",
@@ -338,9 +407,9 @@ pub struct Loaded {
     pub config: AgentConfig,
     /// Field paths whose value came from an environment variable, with that variable's name.
     pub overridden: BTreeMap<String, String>,
-    /// Duration fields whose text is no duration, with why; their value in `config` is a
-    /// placeholder, and `validate` reports each one.
-    bad_durations: BTreeMap<String, String>,
+    /// Typed fields whose text is no value of their type (a duration, a webhook sender), with
+    /// why; their value in `config` is a placeholder, and `validate` reports each one.
+    bad_values: BTreeMap<String, String>,
     lines: LineIndex,
 }
 
@@ -358,16 +427,16 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, 
 /// add checks of their own and want every problem in one list: see [`Loaded::validate`]).
 pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Problem> {
     let lines = LineIndex::new(text);
-    let (mut config, mut bad_durations) = match serde_saphyr::from_str::<AgentConfig>(text) {
+    let (mut config, mut bad_values) = match serde_saphyr::from_str::<AgentConfig>(text) {
         Ok(config) => (config, BTreeMap::new()),
-        Err(e) => without_bad_durations(text).ok_or_else(|| structural(&e, &lines))?,
+        Err(e) => with_placeholders(text).ok_or_else(|| structural(&e, &lines))?,
     };
     let mut overridden = BTreeMap::new();
     for (var, path) in ENV_OVERRIDES {
         if let Some(value) = env(var) {
             match apply_override(&mut config, path, value) {
-                Ok(()) => bad_durations.remove(*path),
-                Err(e) => bad_durations.insert((*path).to_owned(), e.to_string()),
+                Ok(()) => bad_values.remove(*path),
+                Err(e) => bad_values.insert((*path).to_owned(), e.to_string()),
             };
             overridden.insert((*path).to_owned(), (*var).to_owned());
         }
@@ -375,23 +444,36 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded,
     if config.identity.per_node {
         config.identity.agent_id = config.identity.node_name.clone();
     }
-    Ok(Loaded { config, overridden, bad_durations, lines })
+    Ok(Loaded { config, overridden, bad_values, lines })
 }
 
-/// The config of a text whose only structural errors are duration fields that hold no duration:
-/// those become placeholders and are returned as problems by path, so that they are reported
-/// together with every other value problem, as any other bad value is. `None` when the text has
-/// another structural error (that error is reported alone, as parse errors are).
-fn without_bad_durations(text: &str) -> Option<(AgentConfig, BTreeMap<String, String>)> {
+/// The config of a text whose only structural errors are typed fields holding text that is no
+/// value of their type (a duration, a webhook sender): those become placeholders and are
+/// returned as problems by path, so that they are reported together with every other value
+/// problem, as when these fields were text. `None` when the text has another structural error
+/// (that error is reported alone, as parse errors are).
+fn with_placeholders(text: &str) -> Option<(AgentConfig, BTreeMap<String, String>)> {
+    fn replace<T: std::str::FromStr<Err: ToString>>(
+        slot: Option<&mut serde_json::Value>,
+        path: String,
+        placeholder: &str,
+        bad: &mut BTreeMap<String, String>,
+    ) {
+        let Some(slot) = slot else { return };
+        let Some(Err(e)) = slot.as_str().map(str::parse::<T>) else { return };
+        bad.insert(path, e.to_string());
+        *slot = serde_json::Value::from(placeholder);
+    }
     let mut tree: serde_json::Value = serde_saphyr::from_str(text).ok()?;
     let mut bad = BTreeMap::new();
     for path in DURATIONS {
-        let Some(slot) = path.split('.').try_fold(&mut tree, |v, k| v.get_mut(k)) else { continue };
-        let Some(raw) = slot.as_str() else { continue };
-        if let Err(e) = raw.parse::<HumanDuration>() {
-            bad.insert((*path).to_owned(), e.to_string());
-            *slot = serde_json::Value::from(HumanDuration::default().to_string());
-        }
+        let slot = path.split('.').try_fold(&mut tree, |v, k| v.get_mut(k));
+        replace::<HumanDuration>(slot, (*path).to_owned(), "0s", &mut bad);
+    }
+    let webhooks = tree.get_mut("server").and_then(|s| s.get_mut("webhooks")).and_then(|w| w.as_array_mut());
+    for (i, w) in webhooks.into_iter().flatten().enumerate() {
+        let slot = w.get_mut("sender");
+        replace::<Sender>(slot, format!("server.webhooks[{i}].sender"), Sender::Generic.name(), &mut bad);
     }
     if bad.is_empty() {
         return None;
@@ -512,16 +594,11 @@ impl Loaded {
         let mut senders = BTreeMap::new();
         for (i, w) in c.server.webhooks.iter().enumerate() {
             let base = format!("server.webhooks[{i}]");
-            if crate::webhook::Sender::from_name(&w.sender).is_none() {
-                v.push(
-                    &format!("{base}.sender"),
-                    format!(
-                        "unknown sender {:?} (expected one of: harbor, gitea, github, registry, generic)",
-                        w.sender
-                    ),
-                );
-            } else if let Some(prev) = senders.insert(w.sender.clone(), base.clone()) {
-                v.push(&format!("{base}.sender"), format!("{:?} is already configured at {prev}", w.sender));
+            let sender = format!("{base}.sender");
+            if let Some(why) = self.bad_values.get(&sender) {
+                v.push(&sender, why.clone());
+            } else if let Some(prev) = senders.insert(w.sender, base.clone()) {
+                v.push(&format!("{base}.sender"), format!("{:?} is already configured at {prev}", w.sender.name()));
             }
             match (&w.secret_file, &w.secret_env) {
                 (None, None) => {
@@ -596,7 +673,7 @@ impl Validator<'_> {
 
     /// A duration field: no duration at all (found by `parse`), or shorter than its minimum.
     fn duration(&mut self, path: &str, d: HumanDuration, min: Option<Duration>) {
-        if let Some(why) = self.loaded.bad_durations.get(path) {
+        if let Some(why) = self.loaded.bad_values.get(path) {
             self.push(path, why.clone());
         } else if let Some(min) = min.filter(|m| d.get() < *m) {
             self.push(path, format!("{d} is shorter than the minimum {}", HumanDuration::from(min)));
@@ -742,6 +819,7 @@ registries:
         );
         let good = format!("{GOOD}server:\n  webhooks:\n  - sender: gitea\n    secretEnv: GITEA_HOOK\n");
         let l = load(&good, &no_env).expect("valid");
+        assert_eq!(l.config.server.webhooks[0].sender, Sender::Gitea, "a sender is written by its name");
         assert_eq!(l.config.server.max_body_bytes, 1024 * 1024);
         assert_eq!(l.config.server.webhook_every.get(), Duration::from_secs(1));
         assert!(l.config.leader_election.enabled);

@@ -11,40 +11,7 @@ use serde_json::Value;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-/// Who sends webhooks; each has its own endpoint (`/webhooks/<name>`) and authentication.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Sender {
-    /// Harbor: the policy's "Auth Header" sent verbatim as `Authorization`.
-    Harbor,
-    /// Gitea (and Gogs, Forgejo): HMAC-SHA256 of the body, `X-Gitea-Signature` (hex) or
-    /// `X-Hub-Signature-256` (`sha256=<hex>`).
-    Gitea,
-    /// GitHub: `X-Hub-Signature-256`.
-    GitHub,
-    /// The distribution registry's notifications: the endpoint's configured `Authorization`.
-    Registry,
-    /// Anything else (a CI step): `X-Signature-256: sha256=<hex>` over the body. Re-reads all
-    /// sources.
-    Generic,
-}
-
-impl Sender {
-    pub const ALL: [Sender; 5] = [Sender::Harbor, Sender::Gitea, Sender::GitHub, Sender::Registry, Sender::Generic];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Sender::Harbor => "harbor",
-            Sender::Gitea => "gitea",
-            Sender::GitHub => "github",
-            Sender::Registry => "registry",
-            Sender::Generic => "generic",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Sender> {
-        Sender::ALL.into_iter().find(|s| s.name() == name)
-    }
-}
+use crate::config::Sender;
 
 /// Why a webhook is refused (401). Never holds what was sent: it may be a near-miss secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

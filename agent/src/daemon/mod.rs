@@ -23,9 +23,9 @@ use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, error, info, warn};
 
 use shared::config::AgentConfig;
+use shared::config::Sender;
 use shared::status::{AgentView, CycleView, SourceView};
 use shared::trigger::{Cause, Limiter, Queue, RateLimit, Target, Trigger};
-use shared::webhook::Sender;
 
 use crate::cli::session::{Connected, Session};
 use crate::cluster::Cluster;
@@ -127,10 +127,9 @@ async fn serve(config: AgentConfig, base: PathBuf) -> anyhow::Result<()> {
         .server
         .webhooks
         .iter()
-        .filter_map(|w| {
-            let sender = Sender::from_name(&w.sender)?;
+        .map(|w| {
             let source = SecretSource::from_parts(w.secret_file.as_deref(), w.secret_env.as_deref(), &base);
-            Some((sender, Secret::new(source)))
+            (w.sender, Secret::new(source))
         })
         .collect();
     let (tx, rx) = mpsc::unbounded_channel();
