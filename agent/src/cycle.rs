@@ -11,9 +11,10 @@ use tracing::Instrument;
 
 use shared::rollout::Limits;
 
-use crate::cli::session::Session;
 use crate::cluster::Cluster;
 use crate::reconcile::{BundleResult, Driver, Result};
+use crate::cli::session::Session;
+use crate::source::registry::RegistryStats;
 use crate::state::StateStore;
 
 #[derive(Debug, Serialize)]
@@ -33,14 +34,6 @@ pub struct Report {
     /// Per registry host: its requests of this cycle by (kind, outcome), and its last error.
     #[serde(skip)]
     pub registries: Vec<RegistryStats>,
-}
-
-/// One registry's requests during a cycle.
-#[derive(Debug, Clone)]
-pub struct RegistryStats {
-    pub host: String,
-    pub requests: Vec<(&'static str, &'static str, u64)>,
-    pub last_error: Option<String>,
 }
 
 /// What a cycle needs besides the sources: the config, the cluster and the records.
