@@ -13,7 +13,7 @@ use shared::rollout::Limits;
 
 use crate::cluster::Cluster;
 use crate::reconcile::{BundleResult, Driver, Result};
-use crate::cli::session::Session;
+use crate::session::Session;
 use crate::source::registry::RegistryStats;
 use crate::state::StateStore;
 

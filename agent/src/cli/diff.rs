@@ -16,8 +16,8 @@ use serde_json::Value;
 use shared::plan::{Action, ObjectPlan, Summary};
 
 use super::Output;
-use super::session::{ClusterUse, Session};
 use crate::desired::{BundleError, ImageChoice, Stage};
+use crate::session::{ClusterUse, Session};
 
 pub const EXIT_DIFFERENCES: u8 = 1;
 pub const EXIT_BUNDLE_FAILED: u8 = 3;

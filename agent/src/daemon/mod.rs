@@ -27,10 +27,10 @@ use shared::config::Sender;
 use shared::status::{AgentView, CycleView, SourceView};
 use shared::trigger::{Cause, Limiter, Queue, RateLimit, Target, Trigger};
 
-use crate::cli::session::{Connected, Session};
 use crate::cluster::Cluster;
 use crate::cycle::{Report, Setup};
 use crate::reconcile::Result;
+use crate::session::{Connected, Session};
 use crate::source::git::{GitOptions, GitSource};
 use crate::source::secret::{Secret, SecretSource};
 use crate::state::StateStore;
@@ -105,7 +105,7 @@ fn init_logs() {
 /// `agent run`: until SIGTERM or SIGINT. Exit 0 after a clean shutdown, 2 when it cannot start
 /// (config, listener).
 pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
-    let (loaded, base) = crate::cli::load_config(config_path)?;
+    let (loaded, base) = crate::config::load(config_path)?;
     init_logs();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(serve(loaded.config, base))?;
