@@ -194,7 +194,7 @@ async fn webhook(
         Ok(e) => e,
         Err(why) => {
             d.metrics.count_webhook(sender_name, "bad_request");
-            return answer(StatusCode::BAD_REQUEST, &why);
+            return answer(StatusCode::BAD_REQUEST, &why.to_string());
         }
     };
     let concerns = {
