@@ -409,7 +409,7 @@ pub struct Loaded {
     pub overridden: BTreeMap<String, String>,
     /// Typed fields whose text is no value of their type (a duration, a webhook sender), with
     /// why; their value in `config` is a placeholder, and `validate` reports each one.
-    bad_values: BTreeMap<String, String>,
+    bad_values: BadValues,
     lines: LineIndex,
 }
 
@@ -429,7 +429,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded,
     let lines = LineIndex::new(text);
     let (mut config, mut bad_values) = match serde_saphyr::from_str::<AgentConfig>(text) {
         Ok(config) => (config, BTreeMap::new()),
-        Err(e) => with_placeholders(text).ok_or_else(|| structural(&e, &lines))?,
+        Err(e) => with_placeholders(text, &lines).unwrap_or_else(|| Err(structural(&e, &lines)))?,
     };
     let mut overridden = BTreeMap::new();
     for (var, path) in ENV_OVERRIDES {
@@ -447,17 +447,20 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded,
     Ok(Loaded { config, overridden, bad_values, lines })
 }
 
-/// The config of a text whose only structural errors are typed fields holding text that is no
-/// value of their type (a duration, a webhook sender): those become placeholders and are
-/// returned as problems by path, so that they are reported together with every other value
-/// problem, as when these fields were text. `None` when the text has another structural error
-/// (that error is reported alone, as parse errors are).
-fn with_placeholders(text: &str) -> Option<(AgentConfig, BTreeMap<String, String>)> {
+/// Field paths of typed fields whose text is no value of their type, with why.
+type BadValues = BTreeMap<String, String>;
+
+/// The config of a text whose typed fields hold text that is no value of their type (a duration,
+/// a webhook sender): those become placeholders and are returned as problems by path, so that
+/// they are reported together with every other value problem, as when these fields were text.
+/// With another structural error beside them, that error, located in `text` (structural errors
+/// come alone). `None` when no such field is the trouble.
+fn with_placeholders(text: &str, lines: &LineIndex) -> Option<Result<(AgentConfig, BadValues), Problem>> {
     fn replace<T: std::str::FromStr<Err: ToString>>(
         slot: Option<&mut serde_json::Value>,
         path: String,
         placeholder: &str,
-        bad: &mut BTreeMap<String, String>,
+        bad: &mut BadValues,
     ) {
         let Some(slot) = slot else { return };
         let Some(Err(e)) = slot.as_str().map(str::parse::<T>) else { return };
@@ -478,7 +481,15 @@ fn with_placeholders(text: &str) -> Option<(AgentConfig, BTreeMap<String, String
     if bad.is_empty() {
         return None;
     }
-    serde_json::from_value(tree).ok().map(|config| (config, bad))
+    // Read back as YAML, so the placeholders go through the same deserializer as the file.
+    let patched = serde_saphyr::to_string(&tree).ok()?;
+    Some(match serde_saphyr::from_str::<AgentConfig>(&patched) {
+        Ok(config) => Ok((config, bad)),
+        Err(e) => {
+            let p = structural(&e, &LineIndex::new(&patched));
+            Err(Problem { line: lines.line(&p.path), ..p })
+        }
+    })
 }
 
 fn structural(e: &serde_saphyr::Error, lines: &LineIndex) -> Problem {
@@ -947,6 +958,22 @@ registries:
         let l = load(&text.replace("leaseDuration: 2s", "leaseDuration: 1m"), &no_env).expect("valid");
         assert_eq!(l.config.render.timeout.get(), Duration::from_secs(90));
         assert_eq!(l.config.leader_election.lease_duration.get(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_structural_error_beside_a_bad_typed_value_comes_alone_with_its_line() {
+        for (extra, want) in [
+            ("rollout:\n  drainWindow: soon\n  bogus: 1\n", "rollout.bogus: line 17: unknown field `bogus`"),
+            ("rollout:\n  bogus: 1\n  drainWindow: soon\n", "rollout.bogus: line 16: unknown field `bogus`"),
+            (
+                "server:\n  webhooks:\n  - sender: gitlab\n    secretEnv: X\n    extra: 1\n",
+                "server.webhooks[0].extra: line 19: unknown field `extra`",
+            ),
+        ] {
+            let p = problems(&format!("{GOOD}{extra}"));
+            assert_eq!(p.len(), 1, "{p:#?}");
+            assert!(p[0].starts_with(want), "{p:#?}");
+        }
     }
 
     #[test]
