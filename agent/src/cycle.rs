@@ -6,15 +6,15 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use serde::Serialize;
 use tracing::Instrument;
 
 use shared::rollout::Limits;
 
-use crate::cli::session::Session;
 use crate::cluster::Cluster;
 use crate::reconcile::{BundleResult, Driver, Result};
+use crate::session::Session;
+use crate::source::registry::RegistryStats;
 use crate::state::StateStore;
 
 #[derive(Debug, Serialize)]
@@ -36,14 +36,6 @@ pub struct Report {
     pub registries: Vec<RegistryStats>,
 }
 
-/// One registry's requests during a cycle.
-#[derive(Debug, Clone)]
-pub struct RegistryStats {
-    pub host: String,
-    pub requests: Vec<(&'static str, &'static str, u64)>,
-    pub last_error: Option<String>,
-}
-
 /// What a cycle needs besides the sources: the config, the cluster and the records.
 pub struct Setup {
     pub config: shared::config::AgentConfig,
@@ -60,24 +52,21 @@ pub struct Setup {
 
 impl Setup {
     /// From a loaded config and a connected cluster.
-    pub fn new(config: shared::config::AgentConfig, base: &Path, cluster: Cluster) -> anyhow::Result<Setup> {
+    pub fn new(config: shared::config::AgentConfig, base: &Path, cluster: Cluster) -> Setup {
         let store = StateStore::new(
             &base.join(&config.state_dir),
             &config.identity.agent_id,
             &config.kube.namespace,
             Some(cluster.client().clone()),
         );
-        let secs = |s: &str, field: &str| {
-            humantime::parse_duration(s).map(|d| d.as_secs() as i64).with_context(|| format!("rollout.{field}: {s:?}"))
-        };
         let defaults = Limits {
-            progress_deadline: secs(&config.rollout.progress_deadline, "progressDeadline")?,
-            verify_window: secs(&config.rollout.verify_window, "verifyWindow")?,
+            progress_deadline: config.rollout.progress_deadline.secs(),
+            verify_window: config.rollout.verify_window.secs(),
             probes: Vec::new(),
             drains: Vec::new(),
         };
-        let drain_window = secs(&config.rollout.drain_window, "drainWindow")?;
-        Ok(Setup { config, base: base.to_owned(), cluster, store, defaults, drain_window, ignore_windows: false })
+        let drain_window = config.rollout.drain_window.secs();
+        Setup { config, base: base.to_owned(), cluster, store, defaults, drain_window, ignore_windows: false }
     }
 
     pub fn driver<'a>(&'a self, dry_run: bool, progress: &'a (dyn Fn(&str, &str) + Sync)) -> Driver<'a> {

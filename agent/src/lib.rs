@@ -3,12 +3,14 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod config;
 pub mod cycle;
 pub mod daemon;
 pub mod desired;
 pub mod drain;
 pub mod reconcile;
 pub mod render;
+pub mod session;
 pub mod source;
 pub mod state;
 pub mod watch;

@@ -27,7 +27,7 @@ impl Renderers {
         Renderers {
             helm: cfg.render.helm.clone(),
             kustomize: cfg.render.kustomize.clone(),
-            timeout: cfg.render_timeout(),
+            timeout: cfg.render.timeout.get(),
         }
     }
 }

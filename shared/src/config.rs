@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::duration::HumanDuration;
 use crate::redact;
 use crate::yaml_lines::LineIndex;
 
@@ -68,7 +69,7 @@ pub struct Render {
     pub kustomize: String,
     /// A renderer running longer than this is stopped and the bundle reports it.
     #[serde(default = "defaults::render_timeout")]
-    pub timeout: String,
+    pub timeout: HumanDuration,
 }
 
 impl Default for Render {
@@ -94,7 +95,7 @@ pub struct GitSource {
     #[serde(default)]
     pub ca_file: Option<String>,
     #[serde(default = "defaults::poll_interval")]
-    pub poll_interval: String,
+    pub poll_interval: HumanDuration,
 }
 
 /// An OCI registry (Harbor or any distribution-compatible one).
@@ -154,7 +155,7 @@ pub struct Server {
     #[serde(default = "defaults::webhook_burst")]
     pub webhook_burst: u32,
     #[serde(default = "defaults::webhook_every")]
-    pub webhook_every: String,
+    pub webhook_every: HumanDuration,
 }
 
 /// One webhook sender and the secret it proves itself with (Harbor: the Authorization value;
@@ -163,11 +164,79 @@ pub struct Server {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Webhook {
     /// `harbor`, `gitea`, `github`, `registry` or `generic`.
-    pub sender: String,
+    pub sender: Sender,
     #[serde(default)]
     pub secret_file: Option<String>,
     #[serde(default)]
     pub secret_env: Option<String>,
+}
+
+/// Who sends webhooks; each has its own endpoint (`/webhooks/<name>`) and authentication
+/// (`shared::webhook::authenticate`). Part of the config schema, so the config never imports the
+/// webhook logic; written by its name (`harbor`, `gitea`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Sender {
+    /// Harbor: the policy's "Auth Header" sent verbatim as `Authorization`.
+    Harbor,
+    /// Gitea (and Gogs, Forgejo): HMAC-SHA256 of the body, `X-Gitea-Signature` (hex) or
+    /// `X-Hub-Signature-256` (`sha256=<hex>`).
+    Gitea,
+    /// GitHub: `X-Hub-Signature-256`.
+    GitHub,
+    /// The distribution registry's notifications: the endpoint's configured `Authorization`.
+    Registry,
+    /// Anything else (a CI step): `X-Signature-256: sha256=<hex>` over the body. Re-reads all
+    /// sources.
+    Generic,
+}
+
+impl Sender {
+    pub const ALL: [Sender; 5] = [Sender::Harbor, Sender::Gitea, Sender::GitHub, Sender::Registry, Sender::Generic];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Sender::Harbor => "harbor",
+            Sender::Gitea => "gitea",
+            Sender::GitHub => "github",
+            Sender::Registry => "registry",
+            Sender::Generic => "generic",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Sender> {
+        Sender::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// A sender name that is none of [`Sender::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown sender {0:?} (expected one of: harbor, gitea, github, registry, generic)")]
+pub struct UnknownSender(pub String);
+
+impl std::str::FromStr for Sender {
+    type Err = UnknownSender;
+
+    fn from_str(name: &str) -> Result<Sender, UnknownSender> {
+        Sender::from_name(name).ok_or_else(|| UnknownSender(name.to_owned()))
+    }
+}
+
+impl std::fmt::Display for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for Sender {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Sender {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// Several agents with one `identity.agentId` (replicas) elect one leader with a Lease named
@@ -180,7 +249,7 @@ pub struct LeaderElection {
     pub enabled: bool,
     /// A leader that stops renewing is replaced after this long.
     #[serde(default = "defaults::lease_duration")]
-    pub lease_duration: String,
+    pub lease_duration: HumanDuration,
 }
 
 impl Default for LeaderElection {
@@ -194,11 +263,11 @@ impl Default for LeaderElection {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RolloutDefaults {
     #[serde(default = "defaults::progress_deadline")]
-    pub progress_deadline: String,
+    pub progress_deadline: HumanDuration,
     #[serde(default = "defaults::verify_window")]
-    pub verify_window: String,
+    pub verify_window: HumanDuration,
     #[serde(default = "defaults::drain_window")]
-    pub drain_window: String,
+    pub drain_window: HumanDuration,
     /// Allow/deny windows for starting any rollout on this node (`shared::window`); a bundle's
     /// own `rolloutWindows` add to them. Rollbacks ignore them.
     #[serde(default)]
@@ -206,6 +275,8 @@ pub struct RolloutDefaults {
 }
 
 mod defaults {
+    use crate::duration::HumanDuration;
+
     pub fn agent_id() -> String {
         "gitops-agent".into()
     }
@@ -215,8 +286,8 @@ mod defaults {
     pub fn kustomize() -> String {
         "kustomize".into()
     }
-    pub fn render_timeout() -> String {
-        "60s".into()
+    pub fn render_timeout() -> HumanDuration {
+        HumanDuration::from_secs(60)
     }
     pub fn state_dir() -> String {
         "/var/lib/gitops-agent".into()
@@ -229,8 +300,8 @@ mod defaults {
     }
     /// Argo CD polls every 120 s + jitter, Fleet every 15 s (which exhausted Git hosts, fleet
     /// #3486); with webhooks for latency, 60 s keeps hundreds of stores cheap for one Gitea.
-    pub fn poll_interval() -> String {
-        "60s".into()
+    pub fn poll_interval() -> HumanDuration {
+        HumanDuration::from_secs(60)
     }
     /// Harbor's default per-project pull concurrency is unbounded; 4 keeps a store polite.
     pub fn max_concurrency() -> u32 {
@@ -249,26 +320,26 @@ mod defaults {
     pub fn webhook_burst() -> u32 {
         10
     }
-    pub fn webhook_every() -> String {
-        "1s".into()
+    pub fn webhook_every() -> HumanDuration {
+        HumanDuration::from_secs(1)
     }
     pub fn yes() -> bool {
         true
     }
     /// Kubernetes' own controllers use 15 s.
-    pub fn lease_duration() -> String {
-        "15s".into()
+    pub fn lease_duration() -> HumanDuration {
+        HumanDuration::from_secs(15)
     }
     /// Kubernetes' own default `progressDeadlineSeconds` is 600; stores want to know sooner.
-    pub fn progress_deadline() -> String {
-        "5m".into()
+    pub fn progress_deadline() -> HumanDuration {
+        HumanDuration::from_secs(300)
     }
-    pub fn verify_window() -> String {
-        "0s".into()
+    pub fn verify_window() -> HumanDuration {
+        HumanDuration::from_secs(0)
     }
     /// Stack B's WebSocket drain: 30 s grace before an old pod terminates.
-    pub fn drain_window() -> String {
-        "30s".into()
+    pub fn drain_window() -> HumanDuration {
+        HumanDuration::from_secs(30)
     }
 }
 
@@ -317,12 +388,28 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("GITOPS_AGENT_STATE_DIR", "stateDir"),
 ];
 
+/// Every duration field of the config, by dotted path. A value that is no duration is a value
+/// problem of its field, reported with the others (see [`parse`]), not a stop of the parse; so
+/// is an unknown webhook sender.
+const DURATIONS: &[&str] = &[
+    "git.pollInterval",
+    "server.webhookEvery",
+    "leaderElection.leaseDuration",
+    "rollout.progressDeadline",
+    "rollout.verifyWindow",
+    "rollout.drainWindow",
+    "render.timeout",
+];
+
 /// A parsed config with what is needed to explain it.
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub config: AgentConfig,
     /// Field paths whose value came from an environment variable, with that variable's name.
     pub overridden: BTreeMap<String, String>,
+    /// Typed fields whose text is no value of their type (a duration, a webhook sender), with
+    /// why; their value in `config` is a placeholder, and `validate` reports each one.
+    bad_values: BadValues,
     lines: LineIndex,
 }
 
@@ -340,18 +427,69 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, 
 /// add checks of their own and want every problem in one list: see [`Loaded::validate`]).
 pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Problem> {
     let lines = LineIndex::new(text);
-    let mut config: AgentConfig = serde_saphyr::from_str(text).map_err(|e| structural(&e, &lines))?;
+    let (mut config, mut bad_values) = match serde_saphyr::from_str::<AgentConfig>(text) {
+        Ok(config) => (config, BTreeMap::new()),
+        Err(e) => with_placeholders(text, &lines).unwrap_or_else(|| Err(structural(&e, &lines)))?,
+    };
     let mut overridden = BTreeMap::new();
     for (var, path) in ENV_OVERRIDES {
         if let Some(value) = env(var) {
-            apply_override(&mut config, path, value);
+            match apply_override(&mut config, path, value) {
+                Ok(()) => bad_values.remove(*path),
+                Err(e) => bad_values.insert((*path).to_owned(), e.to_string()),
+            };
             overridden.insert((*path).to_owned(), (*var).to_owned());
         }
     }
     if config.identity.per_node {
         config.identity.agent_id = config.identity.node_name.clone();
     }
-    Ok(Loaded { config, overridden, lines })
+    Ok(Loaded { config, overridden, bad_values, lines })
+}
+
+/// Field paths of typed fields whose text is no value of their type, with why.
+type BadValues = BTreeMap<String, String>;
+
+/// The config of a text whose typed fields hold text that is no value of their type (a duration,
+/// a webhook sender): those become placeholders and are returned as problems by path, so that
+/// they are reported together with every other value problem, as when these fields were text.
+/// With another structural error beside them, that error, located in `text` (structural errors
+/// come alone). `None` when no such field is the trouble.
+fn with_placeholders(text: &str, lines: &LineIndex) -> Option<Result<(AgentConfig, BadValues), Problem>> {
+    fn replace<T: std::str::FromStr<Err: ToString>>(
+        slot: Option<&mut serde_json::Value>,
+        path: String,
+        placeholder: &str,
+        bad: &mut BadValues,
+    ) {
+        let Some(slot) = slot else { return };
+        let Some(Err(e)) = slot.as_str().map(str::parse::<T>) else { return };
+        bad.insert(path, e.to_string());
+        *slot = serde_json::Value::from(placeholder);
+    }
+    let mut tree: serde_json::Value = serde_saphyr::from_str(text).ok()?;
+    let mut bad = BTreeMap::new();
+    for path in DURATIONS {
+        let slot = path.split('.').try_fold(&mut tree, |v, k| v.get_mut(k));
+        replace::<HumanDuration>(slot, (*path).to_owned(), "0s", &mut bad);
+    }
+    let webhooks = tree.get_mut("server").and_then(|s| s.get_mut("webhooks")).and_then(|w| w.as_array_mut());
+    for (i, w) in webhooks.into_iter().flatten().enumerate() {
+        let slot = w.get_mut("sender");
+        replace::<Sender>(slot, format!("server.webhooks[{i}].sender"), Sender::Generic.name(), &mut bad);
+    }
+    if bad.is_empty() {
+        return None;
+    }
+    // Read back as YAML, so the placeholders go through the same deserializer as the file.
+    let patched = serde_saphyr::to_string(&tree).ok()?;
+    Some(match serde_saphyr::from_str::<AgentConfig>(&patched) {
+        Ok(config) => Ok((config, bad)),
+        Err(e) => {
+            let p = structural(&e, &LineIndex::new(&patched));
+            Err(Problem { line: lines.line(&p.path), ..p })
+        }
+    })
 }
 
 fn structural(e: &serde_saphyr::Error, lines: &LineIndex) -> Problem {
@@ -369,19 +507,22 @@ fn structural(e: &serde_saphyr::Error, lines: &LineIndex) -> Problem {
     Problem { path, line: at.map(|(l, _)| l), message: message.to_owned() }
 }
 
-fn apply_override(c: &mut AgentConfig, path: &str, value: String) {
+/// Sets the field at `path` from an environment variable's `value`; a duration field's value must
+/// parse (the caller reports the error against the variable).
+fn apply_override(c: &mut AgentConfig, path: &str, value: String) -> Result<(), crate::duration::ParseError> {
     match path {
         "identity.nodeName" => c.identity.node_name = value,
         "git.url" => c.git.url = value,
         "git.ref" => c.git.reference = value,
         "git.path" => c.git.path = value,
-        "git.pollInterval" => c.git.poll_interval = value,
+        "git.pollInterval" => c.git.poll_interval = value.parse()?,
         "kube.kubeconfig" => c.kube.kubeconfig = Some(value),
         "kube.namespace" => c.kube.namespace = value,
         "server.listen" => c.server.listen = value,
         "stateDir" => c.state_dir = value,
         other => unreachable!("ENV_OVERRIDES names a path apply_override does not know: {other}"),
     }
+    Ok(())
 }
 
 impl Loaded {
@@ -421,7 +562,7 @@ impl Loaded {
         v.check(c.git.path.split('/').any(|s| s == ".."), "git.path", || {
             format!("{:?} must stay inside the repository (no \"..\")", c.git.path)
         });
-        v.duration("git.pollInterval", &c.git.poll_interval, Some(Duration::from_secs(5)));
+        v.duration("git.pollInterval", c.git.poll_interval, Some(Duration::from_secs(5)));
         if let Some(auth) = &c.git.auth {
             v.credentials("git.auth", auth);
             if c.git.url.starts_with("http://") {
@@ -464,16 +605,11 @@ impl Loaded {
         let mut senders = BTreeMap::new();
         for (i, w) in c.server.webhooks.iter().enumerate() {
             let base = format!("server.webhooks[{i}]");
-            if crate::webhook::Sender::from_name(&w.sender).is_none() {
-                v.push(
-                    &format!("{base}.sender"),
-                    format!(
-                        "unknown sender {:?} (expected one of: harbor, gitea, github, registry, generic)",
-                        w.sender
-                    ),
-                );
-            } else if let Some(prev) = senders.insert(w.sender.clone(), base.clone()) {
-                v.push(&format!("{base}.sender"), format!("{:?} is already configured at {prev}", w.sender));
+            let sender = format!("{base}.sender");
+            if let Some(why) = self.bad_values.get(&sender) {
+                v.push(&sender, why.clone());
+            } else if let Some(prev) = senders.insert(w.sender, base.clone()) {
+                v.push(&format!("{base}.sender"), format!("{:?} is already configured at {prev}", w.sender.name()));
             }
             match (&w.secret_file, &w.secret_env) {
                 (None, None) => {
@@ -489,11 +625,11 @@ impl Loaded {
                 _ => {}
             }
         }
-        v.duration("server.webhookEvery", &c.server.webhook_every, Some(Duration::from_millis(1)));
-        v.duration("leaderElection.leaseDuration", &c.leader_election.lease_duration, Some(Duration::from_secs(5)));
-        v.duration("rollout.progressDeadline", &c.rollout.progress_deadline, Some(Duration::from_secs(1)));
-        v.duration("rollout.verifyWindow", &c.rollout.verify_window, None);
-        v.duration("rollout.drainWindow", &c.rollout.drain_window, None);
+        v.duration("server.webhookEvery", c.server.webhook_every, Some(Duration::from_millis(1)));
+        v.duration("leaderElection.leaseDuration", c.leader_election.lease_duration, Some(Duration::from_secs(5)));
+        v.duration("rollout.progressDeadline", c.rollout.progress_deadline, Some(Duration::from_secs(1)));
+        v.duration("rollout.verifyWindow", c.rollout.verify_window, None);
+        v.duration("rollout.drainWindow", c.rollout.drain_window, None);
         for (i, w) in c.rollout.windows.iter().enumerate() {
             if let Err(e) = crate::window::Window::compile(w) {
                 v.push(&format!("rollout.windows[{i}].{}", e.field), e.message);
@@ -501,31 +637,9 @@ impl Loaded {
         }
         v.check(c.render.helm.trim().is_empty(), "render.helm", || "must not be empty".into());
         v.check(c.render.kustomize.trim().is_empty(), "render.kustomize", || "must not be empty".into());
-        v.duration("render.timeout", &c.render.timeout, Some(Duration::from_secs(1)));
+        v.duration("render.timeout", c.render.timeout, Some(Duration::from_secs(1)));
         v.check(c.state_dir.trim().is_empty(), "stateDir", || "must not be empty".into());
         v.problems
-    }
-}
-
-impl AgentConfig {
-    /// The renderer timeout; only valid on a validated config.
-    pub fn render_timeout(&self) -> Duration {
-        humantime::parse_duration(&self.render.timeout).expect("validated by config::load")
-    }
-
-    /// The lease duration; only valid on a validated config.
-    pub fn lease_duration(&self) -> Duration {
-        humantime::parse_duration(&self.leader_election.lease_duration).expect("validated by config::load")
-    }
-
-    /// The webhook rate limit's refill period; only valid on a validated config.
-    pub fn webhook_every(&self) -> Duration {
-        humantime::parse_duration(&self.server.webhook_every).expect("validated by config::load")
-    }
-
-    /// The poll interval; only valid on a validated config.
-    pub fn poll_interval(&self) -> Duration {
-        humantime::parse_duration(&self.git.poll_interval).expect("validated by config::load")
     }
 }
 
@@ -568,14 +682,12 @@ impl Validator<'_> {
         }
     }
 
-    fn duration(&mut self, path: &str, raw: &str, min: Option<Duration>) {
-        match humantime::parse_duration(raw) {
-            Err(e) => self.push(path, format!("{raw:?} is not a duration such as 30s or 5m: {e}")),
-            Ok(d) => {
-                if let Some(min) = min.filter(|m| d < *m) {
-                    self.push(path, format!("{raw} is shorter than the minimum {}", humantime::format_duration(min)));
-                }
-            }
+    /// A duration field: no duration at all (found by `parse`), or shorter than its minimum.
+    fn duration(&mut self, path: &str, d: HumanDuration, min: Option<Duration>) {
+        if let Some(why) = self.loaded.bad_values.get(path) {
+            self.push(path, why.clone());
+        } else if let Some(min) = min.filter(|m| d.get() < *m) {
+            self.push(path, format!("{d} is shorter than the minimum {}", HumanDuration::from(min)));
         }
     }
 
@@ -695,7 +807,7 @@ registries:
     fn a_good_config_loads_with_defaults_filled_in() {
         let l = load(GOOD, &no_env).expect("valid");
         assert_eq!(l.config.git.reference, "main");
-        assert_eq!(l.config.poll_interval(), Duration::from_secs(60));
+        assert_eq!(l.config.git.poll_interval.get(), Duration::from_secs(60));
         assert_eq!(l.config.registries[0].max_concurrency, 4);
         assert_eq!(l.config.identity.labels["env"], "qa");
     }
@@ -718,10 +830,11 @@ registries:
         );
         let good = format!("{GOOD}server:\n  webhooks:\n  - sender: gitea\n    secretEnv: GITEA_HOOK\n");
         let l = load(&good, &no_env).expect("valid");
+        assert_eq!(l.config.server.webhooks[0].sender, Sender::Gitea, "a sender is written by its name");
         assert_eq!(l.config.server.max_body_bytes, 1024 * 1024);
-        assert_eq!(l.config.webhook_every(), Duration::from_secs(1));
+        assert_eq!(l.config.server.webhook_every.get(), Duration::from_secs(1));
         assert!(l.config.leader_election.enabled);
-        assert_eq!(l.config.lease_duration(), Duration::from_secs(15));
+        assert_eq!(l.config.leader_election.lease_duration.get(), Duration::from_secs(15));
     }
 
     #[test]
@@ -817,13 +930,72 @@ registries:
     #[test]
     fn every_env_override_maps_to_a_known_field() {
         for (var, path) in ENV_OVERRIDES {
-            let env = |k: &str| (k == *var).then(|| "from-env".to_owned());
+            // A duration field takes only a duration.
+            let value = if DURATIONS.contains(path) { "7s" } else { "from-env" };
+            let env = |k: &str| (k == *var).then(|| value.to_owned());
             let loaded = parse(GOOD, &env).expect("parses");
             assert_eq!(loaded.overridden.get(*path).map(String::as_str), Some(*var));
             let json = serde_json::to_value(&loaded.config).expect("serialises");
             let field = path.split('.').fold(&json, |v, k| &v[k]);
-            assert_eq!(field, "from-env", "{var} did not set {path}");
+            assert_eq!(field, value, "{var} did not set {path}");
         }
+    }
+
+    #[test]
+    fn every_duration_path_names_a_duration_field() {
+        let json = serde_json::to_value(&load(GOOD, &no_env).expect("valid").config).expect("serialises");
+        for path in DURATIONS {
+            let field = path.split('.').fold(&json, |v, k| &v[k]);
+            let text = field.as_str().unwrap_or_else(|| panic!("{path} is no text: {field}"));
+            text.parse::<HumanDuration>().unwrap_or_else(|e| panic!("{path}: {e}"));
+        }
+    }
+
+    #[test]
+    fn durations_are_parsed_at_load_and_checked_against_their_minimum() {
+        let text = format!("{GOOD}render:\n  timeout: 90s\nleaderElection:\n  leaseDuration: 2s\n");
+        assert_eq!(problems(&text), vec!["leaderElection.leaseDuration: line 18: 2s is shorter than the minimum 5s"]);
+        let l = load(&text.replace("leaseDuration: 2s", "leaseDuration: 1m"), &no_env).expect("valid");
+        assert_eq!(l.config.render.timeout.get(), Duration::from_secs(90));
+        assert_eq!(l.config.leader_election.lease_duration.get(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_structural_error_beside_a_bad_typed_value_comes_alone_with_its_line() {
+        for (extra, want) in [
+            ("rollout:\n  drainWindow: soon\n  bogus: 1\n", "rollout.bogus: line 17: unknown field `bogus`"),
+            ("rollout:\n  bogus: 1\n  drainWindow: soon\n", "rollout.bogus: line 16: unknown field `bogus`"),
+            (
+                "server:\n  webhooks:\n  - sender: gitlab\n    secretEnv: X\n    extra: 1\n",
+                "server.webhooks[0].extra: line 19: unknown field `extra`",
+            ),
+        ] {
+            let p = problems(&format!("{GOOD}{extra}"));
+            assert_eq!(p.len(), 1, "{p:#?}");
+            assert!(p[0].starts_with(want), "{p:#?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_duration_from_the_environment_names_the_variable() {
+        let env = |k: &str| (k == "GITOPS_AGENT_POLL_INTERVAL").then(|| "often".to_owned());
+        let p: Vec<String> = load(GOOD, &env).expect_err("no duration").iter().map(ToString::to_string).collect();
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert!(
+            p[0].starts_with(
+                r#"git.pollInterval (from $GITOPS_AGENT_POLL_INTERVAL): "often" is not a duration such as 30s or 5m: "#
+            ),
+            "{p:#?}"
+        );
+        // A good variable replaces a bad file value: the value in force is the one checked.
+        let text = GOOD.replace("  url: https://git", "  pollInterval: never\n  url: https://git");
+        assert!(
+            problems(&text)[0].starts_with("git.pollInterval: line 5: \"never\" is not a duration"),
+            "{:?}",
+            problems(&text)
+        );
+        let env = |k: &str| (k == "GITOPS_AGENT_POLL_INTERVAL").then(|| "2m".to_owned());
+        assert_eq!(load(&text, &env).expect("valid").config.git.poll_interval.get(), Duration::from_secs(120));
     }
 }
 

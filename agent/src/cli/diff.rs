@@ -16,8 +16,8 @@ use serde_json::Value;
 use shared::plan::{Action, ObjectPlan, Summary};
 
 use super::Output;
-use super::session::{ClusterUse, Session};
 use crate::desired::{BundleError, ImageChoice, Stage};
+use crate::session::{ClusterUse, Session};
 
 pub const EXIT_DIFFERENCES: u8 = 1;
 pub const EXIT_BUNDLE_FAILED: u8 = 3;
@@ -81,9 +81,7 @@ pub async fn report(config: &Path, only: Option<&str>) -> anyhow::Result<Report>
     let build = session.build(&namespaced, true);
     let mut out = Vec::new();
     let mut owned_cache = BTreeMap::new();
-    let node_drain = humantime::parse_duration(&session.config.rollout.drain_window)
-        .map(|d| d.as_secs() as i64)
-        .map_err(|e| anyhow::anyhow!("rollout.drainWindow: {e}"))?;
+    let node_drain = session.config.rollout.drain_window.secs();
     for b in &bundles {
         let mut d = BundleDiff {
             bundle: b.dir.clone(),

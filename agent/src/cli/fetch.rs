@@ -11,7 +11,7 @@ use super::Output;
 use crate::source::git::{Change, GitOptions, GitSource};
 
 pub fn run(config_path: &Path, output: Output, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
-    let (loaded, base) = super::load_config(config_path)?;
+    let (loaded, base) = crate::config::load(config_path)?;
     let git = &loaded.config.git;
     let source = GitSource::new(GitOptions::from_config(&loaded.config, &base))?;
     let poll = source.poll()?;

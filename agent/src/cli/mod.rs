@@ -3,22 +3,31 @@
 
 pub mod diff;
 mod fetch;
+mod local;
+mod pause;
 mod policy;
 pub mod reconcile;
 mod render;
-pub mod session;
+mod retry;
+mod rollback;
+mod status;
 mod validate;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-use anyhow::Context;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::cluster::Cluster;
+use crate::cycle::Setup;
+
 /// Exit code for a usage or I/O error (the config could not even be read).
 pub const EXIT_ERROR: u8 = 2;
+
+/// Exit code of `reconcile`, `rollback` and `status` when a bundle needs a person (failed with
+/// nothing to roll back to, rollback failed, or interrupted).
+pub const EXIT_CRITICAL: u8 = 4;
 
 #[derive(Debug, Parser)]
 #[command(name = "agent", version = version_line(), about = "Pull-based GitOps agent for store and edge nodes")]
@@ -213,14 +222,12 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
             reconcile::Args { config: &config, bundle: bundle.as_deref(), dry_run, ignore_windows, output },
             out,
         ),
-        Cmd::Rollback { bundle, to, config, output } => {
-            reconcile::rollback(&config, &bundle, to.as_deref(), output, out)
-        }
-        Cmd::Retry { bundle, config } => reconcile::retry(&config, &bundle, out),
-        Cmd::Status { explain, config, output } => reconcile::status(&config, explain.as_deref(), output, out),
+        Cmd::Rollback { bundle, to, config, output } => rollback::run(&config, &bundle, to.as_deref(), output, out),
+        Cmd::Retry { bundle, config } => retry::run(&config, &bundle, out),
+        Cmd::Status { explain, config, output } => status::run(&config, explain.as_deref(), output, out),
         Cmd::Run { config } => crate::daemon::run(&config),
-        Cmd::Pause { bundle, reason, config } => reconcile::pause(&config, &bundle, Some(&reason), out),
-        Cmd::Resume { bundle, config } => reconcile::pause(&config, &bundle, None, out),
+        Cmd::Pause { bundle, reason, config } => pause::run(&config, &bundle, Some(&reason), out),
+        Cmd::Resume { bundle, config } => pause::run(&config, &bundle, None, out),
         Cmd::Policy { cmd: PolicyCmd::Test { policy, tags, image: None, output, .. } } => {
             policy::test(&policy, &tags, output, out)
         }
@@ -241,16 +248,25 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Reads a config file and refuses an invalid one, listing every problem; returns it with the
-/// folder that relative paths in it are relative to.
-pub fn load_config(path: &Path) -> anyhow::Result<(shared::config::Loaded, PathBuf)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let loaded = shared::config::load(&text, &|k| std::env::var(k).ok()).map_err(|problems| {
-        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!("{}: invalid config:\n  {}", path.display(), list.join("\n  "))
-    })?;
-    let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
-    Ok((loaded, base))
+/// The driver's set-up for a command that acts through it (`reconcile`, `rollback`, `retry`,
+/// `pause`): the config and a connected cluster.
+async fn setup(config_path: &Path) -> anyhow::Result<Setup> {
+    let (loaded, base) = crate::config::load(config_path)?;
+    let cluster = Cluster::connect(&loaded.config.kube, &base).await?;
+    Ok(Setup::new(loaded.config, &base, cluster))
+}
+
+/// The driver's progress lines, on stderr (stdout is the command's result).
+fn progress(bundle: &str, line: &str) {
+    if bundle.is_empty() {
+        eprintln!("{line}");
+    } else {
+        eprintln!("{bundle}: {line}");
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
 
 fn version_line() -> &'static str {

@@ -33,7 +33,7 @@ pub fn test_image(
     let policy = TagPolicy::parse(spec)?;
     let image = ImageRef::parse(image)?;
     let config_path = config.context("IMAGE needs --config (the registry's address, CA and credentials)")?;
-    let (loaded, base) = super::load_config(config_path)?;
+    let (loaded, base) = crate::config::load(config_path)?;
     let registries = Registries::from_config(&loaded.config.registries, &base)?;
     let reg = registries.for_image(&image).with_context(|| config_path.display().to_string())?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -1,12 +1,15 @@
 //! `agent render BUNDLE`: the objects the agent would apply for a node identity, as YAML (with
 //! `# Source:` and warnings as comments) or JSON.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
+use anyhow::Context;
+
 use super::Output;
-use super::session::{ClusterUse, Session, parse_labels};
+use crate::session::{ClusterUse, Session};
 
 pub struct Args<'a> {
     pub config: &'a Path,
@@ -70,4 +73,14 @@ fn yaml_options() -> serde_saphyr::SerializerOptions {
     let mut o = serde_saphyr::SerializerOptions::default();
     o.folded_wrap_chars = 4096;
     o
+}
+
+/// `k=v,k2=v2` as given to `--labels`.
+fn parse_labels(raw: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').with_context(|| format!("--labels: {pair:?} is not key=value"))?;
+        out.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    Ok(out)
 }

@@ -23,14 +23,14 @@ use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, error, info, warn};
 
 use shared::config::AgentConfig;
+use shared::config::Sender;
 use shared::status::{AgentView, CycleView, SourceView};
 use shared::trigger::{Cause, Limiter, Queue, RateLimit, Target, Trigger};
-use shared::webhook::Sender;
 
-use crate::cli::session::{Connected, Session};
 use crate::cluster::Cluster;
 use crate::cycle::{Report, Setup};
 use crate::reconcile::Result;
+use crate::session::{Connected, Session};
 use crate::source::git::{GitOptions, GitSource};
 use crate::source::secret::{Secret, SecretSource};
 use crate::state::StateStore;
@@ -105,7 +105,7 @@ fn init_logs() {
 /// `agent run`: until SIGTERM or SIGINT. Exit 0 after a clean shutdown, 2 when it cannot start
 /// (config, listener).
 pub fn run(config_path: &Path) -> anyhow::Result<ExitCode> {
-    let (loaded, base) = crate::cli::load_config(config_path)?;
+    let (loaded, base) = crate::config::load(config_path)?;
     init_logs();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(serve(loaded.config, base))?;
@@ -127,10 +127,9 @@ async fn serve(config: AgentConfig, base: PathBuf) -> anyhow::Result<()> {
         .server
         .webhooks
         .iter()
-        .filter_map(|w| {
-            let sender = Sender::from_name(&w.sender)?;
+        .map(|w| {
             let source = SecretSource::from_parts(w.secret_file.as_deref(), w.secret_env.as_deref(), &base);
-            Some((sender, Secret::new(source)))
+            (w.sender, Secret::new(source))
         })
         .collect();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -142,7 +141,8 @@ async fn serve(config: AgentConfig, base: PathBuf) -> anyhow::Result<()> {
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
     let store = StateStore::new(&base.join(&config.state_dir), &config.identity.agent_id, &config.kube.namespace, None);
-    let limiter = Limiter::new(RateLimit { burst: config.server.webhook_burst, every: config.webhook_every() });
+    let limiter =
+        Limiter::new(RateLimit { burst: config.server.webhook_burst, every: config.server.webhook_every.get() });
     let d = Arc::new(Daemon {
         git_url: git.shown_url(),
         metrics: Metrics::new(),
@@ -174,7 +174,7 @@ async fn serve(config: AgentConfig, base: PathBuf) -> anyhow::Result<()> {
         &d.config.kube.namespace,
         Some(cluster.client().clone()),
     );
-    let setup = Setup::new(d.config.clone(), &d.base, cluster.clone())?;
+    let setup = Setup::new(d.config.clone(), &d.base, cluster.clone());
     // Keep the sender alive as long as the worker runs: a dropped sender would wake
     // `changed()` in a loop.
     let (leader, _lease_guard) = elect(&d, &cluster).await;
@@ -224,7 +224,7 @@ async fn elect(d: &Arc<Daemon>, cluster: &Cluster) -> (watch::Receiver<bool>, Bo
         d.metrics.leader.set(1);
         return (rx, Box::new(tx));
     }
-    let secs = d.config.lease_duration().as_secs().max(5);
+    let secs = d.config.leader_election.lease_duration.get().as_secs().max(5);
     let lease_name = format!("gitops-agent-{}", d.config.identity.agent_id);
     let mut delay = Duration::from_secs(1);
     loop {
@@ -273,7 +273,7 @@ async fn worker(
 ) {
     let mut queue = Queue::new(DEBOUNCE, MAX_DELAY);
     let watches = drift::Watches::default();
-    let interval = d.config.poll_interval();
+    let interval = d.config.git.poll_interval.get();
     let mut failures: u32 = 0;
     let mut next_poll = Instant::now();
     let mut leading = *leader.borrow_and_update();

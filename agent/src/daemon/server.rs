@@ -21,9 +21,10 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use shared::config::Sender;
 use shared::status::{BundleStatus, Report};
 use shared::trigger::{Cause, Target, TraceParent, Trigger};
-use shared::webhook::{Event, Sender};
+use shared::webhook::Event;
 
 use super::Daemon;
 use crate::watch::unix_now;
@@ -193,7 +194,7 @@ async fn webhook(
         Ok(e) => e,
         Err(why) => {
             d.metrics.count_webhook(sender_name, "bad_request");
-            return answer(StatusCode::BAD_REQUEST, &why);
+            return answer(StatusCode::BAD_REQUEST, &why.to_string());
         }
     };
     let concerns = {

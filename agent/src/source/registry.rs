@@ -150,10 +150,10 @@ impl Registries {
     }
 
     /// Every registry's requests so far and its last error (status and metrics).
-    pub fn stats(&self) -> Vec<crate::cycle::RegistryStats> {
+    pub fn stats(&self) -> Vec<RegistryStats> {
         self.registries
             .iter()
-            .map(|r| crate::cycle::RegistryStats {
+            .map(|r| RegistryStats {
                 host: r.opts.host.clone(),
                 requests: r.counters.snapshot(),
                 last_error: r.last_error.lock().expect("registry last error lock").clone(),
@@ -169,6 +169,15 @@ impl Registries {
                 (Some(x), Some(y)) if x == y
             )
     }
+}
+
+/// One registry's requests (by kind and outcome) and its last error, as a cycle's report and the
+/// daemon's metrics show them.
+#[derive(Debug, Clone)]
+pub struct RegistryStats {
+    pub host: String,
+    pub requests: Vec<(&'static str, &'static str, u64)>,
+    pub last_error: Option<String>,
 }
 
 /// One registry request, as the retry and auth layers see it.

@@ -1,5 +1,6 @@
-//! What `render` and `diff` share: the config, one git poll, the cluster (when wanted), the
-//! registries and the node identity, set up the way the agent itself does.
+//! What `render`, `diff`, `reconcile` and the daemon share: the config, one git poll, the cluster
+//! (when wanted), the registries and the node identity, set up the way the agent itself does.
+//! Outside `cli/`, so the daemon and the cycle use it without importing the command line.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -47,7 +48,7 @@ impl Session {
         cluster: ClusterUse<'_>,
         labels: Option<BTreeMap<String, String>>,
     ) -> anyhow::Result<Session> {
-        let (loaded, base) = super::load_config(config_path)?;
+        let (loaded, base) = crate::config::load(config_path)?;
         let config = loaded.config;
         let git = Arc::new(GitSource::new(GitOptions::from_config(&config, &base))?);
         let poller = git.clone();
@@ -140,14 +141,4 @@ impl Session {
             None => !shared::desired::is_cluster_scoped_builtin(v, k),
         }
     }
-}
-
-/// `k=v,k2=v2` as given to `--labels`.
-pub fn parse_labels(raw: &str) -> anyhow::Result<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').with_context(|| format!("--labels: {pair:?} is not key=value"))?;
-        out.insert(k.trim().to_owned(), v.trim().to_owned());
-    }
-    Ok(out)
 }
