@@ -13,6 +13,7 @@ pub mod duration;
 pub mod fleet;
 pub mod image;
 pub mod k8s;
+pub mod outcome;
 pub mod plan;
 pub mod policy;
 pub mod probe;
