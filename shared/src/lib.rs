@@ -11,6 +11,7 @@ pub mod drain;
 pub mod drift;
 pub mod duration;
 pub mod fleet;
+pub mod gate;
 pub mod image;
 pub mod k8s;
 pub mod outcome;
