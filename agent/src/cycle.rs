@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use tracing::Instrument;
 
+use shared::outcome::Outcome;
 use shared::rollout::Limits;
 
 use crate::cluster::Cluster;
-use crate::reconcile::{BundleResult, Driver, Result};
+use crate::reconcile::{BundleResult, Driver};
 use crate::session::Session;
 use crate::source::registry::RegistryStats;
 use crate::state::StateStore;
@@ -143,21 +144,20 @@ pub async fn run(
             return Ok(report);
         }
     };
-    let mut done: BTreeMap<String, Result> = BTreeMap::new();
+    let mut done: BTreeMap<String, Outcome> = BTreeMap::new();
     let mut owned_cache = BTreeMap::new();
     for i in order {
         let name = bundles[i].dir.clone();
         let failed_dep = depends_on[i].iter().find_map(|&d| {
             let r = done.get(&bundles[d].dir)?;
-            let ok = matches!(r, Result::InSync | Result::Verified | Result::RolledOut);
-            (!ok).then(|| format!("{} ({r:?})", bundles[d].dir))
+            (!r.satisfies_dependents()).then(|| format!("{} ({r:?})", bundles[d].dir))
         });
         let result = match (&built[i], failed_dep) {
             (Err(e), _) => {
-                BundleResult::new(&name, Result::Blocked, format!("{} failed: {}", e.stage, e.reasons.join("; ")))
+                BundleResult::new(&name, Outcome::Blocked, format!("{} failed: {}", e.stage, e.reasons.join("; ")))
             }
             (Ok(_), Some(dep)) if !dry_run => {
-                BundleResult::new(&name, Result::Blocked, format!("waiting for the bundle it depends on: {dep}"))
+                BundleResult::new(&name, Outcome::Blocked, format!("waiting for the bundle it depends on: {dep}"))
             }
             (Ok(desired), _) => {
                 let commit = &session.poll.commit.id;
@@ -165,7 +165,7 @@ pub async fn run(
                 driver.bundle(desired, commit, &mut owned_cache).instrument(span).await
             }
         };
-        done.insert(name, result.result.clone());
+        done.insert(name, result.result);
         report.bundles.push(result);
     }
     report.registries = session.registries.stats();

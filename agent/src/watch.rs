@@ -239,8 +239,8 @@ impl Prober {
             .unwrap_or_else(|_| Err(format!("no answer within {}s", timeout.as_secs())))
     }
 
-    /// Calls every target at once, each within its probe's timeout. A 2xx or 3xx answer is good,
-    /// as the kubelet's `httpGet` judges.
+    /// Calls every target at once, each within its probe's timeout. Which answers are good is
+    /// `shared::probe::healthy_status`'s.
     async fn call(&self, probes: &[shared::probe::Probe], targets: &[&Target]) -> Vec<(String, Result<(), String>)> {
         let calls = targets.iter().map(|t| async move {
             let timeout = Duration::from_secs(u64::try_from(probes[t.probe].timeout).unwrap_or(1));
@@ -256,7 +256,7 @@ impl Prober {
                         Ok(req) => match tokio::time::timeout(timeout, self.client.request(req)).await {
                             Err(_) => Err(format!("no answer within {}s", timeout.as_secs())),
                             Ok(Err(e)) => Err(connect_error(&e)),
-                            Ok(Ok(resp)) if resp.status().as_u16() < 400 && resp.status().as_u16() >= 200 => Ok(()),
+                            Ok(Ok(resp)) if shared::probe::healthy_status(resp.status().as_u16()) => Ok(()),
                             Ok(Ok(resp)) => Err(format!("HTTP {}", resp.status())),
                         },
                     }

@@ -241,6 +241,12 @@ fn ready(pod: &Value) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
+/// Whether a probe's HTTP answer is a good one: 2xx or 3xx, as the kubelet's `httpGet` probe
+/// judges (redirects are not followed, their status counts).
+pub fn healthy_status(status: u16) -> bool {
+    (200..400).contains(&status)
+}
+
 /// What the probes say so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
@@ -314,6 +320,25 @@ impl Tally {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_answer_is_healthy_from_200_through_399_as_the_kubelet_judges() {
+        let rows = [
+            (100, false),
+            (199, false),
+            (200, true),
+            (204, true),
+            (302, true),
+            (399, true),
+            (400, false),
+            (404, false),
+            (500, false),
+            (503, false),
+        ];
+        for (status, healthy) in rows {
+            assert_eq!(healthy_status(status), healthy, "HTTP {status}");
+        }
+    }
 
     fn spec(url: &str) -> ProbeSpec {
         ProbeSpec { workload: None, url: url.into(), interval: None, timeout: None, failure_threshold: None }

@@ -1,0 +1,136 @@
+//! What happened to one bundle in a reconcile (`Outcome`): its one word for the CLI, the daemon's
+//! logs and status, metrics and Events, whether it needs a person, and whether it lets the
+//! bundles that depend on it (`dependsOn`) go ahead.
+
+use serde::Serialize;
+
+use crate::state::OutcomeKind;
+
+/// What happened to one bundle in this reconcile. The serde names (`inSync`, `rolledOut`, ...)
+/// are those of `--output json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Outcome {
+    /// Live objects equal the last-known-good; nothing was done.
+    InSync,
+    /// Live objects already matched and were verified healthy: recorded as last-known-good.
+    Verified,
+    RolledOut,
+    RolledBack,
+    /// `--dry-run`: this would be applied.
+    WouldApply,
+    /// Not applied: render, preflight, blast radius, conflict, quarantine, dependency.
+    Blocked,
+    /// Failed with no last-known-good to return to.
+    FailedNoRollback,
+    /// The rollback did not become healthy.
+    RollbackFailed,
+    /// Cut short (API server unreachable); the record says where to resume.
+    Interrupted,
+}
+
+impl Outcome {
+    /// The one word for this outcome, wherever it is shown or counted. The words are the
+    /// daemon's (its logs' `result` field and `agent status`'s last cycle, which status reads
+    /// back, e.g. `blocked`): a single token, lower case, safe as a label value. Each replaced
+    /// the CLI's word named beside it.
+    pub fn word(&self) -> &'static str {
+        match self {
+            // CLI: "in sync"
+            Outcome::InSync => "in-sync",
+            // CLI: "verified" (the same)
+            Outcome::Verified => "verified",
+            // CLI: "rolled out"
+            Outcome::RolledOut => "rolled-out",
+            // CLI: "ROLLED BACK"
+            Outcome::RolledBack => "rolled-back",
+            // CLI: "would apply"
+            Outcome::WouldApply => "would-apply",
+            // CLI: "blocked" (the same)
+            Outcome::Blocked => "blocked",
+            // CLI: "FAILED"
+            Outcome::FailedNoRollback => "failed",
+            // CLI: "ROLLBACK FAILED"
+            Outcome::RollbackFailed => "rollback-failed",
+            // CLI: "interrupted" (the same)
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+
+    /// Needs a person: what runs may be broken.
+    pub fn is_critical(&self) -> bool {
+        matches!(self, Outcome::FailedNoRollback | Outcome::RollbackFailed | Outcome::Interrupted)
+    }
+
+    /// The `dependsOn` rule: a dependent bundle goes ahead only when this one ended on Git's
+    /// revision running healthy. A rollback, a block, a failure or a dry run's "would apply"
+    /// does not say the dependency is in place.
+    pub fn satisfies_dependents(&self) -> bool {
+        matches!(self, Outcome::InSync | Outcome::Verified | Outcome::RolledOut)
+    }
+}
+
+/// A finished record's last outcome, as this reconcile's: adopting running objects is
+/// verifying them.
+impl From<OutcomeKind> for Outcome {
+    fn from(kind: OutcomeKind) -> Outcome {
+        match kind {
+            OutcomeKind::RolledOut => Outcome::RolledOut,
+            OutcomeKind::Adopted => Outcome::Verified,
+            OutcomeKind::RolledBack => Outcome::RolledBack,
+            OutcomeKind::FailedNoRollback => Outcome::FailedNoRollback,
+            OutcomeKind::RollbackFailed => Outcome::RollbackFailed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every outcome once: (outcome, word, serde name, critical, satisfies dependents).
+    const TABLE: &[(Outcome, &str, &str, bool, bool)] = &[
+        (Outcome::InSync, "in-sync", "inSync", false, true),
+        (Outcome::Verified, "verified", "verified", false, true),
+        (Outcome::RolledOut, "rolled-out", "rolledOut", false, true),
+        (Outcome::RolledBack, "rolled-back", "rolledBack", false, false),
+        (Outcome::WouldApply, "would-apply", "wouldApply", false, false),
+        (Outcome::Blocked, "blocked", "blocked", false, false),
+        (Outcome::FailedNoRollback, "failed", "failedNoRollback", true, false),
+        (Outcome::RollbackFailed, "rollback-failed", "rollbackFailed", true, false),
+        (Outcome::Interrupted, "interrupted", "interrupted", true, false),
+    ];
+
+    #[test]
+    fn each_outcome_has_its_word_its_json_name_its_criticality_and_its_depends_on_rule() {
+        for &(outcome, word, json, critical, satisfies) in TABLE {
+            assert_eq!(outcome.word(), word, "{outcome:?}");
+            assert_eq!(serde_json::to_value(outcome).expect("serializes"), json, "{outcome:?}");
+            assert_eq!(outcome.is_critical(), critical, "{outcome:?}");
+            assert_eq!(outcome.satisfies_dependents(), satisfies, "{outcome:?}");
+        }
+    }
+
+    #[test]
+    fn no_two_outcomes_share_a_word_and_every_word_is_one_lower_case_token() {
+        let mut words: Vec<&str> = TABLE.iter().map(|(o, ..)| o.word()).collect();
+        assert!(words.iter().all(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '-')), "{words:?}");
+        words.sort();
+        words.dedup();
+        assert_eq!(words.len(), TABLE.len());
+    }
+
+    #[test]
+    fn a_recorded_outcome_maps_to_this_reconciles_and_adopting_is_verifying() {
+        let rows = [
+            (OutcomeKind::RolledOut, Outcome::RolledOut),
+            (OutcomeKind::Adopted, Outcome::Verified),
+            (OutcomeKind::RolledBack, Outcome::RolledBack),
+            (OutcomeKind::FailedNoRollback, Outcome::FailedNoRollback),
+            (OutcomeKind::RollbackFailed, Outcome::RollbackFailed),
+        ];
+        for (kind, outcome) in rows {
+            assert_eq!(Outcome::from(kind), outcome, "{kind:?}");
+        }
+    }
+}
