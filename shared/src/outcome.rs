@@ -62,6 +62,24 @@ impl Outcome {
         matches!(self, Outcome::FailedNoRollback | Outcome::RollbackFailed | Outcome::Interrupted)
     }
 
+    /// Ends a rollout or a rollback (counted by the `rollouts_total` metric under its word):
+    /// rolled out, verified (running objects recorded), rolled back, or failed either way.
+    pub fn ends_a_rollout(&self) -> bool {
+        matches!(
+            self,
+            Outcome::RolledOut
+                | Outcome::Verified
+                | Outcome::RolledBack
+                | Outcome::FailedNoRollback
+                | Outcome::RollbackFailed
+        )
+    }
+
+    /// Wants an operator's eye: what runs is not what Git wants (rolled back) or may be broken.
+    pub fn needs_attention(&self) -> bool {
+        *self == Outcome::RolledBack || self.is_critical()
+    }
+
     /// The `dependsOn` rule: a dependent bundle goes ahead only when this one ended on Git's
     /// revision running healthy. A rollback, a block, a failure or a dry run's "would apply"
     /// does not say the dependency is in place.
@@ -88,26 +106,29 @@ impl From<OutcomeKind> for Outcome {
 mod tests {
     use super::*;
 
-    /// Every outcome once: (outcome, word, serde name, critical, satisfies dependents).
-    const TABLE: &[(Outcome, &str, &str, bool, bool)] = &[
-        (Outcome::InSync, "in-sync", "inSync", false, true),
-        (Outcome::Verified, "verified", "verified", false, true),
-        (Outcome::RolledOut, "rolled-out", "rolledOut", false, true),
-        (Outcome::RolledBack, "rolled-back", "rolledBack", false, false),
-        (Outcome::WouldApply, "would-apply", "wouldApply", false, false),
-        (Outcome::Blocked, "blocked", "blocked", false, false),
-        (Outcome::FailedNoRollback, "failed", "failedNoRollback", true, false),
-        (Outcome::RollbackFailed, "rollback-failed", "rollbackFailed", true, false),
-        (Outcome::Interrupted, "interrupted", "interrupted", true, false),
+    /// Every outcome once: (outcome, word, serde name, critical, satisfies dependents, ends a
+    /// rollout, needs attention).
+    const TABLE: &[(Outcome, &str, &str, bool, bool, bool, bool)] = &[
+        (Outcome::InSync, "in-sync", "inSync", false, true, false, false),
+        (Outcome::Verified, "verified", "verified", false, true, true, false),
+        (Outcome::RolledOut, "rolled-out", "rolledOut", false, true, true, false),
+        (Outcome::RolledBack, "rolled-back", "rolledBack", false, false, true, true),
+        (Outcome::WouldApply, "would-apply", "wouldApply", false, false, false, false),
+        (Outcome::Blocked, "blocked", "blocked", false, false, false, false),
+        (Outcome::FailedNoRollback, "failed", "failedNoRollback", true, false, true, true),
+        (Outcome::RollbackFailed, "rollback-failed", "rollbackFailed", true, false, true, true),
+        (Outcome::Interrupted, "interrupted", "interrupted", true, false, false, true),
     ];
 
     #[test]
     fn each_outcome_has_its_word_its_json_name_its_criticality_and_its_depends_on_rule() {
-        for &(outcome, word, json, critical, satisfies) in TABLE {
+        for &(outcome, word, json, critical, satisfies, ends, attention) in TABLE {
             assert_eq!(outcome.word(), word, "{outcome:?}");
             assert_eq!(serde_json::to_value(outcome).expect("serializes"), json, "{outcome:?}");
             assert_eq!(outcome.is_critical(), critical, "{outcome:?}");
             assert_eq!(outcome.satisfies_dependents(), satisfies, "{outcome:?}");
+            assert_eq!(outcome.ends_a_rollout(), ends, "{outcome:?}");
+            assert_eq!(outcome.needs_attention(), attention, "{outcome:?}");
         }
     }
 

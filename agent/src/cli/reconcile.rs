@@ -12,7 +12,9 @@ use std::process::ExitCode;
 
 use super::{EXIT_CRITICAL, Output, progress, runtime, setup};
 pub use crate::cycle::Report;
-use crate::reconcile::{BundleResult, Result};
+use shared::outcome::Outcome;
+
+use crate::reconcile::BundleResult;
 use crate::session::{ClusterUse, Session};
 
 pub const EXIT_WOULD_APPLY: u8 = 1;
@@ -38,14 +40,14 @@ pub fn run(args: Args<'_>, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
 /// The exit code of a report (see the module documentation).
 pub fn exit_code(report: &Report) -> u8 {
     let all = report.resumed.iter().chain(&report.bundles);
-    let results: Vec<&Result> = all.map(|b| &b.result).collect();
+    let results: Vec<&Outcome> = all.map(|b| &b.result).collect();
     if results.iter().any(|r| r.is_critical()) {
         EXIT_CRITICAL
     } else if report.error.is_some() {
         super::EXIT_ERROR
-    } else if results.iter().any(|r| matches!(r, Result::Blocked | Result::RolledBack)) {
+    } else if results.iter().any(|r| matches!(r, Outcome::Blocked | Outcome::RolledBack)) {
         EXIT_BLOCKED
-    } else if results.iter().any(|r| **r == Result::WouldApply) {
+    } else if results.iter().any(|r| **r == Outcome::WouldApply) {
         EXIT_WOULD_APPLY
     } else {
         0
@@ -65,24 +67,15 @@ pub async fn cycle(
     crate::cycle::run(&s, &progress, session, only, dry_run).await
 }
 
-fn result_word(r: &Result) -> &'static str {
-    match r {
-        Result::InSync => "in sync",
-        Result::Verified => "verified",
-        Result::RolledOut => "rolled out",
-        Result::RolledBack => "ROLLED BACK",
-        Result::WouldApply => "would apply",
-        Result::Blocked => "blocked",
-        Result::FailedNoRollback => "FAILED",
-        Result::RollbackFailed => "ROLLBACK FAILED",
-        Result::Interrupted => "interrupted",
-    }
-}
-
 /// One bundle's result, as `reconcile` and `rollback` print it.
 pub(super) fn line(b: &BundleResult, out: &mut dyn Write) -> std::io::Result<()> {
     let rev = b.revision.as_deref().map(|r| format!(" {r}")).unwrap_or_default();
-    writeln!(out, "bundle {}{rev}: {}", b.bundle, result_word(&b.result))?;
+    // The outcome's one word, in capitals where it wants the operator's eye.
+    let word = match b.result.needs_attention() {
+        true => b.result.word().to_uppercase(),
+        false => b.result.word().to_owned(),
+    };
+    writeln!(out, "bundle {}{rev}: {word}", b.bundle)?;
     if !b.message.is_empty() {
         writeln!(out, "  {}", b.message)?;
     }
@@ -111,15 +104,15 @@ fn human(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     if let Some(e) = &report.error {
         writeln!(out, "error: {e}")?;
     }
-    let count = |f: &dyn Fn(&Result) -> bool| report.bundles.iter().filter(|b| f(&b.result)).count();
+    let count = |f: &dyn Fn(&Outcome) -> bool| report.bundles.iter().filter(|b| f(&b.result)).count();
     writeln!(
         out,
         "{} bundles: {} in sync, {} rolled out, {} rolled back, {} blocked, {} need a person",
         report.bundles.len(),
-        count(&|r| matches!(r, Result::InSync | Result::Verified)),
-        count(&|r| *r == Result::RolledOut),
-        count(&|r| *r == Result::RolledBack),
-        count(&|r| *r == Result::Blocked),
+        count(&|r| matches!(r, Outcome::InSync | Outcome::Verified)),
+        count(&|r| *r == Outcome::RolledOut),
+        count(&|r| *r == Outcome::RolledBack),
+        count(&|r| *r == Outcome::Blocked),
         count(&|r| r.is_critical()),
     )
 }

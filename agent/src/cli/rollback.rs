@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use super::reconcile::line;
 use super::{EXIT_CRITICAL, Output, progress, runtime, setup};
-use crate::reconcile::Result;
+use shared::outcome::Outcome;
 
 /// `agent rollback BUNDLE [--to REVISION]`: from the records alone (no git, no registry).
 pub fn run(
@@ -27,7 +27,7 @@ pub fn run(
         Output::Human => line(&result, out)?,
     }
     Ok(match result.result {
-        Result::RolledBack => ExitCode::SUCCESS,
+        Outcome::RolledBack => ExitCode::SUCCESS,
         _ => ExitCode::from(EXIT_CRITICAL),
     })
 }

@@ -90,7 +90,7 @@ impl Metrics {
         let rollouts = Family::<Outcome, Counter>::default();
         registry.register(
             "rollouts",
-            "Rollouts and rollbacks by result (rolled_out, rolled_back, failed_no_rollback, rollback_failed, adopted)",
+            "Rollouts and rollbacks by how they ended (the outcome's word: rolled-out, verified, rolled-back, failed, rollback-failed)",
             rollouts.clone(),
         );
         let source_requests = Family::<SourceRequest, Counter>::default();
@@ -183,12 +183,12 @@ mod tests {
         m.set_state("web", "rolling-out");
         m.set_state("web", "synced");
         m.set_state("api", "blocked");
-        m.rollouts.get_or_create(&Outcome { result: "rolled_out".into() }).inc();
+        m.rollouts.get_or_create(&Outcome { result: "rolled-out".into() }).inc();
         let text = m.encode();
         assert!(text.contains(r#"gitops_agent_bundle_sync_state{bundle="web",state="synced"} 1"#), "{text}");
         assert!(!text.contains(r#"state="rolling-out""#), "{text}");
         assert!(text.contains(r#"gitops_agent_bundle_sync_state{bundle="api",state="blocked"} 1"#), "{text}");
-        assert!(text.contains(r#"gitops_agent_rollouts_total{result="rolled_out"} 1"#), "{text}");
+        assert!(text.contains(r#"gitops_agent_rollouts_total{result="rolled-out"} 1"#), "{text}");
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
     }
 }

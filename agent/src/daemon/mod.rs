@@ -29,13 +29,13 @@ use shared::trigger::{Cause, Limiter, Queue, RateLimit, Target, Trigger};
 
 use crate::cluster::Cluster;
 use crate::cycle::{Report, Setup};
-use crate::reconcile::Result;
 use crate::session::{Connected, Session};
 use crate::source::git::{GitOptions, GitSource};
 use crate::source::secret::{Secret, SecretSource};
 use crate::state::StateStore;
 use crate::watch::unix_now;
 use metrics::Metrics;
+use shared::outcome::Outcome;
 
 /// Triggers closer together than this make one reconcile.
 const DEBOUNCE: Duration = Duration::from_millis(300);
@@ -481,39 +481,17 @@ async fn cycle(
     .await
 }
 
-fn result_word(r: &Result) -> &'static str {
-    match r {
-        Result::InSync => "in-sync",
-        Result::Verified => "verified",
-        Result::RolledOut => "rolled-out",
-        Result::RolledBack => "rolled-back",
-        Result::WouldApply => "would-apply",
-        Result::Blocked => "blocked",
-        Result::FailedNoRollback => "failed",
-        Result::RollbackFailed => "rollback-failed",
-        Result::Interrupted => "interrupted",
-    }
-}
-
 /// Takes a cycle's report into the view and the metrics.
 fn record(d: &Daemon, report: &Report, now: shared::state::Time) {
     let mut view = d.view.lock().expect("view lock");
-    let interrupted = report.resumed.iter().chain(&report.bundles).any(|b| b.result == Result::Interrupted);
+    let interrupted = report.resumed.iter().chain(&report.bundles).any(|b| b.result == Outcome::Interrupted);
     view.api = match (&report.error, interrupted) {
         (_, true) => Err("a step was interrupted: the API server did not answer".into()),
         _ => Ok(()),
     };
     for b in report.resumed.iter().chain(&report.bundles) {
-        let kind = match b.result {
-            Result::RolledOut => Some("rolled_out"),
-            Result::Verified => Some("adopted"),
-            Result::RolledBack => Some("rolled_back"),
-            Result::FailedNoRollback => Some("failed_no_rollback"),
-            Result::RollbackFailed => Some("rollback_failed"),
-            _ => None,
-        };
-        if let Some(k) = kind {
-            d.metrics.rollouts.get_or_create(&metrics::Outcome { result: k.to_owned() }).inc();
+        if b.result.ends_a_rollout() {
+            d.metrics.rollouts.get_or_create(&metrics::Outcome { result: b.result.word().to_owned() }).inc();
         }
         for drain in &b.drains {
             d.metrics.drained(&b.bundle, drain);
@@ -522,9 +500,9 @@ fn record(d: &Daemon, report: &Report, now: shared::state::Time) {
             }
         }
         let revision = b.revision.as_deref().unwrap_or("");
-        let result = result_word(&b.result);
+        let result = b.result.word();
         match b.result {
-            Result::InSync | Result::Verified | Result::RolledOut | Result::WouldApply => {
+            Outcome::InSync | Outcome::Verified | Outcome::RolledOut | Outcome::WouldApply => {
                 info!(bundle = %b.bundle, result, revision, "{}", b.message)
             }
             _ => warn!(bundle = %b.bundle, result, revision, "{}", b.message),
@@ -538,7 +516,7 @@ fn record(d: &Daemon, report: &Report, now: shared::state::Time) {
                 CycleView {
                     commit: commit.clone(),
                     images,
-                    result: result_word(&b.result).to_owned(),
+                    result: b.result.word().to_owned(),
                     message: b.message.clone(),
                     at: now,
                 },
@@ -567,8 +545,7 @@ fn record(d: &Daemon, report: &Report, now: shared::state::Time) {
             .or_insert_with(|| SourceView::new("registry", &format!("https://{}", r.host), None))
             .observe(r.last_error.as_deref().map_or(Ok(None), Err), now);
     }
-    let all_good = report.error.is_none()
-        && report.bundles.iter().all(|b| matches!(b.result, Result::InSync | Result::Verified | Result::RolledOut));
+    let all_good = report.error.is_none() && report.bundles.iter().all(|b| b.result.satisfies_dependents());
     if all_good {
         d.metrics.last_sync.set(now as f64);
     }

@@ -34,8 +34,6 @@ use crate::state::StateStore;
 use crate::watch::unix_now;
 
 pub use plan::plan_objects;
-// alias for callers outside this change; removed at merge
-pub use shared::outcome::Outcome as Result;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -351,7 +351,7 @@ async fn webhooks_trigger_applies_with_polling_set_to_an_hour_and_nothing_leaks(
         assert!(v >= min, "{name} {labels:?} = {v}, expected >= {min}");
     };
     at_least("gitops_agent_reconcile_duration_seconds_count", &[], 3.0);
-    at_least("gitops_agent_rollouts_total", &[("result", "rolled_out")], 2.0);
+    at_least("gitops_agent_rollouts_total", &[("result", "rolled-out")], 2.0);
     at_least("gitops_agent_bundle_sync_state", &[("bundle", "web"), ("state", "synced")], 1.0);
     at_least("gitops_agent_source_requests_total", &[("source", "git"), ("kind", "poll"), ("outcome", "fetched")], 2.0);
     at_least("gitops_agent_source_requests_total", &[("source", env.info.registry.as_str()), ("outcome", "ok")], 1.0);
