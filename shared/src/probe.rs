@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::rollout::current_pods;
+use crate::k8s::{current_pods, is_workload};
 
 /// Variables a URL template may use, each written `{name}`.
 pub const VARIABLES: &[(&str, &str)] = &[
@@ -179,7 +179,7 @@ fn expand(template: &str, value: &dyn Fn(&str) -> Option<String>) -> String {
 
 /// Probes whose `workload` names nothing in `objects`: a typo that would silently probe nothing.
 pub fn unmatched(probes: &[Probe], objects: &[Value]) -> Vec<String> {
-    let workloads: Vec<&Value> = objects.iter().filter(|o| crate::rollout::workload(o).is_some()).collect();
+    let workloads: Vec<&Value> = objects.iter().filter(|o| is_workload(o)).collect();
     probes
         .iter()
         .filter(|p| p.workload.is_some() && !workloads.iter().any(|w| p.applies_to(w)))
@@ -344,7 +344,7 @@ mod tests {
     }
 
     fn deployment(name: &str) -> Value {
-        json!({"kind": "Deployment", "metadata": {"name": name, "namespace": "ns", "uid": format!("u-{name}"),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": "ns", "uid": format!("u-{name}"),
             "annotations": {"deployment.kubernetes.io/revision": "2"}},
             "spec": {"selector": {"matchLabels": {"app": name}}}})
     }

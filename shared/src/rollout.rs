@@ -9,6 +9,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::k8s::current_pods;
+
 /// Where a workload's rollout stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", content = "message", rename_all = "camelCase")]
@@ -225,48 +227,6 @@ pub fn judge(seen: Seen<'_>) -> Verdict {
         return Verdict::Failed { reason: pull_failures.join("; "), image_pull: true };
     }
     if waiting.is_empty() { Verdict::Healthy } else { Verdict::Waiting(waiting.join("; ")) }
-}
-
-/// The pods of `workload`'s current revision: for a Deployment those of its ReplicaSet with the
-/// same `deployment.kubernetes.io/revision`, for a StatefulSet those labelled with its
-/// `updateRevision`, for a DaemonSet all of its pods. Terminating pods never count: during a
-/// rollback the failed revision's pods crash until they are gone, and must not fail it again.
-pub fn current_pods<'a>(workload: &Value, replica_sets: &'a [Value], pods: &'a [Value]) -> Vec<&'a Value> {
-    let ns = workload["metadata"]["namespace"].as_str();
-    let Ok(selector) = serde_json::from_value::<crate::fleet::LabelSelector>(workload["spec"]["selector"].clone())
-    else {
-        return Vec::new();
-    };
-    let labels = |o: &Value, k: &str| o["metadata"]["labels"][k].as_str().map(str::to_owned);
-    let revision_label: Option<(&str, String)> = match workload["kind"].as_str() {
-        Some("Deployment") => {
-            let uid = &workload["metadata"]["uid"];
-            let revision = &workload["metadata"]["annotations"]["deployment.kubernetes.io/revision"];
-            let current = replica_sets.iter().find(|rs| {
-                rs["metadata"]["namespace"].as_str() == ns
-                    && !revision.is_null()
-                    && rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == *revision
-                    && rs["metadata"]["ownerReferences"].as_array().is_some_and(|o| o.iter().any(|r| r["uid"] == *uid))
-            });
-            match current.and_then(|rs| labels(rs, "pod-template-hash")) {
-                Some(h) => Some(("pod-template-hash", h)),
-                None => return Vec::new(),
-            }
-        }
-        Some("StatefulSet") => match workload["status"]["updateRevision"].as_str() {
-            Some(r) => Some(("controller-revision-hash", r.to_owned())),
-            None => return Vec::new(),
-        },
-        _ => None,
-    };
-    pods.iter()
-        .filter(|p| p["metadata"]["namespace"].as_str() == ns && p["metadata"]["deletionTimestamp"].is_null())
-        .filter(|p| {
-            let l: std::collections::BTreeMap<String, String> =
-                serde_json::from_value(p["metadata"]["labels"].clone()).unwrap_or_default();
-            selector.matches(&l) && revision_label.as_ref().is_none_or(|(k, v)| l.get(*k) == Some(v))
-        })
-        .collect()
 }
 
 /// Where a watched rollout goes after one verdict.
@@ -698,19 +658,6 @@ mod tests {
         for (name, w, pods, want) in cases {
             assert_eq!(verdict(w, &pods), want, "{name}");
         }
-    }
-
-    #[test]
-    fn statefulset_pods_count_by_update_revision() {
-        let sts = json!({"kind": "StatefulSet", "metadata": {"name": "db", "namespace": "ns", "generation": 1},
-            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "db"}}},
-            "status": {"observedGeneration": 1, "updateRevision": "db-2", "currentRevision": "db-1", "replicas": 1}});
-        let p = |rev: &str| {
-            labelled_pod("db-0", json!({"app": "db", "controller-revision-hash": rev}), Some("CrashLoopBackOff"), false)
-        };
-        let (a, b) = ([p("db-1")], [p("db-2")]);
-        assert_eq!(current_pods(&sts, &[], &a).len(), 0);
-        assert_eq!(current_pods(&sts, &[], &b).len(), 1);
     }
 
     #[test]

@@ -16,8 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::rollout::Limits;
 
-// Moved to the leaf module `k8s`; re-exported until every user imports it from there.
-pub use crate::k8s::{Time, object_id};
+pub use crate::k8s::{Time, object_id}; // re-export for callers outside this change; removed at merge
 
 /// Revisions kept besides the last-known-good, newest first: enough for `agent rollback --to`,
 /// small enough that the record stays far below a Secret's 1 MiB.
