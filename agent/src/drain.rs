@@ -38,7 +38,7 @@ pub async fn for_bundle(
     node_window: i64,
     manifests: &mut [Manifest],
 ) -> Result<Vec<Plan>, String> {
-    let drains = shared::drain::compile(policy.drain_window.as_deref(), &policy.drain, node_window)?;
+    let drains = shared::drain::compile(policy.drain_window, &policy.drain, node_window)?;
     let objects: Vec<Value> = manifests.iter().map(|m| m.object.clone()).collect();
     let unmatched = shared::drain::unmatched(&drains, &objects);
     if !unmatched.is_empty() {

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::k8s::{current_pods, is_workload};
+use crate::problem::Problem;
 
 /// Variables a URL template may use, each written `{name}`.
 pub const VARIABLES: &[(&str, &str)] = &[
@@ -61,22 +62,23 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Checks a spec; errors name the field (relative to the probe).
-    pub fn compile(spec: &ProbeSpec) -> Result<Probe, (String, String)> {
-        let url = check_template(&spec.url).map_err(|e| ("url".to_owned(), e))?;
-        let secs = |field: &str, v: &Option<String>, default: i64| -> Result<i64, (String, String)> {
+    /// Checks a spec; the problem's path is the field relative to the probe (`interval`), for the
+    /// caller to put under the probe's path ([`Problem::under`]).
+    pub fn compile(spec: &ProbeSpec) -> Result<Probe, Problem> {
+        let url = check_template(&spec.url).map_err(|e| Problem::new("url", e))?;
+        let secs = |field: &str, v: &Option<String>, default: i64| -> Result<i64, Problem> {
             match v {
                 None => Ok(default),
                 Some(s) => match humantime::parse_duration(s) {
                     Ok(d) if d.as_secs() >= 1 => Ok(d.as_secs() as i64),
-                    Ok(_) => Err((field.to_owned(), format!("{s:?} is under one second"))),
-                    Err(e) => Err((field.to_owned(), format!("{s:?} is not a duration: {e}"))),
+                    Ok(_) => Err(Problem::new(field, format!("{s:?} is under one second"))),
+                    Err(e) => Err(Problem::new(field, format!("{s:?} is not a duration: {e}"))),
                 },
             }
         };
         let failure_threshold = spec.failure_threshold.unwrap_or(3);
         if failure_threshold == 0 {
-            return Err(("failureThreshold".into(), "must be at least 1".into()));
+            return Err(Problem::new("failureThreshold", "must be at least 1"));
         }
         Ok(Probe {
             workload: spec.workload.clone(),
@@ -332,15 +334,15 @@ mod tests {
             ("health", "is not a URL"),
         ];
         for (url, want) in cases {
-            let (field, message) = Probe::compile(&spec(url)).unwrap_err();
+            let Problem { path: field, message, .. } = Probe::compile(&spec(url)).unwrap_err();
             assert_eq!(field, "url", "{url}");
             assert!(message.contains(want), "{url}: {message}");
             assert!(!message.contains(":p@"), "{message}");
         }
         let bad = ProbeSpec { interval: Some("500ms".into()), ..spec("/h") };
-        assert_eq!(Probe::compile(&bad).unwrap_err().0, "interval");
+        assert_eq!(Probe::compile(&bad).unwrap_err().path, "interval");
         let bad = ProbeSpec { failure_threshold: Some(0), ..spec("/h") };
-        assert_eq!(Probe::compile(&bad).unwrap_err().0, "failureThreshold");
+        assert_eq!(Probe::compile(&bad).unwrap_err().path, "failureThreshold");
     }
 
     fn deployment(name: &str) -> Value {

@@ -9,6 +9,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::duration::HumanDuration;
 use crate::k8s::current_pods;
 
 /// Where a workload's rollout stands.
@@ -276,24 +277,19 @@ impl Limits {
     /// A bundle's limits: its policy's durations and probes over the node's defaults. Errors name
     /// the `fleet.yaml` field.
     pub fn for_bundle(policy: &crate::fleet::BundlePolicy, defaults: &Limits) -> Result<Limits, String> {
-        let secs = |v: &Option<String>, field: &str, default: i64| match v {
-            None => Ok(default),
-            Some(s) => humantime::parse_duration(s)
-                .map(|d| d.as_secs() as i64)
-                .map_err(|e| format!("fleet.yaml: gitopsAgent.{field}: {s:?}: {e}")),
-        };
+        let secs = |v: Option<HumanDuration>, default: i64| v.map_or(default, HumanDuration::secs);
         let probes = policy
             .health_probes
             .iter()
             .enumerate()
             .map(|(i, p)| {
                 crate::probe::Probe::compile(p)
-                    .map_err(|(field, e)| format!("fleet.yaml: gitopsAgent.healthProbes[{i}].{field}: {e}"))
+                    .map_err(|e| format!("fleet.yaml: {}", e.under(&format!("gitopsAgent.healthProbes[{i}]"))))
             })
             .collect::<Result<_, _>>()?;
         Ok(Limits {
-            progress_deadline: secs(&policy.progress_deadline, "progressDeadline", defaults.progress_deadline)?,
-            verify_window: secs(&policy.verify_window, "verifyWindow", defaults.verify_window)?,
+            progress_deadline: secs(policy.progress_deadline, defaults.progress_deadline),
+            verify_window: secs(policy.verify_window, defaults.verify_window),
             probes,
             // Drains are planned when the bundle's manifests are shaped (`drain::shape`).
             drains: Vec::new(),
@@ -698,9 +694,14 @@ mod tests {
         .unwrap();
         let l = Limits::for_bundle(&policy, &defaults).unwrap();
         assert_eq!((l.progress_deadline, l.verify_window, l.probes.len()), (300, 30, 1));
-        let bad: crate::fleet::BundlePolicy = serde_json::from_value(json!({"progressDeadline": "soon"})).unwrap();
-        assert!(
-            Limits::for_bundle(&bad, &defaults).unwrap_err().starts_with("fleet.yaml: gitopsAgent.progressDeadline")
+        // A duration is parsed when the policy is read: a bad one never reaches the limits.
+        let bad = serde_json::from_value::<crate::fleet::BundlePolicy>(json!({"progressDeadline": "soon"}));
+        assert!(bad.expect_err("no duration").to_string().contains("\"soon\" is not a duration"));
+        let bad: crate::fleet::BundlePolicy =
+            serde_json::from_value(json!({"healthProbes": [{"url": "/health", "interval": "500ms"}]})).unwrap();
+        assert_eq!(
+            Limits::for_bundle(&bad, &defaults).unwrap_err(),
+            "fleet.yaml: gitopsAgent.healthProbes[0].interval: \"500ms\" is under one second"
         );
     }
 
