@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
 
 /// Unix seconds.
 pub type Time = i64;
@@ -17,6 +18,11 @@ pub fn object_id(object: &Value) -> String {
         Some(ns) => format!("{kind}/{ns}/{name}"),
         None => format!("{kind}/{name}"),
     }
+}
+
+/// `metadata.name`.
+pub fn name_of(object: &Value) -> Option<&str> {
+    object["metadata"]["name"].as_str()
 }
 
 // ---- label selectors ----
@@ -171,24 +177,18 @@ pub fn is_workload(object: &Value) -> bool {
     workload_kind(object).is_some()
 }
 
-pub fn labels_of(v: &Value) -> BTreeMap<String, String> {
-    v.as_object().into_iter().flatten().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned()))).collect()
-}
-
-/// The workload's selector; its template's labels when it has none.
-pub fn selector_of(workload: &Value) -> LabelSelector {
-    serde_json::from_value(workload["spec"]["selector"].clone()).unwrap_or_else(|_| LabelSelector {
-        match_labels: labels_of(&workload["spec"]["template"]["metadata"]["labels"]),
+/// The workload's selector; its template's labels when it has none (or one that does not parse).
+pub fn selector_of(workload: &Workload) -> LabelSelector {
+    workload.spec.selector.clone().unwrap_or_else(|| LabelSelector {
+        match_labels: workload.spec.template.metadata.labels.clone(),
         match_expressions: Vec::new(),
     })
 }
 
 /// Whether `pod` is one of `workload`'s: same namespace, labels match its selector.
-pub fn owns(workload: &Value, selector: &LabelSelector, pod: &Value) -> bool {
-    let ns = workload["metadata"]["namespace"].as_str();
-    ns.is_some()
-        && pod["metadata"]["namespace"].as_str() == ns
-        && selector.matches(&labels_of(&pod["metadata"]["labels"]))
+pub fn owns(workload: &Workload, selector: &LabelSelector, pod: &Pod) -> bool {
+    let ns = workload.metadata.namespace.as_deref();
+    ns.is_some() && pod.metadata.namespace.as_deref() == ns && selector.matches(&pod.metadata.labels)
 }
 
 /// The pods of `workload`'s current revision: for a Deployment those of its ReplicaSet with the
@@ -196,41 +196,359 @@ pub fn owns(workload: &Value, selector: &LabelSelector, pod: &Value) -> bool {
 /// `updateRevision`, for a DaemonSet all of its pods. Terminating pods never count: during a
 /// rollback the failed revision's pods crash until they are gone, and must not fail it again.
 pub fn current_pods<'a>(workload: &Value, replica_sets: &'a [Value], pods: &'a [Value]) -> Vec<&'a Value> {
-    let ns = workload["metadata"]["namespace"].as_str();
-    let Ok(selector) = serde_json::from_value::<LabelSelector>(workload["spec"]["selector"].clone()) else {
+    const REVISION: &str = "deployment.kubernetes.io/revision";
+    let w = Workload::view(workload);
+    let ns = w.metadata.namespace.as_deref();
+    let Some(selector) = &w.spec.selector else {
         return Vec::new();
     };
-    let labels = |o: &Value, k: &str| o["metadata"]["labels"][k].as_str().map(str::to_owned);
-    let revision_label: Option<(&str, String)> = match workload["kind"].as_str() {
+    let revision_label: Option<(&str, String)> = match w.kind.as_deref() {
         Some("Deployment") => {
-            let uid = &workload["metadata"]["uid"];
-            let revision = &workload["metadata"]["annotations"]["deployment.kubernetes.io/revision"];
-            let current = replica_sets.iter().find(|rs| {
-                rs["metadata"]["namespace"].as_str() == ns
-                    && !revision.is_null()
-                    && rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == *revision
-                    && rs["metadata"]["ownerReferences"].as_array().is_some_and(|o| o.iter().any(|r| r["uid"] == *uid))
+            let revision = w.metadata.annotations.get(REVISION);
+            let current = replica_sets.iter().map(ReplicaSet::view).find(|rs| {
+                rs.metadata.namespace.as_deref() == ns
+                    && revision.is_some()
+                    && rs.metadata.annotations.get(REVISION) == revision
+                    && rs.metadata.owner_references.iter().any(|r| r.uid == w.metadata.uid)
             });
-            match current.and_then(|rs| labels(rs, "pod-template-hash")) {
+            match current.and_then(|rs| rs.metadata.labels.get("pod-template-hash").cloned()) {
                 Some(h) => Some(("pod-template-hash", h)),
                 None => return Vec::new(),
             }
         }
-        Some("StatefulSet") => match workload["status"]["updateRevision"].as_str() {
-            Some(r) => Some(("controller-revision-hash", r.to_owned())),
+        Some("StatefulSet") => match &w.status.update_revision {
+            Some(r) => Some(("controller-revision-hash", r.clone())),
             None => return Vec::new(),
         },
         _ => None,
     };
     pods.iter()
-        .filter(|p| p["metadata"]["namespace"].as_str() == ns && p["metadata"]["deletionTimestamp"].is_null())
         .filter(|p| {
-            let l: BTreeMap<String, String> =
-                serde_json::from_value(p["metadata"]["labels"].clone()).unwrap_or_default();
-            selector.matches(&l) && revision_label.as_ref().is_none_or(|(k, v)| l.get(*k) == Some(v))
+            let pod = Pod::view(p);
+            pod.metadata.namespace.as_deref() == ns
+                && pod.metadata.deletion_timestamp.is_none()
+                && selector.matches(&pod.metadata.labels)
+                && revision_label.as_ref().is_none_or(|(k, v)| pod.metadata.labels.get(*k) == Some(v))
         })
         .collect()
 }
+
+// ---- typed views ----
+//
+// The fields of Kubernetes objects that decisions read, as small structs parsed once from the
+// JSON the API server (or a chart) gave, so that a misspelt field is a compile error and not a
+// silent Null. Each field reads as indexing the JSON did: absent or of another type, it is empty
+// (an unreadable element of a list is an empty element, so positions are kept).
+
+/// A field's value, or its default when it has another type.
+fn lenient<'de, D: Deserializer<'de>, T: DeserializeOwned + Default>(d: D) -> Result<T, D::Error> {
+    let v = Value::deserialize(d)?;
+    Ok(serde_json::from_value(v).unwrap_or_default())
+}
+
+/// A list whose every element is read leniently; not a list: empty.
+fn list<'de, D: Deserializer<'de>, T: DeserializeOwned + Default>(d: D) -> Result<Vec<T>, D::Error> {
+    let v = Value::deserialize(d)?;
+    let items = match v {
+        Value::Array(items) => items,
+        _ => Vec::new(),
+    };
+    Ok(items.into_iter().map(|i| serde_json::from_value(i).unwrap_or_default()).collect())
+}
+
+/// The string values of a mapping (labels, annotations); other values are left out.
+fn string_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let v = Value::deserialize(d)?;
+    let Value::Object(map) = v else { return Ok(BTreeMap::new()) };
+    Ok(map.into_iter().filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_owned()))).collect())
+}
+
+/// The strings of a list; other elements are left out.
+fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Value::deserialize(d)?;
+    let Value::Array(items) = v else { return Ok(Vec::new()) };
+    Ok(items.into_iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+}
+
+/// `metadata`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Meta {
+    #[serde(deserialize_with = "lenient")]
+    pub name: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    pub namespace: Option<String>,
+    #[serde(deserialize_with = "string_map")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(deserialize_with = "string_map")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(deserialize_with = "lenient")]
+    pub uid: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    pub deletion_timestamp: Option<String>,
+    #[serde(deserialize_with = "list")]
+    pub owner_references: Vec<OwnerReference>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct OwnerReference {
+    #[serde(deserialize_with = "lenient")]
+    pub uid: Option<String>,
+}
+
+/// A Deployment, StatefulSet or DaemonSet.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Workload {
+    #[serde(deserialize_with = "lenient")]
+    pub kind: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    pub metadata: Meta,
+    #[serde(deserialize_with = "lenient")]
+    pub spec: WorkloadSpec,
+    #[serde(deserialize_with = "lenient")]
+    pub status: WorkloadStatus,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct WorkloadSpec {
+    #[serde(deserialize_with = "lenient")]
+    pub replicas: Option<i64>,
+    /// `None` when absent or not a selector.
+    #[serde(deserialize_with = "lenient")]
+    pub selector: Option<LabelSelector>,
+    #[serde(deserialize_with = "lenient")]
+    pub template: PodTemplate,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct WorkloadStatus {
+    #[serde(deserialize_with = "lenient")]
+    pub update_revision: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct PodTemplate {
+    #[serde(deserialize_with = "lenient")]
+    pub metadata: Meta,
+    #[serde(deserialize_with = "lenient")]
+    pub spec: PodSpec,
+}
+
+/// A ReplicaSet, for its metadata.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ReplicaSet {
+    #[serde(deserialize_with = "lenient")]
+    pub metadata: Meta,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Pod {
+    #[serde(deserialize_with = "lenient")]
+    pub metadata: Meta,
+    #[serde(deserialize_with = "lenient")]
+    pub spec: PodSpec,
+    #[serde(deserialize_with = "lenient")]
+    pub status: PodStatus,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct PodStatus {
+    #[serde(deserialize_with = "lenient")]
+    pub phase: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PodSpec {
+    #[serde(deserialize_with = "list")]
+    pub containers: Vec<Container>,
+    #[serde(deserialize_with = "list")]
+    pub init_containers: Vec<Container>,
+    /// Resource name -> quantity as written (a string, or a number in a chart).
+    #[serde(deserialize_with = "lenient")]
+    pub overhead: Map<String, Value>,
+    /// Label -> value; a value that is not a string matches no node label.
+    #[serde(deserialize_with = "lenient")]
+    pub node_selector: Map<String, Value>,
+    #[serde(deserialize_with = "lenient")]
+    pub affinity: Affinity,
+    #[serde(deserialize_with = "list")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(deserialize_with = "lenient")]
+    pub host_network: bool,
+    #[serde(deserialize_with = "lenient")]
+    pub node_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Container {
+    #[serde(deserialize_with = "lenient")]
+    pub name: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    pub resources: Resources,
+    /// `Always` for a sidecar (a restartable init container).
+    #[serde(deserialize_with = "lenient")]
+    pub restart_policy: Option<String>,
+    #[serde(deserialize_with = "list")]
+    pub ports: Vec<ContainerPort>,
+}
+
+/// A container's `resources`: resource name -> quantity as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Resources {
+    #[serde(deserialize_with = "lenient")]
+    pub limits: Map<String, Value>,
+    #[serde(deserialize_with = "lenient")]
+    pub requests: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ContainerPort {
+    #[serde(deserialize_with = "lenient")]
+    pub host_port: Option<i64>,
+    #[serde(deserialize_with = "lenient")]
+    pub container_port: Option<i64>,
+    #[serde(deserialize_with = "lenient")]
+    pub protocol: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Affinity {
+    #[serde(deserialize_with = "lenient")]
+    pub node_affinity: NodeAffinity,
+    #[serde(deserialize_with = "lenient")]
+    pub pod_anti_affinity: PodAntiAffinity,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct NodeAffinity {
+    #[serde(rename = "requiredDuringSchedulingIgnoredDuringExecution", deserialize_with = "lenient")]
+    pub required: NodeSelector,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct NodeSelector {
+    #[serde(deserialize_with = "list")]
+    pub node_selector_terms: Vec<NodeSelectorTerm>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct NodeSelectorTerm {
+    #[serde(deserialize_with = "list")]
+    pub match_expressions: Vec<NodeRequirement>,
+    #[serde(deserialize_with = "list")]
+    pub match_fields: Vec<NodeRequirement>,
+}
+
+/// A node selector requirement (`In`, `NotIn`, `Exists`, `DoesNotExist`, `Gt`, `Lt`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct NodeRequirement {
+    #[serde(deserialize_with = "lenient")]
+    pub key: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    pub operator: Option<String>,
+    #[serde(deserialize_with = "strings")]
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct PodAntiAffinity {
+    #[serde(rename = "requiredDuringSchedulingIgnoredDuringExecution", deserialize_with = "list")]
+    pub required: Vec<PodAffinityTerm>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PodAffinityTerm {
+    #[serde(deserialize_with = "strings")]
+    pub namespaces: Vec<String>,
+    /// `None` when absent or not a selector: such a term selects nothing.
+    #[serde(deserialize_with = "lenient")]
+    pub label_selector: Option<LabelSelector>,
+    #[serde(deserialize_with = "lenient")]
+    pub topology_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Toleration {
+    #[serde(deserialize_with = "lenient")]
+    pub key: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    pub operator: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    pub value: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    pub effect: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Node {
+    #[serde(deserialize_with = "lenient")]
+    pub metadata: Meta,
+    #[serde(deserialize_with = "lenient")]
+    pub spec: NodeSpec,
+    #[serde(deserialize_with = "lenient")]
+    pub status: NodeStatus,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct NodeSpec {
+    #[serde(deserialize_with = "lenient")]
+    pub unschedulable: bool,
+    #[serde(deserialize_with = "list")]
+    pub taints: Vec<Taint>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Taint {
+    #[serde(deserialize_with = "lenient")]
+    pub key: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    pub value: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    pub effect: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct NodeStatus {
+    /// Resource name -> quantity as the API server wrote it.
+    #[serde(deserialize_with = "lenient")]
+    pub allocatable: Map<String, Value>,
+}
+
+/// Parsing once: every view reads any JSON value (one that is no object reads as empty).
+macro_rules! view {
+    ($($t:ident),*) => {$(
+        impl $t {
+            pub fn view(object: &Value) -> $t {
+                $t::deserialize(object).unwrap_or_default()
+            }
+        }
+    )*};
+}
+view!(Workload, ReplicaSet, Pod, Node);
 
 #[cfg(test)]
 mod tests {
@@ -322,5 +640,39 @@ mod tests {
         let (a, b) = ([p("db-1")], [p("db-2")]);
         assert_eq!(current_pods(&sts, &[], &a).len(), 0);
         assert_eq!(current_pods(&sts, &[], &b).len(), 1);
+    }
+
+    #[test]
+    fn views_read_what_indexing_read_and_an_ill_typed_field_as_empty() {
+        let pod = Pod::view(&json!({
+            "metadata": {"name": "web-0", "namespace": "ns", "labels": {"app": "web", "tier": 1},
+                         "deletionTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"nodeName": "n1", "hostNetwork": "yes",
+                     "containers": ["not a container", {"name": "c", "resources": {"requests": {"cpu": "1"}},
+                                    "ports": [{"containerPort": 80, "hostPort": "8080"}]}]},
+            "status": {"phase": "Running"}
+        }));
+        assert_eq!(pod.metadata.name.as_deref(), Some("web-0"));
+        assert_eq!(pod.metadata.labels, BTreeMap::from([("app".to_owned(), "web".to_owned())]));
+        assert_eq!(pod.metadata.deletion_timestamp.as_deref(), Some("2026-01-01T00:00:00Z"));
+        assert_eq!(pod.spec.node_name.as_deref(), Some("n1"));
+        assert!(!pod.spec.host_network, "a string is no bool");
+        assert_eq!(pod.spec.containers.len(), 2, "positions are kept");
+        assert!(pod.spec.containers[0].name.is_none());
+        assert_eq!(pod.spec.containers[1].resources.requests["cpu"], "1");
+        assert_eq!(
+            (pod.spec.containers[1].ports[0].container_port, pod.spec.containers[1].ports[0].host_port),
+            (Some(80), None)
+        );
+        assert_eq!(pod.status.phase.as_deref(), Some("Running"));
+
+        let w = Workload::view(&json!({"kind": "Deployment", "spec": {"replicas": "2", "selector": {"matchLabels": 3},
+            "template": {"metadata": {"labels": {"app": "web"}}}}}));
+        assert_eq!(w.spec.replicas, None, "a string is no replica count");
+        assert!(w.spec.selector.is_none(), "an unreadable selector is none");
+        assert_eq!(selector_of(&w).match_labels, BTreeMap::from([("app".to_owned(), "web".to_owned())]));
+
+        let node = Node::view(&json!("not an object"));
+        assert!(node.metadata.name.is_none() && !node.spec.unschedulable && node.status.allocatable.is_empty());
     }
 }

@@ -60,6 +60,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::k8s::Workload;
+
 pub use idle::{Idle, idle, idle_for, waiting_for_idle};
 pub use policy::{
     DrainSpec, HttpGetSpec, PreStopSpec, SessionsSpec, WaitForIdleSpec, check, compile, drain_for, unknown_key,
@@ -127,11 +129,12 @@ pub enum Read {
     JsonPointer(String),
 }
 
+/// The index of the container named `name` in a workload's pod template, or of the first one.
 fn container_index(object: &Value, name: Option<&str>) -> Option<usize> {
-    let containers = object["spec"]["template"]["spec"]["containers"].as_array()?;
+    let containers = Workload::view(object).spec.template.spec.containers;
     match name {
         None => (!containers.is_empty()).then_some(0),
-        Some(n) => containers.iter().position(|c| c["name"] == n),
+        Some(n) => containers.iter().position(|c| c.name.as_deref() == Some(n)),
     }
 }
 

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::{DEFAULT_INTERVAL, DEFAULT_TIMEOUT, Drain, PreStop, Read, Replace, SessionProbe, container_index, human};
 use crate::duration::HumanDuration;
-use crate::k8s::{WORKLOAD_KINDS, object_id, workload_kind};
+use crate::k8s::{WORKLOAD_KINDS, name_of, object_id, workload_kind};
 use crate::problem::Problem;
 
 // ---- fleet.yaml `gitopsAgent.drain[]` ----
@@ -385,7 +385,7 @@ fn selects(selector: &str, kind: &str, name: &str) -> bool {
 /// Deployment, StatefulSet, DaemonSet count).
 pub fn drain_for<'a>(drains: &'a [Drain], object: &Value) -> Option<&'a Drain> {
     let kind = workload_kind(object)?;
-    let name = object["metadata"]["name"].as_str()?;
+    let name = name_of(object)?;
     drains
         .iter()
         .find(|d| d.workload.as_deref().is_some_and(|w| selects(w, kind, name)))
@@ -398,9 +398,7 @@ pub fn unmatched(drains: &[Drain], objects: &[Value]) -> Vec<String> {
     let mut out = Vec::new();
     for d in drains {
         if let Some(w) = &d.workload
-            && !objects.iter().any(|o| {
-                workload_kind(o).is_some_and(|k| selects(w, k, o["metadata"]["name"].as_str().unwrap_or_default()))
-            })
+            && !objects.iter().any(|o| workload_kind(o).is_some_and(|k| selects(w, k, name_of(o).unwrap_or_default())))
         {
             out.push(format!("drain for workload {w:?}: no such workload in the bundle"));
         }

@@ -7,17 +7,19 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{plural, word};
-use crate::k8s::{Time, owns, selector_of};
+use crate::k8s::{Pod, Time, Workload, owns, selector_of};
 
 /// Pods of `workload` (namespace and selector match) that have a deletionTimestamp: (name, the
 /// deletionTimestamp as unix seconds, which is when the grace period ends).
 pub fn terminating(workload: &Value, pods: &[Value]) -> Vec<(String, Time)> {
-    let selector = selector_of(workload);
+    let workload = Workload::view(workload);
+    let selector = selector_of(&workload);
     pods.iter()
-        .filter(|p| owns(workload, &selector, p))
+        .map(Pod::view)
+        .filter(|p| owns(&workload, &selector, p))
         .filter_map(|p| {
-            let at = p["metadata"]["deletionTimestamp"].as_str()?.parse::<jiff::Timestamp>().ok()?;
-            Some((p["metadata"]["name"].as_str()?.to_owned(), at.as_second()))
+            let at = p.metadata.deletion_timestamp?.parse::<jiff::Timestamp>().ok()?;
+            Some((p.metadata.name?, at.as_second()))
         })
         .collect()
 }

@@ -3,10 +3,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{Room, plural};
-use crate::k8s::{LabelSelector, labels_of, owns, quantity, selector_of, show_quantity, workload_kind};
+use crate::k8s::{
+    Container, Node, NodeRequirement, Pod, PodSpec, Taint, Toleration, Workload, owns, quantity, selector_of,
+    show_quantity, workload_kind,
+};
 
 /// Resource name -> thousandths.
 type Resources = BTreeMap<String, i128>;
@@ -25,12 +28,12 @@ fn max_into(into: &mut Resources, from: &Resources) {
 }
 
 /// A container's requests, its limits standing in for missing ones.
-fn container_requests(c: &Value, what: &str) -> Result<Resources, String> {
+fn container_requests(c: &Container, what: &str) -> Result<Resources, String> {
     let mut out = Resources::new();
-    for source in ["limits", "requests"] {
-        for (k, v) in c["resources"][source].as_object().into_iter().flatten() {
+    for (source, quantities) in [("limits", &c.resources.limits), ("requests", &c.resources.requests)] {
+        for (k, v) in quantities {
             let q = quantity(v)
-                .map_err(|e| format!("{what}: container {}: {source}.{k}: {e}", c["name"].as_str().unwrap_or("?")))?;
+                .map_err(|e| format!("{what}: container {}: {source}.{k}: {e}", c.name.as_deref().unwrap_or("?")))?;
             out.insert(k.clone(), q);
         }
     }
@@ -38,16 +41,16 @@ fn container_requests(c: &Value, what: &str) -> Result<Resources, String> {
 }
 
 /// A pod's request from its spec (see the module docs).
-fn pod_requests(spec: &Value, what: &str) -> Result<Resources, String> {
+fn pod_requests(spec: &PodSpec, what: &str) -> Result<Resources, String> {
     let mut containers = Resources::new();
-    for c in spec["containers"].as_array().into_iter().flatten() {
+    for c in &spec.containers {
         add(&mut containers, &container_requests(c, what)?);
     }
     let mut sidecars = Resources::new();
     let mut init_peak = Resources::new();
-    for c in spec["initContainers"].as_array().into_iter().flatten() {
+    for c in &spec.init_containers {
         let r = container_requests(c, what)?;
-        if c["restartPolicy"] == "Always" {
+        if c.restart_policy.as_deref() == Some("Always") {
             add(&mut sidecars, &r);
             max_into(&mut init_peak, &sidecars);
         } else {
@@ -58,7 +61,7 @@ fn pod_requests(spec: &Value, what: &str) -> Result<Resources, String> {
     }
     add(&mut containers, &sidecars);
     max_into(&mut containers, &init_peak);
-    for (k, v) in spec["overhead"].as_object().into_iter().flatten() {
+    for (k, v) in &spec.overhead {
         let q = quantity(v).map_err(|e| format!("{what}: overhead.{k}: {e}"))?;
         *containers.entry(k.clone()).or_default() += q;
     }
@@ -68,39 +71,42 @@ fn pod_requests(spec: &Value, what: &str) -> Result<Resources, String> {
 }
 
 /// A toleration tolerates a taint (Kubernetes' `ToleratesTaint`).
-fn tolerates(toleration: &Value, taint: &Value) -> bool {
-    let effect = toleration["effect"].as_str().unwrap_or_default();
-    if !effect.is_empty() && Some(effect) != taint["effect"].as_str() {
+fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
+    let effect = toleration.effect.as_deref().unwrap_or_default();
+    if !effect.is_empty() && Some(effect) != taint.effect.as_deref() {
         return false;
     }
-    let key = toleration["key"].as_str().unwrap_or_default();
-    let exists = toleration["operator"] == "Exists";
+    let key = toleration.key.as_deref().unwrap_or_default();
+    let exists = toleration.operator.as_deref() == Some("Exists");
     if key.is_empty() {
         return exists;
     }
-    if Some(key) != taint["key"].as_str() {
+    if Some(key) != taint.key.as_deref() {
         return false;
     }
-    exists || toleration["value"].as_str().unwrap_or_default() == taint["value"].as_str().unwrap_or_default()
+    exists || toleration.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default()
 }
 
 /// The tolerations the DaemonSet controller adds to its pods.
-fn daemonset_tolerations() -> Vec<Value> {
-    let mut out = vec![
-        json!({"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute"}),
-        json!({"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"}),
-    ];
+fn daemonset_tolerations() -> Vec<Toleration> {
+    let exists = |key: &str, effect: &str| Toleration {
+        key: Some(format!("node.kubernetes.io/{key}")),
+        operator: Some("Exists".into()),
+        value: None,
+        effect: Some(effect.into()),
+    };
+    let mut out = vec![exists("not-ready", "NoExecute"), exists("unreachable", "NoExecute")];
     for key in ["disk-pressure", "memory-pressure", "pid-pressure", "unschedulable", "network-unavailable"] {
-        out.push(json!({"key": format!("node.kubernetes.io/{key}"), "operator": "Exists", "effect": "NoSchedule"}));
+        out.push(exists(key, "NoSchedule"));
     }
     out
 }
 
 /// A node selector requirement (`matchExpressions` of node affinity) on a value.
-fn requirement_holds(r: &Value, value: Option<&str>) -> bool {
-    let values: Vec<&str> = r["values"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+fn requirement_holds(r: &NodeRequirement, value: Option<&str>) -> bool {
+    let values: Vec<&str> = r.values.iter().map(String::as_str).collect();
     let int = |s: &str| s.parse::<i64>().ok();
-    match r["operator"].as_str().unwrap_or_default() {
+    match r.operator.as_deref().unwrap_or_default() {
         "In" => value.is_some_and(|v| values.contains(&v)),
         "NotIn" => value.is_none_or(|v| !values.contains(&v)),
         "Exists" => value.is_some(),
@@ -112,69 +118,53 @@ fn requirement_holds(r: &Value, value: Option<&str>) -> bool {
 }
 
 /// Whether a node satisfies the pod's `nodeSelector` and required node affinity.
-fn node_matches(spec: &Value, node: &Value) -> bool {
-    let labels = labels_of(&node["metadata"]["labels"]);
-    let selector_ok = spec["nodeSelector"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str());
-    let terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-        .as_array();
-    let affinity_ok = match terms {
-        None => true,
-        Some(terms) if terms.is_empty() => true,
-        Some(terms) => terms.iter().any(|t| {
-            let exprs = t["matchExpressions"].as_array().map(Vec::as_slice).unwrap_or_default();
-            let fields = t["matchFields"].as_array().map(Vec::as_slice).unwrap_or_default();
+fn node_matches(spec: &PodSpec, node: &Node) -> bool {
+    let labels = &node.metadata.labels;
+    let selector_ok = spec.node_selector.iter().all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str());
+    let terms = &spec.affinity.node_affinity.required.node_selector_terms;
+    let affinity_ok = terms.is_empty()
+        || terms.iter().any(|t| {
+            let (exprs, fields) = (&t.match_expressions, &t.match_fields);
             (!exprs.is_empty() || !fields.is_empty())
                 && exprs
                     .iter()
-                    .all(|r| requirement_holds(r, r["key"].as_str().and_then(|k| labels.get(k)).map(String::as_str)))
-                && fields
-                    .iter()
-                    .all(|r| r["key"] == "metadata.name" && requirement_holds(r, node["metadata"]["name"].as_str()))
-        }),
-    };
+                    .all(|r| requirement_holds(r, r.key.as_ref().and_then(|k| labels.get(k)).map(String::as_str)))
+                && fields.iter().all(|r| {
+                    r.key.as_deref() == Some("metadata.name") && requirement_holds(r, node.metadata.name.as_deref())
+                })
+        });
     selector_ok && affinity_ok
 }
 
 /// Host ports a pod spec binds (`(protocol, port)`); with `hostNetwork` its container ports.
-fn host_ports(spec: &Value) -> BTreeSet<(String, i64)> {
-    let host_network = spec["hostNetwork"] == true;
-    spec["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|c| c["ports"].as_array().into_iter().flatten())
+fn host_ports(spec: &PodSpec) -> BTreeSet<(String, i64)> {
+    spec.containers
+        .iter()
+        .flat_map(|c| &c.ports)
         .filter_map(|p| {
-            let port = p["hostPort"]
-                .as_i64()
-                .filter(|p| *p > 0)
-                .or_else(|| if host_network { p["containerPort"].as_i64() } else { None })?;
-            Some((p["protocol"].as_str().unwrap_or("TCP").to_owned(), port))
+            let port = p.host_port.filter(|p| *p > 0).or(p.container_port.filter(|_| spec.host_network))?;
+            Some((p.protocol.clone().unwrap_or_else(|| "TCP".to_owned()), port))
         })
         .collect()
 }
 
 /// Topology keys of required pod anti-affinity terms that select the workload's own pods: one of
 /// its pods per domain of each.
-fn self_anti_affinity(workload: &Value) -> Vec<String> {
-    let template = &workload["spec"]["template"];
-    let own = labels_of(&template["metadata"]["labels"]);
-    let ns = workload["metadata"]["namespace"].as_str().unwrap_or_default();
-    template["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-        .as_array()
-        .into_iter()
-        .flatten()
+fn self_anti_affinity(workload: &Workload) -> Vec<String> {
+    let template = &workload.spec.template;
+    let own = &template.metadata.labels;
+    let ns = workload.metadata.namespace.as_deref().unwrap_or_default();
+    template
+        .spec
+        .affinity
+        .pod_anti_affinity
+        .required
+        .iter()
         .filter(|t| {
-            let namespaces: Vec<&str> =
-                t["namespaces"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-            (namespaces.is_empty() || namespaces.contains(&ns))
-                && serde_json::from_value::<LabelSelector>(t["labelSelector"].clone()).is_ok_and(|s| s.matches(&own))
-                && !t["labelSelector"].is_null()
+            (t.namespaces.is_empty() || t.namespaces.iter().any(|n| n == ns))
+                && t.label_selector.as_ref().is_some_and(|s| s.matches(own))
         })
-        .filter_map(|t| t["topologyKey"].as_str().map(str::to_owned))
+        .filter_map(|t| t.topology_key.clone())
         .collect()
 }
 
@@ -295,36 +285,39 @@ pub fn room(workload: &Value, nodes: &[Value], pods: &[Value]) -> Room {
         return Room::Unknown { reason: "not a Deployment, StatefulSet or DaemonSet".into() };
     };
     let daemonset = kind == "DaemonSet";
-    let spec = &workload["spec"]["template"]["spec"];
+    let workload = Workload::view(workload);
+    let spec = &workload.spec.template.spec;
     let request = match pod_requests(spec, "the pod template") {
         Ok(r) => r,
         Err(e) => return Room::Unknown { reason: e },
     };
-    let mut tolerations: Vec<Value> = spec["tolerations"].as_array().cloned().unwrap_or_default();
+    let mut tolerations = spec.tolerations.clone();
     if daemonset {
         tolerations.extend(daemonset_tolerations());
     }
-    let selector = selector_of(workload);
-    let mut feasible: Vec<&Value> = nodes
+    let selector = selector_of(&workload);
+    let nodes: Vec<Node> = nodes.iter().map(Node::view).collect();
+    let pods: Vec<Pod> = pods.iter().map(Pod::view).collect();
+    let mut feasible: Vec<&Node> = nodes
         .iter()
-        .filter(|n| daemonset || n["spec"]["unschedulable"] != true)
+        .filter(|n| daemonset || !n.spec.unschedulable)
         .filter(|n| node_matches(spec, n))
         .filter(|n| {
-            n["spec"]["taints"].as_array().into_iter().flatten().all(|t| {
-                !matches!(t["effect"].as_str(), Some("NoSchedule" | "NoExecute"))
+            n.spec.taints.iter().all(|t| {
+                !matches!(t.effect.as_deref(), Some("NoSchedule" | "NoExecute"))
                     || tolerations.iter().any(|tol| tolerates(tol, t))
             })
         })
         .collect();
-    feasible.sort_by_key(|n| n["metadata"]["name"].as_str().unwrap_or_default());
+    feasible.sort_by_key(|n| n.metadata.name.as_deref().unwrap_or_default());
     if feasible.is_empty() {
         return Room::Unknown { reason: "no schedulable node matches the pod's nodeSelector and tolerations".into() };
     }
     let mut slots = Vec::new();
     for node in feasible {
-        let name = node["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        let name = node.metadata.name.clone().unwrap_or_default();
         let mut free = Resources::new();
-        for (k, v) in node["status"]["allocatable"].as_object().into_iter().flatten() {
+        for (k, v) in &node.status.allocatable {
             match quantity(v) {
                 Ok(q) => free.insert(k.clone(), q),
                 Err(e) => return Room::Unknown { reason: format!("node {name}: allocatable.{k}: {e}") },
@@ -332,17 +325,17 @@ pub fn room(workload: &Value, nodes: &[Value], pods: &[Value]) -> Room {
         }
         let mut ports = BTreeSet::new();
         let on_node = pods.iter().filter(|p| {
-            p["spec"]["nodeName"].as_str() == Some(name.as_str())
-                && !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
-                && !owns(workload, &selector, p)
+            p.spec.node_name.as_deref() == Some(name.as_str())
+                && !matches!(p.status.phase.as_deref(), Some("Succeeded" | "Failed"))
+                && !owns(&workload, &selector, p)
         });
         for p in on_node {
             let what = format!(
                 "pod {}/{}",
-                p["metadata"]["namespace"].as_str().unwrap_or_default(),
-                p["metadata"]["name"].as_str().unwrap_or_default()
+                p.metadata.namespace.as_deref().unwrap_or_default(),
+                p.metadata.name.as_deref().unwrap_or_default()
             );
-            match pod_requests(&p["spec"], &what) {
+            match pod_requests(&p.spec, &what) {
                 Ok(r) => {
                     for (k, v) in r {
                         *free.entry(k).or_default() -= v;
@@ -350,14 +343,14 @@ pub fn room(workload: &Value, nodes: &[Value], pods: &[Value]) -> Room {
                 }
                 Err(e) => return Room::Unknown { reason: e },
             }
-            ports.extend(host_ports(&p["spec"]));
+            ports.extend(host_ports(&p.spec));
         }
-        slots.push(Slot { name, labels: labels_of(&node["metadata"]["labels"]), free, ports, own: 0 });
+        slots.push(Slot { name, labels: node.metadata.labels.clone(), free, ports, own: 0 });
     }
     let mut e = Estimate {
         request,
         ports: host_ports(spec),
-        spread: self_anti_affinity(workload),
+        spread: self_anti_affinity(&workload),
         slots,
         domains: BTreeMap::new(),
         daemonset,
@@ -373,7 +366,7 @@ pub fn room(workload: &Value, nodes: &[Value], pods: &[Value]) -> Room {
             Some((i, s)) => Room::Full { reason: e.full(*i, s) },
         };
     }
-    let replicas = workload["spec"]["replicas"].as_i64().unwrap_or(1).max(0);
+    let replicas = workload.spec.replicas.unwrap_or(1).max(0);
     for placed in 0..replicas {
         match (0..e.slots.len()).find(|i| e.shortage(*i).is_none()) {
             Some(i) => e.place(i),

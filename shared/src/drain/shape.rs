@@ -21,6 +21,11 @@ fn map_at<'a>(v: &'a mut Value, path: &[&str]) -> Option<&'a mut Map<String, Val
     at.as_object_mut()
 }
 
+/// The pod template's containers, to write into.
+fn containers_mut(object: &mut Value) -> Option<&mut Vec<Value>> {
+    object.pointer_mut("/spec/template/spec/containers")?.as_array_mut()
+}
+
 /// A `maxSurge`/`maxUnavailable` value above zero: an integer, or `N%` with N > 0.
 fn non_zero(v: &Value) -> bool {
     match v {
@@ -110,7 +115,7 @@ pub fn shape(object: &mut Value, drain: &Drain, room: &Room) -> Option<Plan> {
             PreStop::Sleep { seconds, container } => (json!({"sleep": {"seconds": seconds}}), container),
         };
         let index = container_index(object, container.as_deref());
-        let target = index.and_then(|i| object["spec"]["template"]["spec"]["containers"].get_mut(i));
+        let target = index.and_then(|i| containers_mut(object)?.get_mut(i));
         match target.and_then(|c| c.as_object_mut()) {
             None => {
                 let which =
