@@ -71,10 +71,19 @@ impl LabelSelector {
 
 // ---- quantities ----
 
+/// Why a value is no quantity; each holds the value as shown (a string quoted, JSON otherwise).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuantityError {
+    #[error("{0} is not a Kubernetes quantity")]
+    NotAQuantity(String),
+    #[error("{0} is too large a quantity")]
+    TooLarge(String),
+}
+
 /// A Kubernetes quantity (`500m`, `1`, `2Gi`, `1e3`, `100M`, `0.5`) in thousandths of its unit,
 /// exactly, rounded up as Kubernetes' `MilliValue` does.
-pub fn parse_quantity(s: &str) -> Result<i128, String> {
-    let bad = || format!("{s:?} is not a Kubernetes quantity");
+pub fn parse_quantity(s: &str) -> Result<i128, QuantityError> {
+    let bad = || QuantityError::NotAQuantity(format!("{s:?}"));
     let (negative, rest) = match s.as_bytes().first() {
         Some(b'-') => (true, &s[1..]),
         Some(b'+') => (false, &s[1..]),
@@ -89,7 +98,7 @@ pub fn parse_quantity(s: &str) -> Result<i128, String> {
     let digits = format!("{whole}{fraction}");
     let digits = digits.trim_start_matches('0');
     if digits.len() > 30 {
-        return Err(format!("{s:?} is too large a quantity"));
+        return Err(QuantityError::TooLarge(format!("{s:?}")));
     }
     let mantissa: i128 = if digits.is_empty() { 0 } else { digits.parse().map_err(|_| bad())? };
     let (ten, two): (i32, u32) = match suffix {
@@ -121,7 +130,7 @@ pub fn parse_quantity(s: &str) -> Result<i128, String> {
     };
     // value = mantissa * 10^(ten - fraction digits) * 2^two, in thousandths.
     let scale = ten + 3 - i32::try_from(fraction.len()).map_err(|_| bad())?;
-    let too_large = || format!("{s:?} is too large a quantity");
+    let too_large = || QuantityError::TooLarge(format!("{s:?}"));
     let scaled = mantissa.checked_mul(1i128 << two).ok_or_else(too_large)?;
     let milli = if scale >= 0 {
         scaled.checked_mul(10i128.checked_pow(scale.unsigned_abs()).ok_or_else(too_large)?).ok_or_else(too_large)?
@@ -133,11 +142,11 @@ pub fn parse_quantity(s: &str) -> Result<i128, String> {
 }
 
 /// A quantity as JSON (the API server sends strings; a chart may write `cpu: 1`).
-pub fn quantity(v: &Value) -> Result<i128, String> {
+pub fn quantity(v: &Value) -> Result<i128, QuantityError> {
     match v {
         Value::String(s) => parse_quantity(s),
         Value::Number(n) => parse_quantity(&n.to_string()),
-        other => Err(format!("{other} is not a Kubernetes quantity")),
+        other => Err(QuantityError::NotAQuantity(other.to_string())),
     }
 }
 
@@ -626,6 +635,9 @@ mod tests {
                 .map(|(r, m)| show_quantity(r, *m))
                 .collect();
         assert_eq!(shown, ["500m", "2", "2Gi", "0", "1500m"]);
+        assert_eq!(quantity(&json!("lots")).unwrap_err().to_string(), "\"lots\" is not a Kubernetes quantity");
+        assert_eq!(quantity(&json!(true)).unwrap_err().to_string(), "true is not a Kubernetes quantity");
+        assert_eq!(parse_quantity("1e40").unwrap_err(), QuantityError::TooLarge("\"1e40\"".into()));
     }
 
     #[test]
