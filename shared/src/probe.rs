@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::k8s::{current_pods, is_workload};
 use crate::problem::Problem;
+use crate::written::WrittenDuration;
 
 /// Variables a URL template may use, each written `{name}`.
 pub const VARIABLES: &[(&str, &str)] = &[
@@ -40,10 +41,10 @@ pub struct ProbeSpec {
     pub url: String,
     /// Between two calls of one target (default 5s).
     #[serde(default)]
-    pub interval: Option<String>,
+    pub interval: Option<WrittenDuration>,
     /// Of one call (default 2s).
     #[serde(default)]
-    pub timeout: Option<String>,
+    pub timeout: Option<WrittenDuration>,
     /// Failures in a row of one target that fail the rollout (default 3).
     #[serde(default)]
     pub failure_threshold: Option<u32>,
@@ -66,13 +67,13 @@ impl Probe {
     /// caller to put under the probe's path ([`Problem::under`]).
     pub fn compile(spec: &ProbeSpec) -> Result<Probe, Problem> {
         let url = check_template(&spec.url).map_err(|e| Problem::new("url", e))?;
-        let secs = |field: &str, v: &Option<String>, default: i64| -> Result<i64, Problem> {
+        let secs = |field: &str, v: &Option<WrittenDuration>, default: i64| -> Result<i64, Problem> {
             match v {
                 None => Ok(default),
-                Some(s) => match humantime::parse_duration(s) {
+                Some(s) => match s.parsed() {
                     Ok(d) if d.as_secs() >= 1 => Ok(d.as_secs() as i64),
-                    Ok(_) => Err(Problem::new(field, format!("{s:?} is under one second"))),
-                    Err(e) => Err(Problem::new(field, format!("{s:?} is not a duration: {e}"))),
+                    Ok(_) => Err(Problem::new(field, format!("{:?} is under one second", s.text()))),
+                    Err(e) => Err(Problem::new(field, format!("{:?} is not a duration: {e}", s.text()))),
                 },
             }
         };

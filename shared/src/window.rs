@@ -35,6 +35,7 @@ use jiff::{Timestamp, Zoned};
 use serde::{Deserialize, Serialize};
 
 use crate::problem::Problem;
+use crate::written::WrittenDuration;
 
 /// How far [`gate`] looks ahead for an opening: a year and a day, so that a yearly schedule and
 /// a leap day are seen at least once.
@@ -69,7 +70,7 @@ pub struct WindowSpec {
     /// Vixie cron and Argo CD.
     pub schedule: String,
     /// How long each occurrence lasts, in elapsed time (`2h`, `90m`).
-    pub duration: String,
+    pub duration: WrittenDuration,
     /// The IANA time zone the schedule is read in (`Europe/Berlin`); UTC when absent.
     #[serde(default = "default_time_zone")]
     pub time_zone: String,
@@ -142,11 +143,11 @@ impl Window {
                     format!("{:?} is not a 5-field cron schedule such as \"0 22 * * 1-5\": {e}", spec.schedule),
                 )
             })?;
-        let duration = match humantime::parse_duration(&spec.duration) {
+        let duration = match spec.duration.parsed() {
             Err(e) => {
                 return Err(Problem::new(
                     "duration",
-                    format!("{:?} is not a duration such as 2h or 90m: {e}", spec.duration),
+                    format!("{:?} is not a duration such as 2h or 90m: {e}", spec.duration.text()),
                 ));
             }
             Ok(d) if d.subsec_nanos() != 0 || d.is_zero() => {

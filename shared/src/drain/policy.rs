@@ -10,6 +10,7 @@ use super::{DEFAULT_INTERVAL, DEFAULT_TIMEOUT, Drain, PreStop, Read, Replace, Se
 use crate::duration::HumanDuration;
 use crate::k8s::{WORKLOAD_KINDS, name_of, object_id, workload_kind};
 use crate::problem::Problem;
+use crate::written::WrittenDuration;
 
 // ---- fleet.yaml `gitopsAgent.drain[]` ----
 
@@ -24,7 +25,7 @@ pub struct DrainSpec {
     /// Sessions get at least this long once a pod is asked to stop (default: the bundle's
     /// `drainWindow`, else the node's `rollout.drainWindow`).
     #[serde(default)]
-    pub window: Option<String>,
+    pub window: Option<WrittenDuration>,
     /// How old pods are replaced (default `auto`: surge when there is room for one more pod).
     #[serde(default)]
     pub replace: Option<Replace>,
@@ -47,7 +48,7 @@ pub struct PreStopSpec {
     pub http_get: Option<HttpGetSpec>,
     /// A duration (`5s`): the kubelet's own sleep action, no shell needed in the image.
     #[serde(default)]
-    pub sleep: Option<String>,
+    pub sleep: Option<WrittenDuration>,
     /// default: the first container
     #[serde(default)]
     pub container: Option<String>,
@@ -77,10 +78,10 @@ pub struct SessionsSpec {
     pub json_pointer: Option<String>,
     /// Between two readings of one pod (default 5s, at least 1s).
     #[serde(default)]
-    pub interval: Option<String>,
+    pub interval: Option<WrittenDuration>,
     /// Of one reading (default 2s).
     #[serde(default)]
-    pub timeout: Option<String>,
+    pub timeout: Option<WrittenDuration>,
 }
 
 /// `waitForIdle`.
@@ -88,7 +89,7 @@ pub struct SessionsSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WaitForIdleSpec {
     /// The longest a revision waits for idle pods; then it rolls out and sessions get the window.
-    pub max_defer: String,
+    pub max_defer: WrittenDuration,
 }
 
 /// Keys of a drain entry, per path inside it: `deny_unknown_fields` rejects the others, but its
@@ -151,9 +152,9 @@ pub fn check(bundle_window: Option<HumanDuration>, specs: &[DrainSpec]) -> Resul
 }
 
 /// Seconds of a duration, rounded up (a window is a minimum); `min_one` rejects under 1s.
-fn seconds(path: &str, raw: &str, min_one: bool) -> Result<i64, Problem> {
-    let d = humantime::parse_duration(raw).map_err(|e| field(path, format!("{raw:?} is not a duration: {e}")))?;
-    whole_seconds(path, d, raw, min_one)
+fn seconds(path: &str, raw: &WrittenDuration, min_one: bool) -> Result<i64, Problem> {
+    let d = raw.parsed().map_err(|e| field(path, format!("{:?} is not a duration: {e}", raw.text())))?;
+    whole_seconds(path, d, raw.text(), min_one)
 }
 
 /// [`seconds`] of a parsed duration; `raw` is how it was written, for the message.
@@ -340,7 +341,7 @@ fn compile_sessions(s: &SessionsSpec, at: &str) -> Result<SessionProbe, Problem>
             Read::JsonPointer(p.clone())
         }
     };
-    let secs = |f: &str, v: &Option<String>, default: i64| match v {
+    let secs = |f: &str, v: &Option<WrittenDuration>, default: i64| match v {
         None => Ok(default),
         Some(raw) => seconds(&format!("{at}.{f}"), raw, true),
     };
