@@ -255,14 +255,33 @@ fn lenient<'de, D: Deserializer<'de>, T: DeserializeOwned + Default>(d: D) -> Re
     Ok(serde_json::from_value(v).unwrap_or_default())
 }
 
-/// A list whose every element is read leniently; not a list: empty.
-fn list<'de, D: Deserializer<'de>, T: DeserializeOwned + Default>(d: D) -> Result<Vec<T>, D::Error> {
+/// A view of a mapping; anything else (serde would read a list positionally) reads as empty.
+fn view_of<T: DeserializeOwned + Default>(v: Value) -> T {
+    match v {
+        Value::Object(_) => serde_json::from_value(v).unwrap_or_default(),
+        _ => T::default(),
+    }
+}
+
+/// A field that is a view of a mapping.
+fn object<'de, D: Deserializer<'de>, T: DeserializeOwned + Default>(d: D) -> Result<T, D::Error> {
+    Ok(view_of(Value::deserialize(d)?))
+}
+
+/// An optional view: `None` unless the field is a mapping.
+fn object_opt<'de, D: Deserializer<'de>, T: DeserializeOwned + Default>(d: D) -> Result<Option<T>, D::Error> {
     let v = Value::deserialize(d)?;
-    let items = match v {
+    Ok(v.is_object().then(|| view_of(v)))
+}
+
+/// A list of views, each element read as [`object`] reads a field (positions are kept); not a
+/// list: empty.
+fn list<'de, D: Deserializer<'de>, T: DeserializeOwned + Default>(d: D) -> Result<Vec<T>, D::Error> {
+    let items = match Value::deserialize(d)? {
         Value::Array(items) => items,
         _ => Vec::new(),
     };
-    Ok(items.into_iter().map(|i| serde_json::from_value(i).unwrap_or_default()).collect())
+    Ok(items.into_iter().map(view_of).collect())
 }
 
 /// The string values of a mapping (labels, annotations); other values are left out.
@@ -294,6 +313,8 @@ pub struct Meta {
     #[serde(deserialize_with = "lenient")]
     pub uid: Option<String>,
     #[serde(deserialize_with = "lenient")]
+    pub generation: Option<i64>,
+    #[serde(deserialize_with = "lenient")]
     pub deletion_timestamp: Option<String>,
     #[serde(deserialize_with = "list")]
     pub owner_references: Vec<OwnerReference>,
@@ -312,11 +333,11 @@ pub struct OwnerReference {
 pub struct Workload {
     #[serde(deserialize_with = "lenient")]
     pub kind: Option<String>,
-    #[serde(deserialize_with = "lenient")]
+    #[serde(deserialize_with = "object")]
     pub metadata: Meta,
-    #[serde(deserialize_with = "lenient")]
+    #[serde(deserialize_with = "object")]
     pub spec: WorkloadSpec,
-    #[serde(deserialize_with = "lenient")]
+    #[serde(deserialize_with = "object")]
     pub status: WorkloadStatus,
 }
 
@@ -328,23 +349,74 @@ pub struct WorkloadSpec {
     /// `None` when absent or not a selector.
     #[serde(deserialize_with = "lenient")]
     pub selector: Option<LabelSelector>,
-    #[serde(deserialize_with = "lenient")]
+    #[serde(deserialize_with = "object")]
     pub template: PodTemplate,
+    /// A StatefulSet's or DaemonSet's.
+    #[serde(deserialize_with = "object")]
+    pub update_strategy: UpdateStrategy,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct UpdateStrategy {
+    #[serde(rename = "type", deserialize_with = "lenient")]
+    pub kind: Option<String>,
+    /// `None` when absent or not a mapping.
+    #[serde(deserialize_with = "object_opt")]
+    pub rolling_update: Option<RollingUpdate>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RollingUpdate {
+    #[serde(deserialize_with = "lenient")]
+    pub partition: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct WorkloadStatus {
     #[serde(deserialize_with = "lenient")]
+    pub observed_generation: Option<i64>,
+    #[serde(deserialize_with = "lenient")]
+    pub replicas: Option<i64>,
+    #[serde(deserialize_with = "lenient")]
+    pub updated_replicas: Option<i64>,
+    #[serde(deserialize_with = "lenient")]
+    pub available_replicas: Option<i64>,
+    #[serde(deserialize_with = "lenient")]
+    pub ready_replicas: Option<i64>,
+    #[serde(deserialize_with = "lenient")]
+    pub current_revision: Option<String>,
+    #[serde(deserialize_with = "lenient")]
     pub update_revision: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    pub desired_number_scheduled: Option<i64>,
+    #[serde(deserialize_with = "lenient")]
+    pub updated_number_scheduled: Option<i64>,
+    #[serde(deserialize_with = "lenient")]
+    pub number_available: Option<i64>,
+    #[serde(deserialize_with = "list")]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Condition {
+    #[serde(rename = "type", deserialize_with = "lenient")]
+    pub kind: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    pub status: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct PodTemplate {
-    #[serde(deserialize_with = "lenient")]
+    #[serde(deserialize_with = "object")]
     pub metadata: Meta,
-    #[serde(deserialize_with = "lenient")]
+    #[serde(deserialize_with = "object")]
     pub spec: PodSpec,
 }
 
@@ -352,26 +424,56 @@ pub struct PodTemplate {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct ReplicaSet {
-    #[serde(deserialize_with = "lenient")]
+    #[serde(deserialize_with = "object")]
     pub metadata: Meta,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct Pod {
-    #[serde(deserialize_with = "lenient")]
+    #[serde(deserialize_with = "object")]
     pub metadata: Meta,
-    #[serde(deserialize_with = "lenient")]
+    #[serde(deserialize_with = "object")]
     pub spec: PodSpec,
-    #[serde(deserialize_with = "lenient")]
+    #[serde(deserialize_with = "object")]
     pub status: PodStatus,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, rename_all = "camelCase")]
 pub struct PodStatus {
     #[serde(deserialize_with = "lenient")]
     pub phase: Option<String>,
+    #[serde(deserialize_with = "list")]
+    pub init_container_statuses: Vec<ContainerStatus>,
+    #[serde(deserialize_with = "list")]
+    pub container_statuses: Vec<ContainerStatus>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ContainerStatus {
+    #[serde(deserialize_with = "lenient")]
+    pub name: Option<String>,
+    #[serde(deserialize_with = "object")]
+    pub state: ContainerState,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ContainerState {
+    /// `None` when the container is not waiting.
+    #[serde(deserialize_with = "object_opt")]
+    pub waiting: Option<Waiting>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Waiting {
+    #[serde(deserialize_with = "lenient")]
+    pub reason: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    pub message: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -387,7 +489,7 @@ pub struct PodSpec {
     /// Label -> value; a value that is not a string matches no node label.
     #[serde(deserialize_with = "lenient")]
     pub node_selector: Map<String, Value>,
-    #[serde(deserialize_with = "lenient")]
+    #[serde(deserialize_with = "object")]
     pub affinity: Affinity,
     #[serde(deserialize_with = "list")]
     pub tolerations: Vec<Toleration>,
@@ -402,7 +504,7 @@ pub struct PodSpec {
 pub struct Container {
     #[serde(deserialize_with = "lenient")]
     pub name: Option<String>,
-    #[serde(deserialize_with = "lenient")]
+    #[serde(deserialize_with = "object")]
     pub resources: Resources,
     /// `Always` for a sidecar (a restartable init container).
     #[serde(deserialize_with = "lenient")]
@@ -435,16 +537,16 @@ pub struct ContainerPort {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct Affinity {
-    #[serde(deserialize_with = "lenient")]
+    #[serde(deserialize_with = "object")]
     pub node_affinity: NodeAffinity,
-    #[serde(deserialize_with = "lenient")]
+    #[serde(deserialize_with = "object")]
     pub pod_anti_affinity: PodAntiAffinity,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct NodeAffinity {
-    #[serde(rename = "requiredDuringSchedulingIgnoredDuringExecution", deserialize_with = "lenient")]
+    #[serde(rename = "requiredDuringSchedulingIgnoredDuringExecution", deserialize_with = "object")]
     pub required: NodeSelector,
 }
 
@@ -511,11 +613,11 @@ pub struct Toleration {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct Node {
-    #[serde(deserialize_with = "lenient")]
+    #[serde(deserialize_with = "object")]
     pub metadata: Meta,
-    #[serde(deserialize_with = "lenient")]
+    #[serde(deserialize_with = "object")]
     pub spec: NodeSpec,
-    #[serde(deserialize_with = "lenient")]
+    #[serde(deserialize_with = "object")]
     pub status: NodeStatus,
 }
 
@@ -552,7 +654,7 @@ macro_rules! view {
     ($($t:ident),*) => {$(
         impl $t {
             pub fn view(object: &Value) -> $t {
-                $t::deserialize(object).unwrap_or_default()
+                view_of(object.clone())
             }
         }
     )*};
@@ -683,6 +785,12 @@ mod tests {
         assert_eq!(w.spec.replicas, None, "a string is no replica count");
         assert!(w.spec.selector.is_none(), "an unreadable selector is none");
         assert_eq!(selector_of(&w).match_labels, BTreeMap::from([("app".to_owned(), "web".to_owned())]));
+
+        let positional = Workload::view(&json!({"metadata": ["web", "ns"],
+            "spec": {"updateStrategy": {"type": "RollingUpdate", "rollingUpdate": []}}}));
+        assert!(positional.metadata.name.is_none(), "a list is no mapping, not read by position");
+        assert!(positional.spec.update_strategy.rolling_update.is_none());
+        assert_eq!(positional.spec.update_strategy.kind.as_deref(), Some("RollingUpdate"));
 
         let node = Node::view(&json!("not an object"));
         assert!(node.metadata.name.is_none() && !node.spec.unschedulable && node.status.allocatable.is_empty());

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::duration::HumanDuration;
-use crate::k8s::current_pods;
+use crate::k8s::{Pod, Workload, current_pods};
 
 /// Where a workload's rollout stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -23,31 +23,31 @@ pub enum Rollout {
     Failed(String),
 }
 
-fn int(v: &Value) -> i64 {
-    v.as_i64().unwrap_or(0)
+/// A count the controller has not written yet reads as 0, as kubectl reads it.
+fn int(v: Option<i64>) -> i64 {
+    v.unwrap_or(0)
 }
 
 /// The rollout state of a Deployment, StatefulSet or DaemonSet; `None` for other kinds (they are
 /// done once applied).
 pub fn workload(object: &Value) -> Option<Rollout> {
-    let kind = object["kind"].as_str()?;
-    let name = object["metadata"]["name"].as_str().unwrap_or("?");
-    let generation = int(&object["metadata"]["generation"]);
-    let status = &object["status"];
-    let observed = int(&status["observedGeneration"]);
-    let spec_replicas = object["spec"]["replicas"].as_i64();
+    let w = Workload::view(object);
+    let kind = w.kind.as_deref()?;
+    let name = w.metadata.name.as_deref().unwrap_or("?");
+    let generation = int(w.metadata.generation);
+    let status = &w.status;
+    let observed = int(status.observed_generation);
+    let spec_replicas = w.spec.replicas;
     Some(match kind {
         "Deployment" => {
             if generation > observed {
                 return Some(Rollout::Progressing("waiting for the deployment spec update to be observed".into()));
             }
-            let deadline_passed = status["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Progressing" && c["reason"] == "ProgressDeadlineExceeded");
+            let deadline_passed = status.conditions.iter().any(|c| {
+                c.kind.as_deref() == Some("Progressing") && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+            });
             let (updated, replicas, available) =
-                (int(&status["updatedReplicas"]), int(&status["replicas"]), int(&status["availableReplicas"]));
+                (int(status.updated_replicas), int(status.replicas), int(status.available_replicas));
             if deadline_passed {
                 Rollout::Failed(format!("deployment {name:?} exceeded its progress deadline"))
             } else if let Some(want) = spec_replicas.filter(|w| updated < *w) {
@@ -61,23 +61,22 @@ pub fn workload(object: &Value) -> Option<Rollout> {
             }
         }
         "StatefulSet" => {
-            let strategy = &object["spec"]["updateStrategy"];
-            if strategy["type"].as_str().is_some_and(|t| t != "RollingUpdate") {
+            let strategy = &w.spec.update_strategy;
+            if let Some(t) = strategy.kind.as_deref().filter(|t| *t != "RollingUpdate") {
                 return Some(Rollout::Complete(format!(
-                    "statefulset {name:?} updates its pods only when they are deleted ({})",
-                    strategy["type"].as_str().unwrap_or_default()
+                    "statefulset {name:?} updates its pods only when they are deleted ({t})"
                 )));
             }
             if observed == 0 || generation > observed {
                 return Some(Rollout::Progressing("waiting for the statefulset spec update to be observed".into()));
             }
-            let ready = int(&status["readyReplicas"]);
+            let ready = int(status.ready_replicas);
             if let Some(want) = spec_replicas.filter(|w| ready < *w) {
                 return Some(Rollout::Progressing(format!("waiting for {} pods to be ready", want - ready)));
             }
-            let updated = int(&status["updatedReplicas"]);
-            if strategy["rollingUpdate"].is_object() {
-                let partition = int(&strategy["rollingUpdate"]["partition"]);
+            let updated = int(status.updated_replicas);
+            if let Some(rolling) = &strategy.rolling_update {
+                let partition = int(rolling.partition);
                 if let Some(want) = spec_replicas.map(|r| r - partition).filter(|w| updated < *w) {
                     return Some(Rollout::Progressing(format!(
                         "partitioned roll out: {updated} out of {want} new pods have been updated"
@@ -87,7 +86,7 @@ pub fn workload(object: &Value) -> Option<Rollout> {
                     "partitioned roll out complete: {updated} new pods have been updated"
                 )));
             }
-            let (current, update) = (status["currentRevision"].as_str(), status["updateRevision"].as_str());
+            let (current, update) = (status.current_revision.as_deref(), status.update_revision.as_deref());
             if update != current {
                 Rollout::Progressing(format!("rolling update: {updated} pods at revision {}", update.unwrap_or("?")))
             } else {
@@ -95,19 +94,17 @@ pub fn workload(object: &Value) -> Option<Rollout> {
             }
         }
         "DaemonSet" => {
-            let strategy = object["spec"]["updateStrategy"]["type"].as_str();
-            if strategy.is_some_and(|t| t != "RollingUpdate") {
+            if let Some(t) = w.spec.update_strategy.kind.as_deref().filter(|t| *t != "RollingUpdate") {
                 return Some(Rollout::Complete(format!(
-                    "daemon set {name:?} updates its pods only when they are deleted ({})",
-                    strategy.unwrap_or_default()
+                    "daemon set {name:?} updates its pods only when they are deleted ({t})"
                 )));
             }
             if generation > observed {
                 return Some(Rollout::Progressing("waiting for the daemon set spec update to be observed".into()));
             }
-            let desired = int(&status["desiredNumberScheduled"]);
-            let updated = int(&status["updatedNumberScheduled"]);
-            let available = int(&status["numberAvailable"]);
+            let desired = int(status.desired_number_scheduled);
+            let updated = int(status.updated_number_scheduled);
+            let available = int(status.number_available);
             if updated < desired {
                 Rollout::Progressing(format!("{updated} out of {desired} new pods have been updated"))
             } else if available < desired {
@@ -144,21 +141,19 @@ const FATAL_REASONS: &[&str] = &[
 
 /// The first container (init containers first) of `pod` stuck in a fatal waiting state.
 pub fn pod_failure(pod: &Value) -> Option<PodFailure> {
-    let name = pod["metadata"]["name"].as_str().unwrap_or("?");
-    ["initContainerStatuses", "containerStatuses"]
-        .iter()
-        .flat_map(|f| pod["status"][*f].as_array().into_iter().flatten())
-        .find_map(|c| {
-            let waiting = &c["state"]["waiting"];
-            let reason = waiting["reason"].as_str()?;
-            FATAL_REASONS.contains(&reason).then(|| PodFailure {
-                pod: name.to_owned(),
-                container: c["name"].as_str().unwrap_or("?").to_owned(),
-                reason: reason.to_owned(),
-                message: waiting["message"].as_str().unwrap_or_default().to_owned(),
-                image_pull: matches!(reason, "ErrImagePull" | "ImagePullBackOff"),
-            })
+    let pod = Pod::view(pod);
+    let name = pod.metadata.name.as_deref().unwrap_or("?");
+    pod.status.init_container_statuses.iter().chain(&pod.status.container_statuses).find_map(|c| {
+        let waiting = c.state.waiting.as_ref()?;
+        let reason = waiting.reason.as_deref()?;
+        FATAL_REASONS.contains(&reason).then(|| PodFailure {
+            pod: name.to_owned(),
+            container: c.name.as_deref().unwrap_or("?").to_owned(),
+            reason: reason.to_owned(),
+            message: waiting.message.clone().unwrap_or_default(),
+            image_pull: matches!(reason, "ErrImagePull" | "ImagePullBackOff"),
         })
+    })
 }
 
 /// What the rollout watch concludes from one look at the cluster.
@@ -197,7 +192,8 @@ pub fn judge(seen: Seen<'_>) -> Verdict {
         // Until the controller has observed the applied spec, the revision it names is the old
         // one: right after a rollback is applied, the failed revision's pods still look current
         // and crash. Pods are judged only once the spec is observed.
-        let observed = match (live["metadata"]["generation"].as_i64(), live["status"]["observedGeneration"].as_i64()) {
+        let view = Workload::view(live);
+        let observed = match (view.metadata.generation, view.status.observed_generation) {
             (Some(generation), Some(seen)) => seen >= generation,
             (Some(_), None) => false,
             (None, _) => true,
