@@ -295,7 +295,7 @@ impl Cluster {
             secondary: None,
         };
         recorder.publish(&event, &reference).await.map_err(|e| ClusterError::Object {
-            object: shared::state::object_id(object),
+            object: shared::k8s::object_id(object),
             reason: format!("recording event {reason}: {}", crate::source::error_chain(&e)),
             status: None,
         })

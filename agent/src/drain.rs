@@ -16,8 +16,8 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use shared::drain::{Drain, Plan, PodDrain, Replace, Report, Room};
+use shared::k8s::{Time, object_id};
 use shared::render::Manifest;
-use shared::state::{Time, object_id};
 
 use crate::cluster::Cluster;
 use crate::watch::{Prober, unix_now};
@@ -38,7 +38,7 @@ pub async fn for_bundle(
     node_window: i64,
     manifests: &mut [Manifest],
 ) -> Result<Vec<Plan>, String> {
-    let drains = shared::drain::compile(policy.drain_window.as_deref(), &policy.drain, node_window)?;
+    let drains = shared::drain::compile(policy.drain_window, &policy.drain, node_window)?;
     let objects: Vec<Value> = manifests.iter().map(|m| m.object.clone()).collect();
     let unmatched = shared::drain::unmatched(&drains, &objects);
     if !unmatched.is_empty() {
@@ -108,7 +108,7 @@ pub async fn readings(cluster: &Cluster, plans: &[&Plan], objects: &[Value]) -> 
             }
         };
         let timeout = Duration::from_secs(u64::try_from(probe.timeout).unwrap_or(2));
-        for pod in shared::rollout::current_pods(&live, &rs, &pods) {
+        for pod in shared::k8s::current_pods(&live, &rs, &pods) {
             let pod_name = pod["metadata"]["name"].as_str().unwrap_or("?").to_owned();
             let reading = match shared::drain::session_url(probe, &live, pod) {
                 None => Err("no address yet".to_owned()),

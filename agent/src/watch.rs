@@ -17,15 +17,12 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::Value;
 
+use shared::k8s::{Time, object_id};
 use shared::probe::{Health, Tally, Target};
 use shared::rollout::{Limits, Seen, Step, Verdict, judge, step};
-use shared::state::{Time, object_id};
 
-/// Kinds whose rollout is watched (others are done once applied).
-pub fn is_workload(object: &Value) -> bool {
-    object["apiVersion"] == "apps/v1"
-        && matches!(object["kind"].as_str(), Some("Deployment" | "StatefulSet" | "DaemonSet"))
-}
+// Kinds whose rollout is watched (others are done once applied).
+pub use shared::k8s::is_workload; // re-export for callers outside this change; removed at merge
 
 pub fn unix_now() -> Time {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as Time)

@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::config::Problem;
+use crate::duration::HumanDuration;
+use crate::k8s::LabelSelector;
+use crate::problem::Problem;
 use crate::yaml_lines::LineIndex;
 
 /// A parsed `fleet.yaml`.
@@ -53,13 +55,13 @@ pub struct BundlePolicy {
     #[serde(default)]
     pub images: Vec<ImagePolicy>,
     #[serde(default)]
-    pub progress_deadline: Option<String>,
+    pub progress_deadline: Option<HumanDuration>,
     #[serde(default)]
-    pub verify_window: Option<String>,
+    pub verify_window: Option<HumanDuration>,
     /// How long sessions get once a pod is asked to stop, for every workload of the bundle
     /// (`shared::drain`); the default window of `drain[]` entries.
     #[serde(default)]
-    pub drain_window: Option<String>,
+    pub drain_window: Option<HumanDuration>,
     /// Drain policies per workload (`shared::drain`): surge or one pod at a time, grace period,
     /// preStop, session probe, waiting for idle. Instead of the implicit one of `drainWindow`.
     #[serde(default)]
@@ -143,48 +145,6 @@ pub struct DependsOn {
     pub name: String,
 }
 
-/// A Kubernetes label selector.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LabelSelector {
-    #[serde(default)]
-    pub match_labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub match_expressions: Vec<Requirement>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Requirement {
-    pub key: String,
-    pub operator: Operator,
-    #[serde(default)]
-    pub values: Vec<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum Operator {
-    In,
-    NotIn,
-    Exists,
-    DoesNotExist,
-}
-
-impl LabelSelector {
-    /// Kubernetes semantics: every matchLabels pair and every expression must hold.
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
-            && self.match_expressions.iter().all(|r| {
-                let have = labels.get(&r.key);
-                match r.operator {
-                    Operator::In => have.is_some_and(|v| r.values.contains(v)),
-                    Operator::NotIn => have.is_none_or(|v| !r.values.contains(v)),
-                    Operator::Exists => have.is_some(),
-                    Operator::DoesNotExist => have.is_none(),
-                }
-            })
-    }
-}
-
 /// Keys we read, per YAML path pattern (`[]` stands for any list index). Anything else is named
 /// in a warning: Fleet knows more keys than we implement, and silence would hide that.
 const KNOWN: &[(&str, &[&str])] = &[
@@ -250,7 +210,10 @@ pub fn parse(text: &str) -> Result<(FleetYaml, Vec<Warning>), Problem> {
 /// The key of our own section in `fleet.yaml`.
 pub const POLICY_KEY: &str = "gitopsAgent";
 
-fn parse_policy(raw: Value, lines: &LineIndex) -> Result<BundlePolicy, Problem> {
+/// The durations of `gitopsAgent`, read as [`HumanDuration`].
+const DURATIONS: &[&str] = &["progressDeadline", "verifyWindow", "drainWindow"];
+
+fn parse_policy(mut raw: Value, lines: &LineIndex) -> Result<BundlePolicy, Problem> {
     let at = |path: String, message: String| Problem { line: lines.line(&path), path, message };
     if raw.is_null() {
         return Ok(BundlePolicy::default());
@@ -264,7 +227,19 @@ fn parse_policy(raw: Value, lines: &LineIndex) -> Result<BundlePolicy, Problem> 
         }
         serde_json::from_value::<crate::drain::DrainSpec>(entry.clone()).map_err(|e| at(path, e.to_string()))?;
     }
-    let policy: BundlePolicy = serde_json::from_value(raw.clone()).map_err(|e| at(POLICY_KEY.into(), e.to_string()))?;
+    // A bad duration is taken out before serde reads the section (its error would name neither
+    // the field nor the line) and reported where it always was: after images, probes and windows.
+    let mut bad_duration = None;
+    for field in DURATIONS {
+        if let Some(Value::String(v)) = raw.get(field)
+            && let Err(e) = humantime::parse_duration(v)
+        {
+            bad_duration
+                .get_or_insert_with(|| at(format!("{POLICY_KEY}.{field}"), format!("{v:?} is not a duration: {e}")));
+            raw[field] = Value::Null;
+        }
+    }
+    let policy: BundlePolicy = serde_json::from_value(raw).map_err(|e| at(POLICY_KEY.into(), e.to_string()))?;
     for (i, image) in policy.images.iter().enumerate() {
         let path = format!("{POLICY_KEY}.images[{i}]");
         crate::image::ImageRef::parse(&image.repository)
@@ -279,24 +254,21 @@ fn parse_policy(raw: Value, lines: &LineIndex) -> Result<BundlePolicy, Problem> 
         crate::policy::TagPolicy::new(&image.policy).map_err(|e| at(format!("{path}.policy"), e.to_string()))?;
     }
     for (i, probe) in policy.health_probes.iter().enumerate() {
-        crate::probe::Probe::compile(probe)
-            .map_err(|(field, message)| at(format!("{POLICY_KEY}.healthProbes[{i}].{field}"), message))?;
+        crate::probe::Probe::compile(probe).map_err(|e| {
+            let e = e.under(&format!("{POLICY_KEY}.healthProbes[{i}]"));
+            at(e.path, e.message)
+        })?;
     }
     for (i, window) in policy.rollout_windows.iter().enumerate() {
-        crate::window::Window::compile(window)
-            .map_err(|e| at(format!("{POLICY_KEY}.rolloutWindows[{i}].{}", e.field), e.message))?;
+        crate::window::Window::from_spec(window).map_err(|e| {
+            let e = e.under(&format!("{POLICY_KEY}.rolloutWindows[{i}]"));
+            at(e.path, e.message)
+        })?;
     }
-    for (field, value) in [
-        ("progressDeadline", &policy.progress_deadline),
-        ("verifyWindow", &policy.verify_window),
-        ("drainWindow", &policy.drain_window),
-    ] {
-        if let Some(v) = value {
-            humantime::parse_duration(v)
-                .map_err(|e| at(format!("{POLICY_KEY}.{field}"), format!("{v:?} is not a duration: {e}")))?;
-        }
+    if let Some(problem) = bad_duration {
+        return Err(problem);
     }
-    crate::drain::check(policy.drain_window.as_deref(), &policy.drain).map_err(|e| at(e.path, e.message))?;
+    crate::drain::check(policy.drain_window, &policy.drain).map_err(|e| at(e.path, e.message))?;
     Ok(policy)
 }
 
@@ -403,31 +375,6 @@ mod tests {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
-    fn selector(yaml: &str) -> LabelSelector {
-        serde_saphyr::from_str(yaml).expect(yaml)
-    }
-
-    #[test]
-    fn label_selectors_follow_kubernetes_semantics() {
-        let node = labels(&[("store", "store1"), ("env", "qa")]);
-        let table: &[(&str, bool)] = &[
-            ("{}", true),
-            ("matchLabels: {store: store1}", true),
-            ("matchLabels: {store: store1, env: prod}", false),
-            ("matchExpressions: [{key: env, operator: In, values: [qa, prod]}]", true),
-            ("matchExpressions: [{key: env, operator: In, values: [prod]}]", false),
-            ("matchExpressions: [{key: env, operator: NotIn, values: [prod]}]", true),
-            ("matchExpressions: [{key: region, operator: NotIn, values: [eu]}]", true),
-            ("matchExpressions: [{key: store, operator: Exists}]", true),
-            ("matchExpressions: [{key: region, operator: Exists}]", false),
-            ("matchExpressions: [{key: region, operator: DoesNotExist}]", true),
-            ("{matchLabels: {env: qa}, matchExpressions: [{key: store, operator: DoesNotExist}]}", false),
-        ];
-        for (yaml, want) in table {
-            assert_eq!(selector(yaml).matches(&node), *want, "{yaml}");
-        }
-    }
-
     const FLEET: &str = "\
 defaultNamespace: kiosk
 helm:
@@ -527,7 +474,7 @@ targetCustomizations:
         let (f, w) = parse(text).unwrap();
         assert!(w.is_empty(), "{w:?}");
         assert!(!f.gitops_agent.pin_digests());
-        assert_eq!(f.gitops_agent.drain_window.as_deref(), Some("45s"));
+        assert_eq!(f.gitops_agent.drain_window, Some(HumanDuration::from_secs(45)));
         assert_eq!(f.gitops_agent.images[0].repository, "harbor.example/library/app");
         assert!(FleetYaml::default().gitops_agent.pin_digests(), "pinning is on by default");
 
@@ -535,6 +482,12 @@ targetCustomizations:
         let bad: &[(&str, &str, &str)] = &[
             ("gitopsAgent:\n  pinDigest: false\n", "gitopsAgent", "unknown field `pinDigest`"),
             ("gitopsAgent:\n  drainWindow: soon\n", "gitopsAgent.drainWindow", "\"soon\" is not a duration"),
+            (
+                "gitopsAgent:\n  drainWindow: later\n  drain:\n  - workload: web\n",
+                "gitopsAgent.drainWindow",
+                "\"later\" is not a duration",
+            ),
+            ("gitopsAgent:\n  progressDeadline: 5\n", "gitopsAgent", "invalid type: integer `5`, expected a string"),
             (
                 "gitopsAgent:\n  images:\n  - repository: h.example/app:1.0\n    policy: {semver: '1'}\n",
                 "gitopsAgent.images[0].repository",

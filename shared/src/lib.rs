@@ -29,4 +29,5 @@ pub mod tree;
 pub mod trigger;
 pub mod webhook;
 pub mod window;
+pub mod written;
 pub mod yaml_lines;

@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::rollout::current_pods;
+use crate::k8s::{current_pods, is_workload};
+use crate::problem::Problem;
+use crate::written::WrittenDuration;
 
 /// Variables a URL template may use, each written `{name}`.
 pub const VARIABLES: &[(&str, &str)] = &[
@@ -39,10 +41,10 @@ pub struct ProbeSpec {
     pub url: String,
     /// Between two calls of one target (default 5s).
     #[serde(default)]
-    pub interval: Option<String>,
+    pub interval: Option<WrittenDuration>,
     /// Of one call (default 2s).
     #[serde(default)]
-    pub timeout: Option<String>,
+    pub timeout: Option<WrittenDuration>,
     /// Failures in a row of one target that fail the rollout (default 3).
     #[serde(default)]
     pub failure_threshold: Option<u32>,
@@ -61,22 +63,23 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Checks a spec; errors name the field (relative to the probe).
-    pub fn compile(spec: &ProbeSpec) -> Result<Probe, (String, String)> {
-        let url = check_template(&spec.url).map_err(|e| ("url".to_owned(), e))?;
-        let secs = |field: &str, v: &Option<String>, default: i64| -> Result<i64, (String, String)> {
+    /// Checks a spec; the problem's path is the field relative to the probe (`interval`), for the
+    /// caller to put under the probe's path ([`Problem::under`]).
+    pub fn compile(spec: &ProbeSpec) -> Result<Probe, Problem> {
+        let url = check_template(&spec.url).map_err(|e| Problem::new("url", e))?;
+        let secs = |field: &str, v: &Option<WrittenDuration>, default: i64| -> Result<i64, Problem> {
             match v {
                 None => Ok(default),
-                Some(s) => match humantime::parse_duration(s) {
+                Some(s) => match s.parsed() {
                     Ok(d) if d.as_secs() >= 1 => Ok(d.as_secs() as i64),
-                    Ok(_) => Err((field.to_owned(), format!("{s:?} is under one second"))),
-                    Err(e) => Err((field.to_owned(), format!("{s:?} is not a duration: {e}"))),
+                    Ok(_) => Err(Problem::new(field, format!("{:?} is under one second", s.text()))),
+                    Err(e) => Err(Problem::new(field, format!("{:?} is not a duration: {e}", s.text()))),
                 },
             }
         };
         let failure_threshold = spec.failure_threshold.unwrap_or(3);
         if failure_threshold == 0 {
-            return Err(("failureThreshold".into(), "must be at least 1".into()));
+            return Err(Problem::new("failureThreshold", "must be at least 1"));
         }
         Ok(Probe {
             workload: spec.workload.clone(),
@@ -179,7 +182,7 @@ fn expand(template: &str, value: &dyn Fn(&str) -> Option<String>) -> String {
 
 /// Probes whose `workload` names nothing in `objects`: a typo that would silently probe nothing.
 pub fn unmatched(probes: &[Probe], objects: &[Value]) -> Vec<String> {
-    let workloads: Vec<&Value> = objects.iter().filter(|o| crate::rollout::workload(o).is_some()).collect();
+    let workloads: Vec<&Value> = objects.iter().filter(|o| is_workload(o)).collect();
     probes
         .iter()
         .filter(|p| p.workload.is_some() && !workloads.iter().any(|w| p.applies_to(w)))
@@ -357,19 +360,19 @@ mod tests {
             ("health", "is not a URL"),
         ];
         for (url, want) in cases {
-            let (field, message) = Probe::compile(&spec(url)).unwrap_err();
+            let Problem { path: field, message, .. } = Probe::compile(&spec(url)).unwrap_err();
             assert_eq!(field, "url", "{url}");
             assert!(message.contains(want), "{url}: {message}");
             assert!(!message.contains(":p@"), "{message}");
         }
         let bad = ProbeSpec { interval: Some("500ms".into()), ..spec("/h") };
-        assert_eq!(Probe::compile(&bad).unwrap_err().0, "interval");
+        assert_eq!(Probe::compile(&bad).unwrap_err().path, "interval");
         let bad = ProbeSpec { failure_threshold: Some(0), ..spec("/h") };
-        assert_eq!(Probe::compile(&bad).unwrap_err().0, "failureThreshold");
+        assert_eq!(Probe::compile(&bad).unwrap_err().path, "failureThreshold");
     }
 
     fn deployment(name: &str) -> Value {
-        json!({"kind": "Deployment", "metadata": {"name": name, "namespace": "ns", "uid": format!("u-{name}"),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": "ns", "uid": format!("u-{name}"),
             "annotations": {"deployment.kubernetes.io/revision": "2"}},
             "spec": {"selector": {"matchLabels": {"app": name}}}})
     }

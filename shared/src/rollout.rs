@@ -9,6 +9,9 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::duration::HumanDuration;
+use crate::k8s::{Pod, Workload, current_pods};
+
 /// Where a workload's rollout stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", content = "message", rename_all = "camelCase")]
@@ -20,31 +23,31 @@ pub enum Rollout {
     Failed(String),
 }
 
-fn int(v: &Value) -> i64 {
-    v.as_i64().unwrap_or(0)
+/// A count the controller has not written yet reads as 0, as kubectl reads it.
+fn int(v: Option<i64>) -> i64 {
+    v.unwrap_or(0)
 }
 
 /// The rollout state of a Deployment, StatefulSet or DaemonSet; `None` for other kinds (they are
 /// done once applied).
 pub fn workload(object: &Value) -> Option<Rollout> {
-    let kind = object["kind"].as_str()?;
-    let name = object["metadata"]["name"].as_str().unwrap_or("?");
-    let generation = int(&object["metadata"]["generation"]);
-    let status = &object["status"];
-    let observed = int(&status["observedGeneration"]);
-    let spec_replicas = object["spec"]["replicas"].as_i64();
+    let w = Workload::view(object);
+    let kind = w.kind.as_deref()?;
+    let name = w.metadata.name.as_deref().unwrap_or("?");
+    let generation = int(w.metadata.generation);
+    let status = &w.status;
+    let observed = int(status.observed_generation);
+    let spec_replicas = w.spec.replicas;
     Some(match kind {
         "Deployment" => {
             if generation > observed {
                 return Some(Rollout::Progressing("waiting for the deployment spec update to be observed".into()));
             }
-            let deadline_passed = status["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Progressing" && c["reason"] == "ProgressDeadlineExceeded");
+            let deadline_passed = status.conditions.iter().any(|c| {
+                c.kind.as_deref() == Some("Progressing") && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+            });
             let (updated, replicas, available) =
-                (int(&status["updatedReplicas"]), int(&status["replicas"]), int(&status["availableReplicas"]));
+                (int(status.updated_replicas), int(status.replicas), int(status.available_replicas));
             if deadline_passed {
                 Rollout::Failed(format!("deployment {name:?} exceeded its progress deadline"))
             } else if let Some(want) = spec_replicas.filter(|w| updated < *w) {
@@ -58,23 +61,22 @@ pub fn workload(object: &Value) -> Option<Rollout> {
             }
         }
         "StatefulSet" => {
-            let strategy = &object["spec"]["updateStrategy"];
-            if strategy["type"].as_str().is_some_and(|t| t != "RollingUpdate") {
+            let strategy = &w.spec.update_strategy;
+            if let Some(t) = strategy.kind.as_deref().filter(|t| *t != "RollingUpdate") {
                 return Some(Rollout::Complete(format!(
-                    "statefulset {name:?} updates its pods only when they are deleted ({})",
-                    strategy["type"].as_str().unwrap_or_default()
+                    "statefulset {name:?} updates its pods only when they are deleted ({t})"
                 )));
             }
             if observed == 0 || generation > observed {
                 return Some(Rollout::Progressing("waiting for the statefulset spec update to be observed".into()));
             }
-            let ready = int(&status["readyReplicas"]);
+            let ready = int(status.ready_replicas);
             if let Some(want) = spec_replicas.filter(|w| ready < *w) {
                 return Some(Rollout::Progressing(format!("waiting for {} pods to be ready", want - ready)));
             }
-            let updated = int(&status["updatedReplicas"]);
-            if strategy["rollingUpdate"].is_object() {
-                let partition = int(&strategy["rollingUpdate"]["partition"]);
+            let updated = int(status.updated_replicas);
+            if let Some(rolling) = &strategy.rolling_update {
+                let partition = int(rolling.partition);
                 if let Some(want) = spec_replicas.map(|r| r - partition).filter(|w| updated < *w) {
                     return Some(Rollout::Progressing(format!(
                         "partitioned roll out: {updated} out of {want} new pods have been updated"
@@ -84,7 +86,7 @@ pub fn workload(object: &Value) -> Option<Rollout> {
                     "partitioned roll out complete: {updated} new pods have been updated"
                 )));
             }
-            let (current, update) = (status["currentRevision"].as_str(), status["updateRevision"].as_str());
+            let (current, update) = (status.current_revision.as_deref(), status.update_revision.as_deref());
             if update != current {
                 Rollout::Progressing(format!("rolling update: {updated} pods at revision {}", update.unwrap_or("?")))
             } else {
@@ -92,19 +94,17 @@ pub fn workload(object: &Value) -> Option<Rollout> {
             }
         }
         "DaemonSet" => {
-            let strategy = object["spec"]["updateStrategy"]["type"].as_str();
-            if strategy.is_some_and(|t| t != "RollingUpdate") {
+            if let Some(t) = w.spec.update_strategy.kind.as_deref().filter(|t| *t != "RollingUpdate") {
                 return Some(Rollout::Complete(format!(
-                    "daemon set {name:?} updates its pods only when they are deleted ({})",
-                    strategy.unwrap_or_default()
+                    "daemon set {name:?} updates its pods only when they are deleted ({t})"
                 )));
             }
             if generation > observed {
                 return Some(Rollout::Progressing("waiting for the daemon set spec update to be observed".into()));
             }
-            let desired = int(&status["desiredNumberScheduled"]);
-            let updated = int(&status["updatedNumberScheduled"]);
-            let available = int(&status["numberAvailable"]);
+            let desired = int(status.desired_number_scheduled);
+            let updated = int(status.updated_number_scheduled);
+            let available = int(status.number_available);
             if updated < desired {
                 Rollout::Progressing(format!("{updated} out of {desired} new pods have been updated"))
             } else if available < desired {
@@ -141,21 +141,19 @@ const FATAL_REASONS: &[&str] = &[
 
 /// The first container (init containers first) of `pod` stuck in a fatal waiting state.
 pub fn pod_failure(pod: &Value) -> Option<PodFailure> {
-    let name = pod["metadata"]["name"].as_str().unwrap_or("?");
-    ["initContainerStatuses", "containerStatuses"]
-        .iter()
-        .flat_map(|f| pod["status"][*f].as_array().into_iter().flatten())
-        .find_map(|c| {
-            let waiting = &c["state"]["waiting"];
-            let reason = waiting["reason"].as_str()?;
-            FATAL_REASONS.contains(&reason).then(|| PodFailure {
-                pod: name.to_owned(),
-                container: c["name"].as_str().unwrap_or("?").to_owned(),
-                reason: reason.to_owned(),
-                message: waiting["message"].as_str().unwrap_or_default().to_owned(),
-                image_pull: matches!(reason, "ErrImagePull" | "ImagePullBackOff"),
-            })
+    let pod = Pod::view(pod);
+    let name = pod.metadata.name.as_deref().unwrap_or("?");
+    pod.status.init_container_statuses.iter().chain(&pod.status.container_statuses).find_map(|c| {
+        let waiting = c.state.waiting.as_ref()?;
+        let reason = waiting.reason.as_deref()?;
+        FATAL_REASONS.contains(&reason).then(|| PodFailure {
+            pod: name.to_owned(),
+            container: c.name.as_deref().unwrap_or("?").to_owned(),
+            reason: reason.to_owned(),
+            message: waiting.message.clone().unwrap_or_default(),
+            image_pull: matches!(reason, "ErrImagePull" | "ImagePullBackOff"),
         })
+    })
 }
 
 /// What the rollout watch concludes from one look at the cluster.
@@ -194,7 +192,8 @@ pub fn judge(seen: Seen<'_>) -> Verdict {
         // Until the controller has observed the applied spec, the revision it names is the old
         // one: right after a rollback is applied, the failed revision's pods still look current
         // and crash. Pods are judged only once the spec is observed.
-        let observed = match (live["metadata"]["generation"].as_i64(), live["status"]["observedGeneration"].as_i64()) {
+        let view = Workload::view(live);
+        let observed = match (view.metadata.generation, view.status.observed_generation) {
             (Some(generation), Some(seen)) => seen >= generation,
             (Some(_), None) => false,
             (None, _) => true,
@@ -225,48 +224,6 @@ pub fn judge(seen: Seen<'_>) -> Verdict {
         return Verdict::Failed { reason: pull_failures.join("; "), image_pull: true };
     }
     if waiting.is_empty() { Verdict::Healthy } else { Verdict::Waiting(waiting.join("; ")) }
-}
-
-/// The pods of `workload`'s current revision: for a Deployment those of its ReplicaSet with the
-/// same `deployment.kubernetes.io/revision`, for a StatefulSet those labelled with its
-/// `updateRevision`, for a DaemonSet all of its pods. Terminating pods never count: during a
-/// rollback the failed revision's pods crash until they are gone, and must not fail it again.
-pub fn current_pods<'a>(workload: &Value, replica_sets: &'a [Value], pods: &'a [Value]) -> Vec<&'a Value> {
-    let ns = workload["metadata"]["namespace"].as_str();
-    let Ok(selector) = serde_json::from_value::<crate::fleet::LabelSelector>(workload["spec"]["selector"].clone())
-    else {
-        return Vec::new();
-    };
-    let labels = |o: &Value, k: &str| o["metadata"]["labels"][k].as_str().map(str::to_owned);
-    let revision_label: Option<(&str, String)> = match workload["kind"].as_str() {
-        Some("Deployment") => {
-            let uid = &workload["metadata"]["uid"];
-            let revision = &workload["metadata"]["annotations"]["deployment.kubernetes.io/revision"];
-            let current = replica_sets.iter().find(|rs| {
-                rs["metadata"]["namespace"].as_str() == ns
-                    && !revision.is_null()
-                    && rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == *revision
-                    && rs["metadata"]["ownerReferences"].as_array().is_some_and(|o| o.iter().any(|r| r["uid"] == *uid))
-            });
-            match current.and_then(|rs| labels(rs, "pod-template-hash")) {
-                Some(h) => Some(("pod-template-hash", h)),
-                None => return Vec::new(),
-            }
-        }
-        Some("StatefulSet") => match workload["status"]["updateRevision"].as_str() {
-            Some(r) => Some(("controller-revision-hash", r.to_owned())),
-            None => return Vec::new(),
-        },
-        _ => None,
-    };
-    pods.iter()
-        .filter(|p| p["metadata"]["namespace"].as_str() == ns && p["metadata"]["deletionTimestamp"].is_null())
-        .filter(|p| {
-            let l: std::collections::BTreeMap<String, String> =
-                serde_json::from_value(p["metadata"]["labels"].clone()).unwrap_or_default();
-            selector.matches(&l) && revision_label.as_ref().is_none_or(|(k, v)| l.get(*k) == Some(v))
-        })
-        .collect()
 }
 
 /// Where a watched rollout goes after one verdict.
@@ -316,24 +273,19 @@ impl Limits {
     /// A bundle's limits: its policy's durations and probes over the node's defaults. Errors name
     /// the `fleet.yaml` field.
     pub fn for_bundle(policy: &crate::fleet::BundlePolicy, defaults: &Limits) -> Result<Limits, String> {
-        let secs = |v: &Option<String>, field: &str, default: i64| match v {
-            None => Ok(default),
-            Some(s) => humantime::parse_duration(s)
-                .map(|d| d.as_secs() as i64)
-                .map_err(|e| format!("fleet.yaml: gitopsAgent.{field}: {s:?}: {e}")),
-        };
+        let secs = |v: Option<HumanDuration>, default: i64| v.map_or(default, HumanDuration::secs);
         let probes = policy
             .health_probes
             .iter()
             .enumerate()
             .map(|(i, p)| {
                 crate::probe::Probe::compile(p)
-                    .map_err(|(field, e)| format!("fleet.yaml: gitopsAgent.healthProbes[{i}].{field}: {e}"))
+                    .map_err(|e| format!("fleet.yaml: {}", e.under(&format!("gitopsAgent.healthProbes[{i}]"))))
             })
             .collect::<Result<_, _>>()?;
         Ok(Limits {
-            progress_deadline: secs(&policy.progress_deadline, "progressDeadline", defaults.progress_deadline)?,
-            verify_window: secs(&policy.verify_window, "verifyWindow", defaults.verify_window)?,
+            progress_deadline: secs(policy.progress_deadline, defaults.progress_deadline),
+            verify_window: secs(policy.verify_window, defaults.verify_window),
             probes,
             // Drains are planned when the bundle's manifests are shaped (`drain::shape`).
             drains: Vec::new(),
@@ -701,19 +653,6 @@ mod tests {
     }
 
     #[test]
-    fn statefulset_pods_count_by_update_revision() {
-        let sts = json!({"kind": "StatefulSet", "metadata": {"name": "db", "namespace": "ns", "generation": 1},
-            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "db"}}},
-            "status": {"observedGeneration": 1, "updateRevision": "db-2", "currentRevision": "db-1", "replicas": 1}});
-        let p = |rev: &str| {
-            labelled_pod("db-0", json!({"app": "db", "controller-revision-hash": rev}), Some("CrashLoopBackOff"), false)
-        };
-        let (a, b) = ([p("db-1")], [p("db-2")]);
-        assert_eq!(current_pods(&sts, &[], &a).len(), 0);
-        assert_eq!(current_pods(&sts, &[], &b).len(), 1);
-    }
-
-    #[test]
     fn step_waits_verifies_and_meets_the_deadline() {
         let limits = Limits { progress_deadline: 60, verify_window: 10, probes: Vec::new(), drains: Vec::new() };
         let waiting = Verdict::Waiting("w".into());
@@ -751,9 +690,14 @@ mod tests {
         .unwrap();
         let l = Limits::for_bundle(&policy, &defaults).unwrap();
         assert_eq!((l.progress_deadline, l.verify_window, l.probes.len()), (300, 30, 1));
-        let bad: crate::fleet::BundlePolicy = serde_json::from_value(json!({"progressDeadline": "soon"})).unwrap();
-        assert!(
-            Limits::for_bundle(&bad, &defaults).unwrap_err().starts_with("fleet.yaml: gitopsAgent.progressDeadline")
+        // A duration is parsed when the policy is read: a bad one never reaches the limits.
+        let bad = serde_json::from_value::<crate::fleet::BundlePolicy>(json!({"progressDeadline": "soon"}));
+        assert!(bad.expect_err("no duration").to_string().contains("\"soon\" is not a duration"));
+        let bad: crate::fleet::BundlePolicy =
+            serde_json::from_value(json!({"healthProbes": [{"url": "/health", "interval": "500ms"}]})).unwrap();
+        assert_eq!(
+            Limits::for_bundle(&bad, &defaults).unwrap_err(),
+            "fleet.yaml: gitopsAgent.healthProbes[0].interval: \"500ms\" is under one second"
         );
     }
 

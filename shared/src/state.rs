@@ -16,8 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::rollout::Limits;
 
-// Moved to the leaf module `k8s`; re-exported until every user imports it from there.
-pub use crate::k8s::{Time, object_id};
+pub use crate::k8s::{Time, object_id}; // re-export for callers outside this change; removed at merge
 
 /// Revisions kept besides the last-known-good, newest first: enough for `agent rollback --to`,
 /// small enough that the record stays far below a Secret's 1 MiB.
@@ -363,37 +362,64 @@ impl Record {
     pub fn retry(&self) -> Record {
         Record { quarantine: None, ..self.next() }
     }
+}
 
+/// Why `agent rollback` cannot start ([`Record::manual_rollback`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RollbackError {
+    #[error("bundle {bundle} is busy ({phase}); try again when it is idle")]
+    Busy { bundle: String, phase: &'static str },
+    #[error("bundle {bundle} has no last-known-good yet")]
+    NoLastKnownGood { bundle: String },
+    #[error("bundle {bundle} has no earlier revision than {current}")]
+    NoEarlierRevision { bundle: String, current: String },
+    #[error("no revision {name:?} in {bundle}: {known}")]
+    NoSuchRevision { name: String, bundle: String, known: String },
+    #[error("{name:?} names more than one revision of {bundle}: {known}")]
+    Ambiguous { name: String, bundle: String, known: String },
+    #[error("{revision} is already the last-known-good of {bundle}")]
+    AlreadyLastKnownGood { revision: String, bundle: String },
+}
+
+impl Record {
     /// `agent rollback [--to REVISION]`: back to the named revision (default: the one before the
     /// last-known-good). The current one is quarantined by the rollback, so the next reconcile
     /// does not put it back until Git renders something else.
-    pub fn manual_rollback(&self, to: Option<&str>, limits: Limits, now: Time) -> Result<Record, String> {
+    pub fn manual_rollback(&self, to: Option<&str>, limits: Limits, now: Time) -> Result<Record, RollbackError> {
+        let bundle = || self.bundle.clone();
         if self.phase != Phase::Idle {
-            return Err(format!("bundle {} is busy ({}); try again when it is idle", self.bundle, self.phase.name()));
+            return Err(RollbackError::Busy { bundle: bundle(), phase: self.phase.name() });
         }
-        let current = self.lkg.as_ref().ok_or_else(|| format!("bundle {} has no last-known-good yet", self.bundle))?;
+        let current = self.lkg.as_ref().ok_or_else(|| RollbackError::NoLastKnownGood { bundle: bundle() })?;
         let target = match to {
-            None => self.history.first().ok_or_else(|| {
-                format!("bundle {} has no earlier revision than {}", self.bundle, current.revision.short())
+            None => self.history.first().ok_or_else(|| RollbackError::NoEarlierRevision {
+                bundle: bundle(),
+                current: current.revision.short(),
             })?,
             Some(name) => {
                 let found: Vec<&Snapshot> =
                     std::iter::once(current).chain(&self.history).filter(|s| s.revision.is_named(name)).collect();
                 match found.as_slice() {
                     [one] => *one,
-                    [] => return Err(format!("no revision {name:?} in {}: {}", self.bundle, self.known())),
+                    [] => {
+                        return Err(RollbackError::NoSuchRevision {
+                            name: name.to_owned(),
+                            bundle: bundle(),
+                            known: self.known(),
+                        });
+                    }
                     _ => {
-                        return Err(format!(
-                            "{name:?} names more than one revision of {}: {}",
-                            self.bundle,
-                            self.known()
-                        ));
+                        return Err(RollbackError::Ambiguous {
+                            name: name.to_owned(),
+                            bundle: bundle(),
+                            known: self.known(),
+                        });
                     }
                 }
             }
         };
         if target.revision.hash == current.revision.hash {
-            return Err(format!("{} is already the last-known-good of {}", current.revision.short(), self.bundle));
+            return Err(RollbackError::AlreadyLastKnownGood { revision: current.revision.short(), bundle: bundle() });
         }
         Ok(Record {
             phase: Phase::RollingBack {
@@ -773,11 +799,15 @@ mod tests {
         let to = r.manual_rollback(Some("c4"), L, 5).unwrap();
         let Phase::RollingBack { target, .. } = &to.phase else { panic!() };
         assert_eq!(target.revision.commit, "c4aaaa");
-        assert!(r.manual_rollback(Some("c1"), L, 5).unwrap_err().contains("no revision \"c1\""));
-        assert!(r.manual_rollback(Some("c7"), L, 5).unwrap_err().contains("already the last-known-good"));
-        assert!(r.manual_rollback(Some("c"), L, 5).unwrap_err().contains("more than one"));
-        assert!(Record::new("x").manual_rollback(None, L, 0).unwrap_err().contains("no last-known-good"));
-        assert!(back.manual_rollback(None, L, 0).unwrap_err().contains("busy (rolling back)"));
+        assert!(r.manual_rollback(Some("c1"), L, 5).unwrap_err().to_string().contains("no revision \"c1\""));
+        assert!(r.manual_rollback(Some("c7"), L, 5).unwrap_err().to_string().contains("already the last-known-good"));
+        assert!(r.manual_rollback(Some("c"), L, 5).unwrap_err().to_string().contains("more than one"));
+        assert!(Record::new("x").manual_rollback(None, L, 0).unwrap_err().to_string().contains("no last-known-good"));
+        assert_eq!(
+            Record::new("x").manual_rollback(None, L, 0).unwrap_err(),
+            RollbackError::NoLastKnownGood { bundle: "x".into() }
+        );
+        assert!(back.manual_rollback(None, L, 0).unwrap_err().to_string().contains("busy (rolling back)"));
         assert_eq!(r.retry().quarantine, None);
     }
 

@@ -4,7 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{Counts, OutcomeKind, Paused, Phase, Record, Time, rfc3339};
+use crate::k8s::Time;
+use crate::state::{Counts, OutcomeKind, Paused, Phase, Record, rfc3339};
 
 /// The width the human table fits in.
 pub const WIDTH: usize = 100;

@@ -34,6 +34,9 @@ use jiff::tz::{TimeZone, TimeZoneDatabase};
 use jiff::{Timestamp, Zoned};
 use serde::{Deserialize, Serialize};
 
+use crate::problem::Problem;
+use crate::written::WrittenDuration;
+
 /// How far [`gate`] looks ahead for an opening: a year and a day, so that a yearly schedule and
 /// a leap day are seen at least once.
 pub const LOOKAHEAD: Duration = Duration::from_secs(LOOKAHEAD_SECS as u64);
@@ -44,7 +47,7 @@ const LOOKAHEAD_SECS: i64 = 366 * 86_400;
 /// about 35 days of a minute schedule and take well under a second.
 const MAX_SEARCHES: u32 = 50_000;
 
-/// 2000-01-01T00:00:00Z: where [`Window::compile`] checks that a schedule ever fires. A 5-field
+/// 2000-01-01T00:00:00Z: where [`Window::from_spec`] checks that a schedule ever fires. A 5-field
 /// schedule repeats at the latest every 400 years (the Gregorian cycle), so firing once after this
 /// instant means firing forever.
 const REFERENCE: i64 = 946_684_800;
@@ -67,7 +70,7 @@ pub struct WindowSpec {
     /// Vixie cron and Argo CD.
     pub schedule: String,
     /// How long each occurrence lasts, in elapsed time (`2h`, `90m`).
-    pub duration: String,
+    pub duration: WrittenDuration,
     /// The IANA time zone the schedule is read in (`Europe/Berlin`); UTC when absent.
     #[serde(default = "default_time_zone")]
     pub time_zone: String,
@@ -87,12 +90,13 @@ pub struct Window {
     duration: i64,
 }
 
-/// A field of a [`WindowSpec`] that does not hold; `field` is its name as written
-/// (`schedule`, `duration`, `timeZone`), for the caller to prefix with the window's path.
+/// The old field error of [`Window::compile`]: `field` is its name as written (`schedule`,
+/// `duration`, `timeZone`). Kept only for callers outside this change (the node config), which
+/// move to [`Window::from_spec`] and its [`Problem`]; removed at merge.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct WindowError {
-    pub field: &'static str,
+    pub field: String,
     pub message: String,
 }
 
@@ -125,33 +129,35 @@ impl Window {
     /// Checks a spec: the schedule parses as 5 fields and ever fires, the duration is a whole
     /// number of seconds between 1s and [`LOOKAHEAD`] (a longer window could not be told from a
     /// permanent one), and the time zone is in the IANA database.
-    pub fn compile(spec: &WindowSpec) -> Result<Window, WindowError> {
+    /// The problem's path is the field as written (`schedule`, `duration`, `timeZone`), for the
+    /// caller to put under the window's path ([`Problem::under`]).
+    pub fn from_spec(spec: &WindowSpec) -> Result<Window, Problem> {
         let cron = CronParser::builder()
             .seconds(Seconds::Disallowed)
             .year(Year::Disallowed)
             .build()
             .parse(&spec.schedule)
             .map_err(|e| {
-                WindowError::new(
+                Problem::new(
                     "schedule",
                     format!("{:?} is not a 5-field cron schedule such as \"0 22 * * 1-5\": {e}", spec.schedule),
                 )
             })?;
-        let duration = match humantime::parse_duration(&spec.duration) {
+        let duration = match spec.duration.parsed() {
             Err(e) => {
-                return Err(WindowError::new(
+                return Err(Problem::new(
                     "duration",
-                    format!("{:?} is not a duration such as 2h or 90m: {e}", spec.duration),
+                    format!("{:?} is not a duration such as 2h or 90m: {e}", spec.duration.text()),
                 ));
             }
             Ok(d) if d.subsec_nanos() != 0 || d.is_zero() => {
-                return Err(WindowError::new(
+                return Err(Problem::new(
                     "duration",
                     format!("{} is not a whole number of seconds of at least 1s", spec.duration),
                 ));
             }
             Ok(d) if d > LOOKAHEAD => {
-                return Err(WindowError::new(
+                return Err(Problem::new(
                     "duration",
                     format!("{} is longer than the look-ahead of 366 days", spec.duration),
                 ));
@@ -160,12 +166,12 @@ impl Window {
         };
         // jiff's error only repeats the name.
         let time_zone = TimeZoneDatabase::bundled().get(&spec.time_zone).map_err(|_| {
-            WindowError::new("timeZone", format!("{:?} is not an IANA time zone such as Europe/Berlin", spec.time_zone))
+            Problem::new("timeZone", format!("{:?} is not an IANA time zone such as Europe/Berlin", spec.time_zone))
         })?;
         let reference =
             Timestamp::from_second(REFERENCE).expect("2000-01-01 is within jiff's range").to_zoned(time_zone.clone());
         if cron.find_next_occurrence(&reference, true).is_err() {
-            return Err(WindowError::new(
+            return Err(Problem::new(
                 "schedule",
                 format!("{:?} never fires (a day that no month has?)", spec.schedule),
             ));
@@ -217,9 +223,11 @@ impl Window {
     }
 }
 
-impl WindowError {
-    fn new(field: &'static str, message: String) -> WindowError {
-        WindowError { field, message }
+impl Window {
+    /// [`Window::from_spec`] with the old error type, for callers outside this change; removed at
+    /// merge.
+    pub fn compile(spec: &WindowSpec) -> Result<Window, WindowError> {
+        Window::from_spec(spec).map_err(|p| WindowError { field: p.path, message: p.message })
     }
 }
 
@@ -398,12 +406,14 @@ fn opening<'w>(windows: &'w [Window], now: i64, search: &mut Search) -> Result<(
 /// Both lists were validated when their files were read; an invalid one here is an error naming
 /// where it came from.
 pub fn for_bundle(global: &[WindowSpec], bundle: &[WindowSpec]) -> Result<Vec<Window>, String> {
-    let global =
-        global.iter().enumerate().map(|(i, w)| Window::compile(w).map_err(|e| format!("rollout.windows[{i}].{e}")));
-    let own = bundle
+    let global = global
         .iter()
         .enumerate()
-        .map(|(i, w)| Window::compile(w).map_err(|e| format!("fleet.yaml: gitopsAgent.rolloutWindows[{i}].{e}")));
+        .map(|(i, w)| Window::from_spec(w).map_err(|e| e.under(&format!("rollout.windows[{i}]")).to_string()));
+    let own = bundle.iter().enumerate().map(|(i, w)| {
+        Window::from_spec(w)
+            .map_err(|e| format!("fleet.yaml: {}", e.under(&format!("gitopsAgent.rolloutWindows[{i}]"))))
+    });
     global.chain(own).collect()
 }
 
@@ -417,11 +427,11 @@ mod tests {
     }
 
     fn allow(schedule: &str, duration: &str, time_zone: &str) -> Window {
-        Window::compile(&spec(WindowKind::Allow, schedule, duration, time_zone)).expect("valid window")
+        Window::from_spec(&spec(WindowKind::Allow, schedule, duration, time_zone)).expect("valid window")
     }
 
     fn deny(schedule: &str, duration: &str, time_zone: &str) -> Window {
-        Window::compile(&spec(WindowKind::Deny, schedule, duration, time_zone)).expect("valid window")
+        Window::from_spec(&spec(WindowKind::Deny, schedule, duration, time_zone)).expect("valid window")
     }
 
     /// What a table row expects of [`gate`].
@@ -729,8 +739,8 @@ mod tests {
             ("0 22 * * *", "1h", "", "timeZone", "\"\""),
         ];
         for (schedule, duration, zone, field, needle) in table {
-            let err = Window::compile(&spec(WindowKind::Allow, schedule, duration, zone)).expect_err(schedule);
-            assert_eq!(err.field, *field, "{err}");
+            let err = Window::from_spec(&spec(WindowKind::Allow, schedule, duration, zone)).expect_err(schedule);
+            assert_eq!(err.path, *field, "{err}");
             assert!(err.message.contains(needle), "{err}");
             assert!(err.to_string().starts_with(&format!("{field}: ")), "{err}");
         }
