@@ -22,7 +22,7 @@ use shared::probe::{Health, Tally, Target};
 use shared::rollout::{Limits, Seen, Step, Verdict, judge, step};
 
 // Kinds whose rollout is watched (others are done once applied).
-pub use shared::k8s::is_workload; // re-export for callers outside this change; removed at merge
+use shared::k8s::is_workload;
 
 pub fn unix_now() -> Time {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as Time)

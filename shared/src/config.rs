@@ -631,8 +631,8 @@ impl Loaded {
         v.duration("rollout.verifyWindow", c.rollout.verify_window, None);
         v.duration("rollout.drainWindow", c.rollout.drain_window, None);
         for (i, w) in c.rollout.windows.iter().enumerate() {
-            if let Err(e) = crate::window::Window::compile(w) {
-                v.push(&format!("rollout.windows[{i}].{}", e.field), e.message);
+            if let Err(p) = crate::window::Window::from_spec(w) {
+                v.push(&format!("rollout.windows[{i}].{}", p.path), p.message);
             }
         }
         v.check(c.render.helm.trim().is_empty(), "render.helm", || "must not be empty".into());

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::rollout::Limits;
 
-pub use crate::k8s::{Time, object_id}; // re-export for callers outside this change; removed at merge
+use crate::k8s::{Time, object_id};
 
 /// Revisions kept besides the last-known-good, newest first: enough for `agent rollback --to`,
 /// small enough that the record stays far below a Secret's 1 MiB.

@@ -90,16 +90,6 @@ pub struct Window {
     duration: i64,
 }
 
-/// The old field error of [`Window::compile`]: `field` is its name as written (`schedule`,
-/// `duration`, `timeZone`). Kept only for callers outside this change (the node config), which
-/// move to [`Window::from_spec`] and its [`Problem`]; removed at merge.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct WindowError {
-    pub field: String,
-    pub message: String,
-}
-
 /// Whether a rollout may proceed now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "gate", rename_all = "camelCase")]
@@ -220,14 +210,6 @@ impl Window {
             return ts.to_string();
         }
         format!("{} {} ({ts})", ts.display_with_offset(self.time_zone.to_offset(ts)), self.zone_name())
-    }
-}
-
-impl Window {
-    /// [`Window::from_spec`] with the old error type, for callers outside this change; removed at
-    /// merge.
-    pub fn compile(spec: &WindowSpec) -> Result<Window, WindowError> {
-        Window::from_spec(spec).map_err(|p| WindowError { field: p.path, message: p.message })
     }
 }
 

@@ -13,6 +13,8 @@ pub mod pki;
 pub mod seed;
 pub mod support;
 pub mod testenv;
+#[cfg(test)]
+mod tidy;
 pub mod tls;
 pub mod token_service;
 pub mod tools;

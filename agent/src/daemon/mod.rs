@@ -413,7 +413,7 @@ async fn cycle(
     target: Target,
     causes: Vec<Cause>,
     leading: bool,
-) -> (bool, Vec<(String, shared::state::Time)>) {
+) -> (bool, Vec<(String, shared::k8s::Time)>) {
     let trace = causes.iter().find_map(|c| match c {
         Cause::Webhook { trace: Some(t), .. } => Some(t.clone()),
         _ => None,
@@ -482,7 +482,7 @@ async fn cycle(
 }
 
 /// Takes a cycle's report into the view and the metrics.
-fn record(d: &Daemon, report: &Report, now: shared::state::Time) {
+fn record(d: &Daemon, report: &Report, now: shared::k8s::Time) {
     let mut view = d.view.lock().expect("view lock");
     let interrupted = report.resumed.iter().chain(&report.bundles).any(|b| b.result == Outcome::Interrupted);
     view.api = match (&report.error, interrupted) {

@@ -9,7 +9,8 @@ use shared::rollout::{Limits, Step};
 use shared::state::{Revision, Snapshot, rendered_hash};
 
 use super::Driver;
-use crate::watch::{is_workload, unix_now};
+use crate::watch::unix_now;
+use shared::k8s::is_workload;
 
 impl Driver<'_> {
     /// The first time a bundle is met with objects already running that another tool applied:

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use shared::k8s::{Time, object_id};
+use shared::k8s::{Time, is_workload, object_id};
 use shared::outcome::Outcome;
 use shared::probe::Health;
 use shared::render::Manifest;
@@ -13,7 +13,7 @@ use shared::state::{Phase, Record};
 use super::plan::transient;
 use super::resume::pause_at;
 use super::{BundleResult, Driver};
-use crate::watch::{is_workload, unix_now, until_settled};
+use crate::watch::{unix_now, until_settled};
 
 impl Driver<'_> {
     /// Drives a record that is rolling out or back to its end.
