@@ -48,13 +48,26 @@ impl Outcome {
             Outcome::WouldApply => "would-apply",
             // CLI: "blocked" (the same)
             Outcome::Blocked => "blocked",
-            // CLI: "FAILED"
-            Outcome::FailedNoRollback => "failed",
+            // CLI: "FAILED"; the daemon's "failed" (paired with rollback-failed, and no longer
+            // mistaken for the bundle state `failed` of `agent status`)
+            Outcome::FailedNoRollback => "rollout-failed",
             // CLI: "ROLLBACK FAILED"
             Outcome::RollbackFailed => "rollback-failed",
             // CLI: "interrupted" (the same)
             Outcome::Interrupted => "interrupted",
         }
+    }
+
+    /// The same word as a Kubernetes Event reason (UpperCamelCase, as Kubernetes' own reasons
+    /// are): `rolled-back` is `RolledBack`.
+    pub fn reason(&self) -> String {
+        self.word()
+            .split('-')
+            .map(|part| {
+                let mut chars = part.chars();
+                chars.next().map(|c| c.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
+            })
+            .collect()
     }
 
     /// Needs a person: what runs may be broken.
@@ -115,7 +128,7 @@ mod tests {
         (Outcome::RolledBack, "rolled-back", "rolledBack", false, false, true, true),
         (Outcome::WouldApply, "would-apply", "wouldApply", false, false, false, false),
         (Outcome::Blocked, "blocked", "blocked", false, false, false, false),
-        (Outcome::FailedNoRollback, "failed", "failedNoRollback", true, false, true, true),
+        (Outcome::FailedNoRollback, "rollout-failed", "failedNoRollback", true, false, true, true),
         (Outcome::RollbackFailed, "rollback-failed", "rollbackFailed", true, false, true, true),
         (Outcome::Interrupted, "interrupted", "interrupted", true, false, false, true),
     ];
@@ -129,6 +142,20 @@ mod tests {
             assert_eq!(outcome.satisfies_dependents(), satisfies, "{outcome:?}");
             assert_eq!(outcome.ends_a_rollout(), ends, "{outcome:?}");
             assert_eq!(outcome.needs_attention(), attention, "{outcome:?}");
+        }
+    }
+
+    #[test]
+    fn the_event_reason_is_the_word_in_kubernetes_casing() {
+        let rows = [
+            (Outcome::RolledOut, "RolledOut"),
+            (Outcome::RolledBack, "RolledBack"),
+            (Outcome::FailedNoRollback, "RolloutFailed"),
+            (Outcome::RollbackFailed, "RollbackFailed"),
+            (Outcome::InSync, "InSync"),
+        ];
+        for (outcome, reason) in rows {
+            assert_eq!(outcome.reason(), reason, "{outcome:?}");
         }
     }
 

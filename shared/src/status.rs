@@ -257,7 +257,7 @@ pub fn bundle_status(record: &Record, now: Time) -> BundleStatus {
 /// urgent things (a rollout under way, a person needed, a pause).
 pub fn with_cycle(mut status: BundleStatus, cycle: CycleView) -> BundleStatus {
     let quiet = matches!(status.state, "synced" | "new" | "rolled-back" | "quarantined");
-    if cycle.result == "blocked" && quiet {
+    if cycle.result == crate::outcome::Outcome::Blocked.word() && quiet {
         let deferred = cycle.message.starts_with("deferred:");
         status.next =
             format!("{} at {}: {}", if deferred { "waits" } else { "blocked" }, short(&cycle.commit), cycle.message);
@@ -412,8 +412,8 @@ pub fn explain(s: &BundleStatus, now: Time) -> String {
     }
     if let Some(l) = &s.last {
         out.push_str(&format!(
-            "last: {:?} of {} at {} ({} ago): {}\n",
-            l.result,
+            "last: {} of {} at {} ({} ago): {}\n",
+            crate::outcome::Outcome::from(l.result).word(),
             short(&l.commit),
             rfc3339(l.at),
             ago(now - l.at),
@@ -514,7 +514,7 @@ new-app        new          -             -    rolls out at the next reconcile
 bundle kiosk: rolled-back
 running (last-known-good): commit 111111111111 hash HASH, since 2026-09-21T12:16:40Z (1h ago)
   image harbor.example/library/web:1.0.0@sha256:0123
-last: RolledBack of 222222222222 at 2026-09-21T14:08:40Z (4m ago): Deployment/kiosk/web: pod web-1 container web: CrashLoopBackOff (back-off 10s); rolled back to 111111111111/HASH
+last: rolled-back of 222222222222 at 2026-09-21T14:08:40Z (4m ago): Deployment/kiosk/web: pod web-1 container web: CrashLoopBackOff (back-off 10s); rolled back to 111111111111/HASH
 quarantined: 222222222222 (hash QHASH) since 2026-09-21T14:08:40Z, 1 attempt(s): Deployment/kiosk/web: pod web-1 container web: CrashLoopBackOff (back-off 10s)
 counts: 1 rolled out, 0 adopted, 1 rolled back, 0 failed without rollback, 0 rollbacks failed
 next: keeps 222222222222 off until Git renders the bundle differently, or `agent retry kiosk`

@@ -90,7 +90,7 @@ impl Metrics {
         let rollouts = Family::<Outcome, Counter>::default();
         registry.register(
             "rollouts",
-            "Rollouts and rollbacks by how they ended (the outcome's word: rolled-out, verified, rolled-back, failed, rollback-failed)",
+            "Rollouts and rollbacks by how they ended (the outcome's word: rolled-out, verified, rolled-back, rollout-failed, rollback-failed)",
             rollouts.clone(),
         );
         let source_requests = Family::<SourceRequest, Counter>::default();

@@ -50,7 +50,7 @@ impl Driver<'_> {
                             self.events(
                                 &candidate.objects,
                                 false,
-                                "RolledOut",
+                                &Outcome::RolledOut.reason(),
                                 &format!("gitops-agent rolled out {}", candidate.revision.short()),
                             )
                             .await;
@@ -69,7 +69,7 @@ impl Driver<'_> {
                                 self.events(
                                     &candidate.objects,
                                     true,
-                                    "RolloutFailed",
+                                    &Outcome::FailedNoRollback.reason(),
                                     &format!("{reason}; no last-known-good to roll back to"),
                                 )
                                 .await;
@@ -125,14 +125,14 @@ impl Driver<'_> {
                                 failed.revision.short(),
                                 target.revision.short()
                             );
-                            self.events(&target.objects, true, "RolledBack", &note).await;
+                            self.events(&target.objects, true, &Outcome::RolledBack.reason(), &note).await;
                             record.rolled_back(now)
                         }
                         Step::Failed { reason: why, .. } => {
                             self.events(
                                 &target.objects,
                                 true,
-                                "RollbackFailed",
+                                &Outcome::RollbackFailed.reason(),
                                 &format!("{reason}; the rollback did not become healthy: {why}"),
                             )
                             .await;
