@@ -125,7 +125,7 @@ pub enum OutcomeKind {
 /// The last thing that happened to the bundle, for status and exit codes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Outcome {
+pub struct LastOutcome {
     pub result: OutcomeKind,
     pub revision: Revision,
     pub message: String,
@@ -143,7 +143,7 @@ pub struct Record {
     /// Earlier last-known-good revisions, newest first, at most [`HISTORY`].
     pub history: Vec<Snapshot>,
     pub quarantine: Option<Quarantine>,
-    pub last: Option<Outcome>,
+    pub last: Option<LastOutcome>,
     /// How the bundle's rollouts ended, counted since the record began (status and metrics).
     #[serde(default)]
     pub counts: Counts,
@@ -236,7 +236,7 @@ impl Record {
             OutcomeKind::FailedNoRollback => c.failed_no_rollback += 1,
             OutcomeKind::RollbackFailed => c.rollback_failed += 1,
         }
-        self.last = Some(Outcome { result, revision, message, at: now });
+        self.last = Some(LastOutcome { result, revision, message, at: now });
     }
 
     fn next(&self) -> Record {
