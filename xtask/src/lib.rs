@@ -5,8 +5,10 @@
 
 pub mod fault_proxy;
 pub mod http;
+pub mod images;
 pub mod kubelet;
 pub mod kwok_stages;
+pub mod node;
 pub mod paths;
 pub mod pki;
 pub mod seed;

@@ -129,6 +129,9 @@ pub struct EnvInfo {
     /// Files tests may use to prove foreign signatures are refused.
     pub foreign_signing_cert: PathBuf,
     pub foreign_signing_key: PathBuf,
+    /// The real node (kubelet + containerd), when this instance runs it (`crate::node`).
+    #[serde(default)]
+    pub real_node: Option<crate::node::RealNode>,
 }
 
 impl EnvInfo {
@@ -148,28 +151,28 @@ impl EnvInfo {
 }
 
 /// Layout of the run dir.
-struct Layout {
-    root: PathBuf,
+pub(crate) struct Layout {
+    pub(crate) root: PathBuf,
 }
 
 impl Layout {
     fn p(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
     }
-    fn log(&self, name: &str) -> PathBuf {
+    pub(crate) fn log(&self, name: &str) -> PathBuf {
         self.root.join("logs").join(format!("{name}.log"))
     }
-    fn pid(&self, name: &str) -> PathBuf {
+    pub(crate) fn pid(&self, name: &str) -> PathBuf {
         self.root.join("pids").join(format!("{name}.pid"))
     }
 }
 
 /// A process `up` starts.
-struct Proc {
-    name: &'static str,
-    program: PathBuf,
-    args: Vec<String>,
-    cwd: Option<PathBuf>,
+pub(crate) struct Proc {
+    pub(crate) name: &'static str,
+    pub(crate) program: PathBuf,
+    pub(crate) args: Vec<String>,
+    pub(crate) cwd: Option<PathBuf>,
 }
 
 /// The order `up` starts components in; `down` stops them in reverse.
@@ -189,9 +192,12 @@ pub async fn up(opts: &UpOptions) -> Result<EnvInfo> {
     let run = paths::run_dir();
     let ports = Ports::from_env()?;
     let layout = Layout { root: run.clone() };
+    let want = crate::node::wanted()?;
     if let Ok(info) = EnvInfo::load(&run)
         && info.ports == ports
         && all_running(&layout)
+        && (info.real_node.is_some() == (want == crate::node::Want::RealNode))
+        && (info.real_node.is_none() || crate::node::running(&layout))
         && crate::http::get(
             &format!("{}/readyz", info.apiserver),
             &info.ca_cert,
@@ -216,7 +222,11 @@ pub async fn up(opts: &UpOptions) -> Result<EnvInfo> {
     }
     let pki = Pki::ensure(&layout.p("pki"))?;
     let creds = Credentials::ensure(&layout.p("credentials.json"))?;
-    let info = write_configs(&layout, &ports, &pki, &creds, &go, &system, opts)?;
+    let mut info = write_configs(&layout, &ports, &pki, &creds, &go, &system, opts)?;
+    if want == crate::node::Want::RealNode {
+        info.real_node = Some(crate::node::prepare(&run, &pki, &go.kubelet, &info.apiserver)?);
+        write_private(&EnvInfo::path(&layout.root), &serde_json::to_string_pretty(&info)?)?;
+    }
 
     let started = Instant::now();
     match start_all(&layout, &ports, &pki, &go, &system, &info).await {
@@ -475,6 +485,7 @@ $HTTP["url"] =~ "^/git" {{
         kustomize: go.kustomize.clone(),
         foreign_signing_cert: pki.foreign_cert(),
         foreign_signing_key: pki.foreign_key(),
+        real_node: None,
     };
     write_private(&EnvInfo::path(&l.root), &serde_json::to_string_pretty(&info)?)?;
     Ok(info)
@@ -490,6 +501,9 @@ async fn start_all(
 ) -> Result<()> {
     let s = |p: &Path| p.display().to_string();
     let etcd_client = format!("http://127.0.0.1:{}", ports.etcd_client);
+    // system:masters: the kubelet's webhook authorization lets it do everything (logs, exec).
+    let kubelet_client =
+        pki.ensure_leaf("apiserver-kubelet-client", "/O=system:masters/CN=testenv:kube-apiserver", None, "clientAuth")?;
     let etcd_peer = format!("http://127.0.0.1:{}", ports.etcd_peer);
     spawn(
         l,
@@ -543,6 +557,12 @@ async fn start_all(
                 "--audit-log-format=json".into(),
                 "--audit-log-maxsize=0".into(),
                 format!("--cert-dir={}", s(&l.p("apiserver-certs"))),
+                // A node's name is never looked up in the machine's DNS; the kubelet's serving
+                // certificate is checked, and the API server presents its own to the kubelet.
+                "--kubelet-preferred-address-types=InternalIP".into(),
+                format!("--kubelet-certificate-authority={}", s(&pki.ca_cert())),
+                format!("--kubelet-client-certificate={}", s(&kubelet_client.1)),
+                format!("--kubelet-client-key={}", s(&kubelet_client.0)),
             ],
             cwd: None,
         },
@@ -670,10 +690,13 @@ async fn start_all(
     crate::support::wait_node_ready(&client, NODE_NAME, Duration::from_secs(60))
         .await
         .with_context(|| format!("KWOK did not make node {NODE_NAME} Ready; see {}", l.log("kwok").display()))?;
+    if let Some(node) = &info.real_node {
+        crate::node::start(l, info, node, &go.kubelet).await?;
+    }
     Ok(())
 }
 
-fn spawn(l: &Layout, p: Proc) -> Result<()> {
+pub(crate) fn spawn(l: &Layout, p: Proc) -> Result<()> {
     let log = fs::File::create(l.log(p.name))?;
     let mut cmd = Command::new(&p.program);
     cmd.args(&p.args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
@@ -691,7 +714,7 @@ fn spawn(l: &Layout, p: Proc) -> Result<()> {
 }
 
 /// A pid file's process, if it still runs the program recorded beside it.
-fn live_pid(l: &Layout, name: &str) -> Option<i32> {
+pub(crate) fn live_pid(l: &Layout, name: &str) -> Option<i32> {
     let text = fs::read_to_string(l.pid(name)).ok()?;
     let mut lines = text.lines();
     let pid: i32 = lines.next()?.trim().parse().ok()?;
@@ -706,7 +729,7 @@ fn live_pid(l: &Layout, name: &str) -> Option<i32> {
     (exe.trim_end_matches(" (deleted)").ends_with(&program_name)).then_some(pid)
 }
 
-fn process_alive(pid: i32) -> bool {
+pub(crate) fn process_alive(pid: i32) -> bool {
     // A zombie (exited, not yet reaped: our services are re-parented) counts as gone.
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
@@ -724,7 +747,8 @@ fn all_running(l: &Layout) -> bool {
 fn stop_all(l: &Layout) -> Result<Vec<&'static str>> {
     use nix::sys::signal::{Signal, killpg};
     use nix::unistd::Pid;
-    let mut stopped = Vec::new();
+    // The real node first: its kubelet talks to the API server, and its host changes are undone.
+    let mut stopped = crate::node::stop(&l.root)?;
     for name in COMPONENTS.iter().rev() {
         if let Some(pid) = live_pid(l, name) {
             let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
@@ -809,6 +833,7 @@ pub async fn status(out: &mut dyn std::io::Write) -> Result<bool> {
         .is_ok_and(|r| r.status == 200);
         writeln!(out, "  {:<24} {}", "api server /readyz", if ready { "ok" } else { "not ready" })?;
         all &= ready;
+        all &= crate::node::status(out, &run, info).await?;
     }
     Ok(all)
 }
@@ -879,14 +904,14 @@ async fn wait_http(
     }
 }
 
-fn check_alive(l: &Layout, name: &str) -> Result<()> {
+pub(crate) fn check_alive(l: &Layout, name: &str) -> Result<()> {
     if live_pid(l, name).is_none() {
         bail!("{name} exited during start-up\n{}", log_tail(l, name));
     }
     Ok(())
 }
 
-fn log_tail(l: &Layout, name: &str) -> String {
+pub(crate) fn log_tail(l: &Layout, name: &str) -> String {
     let path = l.log(name);
     let text = fs::read_to_string(&path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
