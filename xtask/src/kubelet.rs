@@ -239,15 +239,7 @@ impl Kubelet {
     /// [`Kubelet::open_session`] that reports a refusal (e.g. `HTTP 503` while draining).
     pub async fn try_open_session(&self, pod: &str) -> Result<Session, String> {
         let addr = self.shared.apps().get(pod).and_then(|a| a.addr).ok_or_else(|| format!("no app for pod {pod}"))?;
-        let connect = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"));
-        match tokio::time::timeout(Duration::from_secs(10), connect).await {
-            Ok(Ok((ws, _))) => Ok(Session { ws, pings: 0, closed: None }),
-            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
-                Err(format!("HTTP {}", resp.status().as_u16()))
-            }
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("no handshake within 10 s".to_owned()),
-        }
+        Session::open(&format!("ws://{addr}/ws")).await
     }
 
     /// What happened to a pod whose app ended; None while it runs (or for an unknown pod).
@@ -344,6 +336,20 @@ pub struct Session {
 }
 
 impl Session {
+    /// Opens a WebSocket session at `url` (`ws://ADDR/ws`), as a customer's kiosk does; a
+    /// refusal is reported (e.g. `HTTP 503` while draining).
+    pub async fn open(url: &str) -> Result<Session, String> {
+        let connect = tokio_tungstenite::connect_async(url);
+        match tokio::time::timeout(Duration::from_secs(10), connect).await {
+            Ok(Ok((ws, _))) => Ok(Session { ws, pings: 0, closed: None }),
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
+                Err(format!("HTTP {}", resp.status().as_u16()))
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no handshake within 10 s".to_owned()),
+        }
+    }
+
     /// Closes the session from the client side (1000) and waits for the close to complete.
     pub async fn close(mut self) {
         let frame = CloseFrame { code: CloseCode::Normal, reason: "".into() };

@@ -9,6 +9,7 @@ pub mod images;
 pub mod kubelet;
 pub mod kwok_stages;
 pub mod node;
+pub mod node_support;
 pub mod paths;
 pub mod pki;
 pub mod seed;

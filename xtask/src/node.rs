@@ -213,9 +213,8 @@ struct Claim {
     run_dir: PathBuf,
 }
 
-/// Claims the real node for `run`, or explains which instance holds it. A claim whose holder no
-/// longer runs a node is stale: its host changes are undone from its record first.
-fn claim(run: &Path) -> Result<()> {
+/// Fails, naming the holder, when another live instance holds the real node.
+fn check_claim(run: &Path) -> Result<Option<Claim>> {
     if let Ok(text) = fs::read_to_string(CLAIM)
         && let Ok(held) = serde_json::from_str::<Claim>(&text)
         && held.run_dir != run
@@ -229,8 +228,17 @@ fn claim(run: &Path) -> Result<()> {
                 held.run_dir.display()
             );
         }
-        eprintln!("testenv: the real node's claim by {} is stale; undoing its host changes", held.run_dir.display());
-        stop(&held.run_dir)?;
+        return Ok(Some(held));
+    }
+    Ok(None)
+}
+
+/// Claims the real node for `run`, or explains which instance holds it. A claim whose holder no
+/// longer runs a node is stale: its host changes are undone from its record first.
+fn claim(run: &Path) -> Result<()> {
+    if let Some(stale) = check_claim(run)? {
+        eprintln!("testenv: the real node's claim by {} is stale; undoing its host changes", stale.run_dir.display());
+        stop(&stale.run_dir)?;
     }
     fs::write(CLAIM, serde_json::to_string(&Claim { run_dir: run.to_path_buf() })?)
         .with_context(|| format!("writing {CLAIM} (the real node needs root)"))
@@ -256,6 +264,7 @@ pub fn prepare(run: &Path, pki: &Pki, kubelet: &Path, apiserver: &str) -> Result
              GITOPS_TESTENV_REAL_NODE=0"
         );
     }
+    check_claim(run)?;
     tools::ensure_packages(APT_PACKAGES)?;
     let dir = node_dir(run);
     for d in ["containerd", "kubelet", "cni/net.d", "certs.d", "images", "pod-logs"] {
