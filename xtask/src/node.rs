@@ -111,7 +111,8 @@ fn node_dir(run: &Path) -> PathBuf {
     run.join("node")
 }
 
-fn record_path(run: &Path) -> PathBuf {
+/// The record of the host before `up` changed it (JSON), kept until `down` undid every change.
+pub fn record_path(run: &Path) -> PathBuf {
     node_dir(run).join("host-before-up.json")
 }
 

@@ -414,3 +414,117 @@ fn a_second_instance_that_wants_the_real_node_is_refused_naming_the_holder_and_s
     let started: Vec<_> = std::fs::read_dir(&pids).map(|d| d.flatten().collect()).unwrap_or_default();
     assert!(started.is_empty(), "nothing started: {started:?}");
 }
+
+/// Run alone by `cargo xtask test` once the parallel suite is done (it stops the testenv's real
+/// node under everyone's feet): `down` restores the host as `up` recorded it, checked here
+/// independently of `down`'s own checks, `down` twice is harmless, and a second `up` works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "stops the shared testenv: run alone, after the suite (cargo xtask test does)"]
+async fn down_undoes_every_host_change_of_the_real_node_and_a_second_up_works() {
+    use std::collections::BTreeSet;
+    let env = TestEnv::get();
+    let node = real_node(&env.info).clone();
+    let run = env.info.run_dir.clone();
+    // A running pod, so there are containers, shims, mounts and a network namespace to undo.
+    let ns = env.namespace("real-down").await;
+    let client = env.client().await;
+    pull_secret(&client, &env.info, &ns.name).await.unwrap();
+    let repo = env.registry_repo("real-down");
+    push_kiosk(&env.info, &repo, "1.0.0", Kiosk::App).unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "kiosk"},
+        "spec": {
+            "nodeSelector": {node.label_key.clone(): node.label_value},
+            "tolerations": [{"key": node.taint_key, "operator": "Exists"}],
+            "imagePullSecrets": [{"name": PULL_SECRET}],
+            "containers": [{"name": "kiosk", "image": format!("{}/{repo}:1.0.0", env.info.registry)}],
+        },
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    wait_for("the pod running", Duration::from_secs(60), || async {
+        let p = pods.get("kiosk").await.map_err(|e| e.to_string())?;
+        if ready(&p) { Ok(()) } else { Err(format!("{:#}", summary(&p))) }
+    })
+    .await;
+
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(xtask::node::record_path(&run)).unwrap()).unwrap();
+    let pid_of = |name: &str| -> i32 {
+        let text = std::fs::read_to_string(run.join(format!("pids/{name}.pid"))).unwrap();
+        text.lines().next().unwrap().parse().unwrap()
+    };
+    let socket = node.containerd_socket.display().to_string();
+    let mut pids: Vec<i32> = vec![pid_of("kubelet"), pid_of("containerd")];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmdline =
+            String::from_utf8_lossy(&std::fs::read(entry.path().join("cmdline")).unwrap_or_default()).into_owned();
+        if cmdline.contains(&socket) {
+            pids.push(pid);
+        }
+    }
+    assert!(pids.len() >= 3, "the kubelet, containerd and at least one shim: {pids:?}");
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()) != Some("Z"))
+    };
+    let mounts = || -> Vec<String> {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
+            .filter(|m| m.starts_with(&run.display().to_string()) || m.starts_with("/run/netns/"))
+            .collect()
+    };
+    assert!(!mounts().is_empty(), "the pod's mounts are there before down");
+    let chains = |prog: &str, table: &str| -> BTreeSet<String> {
+        let out = std::process::Command::new(prog).args(["-w", "-t", table, "-S"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("-N ").or_else(|| l.strip_prefix("-P ")))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect()
+    };
+
+    let (ok, out) = crate::util::xtask(&["testenv", "down"], &[]);
+    assert!(ok, "{out}");
+    let left: Vec<i32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+    assert!(left.is_empty(), "processes of the node still run: {left:?}");
+    assert_eq!(mounts(), Vec::<String>::new(), "no mount under the run dir or /run/netns");
+    assert!(!std::path::Path::new("/sys/class/net/gitops-br0").exists(), "the bridge is gone");
+    let lo = std::process::Command::new("ip").args(["-o", "addr", "show", "dev", "lo"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&lo.stdout).contains(&node.ip), "the lo alias is gone");
+    for (key, before) in record["chains"].as_object().unwrap() {
+        let (family, table) = key.split_once(':').unwrap();
+        let now = chains(if family == "6" { "ip6tables" } else { "iptables" }, table);
+        let before: BTreeSet<String> =
+            before.as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_owned()).collect();
+        assert_eq!(now, before, "{key} chains as before up");
+    }
+    let sysctls = record["sysctls"].as_object().unwrap();
+    assert!(sysctls.contains_key("vm/overcommit_memory") && sysctls.contains_key("net/ipv4/ip_forward"));
+    for (name, before) in sysctls {
+        let now = std::fs::read_to_string(format!("/proc/sys/{name}")).unwrap();
+        assert_eq!(now.trim(), before.as_str().unwrap(), "sysctl {name} restored");
+    }
+    for controller in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let kubepods = controller.path().join("kubepods");
+        let recorded = record["cgroups"].as_array().unwrap().iter().any(|c| c == &kubepods.display().to_string());
+        assert!(recorded || !kubepods.exists(), "{} removed", kubepods.display());
+    }
+    for (path, before) in record["fixed"].as_object().unwrap() {
+        if before.is_null() {
+            assert!(!std::path::Path::new(path).exists(), "{path} did not exist before up, and is gone");
+        }
+    }
+    assert!(!std::path::Path::new("/run/gitops-agent-testenv-real-node.json").exists(), "the claim is released");
+
+    let (ok, out) = crate::util::xtask(&["testenv", "down"], &[]);
+    assert!(ok && out.contains("nothing was running"), "down twice is harmless: {out}");
+    let (ok, out) = crate::util::xtask(&["testenv", "up"], &[]);
+    assert!(ok, "a second up works: {out}");
+    let (ok, out) = crate::util::xtask(&["testenv", "status"], &[]);
+    assert!(ok && out.contains(&format!("{} Ready", node.name)), "{out}");
+}
