@@ -23,28 +23,28 @@ fn now() -> f64 {
 
 /// A test's app whose image is the kiosk fixture, in its own registry repository: `1.0.0` and
 /// `1.1.0` (the app), `1.2.0-crash` (exits 1 at start); the namespace has the pull secret.
-struct KioskApp {
-    app: App,
-    image: String,
+pub(crate) struct KioskApp {
+    pub(crate) app: App,
+    pub(crate) image: String,
     node: RealNode,
 }
 
 /// How the test's Deployment differs between releases.
-struct Release<'a> {
-    tag: &'a str,
-    grace: u32,
-    pull_secret: bool,
-    ready_path: &'a str,
+pub(crate) struct Release<'a> {
+    pub(crate) tag: &'a str,
+    pub(crate) grace: u32,
+    pub(crate) pull_secret: bool,
+    pub(crate) ready_path: &'a str,
 }
 
 impl Release<'_> {
-    fn good(tag: &str) -> Release<'_> {
+    pub(crate) fn good(tag: &str) -> Release<'_> {
         Release { tag, grace: 5, pull_secret: true, ready_path: "/ready" }
     }
 }
 
 impl KioskApp {
-    async fn new(env: &'static TestEnv, hint: &str) -> KioskApp {
+    pub(crate) async fn new(env: &'static TestEnv, hint: &str) -> KioskApp {
         let node = real_node(&env.info).clone();
         let app = App::new(env, hint).await;
         let repo = format!("{}-kiosk", app.image_repo);
@@ -79,7 +79,7 @@ impl KioskApp {
         )
     }
 
-    fn release(&self, env: &TestEnv, fleet: &str, r: &Release, message: &str) {
+    pub(crate) fn release(&self, env: &TestEnv, fleet: &str, r: &Release, message: &str) {
         self.app.write("apps/web/fleet.yaml", &format!("defaultNamespace: {}\n{fleet}", self.app.ns.name));
         self.app.write("apps/web/deployment.yaml", &self.deployment(r));
         self.app.commit(env, message);
@@ -102,7 +102,7 @@ impl KioskApp {
     }
 
     /// The one Ready pod not in `except`, on the real node: (name, IP).
-    async fn ready_pod(&self, env: &TestEnv, except: &[String]) -> (String, String) {
+    pub(crate) async fn ready_pod(&self, env: &TestEnv, except: &[String]) -> (String, String) {
         wait_for("a Ready pod on the real node", Duration::from_secs(60), || async {
             let pods = self.pods(env).await;
             pods.iter()
