@@ -43,8 +43,8 @@ pub enum Kiosk {
 }
 
 impl Kiosk {
-    fn entrypoint(self) -> Vec<String> {
-        let mut e = vec!["/kiosk-app".to_owned(), "--listen".to_owned(), format!("0.0.0.0:{KIOSK_PORT}")];
+    fn entrypoint(self, port: u16) -> Vec<String> {
+        let mut e = vec!["/kiosk-app".to_owned(), "--listen".to_owned(), format!("0.0.0.0:{port}")];
         if self == Kiosk::CrashAtStart {
             e.push("--crash-at-start".to_owned());
         }
@@ -165,7 +165,8 @@ pub fn pause_archive(work: &Path) -> Result<PathBuf> {
 }
 
 /// Builds the kiosk app as a static musl binary (cargo, cached in the workspace's target dir)
-/// and its layer in `work`, reused while the binary is unchanged.
+/// and its layer in `work` (with `/bin/check-config` from `fixtures/images/check-config.c`, the
+/// init container of Stack B's signalling pods), reused while the binary is unchanged.
 pub fn kiosk_layer(work: &Path) -> Result<Layer> {
     ensure_musl_target()?;
     let status = paths::cargo()
@@ -176,11 +177,23 @@ pub fn kiosk_layer(work: &Path) -> Result<Layer> {
         bail!("cargo build --package kiosk-app --target {MUSL_TARGET} failed ({status})");
     }
     let bin = paths::workspace_root().join(format!("target/{MUSL_TARGET}/debug/kiosk-app"));
-    let hash = sha256_file(&bin)?;
-    let short = &hash["sha256:".len().."sha256:".len() + 16];
+    let check_config = paths::workspace_root().join("fixtures/images/check-config.c");
+    // Keyed by what goes in: the binary and the init helper's source.
+    let mut key = Sha256::new();
+    key.update(fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?);
+    key.update(fs::read(&check_config).with_context(|| format!("reading {}", check_config.display()))?);
+    let hash = format!("{:x}", key.finalize());
+    let short = &hash[..16];
     let root = work.join(format!("kiosk-root-{short}"));
     if !root.join("kiosk-app").exists() {
-        fs::create_dir_all(&root)?;
+        fs::create_dir_all(root.join("bin"))?;
+        run(
+            Command::new("gcc")
+                .args(["-static", "-Os", "-s", "-o"])
+                .arg(root.join("bin/check-config"))
+                .arg(&check_config),
+            "building check-config (gcc -static)",
+        )?;
         fs::copy(&bin, root.join("kiosk-app"))?;
     }
     layer(&root, &work.join(format!("kiosk-layer-{short}")))
@@ -198,13 +211,19 @@ fn ensure_musl_target() -> Result<()> {
     }
 }
 
-/// Pushes a kiosk image to `repo:tag` in the testenv registry as the CI robot; returns its
-/// manifest digest. Each tag gets its own digest (the tag is a label of the config).
+/// Pushes a kiosk image (listening on [`KIOSK_PORT`]) to `repo:tag` in the testenv registry as
+/// the CI robot; returns its manifest digest. Each tag gets its own digest (the tag is a label
+/// of the config).
 pub fn push_kiosk(info: &EnvInfo, repo: &str, tag: &str, kind: Kiosk) -> Result<String> {
+    push_kiosk_on_port(info, repo, tag, kind, KIOSK_PORT)
+}
+
+/// [`push_kiosk`] with the app listening on `port` (Stack B's signalling serves on 8443).
+pub fn push_kiosk_on_port(info: &EnvInfo, repo: &str, tag: &str, kind: Kiosk, port: u16) -> Result<String> {
     let node = info.real_node.as_ref().context("the testenv runs no real node (see docs/testenv.md)")?;
     let work = tempfile_dir(&info.run_dir)?;
     let dir = work.join("layout");
-    layout(&dir, &node.kiosk_layer, &kind.entrypoint(), "65534:65534", tag, &format!("{repo}:{tag}"))?;
+    layout(&dir, &node.kiosk_layer, &kind.entrypoint(port), "65534:65534", tag, &format!("{repo}:{tag}"))?;
     let auth = work.join("auth.json");
     {
         use base64::Engine;
@@ -250,7 +269,10 @@ mod tests {
 
     #[test]
     fn the_crash_variant_runs_the_same_binary_told_to_exit_at_start() {
-        assert_eq!(Kiosk::App.entrypoint(), ["/kiosk-app", "--listen", "0.0.0.0:8080"]);
-        assert_eq!(Kiosk::CrashAtStart.entrypoint(), ["/kiosk-app", "--listen", "0.0.0.0:8080", "--crash-at-start"]);
+        assert_eq!(Kiosk::App.entrypoint(8080), ["/kiosk-app", "--listen", "0.0.0.0:8080"]);
+        assert_eq!(
+            Kiosk::CrashAtStart.entrypoint(8443),
+            ["/kiosk-app", "--listen", "0.0.0.0:8443", "--crash-at-start"]
+        );
     }
 }

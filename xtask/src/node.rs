@@ -442,6 +442,20 @@ registerWithTaints:
     })
 }
 
+/// For a testenv already up: rebuilds the kiosk image's layer when its sources changed (a cargo
+/// no-op otherwise) and records it in `env.json`, so tests push the current app.
+pub fn refresh_images(run: &Path, mut info: EnvInfo) -> Result<EnvInfo> {
+    let Some(node) = info.real_node.as_mut() else { return Ok(info) };
+    let layer = images::kiosk_layer(&run.join("images"))?;
+    if layer != node.kiosk_layer {
+        node.kiosk_layer = layer;
+        let text = serde_json::to_string_pretty(&info)?;
+        let path = EnvInfo::path(run);
+        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(info)
+}
+
 fn registry_host(run: &Path) -> Result<String> {
     // `prepare` runs after write_configs wrote env.json, whose registry is `127.0.0.1:PORT`.
     Ok(EnvInfo::load(run)?.registry)

@@ -207,7 +207,7 @@ pub async fn up(opts: &UpOptions) -> Result<EnvInfo> {
         .is_ok_and(|r| r.status == 200)
     {
         eprintln!("testenv: already up ({})", run.display());
-        return Ok(info);
+        return crate::node::refresh_images(&run, info);
     }
     // Something is half there (a crash, a reboot): start clean, keeping PKI and credentials.
     stop_all(&layout)?;
