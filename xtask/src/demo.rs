@@ -37,10 +37,10 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
-use xtask::kubelet::Session;
 use xtask::node::RealNode;
 use xtask::node_support::{self, LogFollower};
 use xtask::seed::run;
+use xtask::session::Session;
 use xtask::testenv::{self, EnvInfo};
 use xtask::{paths, seed, support};
 

@@ -6,13 +6,13 @@
 pub mod fault_proxy;
 pub mod http;
 pub mod images;
-pub mod kubelet;
 pub mod kwok_stages;
 pub mod node;
 pub mod node_support;
 pub mod paths;
 pub mod pki;
 pub mod seed;
+pub mod session;
 pub mod support;
 pub mod testenv;
 pub mod tls;

@@ -27,8 +27,6 @@ pub const NODE_NAME: &str = "store-node-1";
 /// The registry's `service` (Harbor's value, so payloads and challenges look the same).
 pub const REGISTRY_SERVICE: &str = "harbor-registry";
 const TOKEN_ISSUER: &str = "gitops-agent-testenv-token-issuer";
-/// Pod annotation that makes the harness, not KWOK, act as the kubelet on deletion.
-pub const HARNESS_KUBELET_ANNOTATION: &str = "gitops-agent.test/kubelet";
 
 /// The ports of one testenv instance, all on 127.0.0.1.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -11,8 +11,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
-use xtask::kubelet::Session;
 use xtask::node_support::LogFollower;
+use xtask::session::Session;
 use xtask::support::TestEnv;
 
 use crate::daemon::{Daemon, gitea_push, metrics, post, sample, serve, signed};
