@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager and kube-scheduler from the Go module proxy.
+# Builds kube-apiserver, kube-controller-manager, kube-scheduler and kubelet from the Go module proxy.
 #
 # k8s.io/kubernetes replaces every k8s.io/* staging module with ./staging/..., so `go install` of its
 # commands fails. The upstream-endorsed workaround (kubernetes/kubernetes#79384) is a wrapper module that
 # requires k8s.io/kubernetes and replaces each staging module with its published v0.Y.Z release.
-# Usage: build-kube.sh VERSION OUT_DIR WORK_DIR   (VERSION like v1.33.13)
+# Usage: build-kube.sh VERSION OUT_DIR WORK_DIR [COMMAND...]   (VERSION like v1.33.13)
+#   COMMANDs (default: all four) are the ones to build, so a cache that lacks only one builds only
+#   that one and never rewrites a binary a running testenv executes.
 set -euo pipefail
 version=$1 out=$2 work=$3
+shift 3
+commands=("$@")
+[ ${#commands[@]} -gt 0 ] || commands=(kube-apiserver kube-controller-manager kube-scheduler kubelet)
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 staging_version="v0.${version#v1.}"
 mkdir -p "$work" "$out"
@@ -29,9 +34,11 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
 GO
 go mod tidy -e >/dev/null
 ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$version -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "$version" | cut -d. -f2)"
-go build -trimpath -ldflags "$ldflags" -o "$out/" \
-  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler
+packages=()
+for c in "${commands[@]}"; do packages+=("k8s.io/kubernetes/cmd/$c"); done
+go build -trimpath -ldflags "$ldflags" -o "$out/" "${packages[@]}"

@@ -1,16 +1,18 @@
 //! `cargo xtask demo`: the agent's real job on the local test environment, end to end.
 //!
 //! The testenv plays the store node and the pipeline around it: its API server with a KWOK node
-//! is the store's cluster, its git server is Gitea, its registry is Harbor, and this task is CI.
+//! and a real node is the store's cluster, its git server is Gitea, its registry is Harbor, and
+//! this task is CI. Stack B's signalling server runs as real containers on the real node (the
+//! kiosk fixture app), the GPU orchestrator and the session store on the KWOK node.
 //! The agent runs as the daemon (`agent run`) it is on a node:
 //!
 //! 1. testenv up, Stack B seeded (chart at images `1.0.0`), the demo store reset; the store's
 //!    drain policy for the signalling server committed (sessions read from each pod's gauge,
-//!    `waitForIdle`, preStop), and its pods run the kiosk fixture app with this task as their
-//!    kubelet (`xtask::kubelet`);
+//!    `waitForIdle`, preStop) and its placement on the real node (selector, toleration, pull
+//!    secret), its images the kiosk fixture app;
 //! 2. a node config with a Gitea webhook and a free local port;
 //! 3. `agent run` rolls Stack B out;
-//! 4. a customer opens a WebSocket session on the signalling pod; CI pushes a new signalling
+//! 4. a customer opens a WebSocket session on the signalling pod's IP; CI pushes a new signalling
 //!    image, bumps its tag in git and sends Gitea's push webhook: the agent defers the rollout
 //!    while the customer talks, and rolls it out by itself within seconds of the conversation's
 //!    end (no poll), the old pod drained cleanly;
@@ -35,7 +37,10 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
+use xtask::env_info::RealNode;
+use xtask::node_support::{self, LogFollower};
 use xtask::seed::run;
+use xtask::session::Session;
 use xtask::testenv::{self, EnvInfo};
 use xtask::{paths, seed};
 
@@ -53,8 +58,8 @@ const VALUES: &str = "stack-b/helm/values.yaml";
 /// GPU, so with the chart's default rolling update a new orchestrator pod could not be scheduled
 /// next to the old one.)
 const IMAGE: &str = "library/u5-signalling";
-/// The good release CI ships, and the broken one (KWOK crash-loops any tag containing `broken`,
-/// see `fixtures/kwok/stages.yaml`).
+/// The good release CI ships, and the broken one (its image exits 1 at start on the real node,
+/// see `seed::push_stack_b_image`).
 const GOOD_TAG: &str = "1.1.1";
 const BROKEN_TAG: &str = "1.2.0-broken";
 
@@ -76,16 +81,22 @@ pub async fn demo() -> Result<()> {
 
     step(&started, 1, "Test environment, Stack B fixture, a fresh store");
     let info = testenv::up(&testenv::UpOptions::default()).await?;
+    let node = info.real_node.clone().context(
+        "the demo runs the signalling server on the testenv's real node, and this testenv runs none \
+         (GITOPS_TESTENV_REAL_NODE=0?); see docs/testenv.md",
+    )?;
     seed::seed(&info)?;
     let client = xtask::kube::kube_client(&info.kubeconfig).await?;
     reset_store(&client).await?;
+    node_support::pull_secret(&client, &info, STORE_NAMESPACE).await?;
     let ci = CiWorkspace::clone(&info, &dir.join("ci-work"))?;
-    let kubelet = xtask::kubelet::Kubelet::start(client.clone(), STORE_NAMESPACE).await;
     println!(
-        "the signalling pods run the kiosk fixture app (WebSocket sessions, gauge kiosk_active_sessions): \
-         the demo plays their kubelet"
+        "the signalling pods run the kiosk fixture app (WebSocket sessions, gauge kiosk_active_sessions) as \
+         real containers on {} (pulled with the pull secret {})",
+        node.name,
+        node_support::PULL_SECRET
     );
-    ci.drain_signalling(&info, &kubelet.proxy_url())?;
+    ci.drain_signalling(&info, &node)?;
     println!("git {}/{}.git at {}", info.git_base, seed::STACK_B_REPO, short(&ci.head()?));
 
     step(&started, 2, "Node config");
@@ -108,10 +119,12 @@ pub async fn demo() -> Result<()> {
     agent_cmd(&agent_bin, &["status", "--config"], &cfg, &[0])?;
 
     step(&started, 4, &format!("A customer talks to the kiosk; CI ships {IMAGE}:{GOOD_TAG} with Gitea's push webhook"));
-    let old_pod = kubelet.wait_running(&[], READY_WITHIN).await;
-    let mut session = kubelet.open_session(&old_pod).await;
-    println!("a customer's WebSocket session is open on {old_pod}");
-    let digest = seed::push_image(&info, IMAGE, GOOD_TAG)?;
+    let (old_pod, old_ip) = signalling_pod(&client, &[], READY_WITHIN).await?;
+    let old_log = LogFollower::start(&client, STORE_NAMESPACE, &old_pod);
+    let url = format!("ws://{old_ip}:{}/ws", seed::SIGNALLING_PORT);
+    let mut session = Session::open(&url).await.map_err(|e| anyhow::anyhow!("opening a session at {url}: {e}"))?;
+    println!("a customer's WebSocket session is open on {old_pod} ({url})");
+    let digest = seed::push_stack_b_image(&info, IMAGE, GOOD_TAG)?;
     println!("pushed {}/{IMAGE}:{GOOD_TAG} {digest}", info.registry);
     let good = ci.bump(&info, GOOD_TAG)?;
     let sent = Instant::now();
@@ -145,14 +158,15 @@ pub async fn demo() -> Result<()> {
     if let Some(m) = s["last"]["message"].as_str() {
         println!("outcome: {m}");
     }
-    let ended = kubelet.wait_ended(&old_pod, READY_WITHIN).await;
-    println!("the old pod's app, after preStop /drain and SIGTERM: {}", ended.last_line);
+    let lines = old_log.wait_done(READY_WITHIN).await?;
+    let last = lines.last().map_or("(no log)", |l| l.text.as_str());
+    println!("the old pod's app, after preStop /drain and SIGTERM from the kubelet: {last}");
     println!("(signalling's init container stays at 1.0.0: its tag is pinned on its own, initImage.tag)");
     agent_cmd(&agent_bin, &["status", "--config"], &cfg, &[0])?;
 
     step(&started, 5, &format!("As CI would, with a broken release: {IMAGE}:{BROKEN_TAG}"));
-    let serving = kubelet.running();
-    let digest = seed::push_image(&info, IMAGE, BROKEN_TAG)?;
+    let serving = ready_signalling(&client).await?;
+    let digest = seed::push_stack_b_image(&info, IMAGE, BROKEN_TAG)?;
     println!("pushed {}/{IMAGE}:{BROKEN_TAG} {digest}", info.registry);
     let broken = ci.bump(&info, BROKEN_TAG)?;
     let sent = Instant::now();
@@ -172,7 +186,7 @@ pub async fn demo() -> Result<()> {
         println!("why: {m}");
     }
     print_rollback_events(&client).await?;
-    let running = kubelet.running();
+    let running = ready_signalling(&client).await?;
     if let Some(gone) = serving.iter().find(|p| !running.contains(p)) {
         bail!("{gone}, which served {GOOD_TAG}, was stopped during the broken rollout");
     }
@@ -185,7 +199,6 @@ pub async fn demo() -> Result<()> {
 
     step(&started, 6, "Stopping the agent (SIGTERM)");
     let status = agent.stop(STOP_WITHIN)?;
-    drop(kubelet);
     println!("agent run exited: {status}");
     if !status.success() {
         bail!("agent run did not shut down cleanly ({status}); see {}", log.display());
@@ -360,6 +373,43 @@ fn git_url(info: &EnvInfo) -> String {
 /// Makes the demo start from a store that runs nothing and an agent that remembers nothing:
 /// the Stack B namespace is deleted (what an earlier demo left there) and created again, the
 /// agent's namespace exists, and its state Secrets and Lease of an earlier run are gone.
+/// The Ready signalling pods (names), as the store's cluster runs them.
+async fn ready_signalling(client: &kube::Client) -> Result<Vec<String>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), STORE_NAMESPACE);
+    let list = pods.list(&ListParams::default().labels("app.kubernetes.io/name=signalling")).await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .filter_map(|p| p.metadata.name)
+        .collect())
+}
+
+/// Waits for a Ready signalling pod not in `except`; returns its name and IP.
+async fn signalling_pod(client: &kube::Client, except: &[String], within: Duration) -> Result<(String, String)> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), STORE_NAMESPACE);
+    let deadline = Instant::now() + within;
+    loop {
+        for name in ready_signalling(client).await? {
+            if !except.contains(&name)
+                && let Some(ip) = pods.get(&name).await?.status.and_then(|s| s.pod_ip)
+            {
+                return Ok((name, ip));
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no signalling pod became Ready on the real node within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn reset_store(client: &kube::Client) -> Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     if namespaces.get_opt(STORE_NAMESPACE).await?.is_some() {
@@ -465,31 +515,42 @@ impl CiWorkspace {
         Ok(self.git(&["rev-parse", "HEAD"])?.trim().to_owned())
     }
 
-    /// Pins the signalling image to `tag` in the chart's values, commits and pushes as CI.
     /// The store's drain policy for the signalling server, as an operator would commit it: its
-    /// sessions read from the gauge of each pod's app (here through the harness kubelet's proxy),
-    /// a rollout waits until no customer talks to the old pod (at most 2 minutes), preStop tells
-    /// the app to refuse new sessions. The pods carry the harness kubelet's annotation, so each
-    /// runs the kiosk fixture app.
-    fn drain_signalling(&self, info: &EnvInfo, proxy: &str) -> Result<String> {
+    /// sessions read from the gauge of each pod's app (on the pod's IP), a rollout waits until no
+    /// customer talks to the old pod (at most 2 minutes), preStop tells the app to refuse new
+    /// sessions. The chart's values place the signalling pods on the real node (its label and
+    /// taint) and give them the pull secret.
+    fn drain_signalling(&self, info: &EnvInfo, node: &RealNode) -> Result<String> {
         let fleet = self.dir.join("stack-b/helm/fleet.yaml");
         let mut text = std::fs::read_to_string(&fleet).with_context(|| format!("reading {}", fleet.display()))?;
         write!(
             text,
             "gitopsAgent:\n  drain:\n  - workload: kiosk-signalling\n    sessions:\n      \
-             url: '{proxy}/{{pod}}/metrics'\n      gauge: kiosk_active_sessions\n      interval: 1s\n    \
-             waitForIdle:\n      maxDefer: 2m\n    preStop:\n      httpGet: {{path: /drain, port: ws}}\n"
+             url: 'http://{{podIP}}:{port}/metrics'\n      gauge: kiosk_active_sessions\n      interval: 1s\n    \
+             waitForIdle:\n      maxDefer: 2m\n    preStop:\n      httpGet: {{path: /drain, port: ws}}\n",
+            port = seed::SIGNALLING_PORT
         )?;
         std::fs::write(&fleet, text)?;
         let values = self.dir.join(VALUES);
         let text = std::fs::read_to_string(&values).with_context(|| format!("reading {}", values.display()))?;
-        let annotated =
-            format!("\nsignalling:\n  podAnnotations: {{{}: harness}}\n", testenv::HARNESS_KUBELET_ANNOTATION);
+        let annotated = format!(
+            "\nsignalling:\n  nodeSelector: {{{}: {}}}\n  tolerations:\n  - {{key: {}, operator: Equal, value: \"{}\", \
+             effect: NoSchedule}}\n  imagePullSecrets:\n  - {{name: {}}}\n",
+            node.label_key,
+            node.label_value,
+            node.taint_key,
+            node.taint_value,
+            node_support::PULL_SECRET
+        );
         if !text.contains("\nsignalling:\n") {
             bail!("{VALUES} has no top-level signalling: section");
         }
         std::fs::write(&values, text.replacen("\nsignalling:\n", &annotated, 1))?;
-        self.git(&["commit", "-qam", "signalling: drain customers' sessions on rollouts (gitopsAgent.drain)"])?;
+        self.git(&[
+            "commit",
+            "-qam",
+            "signalling: drain customers' sessions on rollouts (gitopsAgent.drain), on the real node",
+        ])?;
         seed::git_push(info, &info.git_ci, &self.dir, seed::STACK_B_REPO, "main")?;
         let head = self.head()?;
         println!("pushed commit {}: fleet.yaml: gitopsAgent.drain for kiosk-signalling", short(&head));

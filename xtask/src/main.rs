@@ -126,6 +126,17 @@ async fn test(extra: &[String]) -> Result<ExitCode> {
     if !status.success() {
         failed.push("tests");
     }
+    // Alone, once the parallel suite is done: it takes the real node down and up again.
+    if testenv::running(&paths::run_dir()).is_some_and(|i| i.real_node.is_some()) {
+        eprintln!("xtask test: the real node's down/up check");
+        let status = paths::cargo()
+            .args(["test", "-p", "agent", "--test", "e2e", "--", "--ignored", "--exact"])
+            .arg("real_node::down_undoes_every_host_change_of_the_real_node_and_a_second_up_works")
+            .status()?;
+        if !status.success() {
+            failed.push("real node down/up");
+        }
+    }
     if !was_up {
         testenv::down()?;
     }

@@ -56,6 +56,16 @@ impl Pki {
         self.dir.join("certs.d")
     }
 
+    /// A key and certificate `<name>.key`/`<name>.crt` signed by the testenv CA for `subject`
+    /// (`/O=system:nodes/CN=system:node:x`), made once and reused by later `up`s.
+    pub fn ensure_leaf(&self, name: &str, subject: &str, san: Option<&str>, eku: &str) -> Result<(PathBuf, PathBuf)> {
+        let (key, cert) = (self.dir.join(format!("{name}.key")), self.dir.join(format!("{name}.crt")));
+        if !cert.exists() {
+            leaf_subject(self, &key, &cert, subject, san, eku)?;
+        }
+        Ok((key, cert))
+    }
+
     /// Creates every file that is missing (an existing PKI is reused across `up`s).
     pub fn ensure(dir: &Path) -> Result<Pki> {
         let pki = Pki { dir: dir.to_path_buf() };
@@ -116,6 +126,10 @@ fn self_signed_ca(key: &Path, cert: &Path, cn: &str) -> Result<()> {
 }
 
 fn leaf(pki: &Pki, key: &Path, cert: &Path, cn: &str, san: Option<&str>, eku: &str) -> Result<()> {
+    leaf_subject(pki, key, cert, &format!("/CN={cn}"), san, eku)
+}
+
+fn leaf_subject(pki: &Pki, key: &Path, cert: &Path, subj: &str, san: Option<&str>, eku: &str) -> Result<()> {
     let csr = cert.with_extension("csr");
     let ext = cert.with_extension("ext");
     let mut ext_text = format!(
@@ -125,8 +139,7 @@ fn leaf(pki: &Pki, key: &Path, cert: &Path, cn: &str, san: Option<&str>, eku: &s
         ext_text.push_str(&format!("subjectAltName={san}\n"));
     }
     std::fs::write(&ext, ext_text)?;
-    let subj = format!("/CN={cn}");
-    openssl(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", &subj, "-keyout"], &[key, Path::new("-out"), &csr])?;
+    openssl(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", subj, "-keyout"], &[key, Path::new("-out"), &csr])?;
     openssl(
         &["x509", "-req", "-days", "3650", "-set_serial", &serial(), "-in"],
         &[

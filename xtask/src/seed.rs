@@ -23,7 +23,7 @@ pub const STACK_B_REPO: &str = "stack-b";
 pub fn seed(info: &EnvInfo) -> Result<()> {
     for (repo, tags) in STACK_B_IMAGES {
         for tag in *tags {
-            let digest = push_image(info, repo, tag)?;
+            let digest = push_stack_b_image(info, repo, tag)?;
             eprintln!("seed: pushed {}/{repo}:{tag} {digest}", info.registry);
         }
     }
@@ -42,6 +42,22 @@ pub fn seed(info: &EnvInfo) -> Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     eprintln!("seed: {}/{STACK_B_REPO}.git (branch main)", info.git_base);
     Ok(())
+}
+
+/// The port Stack B's signalling server listens on (the chart's `ws` port).
+pub const SIGNALLING_PORT: u16 = 8443;
+
+/// Pushes a Stack B image with the CI robot; returns its digest. With a real node, the signalling
+/// images are the kiosk fixture app (serving on [`SIGNALLING_PORT`]; a tag containing `broken`
+/// exits 1 at start), so the signalling pods really run there; otherwise, and for the other
+/// images, a fixture image for KWOK.
+pub fn push_stack_b_image(info: &EnvInfo, repo: &str, tag: &str) -> Result<String> {
+    if repo == "library/u5-signalling" && info.real_node.is_some() {
+        use crate::images::{Kiosk, push_kiosk_on_port};
+        let kind = if tag.contains("broken") { Kiosk::CrashAtStart } else { Kiosk::App };
+        return push_kiosk_on_port(info, repo, tag, kind, SIGNALLING_PORT);
+    }
+    push_image(info, repo, tag)
 }
 
 /// Pushes a fixture image with the CI robot; returns its manifest digest.

@@ -9,168 +9,23 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+pub use crate::env_info::{Creds, DEFAULT_PORT_BASE, EnvInfo, Ports};
 use crate::paths;
 use crate::pki::Pki;
+pub(crate) use crate::proc::{Layout, Proc, check_alive, live_pid, log_tail, process_alive, spawn};
 use crate::token_service::{Account, Grant, TokenConfig};
 use crate::tools::{self, GoTools};
 
-/// Default first port; `GITOPS_TESTENV_PORT_BASE` moves the whole block.
-pub const DEFAULT_PORT_BASE: u16 = 38400;
 /// The KWOK node every fixture targets.
 pub const NODE_NAME: &str = "store-node-1";
 /// The registry's `service` (Harbor's value, so payloads and challenges look the same).
 pub const REGISTRY_SERVICE: &str = "harbor-registry";
 const TOKEN_ISSUER: &str = "gitops-agent-testenv-token-issuer";
-/// Pod annotation that makes the harness, not KWOK, act as the kubelet on deletion.
-pub const HARNESS_KUBELET_ANNOTATION: &str = "gitops-agent.test/kubelet";
-
-/// The ports of one testenv instance, all on 127.0.0.1.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Ports {
-    pub etcd_client: u16,
-    pub etcd_peer: u16,
-    pub apiserver: u16,
-    pub controller_manager: u16,
-    pub scheduler: u16,
-    pub kwok: u16,
-    pub registry: u16,
-    pub token: u16,
-    pub git: u16,
-}
-
-impl Ports {
-    pub fn from_base(b: u16) -> Ports {
-        Ports {
-            etcd_client: b,
-            etcd_peer: b + 1,
-            apiserver: b + 2,
-            controller_manager: b + 3,
-            scheduler: b + 4,
-            kwok: b + 5,
-            registry: b + 6,
-            token: b + 7,
-            git: b + 8,
-        }
-    }
-
-    pub fn from_env() -> Result<Ports> {
-        let base = match std::env::var("GITOPS_TESTENV_PORT_BASE") {
-            Ok(v) => v.parse().with_context(|| format!("GITOPS_TESTENV_PORT_BASE={v:?} is not a port number"))?,
-            Err(_) => DEFAULT_PORT_BASE,
-        };
-        if base > u16::MAX - 16 {
-            bail!("GITOPS_TESTENV_PORT_BASE={base} leaves no room for the 9 ports the testenv needs");
-        }
-        Ok(Ports::from_base(base))
-    }
-
-    pub fn all(&self) -> Vec<(&'static str, u16)> {
-        vec![
-            ("etcd client", self.etcd_client),
-            ("etcd peer", self.etcd_peer),
-            ("kube-apiserver", self.apiserver),
-            ("kube-controller-manager", self.controller_manager),
-            ("kube-scheduler", self.scheduler),
-            ("kwok", self.kwok),
-            ("registry", self.registry),
-            ("registry token service", self.token),
-            ("git server", self.git),
-        ]
-    }
-}
-
-/// A name and password.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Creds {
-    pub username: String,
-    pub password: String,
-}
-
-/// What a running testenv offers, written to `env.json` for tests and `testenv env`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EnvInfo {
-    pub run_dir: PathBuf,
-    pub ports: Ports,
-    /// Admin kubeconfig (bearer token, so a fault proxy can sit in front of the API server).
-    pub kubeconfig: PathBuf,
-    pub apiserver: String,
-    pub admin_token: String,
-    /// The CA behind every TLS endpoint of the testenv.
-    pub ca_cert: PathBuf,
-    /// JSON lines of every write request the API server served.
-    pub audit_log: PathBuf,
-    /// `127.0.0.1:PORT`, as written in image references.
-    pub registry: String,
-    pub registry_service: String,
-    pub token_realm: String,
-    /// JSON lines of every token request (account, scope, status).
-    pub token_access_log: PathBuf,
-    /// Pull-only robot, as a store's agent has: `robot$store1+agent`.
-    pub registry_agent: Creds,
-    /// Push+pull robot, as CI has: `robot$ci+builder`.
-    pub registry_ci: Creds,
-    /// Folder for `skopeo --cert-dir` / docker-style CA lookup.
-    pub registry_cert_dir: PathBuf,
-    /// `https://127.0.0.1:PORT/git`; repositories are `<git_base>/<name>.git`.
-    pub git_base: String,
-    pub git_repos_dir: PathBuf,
-    pub git_access_log: PathBuf,
-    pub git_agent: Creds,
-    pub git_ci: Creds,
-    pub node_name: String,
-    pub helm: PathBuf,
-    pub kustomize: PathBuf,
-    /// Files tests may use to prove foreign signatures are refused.
-    pub foreign_signing_cert: PathBuf,
-    pub foreign_signing_key: PathBuf,
-}
-
-impl EnvInfo {
-    pub fn path(run_dir: &Path) -> PathBuf {
-        run_dir.join("env.json")
-    }
-
-    pub fn load(run_dir: &Path) -> Result<EnvInfo> {
-        let p = EnvInfo::path(run_dir);
-        let text = fs::read_to_string(&p).with_context(|| format!("reading {} (is the testenv up?)", p.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
-    }
-
-    pub fn pki(&self) -> Pki {
-        Pki { dir: self.run_dir.join("pki") }
-    }
-}
-
-/// Layout of the run dir.
-struct Layout {
-    root: PathBuf,
-}
-
-impl Layout {
-    fn p(&self, rel: &str) -> PathBuf {
-        self.root.join(rel)
-    }
-    fn log(&self, name: &str) -> PathBuf {
-        self.root.join("logs").join(format!("{name}.log"))
-    }
-    fn pid(&self, name: &str) -> PathBuf {
-        self.root.join("pids").join(format!("{name}.pid"))
-    }
-}
-
-/// A process `up` starts.
-struct Proc {
-    name: &'static str,
-    program: PathBuf,
-    args: Vec<String>,
-    cwd: Option<PathBuf>,
-}
 
 /// The order `up` starts components in; `down` stops them in reverse.
 const COMPONENTS: &[&str] = &[
@@ -189,9 +44,12 @@ pub async fn up(opts: &UpOptions) -> Result<EnvInfo> {
     let run = paths::run_dir();
     let ports = Ports::from_env()?;
     let layout = Layout { root: run.clone() };
+    let want = crate::node::wanted()?;
     if let Ok(info) = EnvInfo::load(&run)
         && info.ports == ports
         && all_running(&layout)
+        && (info.real_node.is_some() == (want == crate::node::Want::RealNode))
+        && (info.real_node.is_none() || crate::node::running(&layout))
         && crate::http::get(
             &format!("{}/readyz", info.apiserver),
             &info.ca_cert,
@@ -201,7 +59,7 @@ pub async fn up(opts: &UpOptions) -> Result<EnvInfo> {
         .is_ok_and(|r| r.status == 200)
     {
         eprintln!("testenv: already up ({})", run.display());
-        return Ok(info);
+        return crate::node::refresh_images(&run, info);
     }
     // Something is half there (a crash, a reboot): start clean, keeping PKI and credentials.
     stop_all(&layout)?;
@@ -216,7 +74,11 @@ pub async fn up(opts: &UpOptions) -> Result<EnvInfo> {
     }
     let pki = Pki::ensure(&layout.p("pki"))?;
     let creds = Credentials::ensure(&layout.p("credentials.json"))?;
-    let info = write_configs(&layout, &ports, &pki, &creds, &go, &system, opts)?;
+    let mut info = write_configs(&layout, &ports, &pki, &creds, &go, &system, opts)?;
+    if want == crate::node::Want::RealNode {
+        info.real_node = Some(crate::node::prepare(&run, &pki, &go.kubelet, &info.apiserver)?);
+        write_private(&EnvInfo::path(&layout.root), &serde_json::to_string_pretty(&info)?)?;
+    }
 
     let started = Instant::now();
     match start_all(&layout, &ports, &pki, &go, &system, &info).await {
@@ -475,6 +337,7 @@ $HTTP["url"] =~ "^/git" {{
         kustomize: go.kustomize.clone(),
         foreign_signing_cert: pki.foreign_cert(),
         foreign_signing_key: pki.foreign_key(),
+        real_node: None,
     };
     write_private(&EnvInfo::path(&l.root), &serde_json::to_string_pretty(&info)?)?;
     Ok(info)
@@ -490,6 +353,9 @@ async fn start_all(
 ) -> Result<()> {
     let s = |p: &Path| p.display().to_string();
     let etcd_client = format!("http://127.0.0.1:{}", ports.etcd_client);
+    // system:masters: the kubelet's webhook authorization lets it do everything (logs, exec).
+    let kubelet_client =
+        pki.ensure_leaf("apiserver-kubelet-client", "/O=system:masters/CN=testenv:kube-apiserver", None, "clientAuth")?;
     let etcd_peer = format!("http://127.0.0.1:{}", ports.etcd_peer);
     spawn(
         l,
@@ -543,6 +409,12 @@ async fn start_all(
                 "--audit-log-format=json".into(),
                 "--audit-log-maxsize=0".into(),
                 format!("--cert-dir={}", s(&l.p("apiserver-certs"))),
+                // A node's name is never looked up in the machine's DNS; the kubelet's serving
+                // certificate is checked, and the API server presents its own to the kubelet.
+                "--kubelet-preferred-address-types=InternalIP".into(),
+                format!("--kubelet-certificate-authority={}", s(&pki.ca_cert())),
+                format!("--kubelet-client-certificate={}", s(&kubelet_client.1)),
+                format!("--kubelet-client-key={}", s(&kubelet_client.0)),
             ],
             cwd: None,
         },
@@ -670,50 +542,10 @@ async fn start_all(
     crate::kube::wait_node_ready(&client, NODE_NAME, Duration::from_secs(60))
         .await
         .with_context(|| format!("KWOK did not make node {NODE_NAME} Ready; see {}", l.log("kwok").display()))?;
+    if let Some(node) = &info.real_node {
+        crate::node::start(l, info, node, &go.kubelet).await?;
+    }
     Ok(())
-}
-
-fn spawn(l: &Layout, p: Proc) -> Result<()> {
-    let log = fs::File::create(l.log(p.name))?;
-    let mut cmd = Command::new(&p.program);
-    cmd.args(&p.args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-    // Own process group: a Ctrl-C in the terminal that ran `up` does not reach the services,
-    // and `down` can signal a component together with its children (lighttpd's CGIs).
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    if let Some(cwd) = &p.cwd {
-        cmd.current_dir(cwd);
-    }
-    let child = cmd.spawn().with_context(|| format!("starting {} ({})", p.name, p.program.display()))?;
-    fs::write(l.pid(p.name), format!("{}\n{}\n", child.id(), p.program.display()))?;
-    // The child is deliberately not waited for: it outlives this process, and `down` stops it.
-    std::mem::forget(child);
-    Ok(())
-}
-
-/// A pid file's process, if it still runs the program recorded beside it.
-fn live_pid(l: &Layout, name: &str) -> Option<i32> {
-    let text = fs::read_to_string(l.pid(name)).ok()?;
-    let mut lines = text.lines();
-    let pid: i32 = lines.next()?.trim().parse().ok()?;
-    let program = lines.next()?.trim();
-    if !process_alive(pid) {
-        return None;
-    }
-    // Guard against a recycled pid: the running executable must be the one we started.
-    let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-    let exe = exe.to_string_lossy();
-    let program_name = Path::new(program).file_name()?.to_string_lossy().into_owned();
-    (exe.trim_end_matches(" (deleted)").ends_with(&program_name)).then_some(pid)
-}
-
-fn process_alive(pid: i32) -> bool {
-    // A zombie (exited, not yet reaped: our services are re-parented) counts as gone.
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|s| s != "Z")
-        }
-        Err(_) => false,
-    }
 }
 
 fn all_running(l: &Layout) -> bool {
@@ -724,7 +556,8 @@ fn all_running(l: &Layout) -> bool {
 fn stop_all(l: &Layout) -> Result<Vec<&'static str>> {
     use nix::sys::signal::{Signal, killpg};
     use nix::unistd::Pid;
-    let mut stopped = Vec::new();
+    // The real node first: its kubelet talks to the API server, and its host changes are undone.
+    let mut stopped = crate::node::stop(&l.root)?;
     for name in COMPONENTS.iter().rev() {
         if let Some(pid) = live_pid(l, name) {
             let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
@@ -809,6 +642,7 @@ pub async fn status(out: &mut dyn std::io::Write) -> Result<bool> {
         .is_ok_and(|r| r.status == 200);
         writeln!(out, "  {:<24} {}", "api server /readyz", if ready { "ok" } else { "not ready" })?;
         all &= ready;
+        all &= crate::node::status(out, &run, info).await?;
     }
     Ok(all)
 }
@@ -877,21 +711,6 @@ async fn wait_http(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn check_alive(l: &Layout, name: &str) -> Result<()> {
-    if live_pid(l, name).is_none() {
-        bail!("{name} exited during start-up\n{}", log_tail(l, name));
-    }
-    Ok(())
-}
-
-fn log_tail(l: &Layout, name: &str) -> String {
-    let path = l.log(name);
-    let text = fs::read_to_string(&path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-    format!("--- last lines of {} ---\n{tail}", path.display())
 }
 
 /// The running testenv's info, if `up` completed and every component still runs.

@@ -35,6 +35,8 @@ pub struct GoTools {
     pub kube_apiserver: PathBuf,
     pub kube_controller_manager: PathBuf,
     pub kube_scheduler: PathBuf,
+    /// The real node's kubelet, from the same wrapper module.
+    pub kubelet: PathBuf,
     pub etcd: PathBuf,
     pub kwok: PathBuf,
     pub helm: PathBuf,
@@ -50,6 +52,7 @@ impl GoTools {
             kube_apiserver: kube.join("kube-apiserver"),
             kube_controller_manager: kube.join("kube-controller-manager"),
             kube_scheduler: kube.join("kube-scheduler"),
+            kubelet: kube.join("kubelet"),
             etcd: c.join(format!("etcd-{ETCD_VERSION}/bin/etcd")),
             kwok: c.join(format!("kwok-{KWOK_VERSION}/bin/kwok")),
             helm: c.join(format!("helm-{HELM_VERSION}/bin/helm")),
@@ -62,12 +65,21 @@ impl GoTools {
         let t = GoTools::locate();
         let c = paths::cache_dir();
         let scripts = paths::workspace_root().join("xtask/go");
-        if ![&t.kube_apiserver, &t.kube_controller_manager, &t.kube_scheduler].iter().all(|p| p.exists()) {
+        // Only the missing commands: a binary a running testenv executes is never rewritten.
+        let missing: Vec<&str> = [&t.kube_apiserver, &t.kube_controller_manager, &t.kube_scheduler, &t.kubelet]
+            .iter()
+            .filter(|p| !p.exists())
+            .filter_map(|p| p.file_name().and_then(|n| n.to_str()))
+            .collect();
+        if !missing.is_empty() {
             let dir = c.join(format!("kube-{KUBE_VERSION}"));
             eprintln!(
-                "testenv: building Kubernetes {KUBE_VERSION} control plane with Go (first time: ~10 min on 2 cores)"
+                "testenv: building Kubernetes {KUBE_VERSION} ({}) with Go (first time: ~10 min on 2 cores)",
+                missing.join(", ")
             );
-            run_script(&scripts.join("build-kube.sh"), &[KUBE_VERSION], &dir)?;
+            let mut args = vec![KUBE_VERSION];
+            args.extend(&missing);
+            run_script(&scripts.join("build-kube.sh"), &args, &dir)?;
         }
         if !t.etcd.exists() {
             let dir = c.join(format!("etcd-{ETCD_VERSION}"));
@@ -81,12 +93,14 @@ impl GoTools {
     }
 }
 
+/// Runs `script VERSION BIN_DIR SRC_DIR [MORE...]` (`args` = VERSION, MORE...).
 fn run_script(script: &Path, args: &[&str], dir: &Path) -> Result<()> {
     let status = Command::new("bash")
         .arg(script)
-        .args(args)
+        .arg(args[0])
         .arg(dir.join("bin"))
         .arg(dir.join("src"))
+        .args(&args[1..])
         .status()
         .with_context(|| format!("running {}", script.display()))?;
     if !status.success() {
@@ -116,8 +130,14 @@ fn go_install(target: &Path, module: &str) -> Result<()> {
 
 /// Installs missing Debian packages (as root directly, otherwise through sudo when available).
 pub fn ensure_apt_packages() -> Result<()> {
-    let missing: Vec<&str> =
-        APT_PACKAGES.iter().filter(|(_, prog)| which(prog).is_none()).map(|(pkg, _)| *pkg).collect();
+    ensure_packages(APT_PACKAGES)
+}
+
+/// Installs those of `packages` (name, program or absolute path proving it present) that are
+/// missing.
+pub fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
+    let present = |prog: &str| if prog.starts_with('/') { Path::new(prog).exists() } else { which(prog).is_some() };
+    let missing: Vec<&str> = packages.iter().filter(|(_, prog)| !present(prog)).map(|(pkg, _)| *pkg).collect();
     if missing.is_empty() {
         return Ok(());
     }

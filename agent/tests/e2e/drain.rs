@@ -1,9 +1,9 @@
-//! Drain windows against the testenv, with the kiosk fixture app running for each pod (the
-//! harness acts as the kubelet: preStop, SIGTERM, removal at the end of the grace period):
-//! a rollout waits for idle pods, a clean drain is reported clean, `maxDefer` expires and a
-//! session held past the window is really cut and reported as cut (read from the JSON endpoint,
-//! the first test reads the Prometheus gauge), and on a node with no room
-//! for a second GPU pod the agent replaces one pod at a time and says so in `agent diff`.
+//! Drain windows against the testenv. The kiosk fixture app runs as real containers on the real
+//! node (its kubelet runs the preStop, SIGTERM and the grace period): a rollout waits for idle
+//! pods, a clean drain is reported clean, `maxDefer` expires and a session held past the window
+//! is really cut and reported as cut (read from the JSON endpoint, the first test reads the
+//! Prometheus gauge). On a KWOK node with no room for a second GPU pod the agent replaces one pod
+//! at a time and says so in `agent diff` (room is a scheduling question: KWOK suffices there).
 
 use std::time::Duration;
 
@@ -11,36 +11,25 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
-use xtask::kubelet::Kubelet;
+use xtask::node_support::LogFollower;
+use xtask::session::Session;
 use xtask::support::TestEnv;
 
 use crate::daemon::{Daemon, gitea_push, metrics, post, sample, serve, signed};
+use crate::real_node::{KioskApp, Release};
 use crate::rollout::{App, agent, bundle, text};
 use crate::util::wait_for;
 
-/// The kiosk Deployment: one replica, the harness is its kubelet, an explicit grace period.
-fn kiosk(app: &App, tag: &str, grace: u32) -> String {
-    format!(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 1\n  selector:\n    \
-         matchLabels: {{app: web}}\n  template:\n    metadata:\n      labels: {{app: web}}\n      annotations:\n        \
-         {annotation}: harness\n    spec:\n      terminationGracePeriodSeconds: {grace}\n      containers:\n      \
-         - name: web\n        image: {image}:{tag}\n        ports:\n        - containerPort: 8080\n",
-        annotation = xtask::testenv::HARNESS_KUBELET_ANNOTATION,
-        image = app.image,
-    )
+/// `gitopsAgent` with one drain entry for `web` (extra lines indented as its fields).
+fn fleet(entry: &str) -> String {
+    format!("gitopsAgent:\n  drain:\n  - workload: web\n{entry}")
 }
 
-/// `fleet.yaml` with one drain entry for `web` (extra lines indented as its fields).
-fn fleet(app: &App, entry: &str) -> String {
-    format!("defaultNamespace: {}\ngitopsAgent:\n  drain:\n  - workload: web\n{entry}", app.ns.name)
-}
-
-/// The session probe through the harness kubelet's proxy: the Prometheus gauge, or the JSON
-/// endpoint.
-fn sessions(kubelet: &Kubelet, json: bool) -> String {
+/// The session probe on each pod's IP: the Prometheus gauge, or the JSON endpoint.
+fn sessions(json: bool) -> String {
     let (path, read) =
         if json { ("sessions", "jsonPointer: /active") } else { ("metrics", "gauge: kiosk_active_sessions") };
-    format!("    sessions:\n      url: '{}/{{pod}}/{path}'\n      {read}\n      interval: 1s\n", kubelet.proxy_url())
+    format!("    sessions:\n      url: 'http://{{podIP}}:8080/{path}'\n      {read}\n      interval: 1s\n")
 }
 
 async fn live(app: &App, env: &TestEnv) -> Value {
@@ -62,20 +51,18 @@ fn owned_by_agent(live: &Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rollout_waits_for_idle_pods_then_the_old_pod_drains_cleanly() {
     let env = TestEnv::get();
-    let app = App::new(env, "drain-idle").await;
-    let kubelet = Kubelet::start(env.client().await, &app.ns.name).await;
-    let entry = format!(
+    let k = KioskApp::new(env, "drain-idle").await;
+    let app = &k.app;
+    let policy = fleet(&format!(
         "    window: 20s\n{}    waitForIdle:\n      maxDefer: 10m\n    preStop:\n      httpGet: {{path: /drain, port: 8080}}\n",
-        sessions(&kubelet, false)
-    );
-    app.write("apps/web/fleet.yaml", &fleet(&app, &entry));
-    app.write("apps/web/deployment.yaml", &kiosk(&app, "1.0.0", 5));
-    app.commit(env, "the kiosk, with a drain policy");
+        sessions(false)
+    ));
+    k.release(env, &policy, &Release::good("1.0.0"), "the kiosk, with a drain policy");
 
     // Nothing runs yet, so nothing to wait for: the first version rolls out at once.
     let (code, doc, human) = app.reconcile(&[]);
     assert_eq!((code, bundle(&doc, "web")["result"].as_str()), (Some(0), Some("rolledOut")), "{human}");
-    let d = live(&app, env).await;
+    let d = live(app, env).await;
     let spec = &d["spec"];
     assert_eq!(spec["strategy"]["rollingUpdate"]["maxUnavailable"], 0, "surge before unavailable: {spec:#}");
     assert_eq!(spec["strategy"]["rollingUpdate"]["maxSurge"], 1, "the chart sets none: one pod beside the old one");
@@ -85,19 +72,19 @@ async fn a_rollout_waits_for_idle_pods_then_the_old_pod_drains_cleanly() {
     for field in ["f:terminationGracePeriodSeconds", "f:maxUnavailable", "f:preStop"] {
         assert!(owned.contains(field), "gitops-agent owns {field} under server-side apply: {owned}");
     }
-    let old_pod = kubelet.wait_running(&[], Duration::from_secs(60)).await;
-    let mut session = kubelet.open_session(&old_pod).await;
+    let (old_pod, old_ip) = k.ready_pod(env, &[]).await;
+    let log = LogFollower::start(&env.client().await, &app.ns.name, &old_pod);
+    let mut session = Session::open(&format!("ws://{old_ip}:8080/ws")).await.unwrap();
 
     // The daemon (polling every hour) gets the change by webhook and defers it: a customer is
     // talking to the old pod.
-    let port = serve(&app, "", "1h", "15s");
+    let port = serve(app, "", "1h", "15s");
     let dir = app.config.parent().unwrap().to_owned();
     let daemon = Daemon::start(&app.config, dir.join("agent.log"), port, &[]);
     daemon.wait_ready().await;
     daemon.wait_running("web", &app.head(), Duration::from_secs(60)).await;
-    app.write("apps/web/deployment.yaml", &kiosk(&app, "1.1.0", 5));
-    app.commit(env, "web 1.1.0");
-    let body = gitea_push(&app);
+    k.release(env, &policy, &Release::good("1.1.0"), "web 1.1.0");
+    let body = gitea_push(app);
     let (code, _) =
         post(&daemon, "gitea", &[("x-gitea-event", "push".to_owned()), ("x-gitea-signature", signed(&body))], body)
             .await;
@@ -117,17 +104,23 @@ async fn a_rollout_waits_for_idle_pods_then_the_old_pod_drains_cleanly() {
         if n >= cycles + 2.0 { Ok(()) } else { Err(format!("{n} cycles")) }
     })
     .await;
-    assert!(live(&app, env).await.to_string().contains(":1.0.0@sha256:"), "nothing applied while a session is open");
+    assert!(live(app, env).await.to_string().contains(":1.0.0@sha256:"), "nothing applied while a session is open");
     assert!(session.ping().await, "the customer's session is untouched");
 
-    // The conversation ends: the rollout starts by itself, the old pod drains cleanly.
+    // The conversation ends: the rollout starts by itself, the old pod drains cleanly (the real
+    // preStop, then SIGTERM) and its app exits by itself, long before its grace period.
     session.close().await;
     let web = daemon.wait_running("web", &app.head(), Duration::from_secs(60)).await;
     let message = web["last"]["message"].as_str().unwrap();
     assert!(message.contains("Deployment/") && message.contains("drained cleanly (1 pod)"), "{web:#}");
-    let ended = kubelet.wait_ended(&old_pod, Duration::from_secs(30)).await;
-    assert_eq!(ended.last_line, "drained cleanly", "{ended:?}");
-    assert!(!ended.killed && ended.exited_at < ended.deadline, "it exited by itself before its grace ended: {ended:?}");
+    let lines = log.wait_done(Duration::from_secs(30)).await.unwrap();
+    let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+    let pre_stop = texts.iter().position(|l| l.starts_with("draining (GET /drain)"));
+    let sigterm = texts.iter().position(|l| l.starts_with("SIGTERM: draining, 0 sessions active"));
+    assert!(pre_stop.is_some() && pre_stop < sigterm, "preStop, then SIGTERM: {texts:#?}");
+    assert_eq!(texts.last().copied(), Some("drained cleanly"), "{texts:#?}");
+    let took = lines.last().unwrap().at - lines[sigterm.unwrap()].at;
+    assert!(took < 15.0, "it exited by itself {took:.1}s after SIGTERM, before its 20 s grace ended");
     let ev = crate::util::event(env, &app.ns.name, "DrainedCleanly").await;
     assert_eq!(ev.type_.as_deref(), Some("Normal"));
     assert_eq!(ev.regarding.as_ref().unwrap().name.as_deref(), Some("web"));
@@ -142,19 +135,17 @@ async fn a_rollout_waits_for_idle_pods_then_the_old_pod_drains_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn max_defer_expires_and_a_session_held_past_the_window_is_cut_and_reported() {
     let env = TestEnv::get();
-    let app = App::new(env, "drain-cut").await;
-    let kubelet = Kubelet::start(env.client().await, &app.ns.name).await;
-    let entry = format!("    window: 6s\n{}    waitForIdle:\n      maxDefer: 3s\n", sessions(&kubelet, true));
-    app.write("apps/web/fleet.yaml", &fleet(&app, &entry));
-    app.write("apps/web/deployment.yaml", &kiosk(&app, "1.0.0", 6));
-    app.commit(env, "the kiosk, with a short drain");
+    let k = KioskApp::new(env, "drain-cut").await;
+    let app = &k.app;
+    let policy = fleet(&format!("    window: 6s\n{}    waitForIdle:\n      maxDefer: 3s\n", sessions(true)));
+    k.release(env, &policy, &Release { grace: 6, ..Release::good("1.0.0") }, "the kiosk, with a short drain");
     let (code, doc, human) = app.reconcile(&[]);
     assert_eq!((code, bundle(&doc, "web")["result"].as_str()), (Some(0), Some("rolledOut")), "{human}");
-    let old_pod = kubelet.wait_running(&[], Duration::from_secs(60)).await;
-    let mut session = kubelet.open_session(&old_pod).await;
+    let (old_pod, old_ip) = k.ready_pod(env, &[]).await;
+    let log = LogFollower::start(&env.client().await, &app.ns.name, &old_pod);
+    let mut session = Session::open(&format!("ws://{old_ip}:8080/ws")).await.unwrap();
 
-    app.write("apps/web/deployment.yaml", &kiosk(&app, "1.1.0", 6));
-    app.commit(env, "web 1.1.0");
+    k.release(env, &policy, &Release { grace: 6, ..Release::good("1.1.0") }, "web 1.1.0");
     let before = app.writes(env).await;
     let (code, doc, human) = app.reconcile(&[]);
     assert_eq!(code, Some(3), "{human}");
@@ -173,7 +164,7 @@ async fn max_defer_expires_and_a_session_held_past_the_window_is_cut_and_reporte
     );
 
     // maxDefer passes while the customer still talks: the rollout starts anyway, and the session
-    // is cut when the drain window ends (the harness, as the kubelet, ends the pod then).
+    // is cut when the drain window ends (the kubelet ends the pod at its grace period).
     let doc = wait_for("maxDefer to pass and the rollout to run", Duration::from_secs(60), || async {
         let (code, doc, human) = app.reconcile(&[]);
         match bundle(&doc, "web")["result"].as_str() {
@@ -187,16 +178,15 @@ async fn max_defer_expires_and_a_session_held_past_the_window_is_cut_and_reporte
     assert_eq!(drain["cut"], 1, "{web:#}");
     assert_eq!(drain["clean"], false, "{web:#}");
     assert!(web["message"].as_str().unwrap().contains("1 session cut at window end"), "{web:#}");
-    // Really cut: the app closed it at the end of its grace ("going away"), or the kubelet's
-    // SIGKILL at the end of the pod's grace period dropped it, whichever came first.
-    let closed = session.closed_by_server(Duration::from_secs(5)).await;
-    let ended = kubelet.wait_ended(&old_pod, Duration::from_secs(10)).await;
-    match closed {
-        Some(1001) => assert_eq!(ended.last_line, "grace ended: cut 1 sessions", "{ended:?}"),
-        None => assert!(ended.killed, "dropped without a close frame, so killed: {ended:?}"),
-        other => panic!("the session ended with close code {other:?}: {ended:?}"),
-    }
-    assert!(ended.exited_at + 1 >= ended.deadline, "it lived its whole drain window: {ended:?}");
+    // Really cut: the app (whose own grace is 30 s) was killed at the end of the pod's 6 s
+    // grace period, so the session dropped without a Close frame, after the whole window.
+    assert_eq!(session.closed_by_server(Duration::from_secs(5)).await, None, "killed: no Close frame");
+    let lines = log.wait_done(Duration::from_secs(10)).await.unwrap();
+    let sigterm = lines
+        .iter()
+        .find(|l| l.text.starts_with("SIGTERM: draining, 1 sessions active"))
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert_eq!(lines.last().map(|l| l.text.as_str()), Some(sigterm.text.as_str()), "killed mid-drain: {lines:#?}");
     let ev = crate::util::event(env, &app.ns.name, "SessionsCut").await;
     assert_eq!(ev.type_.as_deref(), Some("Warning"));
     assert!(ev.note.as_deref().unwrap().contains("1 session cut at window end"), "{:?}", ev.note);
@@ -267,7 +257,10 @@ async fn with_no_room_for_a_second_gpu_pod_one_pod_is_replaced_at_a_time_and_dif
             image = app.image,
         )
     };
-    app.write("apps/web/fleet.yaml", &fleet(&app, "    window: 4s\n    preStop:\n      sleep: 1s\n"));
+    app.write(
+        "apps/web/fleet.yaml",
+        &format!("defaultNamespace: {ns}\n{}", fleet("    window: 4s\n    preStop:\n      sleep: 1s\n")),
+    );
     app.write("apps/web/deployment.yaml", &deployment("1.0.0"));
     app.commit(env, "a GPU workload");
     let (code, doc, human) = app.reconcile(&[]);

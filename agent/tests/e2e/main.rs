@@ -10,7 +10,7 @@ mod daemon;
 mod desired_state;
 mod drain;
 mod git_source;
-mod kubelet;
+mod real_node;
 mod registry_source;
 mod rollout;
 mod rollout_policy;
