@@ -1,7 +1,8 @@
 //! Environment faults against the testenv (`shared::fault`): a bundle whose namespace is still
-//! terminating, then gone, waits as `retrying` (never failed, never quarantined) and the daemon
-//! rolls it out by itself once the namespace exists; an API server answering 500 through the
-//! fault proxy during an apply keeps the last-known-good and the revision is tried again.
+//! terminating waits as `retrying` (never failed, never quarantined) and, once the namespace is
+//! gone, the daemon creates it (labelled as ours) and rolls out by itself; an API server
+//! answering 500 through the fault proxy during an apply keeps the last-known-good and the
+//! revision is tried again.
 
 use std::io::Read;
 use std::time::Duration;
@@ -42,7 +43,7 @@ async fn wait_retrying(d: &Daemon, because: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_namespace_terminating_then_missing_is_retried_not_quarantined_and_rolled_out_once_it_exists() {
+async fn a_namespace_still_terminating_is_retried_not_quarantined_and_once_gone_is_created_and_rolled_out() {
     let env = TestEnv::get();
     let app = App::new(env, "fault-ns").await;
     let client = env.client().await;
@@ -78,23 +79,11 @@ async fn a_namespace_terminating_then_missing_is_retried_not_quarantined_and_rol
     assert_eq!(record["quarantine"], Value::Null, "{record:#}");
     assert_eq!(record["counts"]["failedNoRollback"], 0, "{record:#}");
 
-    // Gone: the namespace controller finishes once the finalizer is removed; now a 404.
+    // Gone: the namespace controller finishes once the finalizer is removed. The daemon's retry
+    // timer tries again, creates the missing namespace as its own (labelled, as Fleet does) and
+    // rolls out, with no `agent retry` and no poll.
     let unhold = json!({"metadata": {"finalizers": null}});
     held.patch("hold", &PatchParams::default(), &Patch::Merge(&unhold)).await.unwrap();
-    wait_for("the namespace to be gone", Duration::from_secs(60), || async {
-        match namespaces.get_opt(&target).await.unwrap() {
-            None => Ok(()),
-            Some(n) => Err(format!("{:?}", n.status)),
-        }
-    })
-    .await;
-    let b = wait_retrying(&d, &format!("namespaces \"{target}\" not found")).await;
-    assert_eq!(b["quarantined"], Value::Null, "{b:#}");
-    let attempts = app.file_record()["retrying"]["attempts"].as_u64().unwrap();
-    assert!(attempts >= 2, "the same revision met a fault again, so it waits longer: {attempts}");
-
-    // There: the daemon's retry timer rolls it out, with no `agent retry` and no poll.
-    namespaces.create(&PostParams::default(), &ns).await.unwrap();
     let b = d.wait_running("web", &app.head(), Duration::from_secs(180)).await;
     assert_eq!(b["counts"]["rolledOut"], 1, "{b:#}");
     assert_eq!(b["counts"]["failedNoRollback"], 0, "{b:#}");
@@ -103,6 +92,10 @@ async fn a_namespace_terminating_then_missing_is_retried_not_quarantined_and_rol
     assert!(image.unwrap().starts_with(&format!("{}:1.0.0@sha256:", app.image)));
     let record = app.file_record();
     assert_eq!(record["retrying"], Value::Null, "a rollout forgets the wait: {record:#}");
+    let created = namespaces.get(&target).await.unwrap();
+    let labels = created.metadata.labels.unwrap_or_default();
+    assert_eq!(labels.get("gitops-agent.io/owner"), Some(&app.ns.name), "created as ours: {labels:?}");
+    assert!(d.logs().contains(&format!("created the missing Namespace/{target}")), "{}", tail(&d.logs()));
     drop(d);
     namespaces.delete(&target, &DeleteParams::default()).await.unwrap();
 }
