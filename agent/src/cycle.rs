@@ -29,7 +29,8 @@ pub struct Report {
     pub bundles: Vec<BundleResult>,
     /// Why the cycle stopped before the bundles (git or cluster unreachable).
     pub error: Option<String>,
-    /// Per bundle, the images Git wants (as resolved and pinned), for the daemon's status.
+    /// Per bundle, the images Git wants (as resolved and pinned; as written for a bundle its
+    /// preflight blocked), for the daemon's status and the webhooks it answers.
     #[serde(skip)]
     pub desired_images: BTreeMap<String, Vec<String>>,
     /// Per registry host: its requests of this cycle by (kind, outcome), and its last error.
@@ -124,10 +125,15 @@ pub async fn run(
     let mut built = Vec::new();
     for b in &bundles {
         let d = build.bundle(b).await;
-        if let Ok(d) = &d {
-            let mut images: Vec<String> = d.images.iter().map(|i| i.running.clone()).collect();
-            images.sort();
-            images.dedup();
+        // The images a bundle wants count whether or not it is blocked: a preflight-blocked
+        // bundle waits for a push of exactly these (`shared::webhook::known_repositories`).
+        let mut images: Vec<String> = match &d {
+            Ok(d) => d.images.iter().map(|i| i.running.clone()).collect(),
+            Err(e) => e.wanted.clone(),
+        };
+        images.sort();
+        images.dedup();
+        if d.is_ok() || !images.is_empty() {
             report.desired_images.insert(b.dir.clone(), images);
         }
         built.push(d);

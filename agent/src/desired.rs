@@ -92,6 +92,9 @@ pub struct BundleError {
     pub bundle: String,
     pub stage: Stage,
     pub reasons: Vec<String>,
+    /// The images the bundle renders, as written, when it got as far as rendering (a preflight
+    /// failure: a tag not pushed yet): a registry push of one of them concerns this agent.
+    pub wanted: Vec<String>,
 }
 
 /// An image as rendered and as it will run.
@@ -128,7 +131,12 @@ pub struct Build<'a> {
 impl Build<'_> {
     pub async fn bundle(&self, bundle: &Bundle) -> Result<DesiredBundle, BundleError> {
         let name = bundle.dir.clone();
-        let fail = |stage: Stage, reasons: Vec<String>| BundleError { bundle: name.clone(), stage, reasons };
+        let fail = |stage: Stage, reasons: Vec<String>| BundleError {
+            bundle: name.clone(),
+            stage,
+            reasons,
+            wanted: Vec::new(),
+        };
         let export = tempfile::tempdir().map_err(|e| fail(Stage::Source, vec![e.to_string()]))?;
         let dest = export.path().join("bundle");
         let (git, commit, path, d) = (
@@ -182,12 +190,14 @@ impl Build<'_> {
             }
             Some(registries) => {
                 let uses = render::images(&manifests);
+                let blocked = |problems: Vec<String>| BundleError {
+                    wanted: uses.iter().map(|u| u.image.clone()).collect(),
+                    ..fail(Stage::Preflight, problems)
+                };
                 let same = |a: &str, b: &str| registries.same_registry(a, b);
-                let requests = decide::image_requests(&uses, &spec.policy, &same)
-                    .map_err(|problems| fail(Stage::Preflight, problems))?;
+                let requests = decide::image_requests(&uses, &spec.policy, &same).map_err(blocked)?;
                 let resolutions = futures::future::join_all(requests.iter().map(|r| resolve(registries, r))).await;
-                let map = decide::pin_images(&requests, &resolutions, spec.policy.pin_digests())
-                    .map_err(|problems| fail(Stage::Preflight, problems))?;
+                let map = decide::pin_images(&requests, &resolutions, spec.policy.pin_digests()).map_err(blocked)?;
                 render::replace_images(&mut manifests, &map);
                 requests
                     .iter()

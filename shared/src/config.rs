@@ -4,7 +4,7 @@
 //! in. Secrets never live in this file; it names the file or environment variable that holds
 //! each one, so a config can be printed, validated and shared without leaking anything.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -410,13 +410,17 @@ pub struct Loaded {
     /// Typed fields whose text is no value of their type (a duration, a webhook sender), with
     /// why; their value in `config` is a placeholder, and `validate` reports each one.
     bad_values: BadValues,
+    /// Required fields the file lacks, by path: `validate` reports each one, and no problem of
+    /// the placeholder put in its place (the field's value, or a whole missing section's).
+    missing: Missing,
     lines: LineIndex,
 }
 
 /// Parses `text`, applies environment overrides from `env`, and validates the result.
 ///
 /// Returns every problem found. YAML syntax and structural errors (unknown key, wrong type) stop
-/// parsing, so they come alone; all value problems are reported together.
+/// parsing, so they come alone; missing required fields and all value problems are reported
+/// together.
 pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Vec<Problem>> {
     let loaded = parse(text, env).map_err(|p| vec![p])?;
     let problems = loaded.validate();
@@ -424,11 +428,13 @@ pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, 
 }
 
 /// Parses `text` and applies environment overrides, without validating values (for callers that
-/// add checks of their own and want every problem in one list: see [`Loaded::validate`]).
+/// add checks of their own and want every problem in one list: see [`Loaded::validate`]). A
+/// missing required field is a placeholder here, which [`Loaded::validate`] reports: a `Loaded`
+/// is only a config to use once `validate` found nothing ([`load`] does both).
 pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Problem> {
     let lines = LineIndex::new(text);
-    let (mut config, mut bad_values) = match serde_saphyr::from_str::<AgentConfig>(text) {
-        Ok(config) => (config, BTreeMap::new()),
+    let (mut config, mut bad_values, mut missing) = match serde_saphyr::from_str::<AgentConfig>(text) {
+        Ok(config) => (config, BTreeMap::new(), BTreeSet::new()),
         Err(e) => with_placeholders(text, &lines).unwrap_or_else(|| Err(structural(&e, &lines)))?,
     };
     let mut overridden = BTreeMap::new();
@@ -438,24 +444,61 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded,
                 Ok(()) => bad_values.remove(*path),
                 Err(e) => bad_values.insert((*path).to_owned(), e.to_string()),
             };
+            // A variable gives the value the file lacks (and the section around it).
+            missing.retain(|m| !(*path == m.as_str() || path.starts_with(&format!("{m}."))));
             overridden.insert((*path).to_owned(), (*var).to_owned());
         }
     }
     if config.identity.per_node {
         config.identity.agent_id = config.identity.node_name.clone();
     }
-    Ok(Loaded { config, overridden, bad_values, lines })
+    Ok(Loaded { config, overridden, bad_values, missing, lines })
 }
 
 /// Field paths of typed fields whose text is no value of their type, with why.
 type BadValues = BTreeMap<String, String>;
+
+/// Paths of required fields the file lacks (`identity`, `git.url`, `registries[0].host`, ...).
+type Missing = BTreeSet<String>;
+
+/// Puts a placeholder where the file lacks a required field (no serde default), so the rest of
+/// the file is still read and checked; each is recorded in `missing`. A missing section's
+/// placeholder holds its own required fields, which are then not reported again.
+fn fill_required(tree: &mut serde_json::Value, missing: &mut Missing) {
+    use serde_json::{Value, json};
+    fn require(map: Option<&mut Value>, parent: &str, key: &str, placeholder: Value, missing: &mut Missing) {
+        let Some(obj) = map.and_then(Value::as_object_mut) else { return };
+        if !obj.contains_key(key) {
+            obj.insert(key.to_owned(), placeholder);
+            missing.insert(if parent.is_empty() { key.to_owned() } else { format!("{parent}.{key}") });
+        }
+    }
+    if tree.is_null() {
+        // An empty file: every section is missing.
+        *tree = json!({});
+    }
+    require(Some(tree), "", "identity", json!({"nodeName": ""}), missing);
+    require(tree.get_mut("identity"), "identity", "nodeName", json!(""), missing);
+    require(Some(tree), "", "git", json!({"url": ""}), missing);
+    require(tree.get_mut("git"), "git", "url", json!(""), missing);
+    require(tree.get_mut("git").and_then(|g| g.get_mut("auth")), "git.auth", "username", json!(""), missing);
+    let registries = tree.get_mut("registries").and_then(Value::as_array_mut);
+    for (i, r) in registries.into_iter().flatten().enumerate() {
+        require(Some(r), &format!("registries[{i}]"), "host", json!(""), missing);
+        require(r.get_mut("auth"), &format!("registries[{i}].auth"), "username", json!(""), missing);
+    }
+    let webhooks = tree.get_mut("server").and_then(|s| s.get_mut("webhooks")).and_then(Value::as_array_mut);
+    for (i, w) in webhooks.into_iter().flatten().enumerate() {
+        require(Some(w), &format!("server.webhooks[{i}]"), "sender", json!(Sender::Generic.name()), missing);
+    }
+}
 
 /// The config of a text whose typed fields hold text that is no value of their type (a duration,
 /// a webhook sender): those become placeholders and are returned as problems by path, so that
 /// they are reported together with every other value problem, as when these fields were text.
 /// With another structural error beside them, that error, located in `text` (structural errors
 /// come alone). `None` when no such field is the trouble.
-fn with_placeholders(text: &str, lines: &LineIndex) -> Option<Result<(AgentConfig, BadValues), Problem>> {
+fn with_placeholders(text: &str, lines: &LineIndex) -> Option<Result<(AgentConfig, BadValues, Missing), Problem>> {
     fn replace<T: std::str::FromStr<Err: ToString>>(
         slot: Option<&mut serde_json::Value>,
         path: String,
@@ -469,6 +512,8 @@ fn with_placeholders(text: &str, lines: &LineIndex) -> Option<Result<(AgentConfi
     }
     let mut tree: serde_json::Value = serde_saphyr::from_str(text).ok()?;
     let mut bad = BTreeMap::new();
+    let mut missing = BTreeSet::new();
+    fill_required(&mut tree, &mut missing);
     for path in DURATIONS {
         let slot = path.split('.').try_fold(&mut tree, |v, k| v.get_mut(k));
         replace::<HumanDuration>(slot, (*path).to_owned(), "0s", &mut bad);
@@ -478,13 +523,13 @@ fn with_placeholders(text: &str, lines: &LineIndex) -> Option<Result<(AgentConfi
         let slot = w.get_mut("sender");
         replace::<Sender>(slot, format!("server.webhooks[{i}].sender"), Sender::Generic.name(), &mut bad);
     }
-    if bad.is_empty() {
+    if bad.is_empty() && missing.is_empty() {
         return None;
     }
     // Read back as YAML, so the placeholders go through the same deserializer as the file.
     let patched = serde_saphyr::to_string(&tree).ok()?;
     Some(match serde_saphyr::from_str::<AgentConfig>(&patched) {
-        Ok(config) => Ok((config, bad)),
+        Ok(config) => Ok((config, bad, missing)),
         Err(e) => {
             let p = structural(&e, &LineIndex::new(&patched));
             Err(Problem { line: lines.line(&p.path), ..p })
@@ -639,7 +684,20 @@ impl Loaded {
         v.check(c.render.kustomize.trim().is_empty(), "render.kustomize", || "must not be empty".into());
         v.duration("render.timeout", c.render.timeout, Some(Duration::from_secs(1)));
         v.check(c.state_dir.trim().is_empty(), "stateDir", || "must not be empty".into());
-        v.problems
+        // A placeholder's problems are not the file's: what is wrong there is that it is missing.
+        let under = |path: &str| self.missing.iter().any(|m| path == m || path.starts_with(&format!("{m}.")));
+        v.problems.retain(|p| !under(&p.path));
+        let mut all: Vec<Problem> = self.missing.iter().map(|m| self.missing_problem(m)).collect();
+        all.append(&mut v.problems);
+        all
+    }
+
+    /// A missing required field, on the line of the section that lacks it (none for a section
+    /// missing from the top level).
+    fn missing_problem(&self, path: &str) -> Problem {
+        let (parent, field) = path.rsplit_once('.').map_or(("", path), |(p, f)| (p, f));
+        let line = if parent.is_empty() { None } else { self.lines.line(parent) };
+        Problem { path: path.to_owned(), line, message: format!("missing field `{field}`: it is required") }
     }
 }
 
@@ -925,6 +983,64 @@ registries:
         let p = problems("identity:\n  nodeName: n1\n");
         assert_eq!(p.len(), 1, "{p:#?}");
         assert!(p[0].contains("git"), "{p:#?}");
+    }
+
+    #[test]
+    fn a_missing_required_field_is_reported_with_every_other_problem_of_the_file() {
+        let no_identity = GOOD.replace("identity:\n  nodeName: store-node-1\n  labels: {store: store1, env: qa}\n", "");
+        assert_ne!(no_identity, GOOD);
+        let ftp = |t: &str| t.replace("url: https://git.example", "url: ftp://git.example");
+        // (case, file, every problem in order: missing fields first, then the values')
+        let cases: Vec<(&str, String, Vec<&str>)> = vec![
+            (
+                "the issue's file: no identity and an ftp:// git.url",
+                ftp(&no_identity),
+                vec![
+                    "identity: missing field `identity`: it is required",
+                    "git.url: line 2: unsupported scheme \"ftp\" (expected one of: https, http, file)",
+                ],
+            ),
+            (
+                "a missing value inside a section names the section's line",
+                ftp(&GOOD.replace("  nodeName: store-node-1\n", "")),
+                vec![
+                    "identity.nodeName: line 1: missing field `nodeName`: it is required",
+                    "git.url: line 4: unsupported scheme \"ftp\" (expected one of: https, http, file)",
+                ],
+            ),
+            (
+                "missing fields in lists and credentials, beside a bad duration",
+                GOOD.replace("  - host: harbor.example\n", "  - caFile: ca.pem\n")
+                    .replace("    username: agent\n", "")
+                    .replace(
+                        "url: https://git.example/stores/gitops.git\n",
+                        "url: https://git.example/stores/gitops.git\n  pollInterval: soon\n",
+                    ),
+                vec![
+                    "git.auth.username: line 7: missing field `username`: it is required",
+                    "registries[0].host: line 10: missing field `host`: it is required",
+                    "git.pollInterval: line 6: \"soon\" is not a duration such as 30s or 5m: expected number at 0",
+                ],
+            ),
+            (
+                "an empty file lacks both required sections, and nothing else is said",
+                String::new(),
+                vec!["git: missing field `git`: it is required", "identity: missing field `identity`: it is required"],
+            ),
+        ];
+        for (case, text, want) in cases {
+            let got = problems(&text);
+            assert_eq!(got, want, "{case}:\n{text}");
+        }
+        // A structural error beside a missing field still comes alone, located.
+        let unknown = problems(&no_identity.replace("git:\n", "git:\n  branch: main\n"));
+        assert_eq!(unknown.len(), 1, "{unknown:#?}");
+        assert!(unknown[0].starts_with("git.branch: line 2: unknown field `branch`"), "{unknown:#?}");
+        // A variable supplies what the file lacks: nothing is missing then.
+        let env = |k: &str| (k == "GITOPS_AGENT_GIT_URL").then(|| "https://git.example/x.git".to_owned());
+        let no_url = GOOD.replace("  url: https://git.example/stores/gitops.git\n", "");
+        assert!(load(&no_url, &env).is_ok(), "{:?}", load(&no_url, &env).err());
+        assert_eq!(problems(&no_url), vec!["git.url: line 4: missing field `url`: it is required"]);
     }
 
     #[test]

@@ -247,6 +247,41 @@ pub fn label_owned(manifests: &mut [Manifest], owner: &str, bundle: &str) {
     }
 }
 
+/// Annotation naming the bundle a namespace was created for (the agent creates a bundle's
+/// missing target namespace, as Fleet does).
+pub const CREATED_FOR_ANNOTATION: &str = "gitops-agent.io/created-for";
+
+/// The namespaces a bundle's objects go to that it does not render itself, each as the
+/// Namespace the agent creates when it is missing: labelled as ours (the owner label) and
+/// annotated with the bundle it was made for, but without the bundle label and annotation, so
+/// [`ownership`] names no bundle and no prune or rollback ever deletes it. Sorted by name.
+pub fn namespaces_to_create(objects: &[Value], owner: &str, bundle: &str) -> Vec<Value> {
+    let rendered: BTreeSet<&str> = objects
+        .iter()
+        .filter(|o| o["apiVersion"] == "v1" && o["kind"] == "Namespace")
+        .filter_map(|o| o["metadata"]["name"].as_str())
+        .collect();
+    let wanted: BTreeSet<&str> = objects
+        .iter()
+        .filter_map(|o| o["metadata"]["namespace"].as_str())
+        .filter(|ns| !ns.is_empty() && !rendered.contains(ns))
+        .collect();
+    wanted
+        .into_iter()
+        .map(|ns| {
+            serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {
+                    "name": ns,
+                    "labels": {OWNER_LABEL: owner},
+                    "annotations": {CREATED_FOR_ANNOTATION: bundle},
+                },
+            })
+        })
+        .collect()
+}
+
 /// The owner and bundle an object's labels name, if the agent applied it.
 pub fn ownership(object: &Value) -> Option<(String, String)> {
     let meta = &object["metadata"];
@@ -531,6 +566,57 @@ pub fn bundle_order(bundles: &[(String, Vec<String>)]) -> Result<(Vec<usize>, Ve
         })?;
     }
     Ok((order, deps))
+}
+
+#[cfg(test)]
+mod namespace_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(kind: &str, name: &str, ns: Option<&str>) -> Value {
+        let mut o = json!({"apiVersion": "v1", "kind": kind, "metadata": {"name": name}});
+        if let Some(ns) = ns {
+            o["metadata"]["namespace"] = json!(ns);
+        }
+        o
+    }
+
+    #[test]
+    fn a_bundles_target_namespaces_are_created_labelled_as_ours_unless_it_renders_them() {
+        // (case, objects, namespaces to create)
+        let cases: Vec<(&str, Vec<Value>, Vec<&str>)> = vec![
+            (
+                "one target namespace",
+                vec![obj("ConfigMap", "a", Some("kiosk")), obj("Service", "b", Some("kiosk"))],
+                vec!["kiosk"],
+            ),
+            (
+                "several, sorted",
+                vec![obj("ConfigMap", "a", Some("zz")), obj("ConfigMap", "b", Some("aa"))],
+                vec!["aa", "zz"],
+            ),
+            (
+                "a Namespace the bundle renders is applied, not created",
+                vec![obj("Namespace", "kiosk", None), obj("ConfigMap", "a", Some("kiosk"))],
+                vec![],
+            ),
+            ("cluster-scoped objects need none", vec![obj("ClusterRole", "r", None)], vec![]),
+            ("nothing", vec![], vec![]),
+        ];
+        for (case, objects, want) in cases {
+            let got = namespaces_to_create(&objects, "store-1", "apps/web");
+            let names: Vec<&str> = got.iter().map(|n| n["metadata"]["name"].as_str().unwrap()).collect();
+            assert_eq!(names, want, "{case}");
+            for n in &got {
+                assert_eq!((n["apiVersion"].as_str(), n["kind"].as_str()), (Some("v1"), Some("Namespace")), "{case}");
+                assert_eq!(n["metadata"]["labels"][OWNER_LABEL], "store-1", "{case}: labelled as ours");
+                assert_eq!(n["metadata"]["annotations"][CREATED_FOR_ANNOTATION], "apps/web", "{case}");
+                // Never a bundle's object: no prune, no rollback deletion selects it.
+                assert_eq!(ownership(n), None, "{case}");
+                assert!(n["metadata"]["labels"].get(BUNDLE_LABEL).is_none(), "{case}");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

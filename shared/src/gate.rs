@@ -60,6 +60,9 @@ pub enum Gate {
     /// Not tried, and why; `retry_at` is when the answer may change (a window opens, the idle
     /// pods are read again), `None` when only a change (Git, a person) does.
     Blocked { reason: String, retry_at: Option<Time> },
+    /// The environment failed this revision's last attempt (`shared::fault`): tried again at
+    /// `retry_at`, by itself; `reason` reads "retrying in 40s: <what failed>".
+    Retrying { reason: String, retry_at: Time },
 }
 
 /// A decided gate, with what the driver says and saves before acting on it.
@@ -89,6 +92,11 @@ impl Gate {
     /// Blocked until something changes.
     pub fn blocked(reason: impl Into<String>) -> Gate {
         Gate::Blocked { reason: reason.into(), retry_at: None }
+    }
+
+    /// An environment fault's wait, said as "retrying in 40s: <reason>".
+    pub fn retrying(reason: &str, retry_at: Time, now: Time) -> Gate {
+        Gate::Retrying { reason: format!("retrying in {}s: {reason}", (retry_at - now).max(0)), retry_at }
     }
 
     /// Deferred: looked at again at `retry_at`.
@@ -131,6 +139,7 @@ pub fn before_idle(seen: &Observed) -> Chain {
         Next::Verify if seen.dry_run == DryRun::Yes => return decided(Gate::WouldVerify),
         Next::Verify => return decided(Gate::Verify),
         Next::Blocked(reason) => return decided(Gate::blocked(reason)),
+        Next::Retrying { reason, at } => return decided(Gate::retrying(&reason, at, seen.now)),
         Next::RollOut => {}
     }
     let windows = match window::for_bundle(seen.node_windows, seen.bundle_windows) {
@@ -290,6 +299,7 @@ mod tests {
                 Gate::RollOut => ("roll out", String::new(), None),
                 Gate::WouldRollOut => ("would roll out", String::new(), None),
                 Gate::Blocked { reason, retry_at } => ("blocked", reason.clone(), *retry_at),
+                Gate::Retrying { reason, retry_at } => ("retrying", reason.clone(), Some(*retry_at)),
             },
         }
     }
@@ -303,6 +313,11 @@ mod tests {
 
     fn quarantine(s: &mut Seen) {
         s.record = Record::new("web").start_rollout(snap("new"), L, false, 10).rollout_failed("deadline", false, 20);
+    }
+
+    /// The new revision's apply met a missing namespace 5 seconds ago (first attempt: 10 s).
+    fn environment_fault(s: &mut Seen) {
+        s.record = s.record.environment_fault(&s.hash, "namespaces \"ns\" not found", NOW - 5);
     }
 
     fn in_sync_with_lkg(s: &mut Seen) {
@@ -332,6 +347,30 @@ mod tests {
                 |s| s.record = s.record.pause("maintenance", 5),
                 "blocked",
                 "paused since 1970-01-01T00:00:05Z (maintenance)",
+                None,
+            ),
+            (
+                "an environment fault holds the revision until its retry time, and says when",
+                environment_fault,
+                "retrying",
+                "retrying in 5s: namespaces \"ns\" not found",
+                Some(NOW + 5),
+            ),
+            (
+                "past its retry time the revision rolls out again by itself",
+                |s| s.record = s.record.environment_fault(&s.hash, "HTTP 503", NOW - 10),
+                "roll out",
+                "",
+                None,
+            ),
+            (
+                "another revision is not held by an environment fault of the last one",
+                |s| {
+                    environment_fault(s);
+                    s.hash = snap("fix").revision.hash;
+                },
+                "roll out",
+                "",
                 None,
             ),
             ("live objects equal to the last-known-good are in sync", in_sync_with_lkg, "in sync", "", None),
@@ -442,6 +481,16 @@ mod tests {
                 "blocked",
                 "revision ",
                 None,
+            ),
+            (
+                "an environment fault's wait beats a closed window, which is asked once it ends",
+                |s| {
+                    environment_fault(s);
+                    s.node_windows = evenings();
+                },
+                "retrying",
+                "retrying in ",
+                Some(NOW + 5),
             ),
             (
                 "being in sync needs no open window",

@@ -10,6 +10,7 @@ pub mod desired;
 pub mod drain;
 pub mod drift;
 pub mod duration;
+pub mod fault;
 pub mod fleet;
 pub mod gate;
 pub mod image;

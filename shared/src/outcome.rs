@@ -21,6 +21,10 @@ pub enum Outcome {
     WouldApply,
     /// Not applied: render, preflight, blast radius, conflict, quarantine, dependency.
     Blocked,
+    /// Not applied, or not all of it, because the environment failed (`shared::fault`: a
+    /// namespace missing or terminating, 429, 5xx, ...): tried again by itself at `retry_at`,
+    /// with backoff; nothing quarantined, nothing rolled back.
+    Retrying,
     /// Failed with no last-known-good to return to.
     FailedNoRollback,
     /// The rollback did not become healthy.
@@ -48,6 +52,8 @@ impl Outcome {
             Outcome::WouldApply => "would-apply",
             // CLI: "blocked" (the same)
             Outcome::Blocked => "blocked",
+            // New with the environment retry.
+            Outcome::Retrying => "retrying",
             // CLI: "FAILED"; the daemon's "failed" (paired with rollback-failed, and no longer
             // mistaken for the bundle state `failed` of `agent status`)
             Outcome::FailedNoRollback => "rollout-failed",
@@ -128,6 +134,7 @@ mod tests {
         (Outcome::RolledBack, "rolled-back", "rolledBack", false, false, true, true),
         (Outcome::WouldApply, "would-apply", "wouldApply", false, false, false, false),
         (Outcome::Blocked, "blocked", "blocked", false, false, false, false),
+        (Outcome::Retrying, "retrying", "retrying", false, false, false, false),
         (Outcome::FailedNoRollback, "rollout-failed", "failedNoRollback", true, false, true, true),
         (Outcome::RollbackFailed, "rollback-failed", "rollbackFailed", true, false, true, true),
         (Outcome::Interrupted, "interrupted", "interrupted", true, false, false, true),

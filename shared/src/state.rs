@@ -156,6 +156,24 @@ pub struct Record {
     /// and restarts; a different revision starts a new wait.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_wait: Option<IdleWait>,
+    /// An environment fault (`fault::classify`: namespace missing, 5xx, ...) stopped the plan or
+    /// apply of a revision: it is tried again at `retry_at`, by itself, never quarantined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrying: Option<Retrying>,
+}
+
+/// A revision whose plan or apply met an environment fault, and when it is tried again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Retrying {
+    /// The rendered hash of the revision that waits.
+    pub hash: String,
+    /// What failed, as the API server said it.
+    pub reason: String,
+    pub at: Time,
+    pub retry_at: Time,
+    /// Environment faults of this revision in a row.
+    pub attempts: u32,
 }
 
 /// Since when a revision has waited for idle pods.
@@ -199,6 +217,7 @@ impl Record {
             counts: Counts::default(),
             paused: None,
             idle_wait: None,
+            retrying: None,
         }
     }
 
@@ -258,8 +277,27 @@ impl Record {
         // A quarantine blocks what is current; once another revision is healthy it has done its
         // job (a later commit that renders the failed objects again is one new attempt, not a loop).
         r.quarantine = None;
+        r.retrying = None;
         r.phase = Phase::Idle;
         r
+    }
+
+    /// The environment stopped the plan or the apply of the revision `hash` (`fault::classify`
+    /// said so): back to idle with the last-known-good as it was, nothing quarantined, nothing
+    /// rolled back (the revision was never judged), and a retry at a backoff that grows while
+    /// the same revision keeps meeting faults. A rollback is never left this way: it is
+    /// finished first.
+    pub fn environment_fault(&self, hash: &str, reason: &str, now: Time) -> Record {
+        if matches!(self.phase, Phase::RollingBack { .. }) {
+            return self.clone();
+        }
+        let attempts = match &self.retrying {
+            Some(w) if w.hash == hash => w.attempts + 1,
+            _ => 1,
+        };
+        let retry_at = now + crate::fault::retry_delay(attempts);
+        let retrying = Retrying { hash: hash.to_owned(), reason: reason.to_owned(), at: now, retry_at, attempts };
+        Record { phase: Phase::Idle, retrying: Some(retrying), ..self.next() }
     }
 
     /// Objects found running (and healthy) recorded as the first last-known-good, or the live
@@ -285,6 +323,8 @@ impl Record {
     pub fn rollout_failed(&self, reason: &str, retryable: bool, now: Time) -> Record {
         let Phase::RollingOut { candidate, limits, .. } = &self.phase else { return self.clone() };
         let mut r = self.next();
+        // The environment answered: what failed now is the revision.
+        r.retrying = None;
         match &self.lkg {
             Some(lkg) => {
                 r.phase = Phase::RollingBack {
@@ -358,9 +398,15 @@ impl Record {
         });
     }
 
-    /// `agent retry`: forget the quarantine.
+    /// Live objects equal the last-known-good again (Git went back): an environment retry of
+    /// another revision is moot.
+    pub fn forget_retry(&self) -> Record {
+        Record { retrying: None, ..self.next() }
+    }
+
+    /// `agent retry`: forget the quarantine, and any environment retry's wait.
     pub fn retry(&self) -> Record {
-        Record { quarantine: None, ..self.next() }
+        Record { quarantine: None, retrying: None, ..self.next() }
     }
 }
 
@@ -476,6 +522,8 @@ pub enum Next {
     RollOut,
     /// Not tried: the reason says why and until when.
     Blocked(String),
+    /// Not tried before `at`: the environment failed its last attempt (`reason`).
+    Retrying { reason: String, at: Time },
 }
 
 /// Decides for an idle record, the `hash` of the desired objects, and whether the live objects
@@ -515,7 +563,10 @@ pub fn next(record: &Record, hash: &str, in_sync: bool, now: Time) -> Next {
     match (in_sync, record.lkg.as_ref().is_some_and(|l| l.revision.hash == hash)) {
         (true, true) => Next::Nothing,
         (true, false) => Next::Verify,
-        (false, _) => Next::RollOut,
+        (false, _) => match record.retrying.as_ref().filter(|w| w.hash == hash && now < w.retry_at) {
+            Some(w) => Next::Retrying { reason: w.reason.clone(), at: w.retry_at },
+            None => Next::RollOut,
+        },
     }
 }
 
@@ -682,6 +733,7 @@ mod tests {
                 Next::Verify => "verify",
                 Next::RollOut => "roll out",
                 Next::Blocked(_) => "blocked",
+                Next::Retrying { .. } => "retrying",
             };
             assert_eq!(got, want, "{name}");
         }
@@ -713,6 +765,7 @@ mod tests {
                 Next::Verify => "verify",
                 Next::RollOut => "roll out",
                 Next::Blocked(_) => "blocked",
+                Next::Retrying { .. } => "retrying",
             };
             assert_eq!(got, want, "{name}");
         }
@@ -834,6 +887,61 @@ mod tests {
         );
         assert_ne!(older, text);
         assert_eq!(serde_json::from_str::<Record>(&older).unwrap(), r);
+    }
+
+    #[test]
+    fn an_environment_fault_retries_with_backoff_and_never_quarantines_or_rolls_back() {
+        let good = snap("c1", vec![cm("a", "1")]);
+        let next_rev = snap("c2", vec![cm("a", "2")]);
+        let hash = next_rev.revision.hash.clone();
+        let mut with_lkg = Record::new("b");
+        with_lkg.lkg = Some(good.clone());
+        // (case, record the fault meets, expected lkg afterwards)
+        let cases: Vec<(&str, Record, Option<Snapshot>)> = vec![
+            ("first rollout, during apply", Record::new("b").start_rollout(next_rev.clone(), L, true, 100), None),
+            (
+                "with a last-known-good, during apply",
+                with_lkg.start_rollout(next_rev.clone(), L, false, 100),
+                Some(good.clone()),
+            ),
+            ("while planning (idle)", with_lkg.clone(), Some(good.clone())),
+        ];
+        for (case, rec, lkg) in cases {
+            let r = rec.environment_fault(&hash, "namespaces \"x\" not found", 200);
+            assert_eq!(r.phase, Phase::Idle, "{case}: nothing is left half-way");
+            assert_eq!(r.quarantine, None, "{case}: not quarantined");
+            assert_eq!(r.last, rec.last, "{case}: no outcome recorded: the revision was never judged");
+            assert_eq!(r.counts, rec.counts, "{case}");
+            assert_eq!(r.lkg, lkg, "{case}: the last-known-good is kept, nothing rolled back");
+            assert!(r.seq > rec.seq, "{case}");
+            let w = r.retrying.clone().expect("retrying");
+            assert_eq!((w.attempts, w.at, w.retry_at), (1, 200, 210), "{case}");
+            // Before the retry time it waits; from it on it rolls out again, by itself.
+            assert_eq!(next(&r, &hash, false, 209), Next::Retrying { reason: w.reason.clone(), at: 210 }, "{case}");
+            assert_eq!(next(&r, &hash, false, 210), Next::RollOut, "{case}");
+            // Another revision (a fix in Git) is not held by this one's wait.
+            assert_eq!(next(&r, &good.revision.hash, false, 205), Next::RollOut, "{case}");
+        }
+        // The same revision failing again waits longer; another starts over.
+        let once = with_lkg.environment_fault(&hash, "503", 200);
+        let twice = once.start_rollout(next_rev.clone(), L, false, 210).environment_fault(&hash, "503", 211);
+        assert_eq!((twice.retrying.as_ref().unwrap().attempts, twice.retrying.as_ref().unwrap().retry_at), (2, 231));
+        let other = twice.environment_fault("other", "503", 300);
+        assert_eq!(other.retrying.as_ref().unwrap().attempts, 1);
+        // Healthy at last: the wait is forgotten; so does `agent retry`.
+        let done = twice.start_rollout(next_rev.clone(), L, false, 240).rolled_out(250);
+        assert_eq!(done.retrying, None);
+        assert_eq!(twice.retry().retrying, None);
+        // A real failure after the environment answered is the revision's: judged as before.
+        let failed = twice.start_rollout(next_rev.clone(), L, false, 240).rollout_failed("crash", false, 250);
+        assert_eq!(failed.retrying, None);
+        assert!(matches!(failed.phase, Phase::RollingBack { .. }));
+        // A rollback is finished, never parked.
+        assert_eq!(failed.environment_fault(&hash, "503", 260), failed);
+        // The field is optional in JSON: older records read, and it round-trips.
+        let text = serde_json::to_string(&twice).unwrap();
+        assert_eq!(serde_json::from_str::<Record>(&text).unwrap(), twice);
+        assert!(!serde_json::to_string(&with_lkg).unwrap().contains("retrying"));
     }
 
     #[test]

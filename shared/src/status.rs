@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::k8s::Time;
-use crate::state::{Counts, OutcomeKind, Paused, Phase, Record, rfc3339};
+use crate::state::{Counts, OutcomeKind, Paused, Phase, Record, Retrying, rfc3339};
 
 /// The width the human table fits in.
 pub const WIDTH: usize = 100;
@@ -45,8 +45,8 @@ pub struct QuarantineView {
 pub struct BundleStatus {
     pub bundle: String,
     /// One word an operator can grep: `synced`, `rolling-out`, `rolling-back`, `rolled-back`,
-    /// `quarantined`, `failed`, `rollback-failed`, `new`, `paused`, `blocked`, `deferred` (outside
-    /// its rollout windows).
+    /// `quarantined`, `failed`, `rollback-failed`, `new`, `paused`, `retrying` (an environment
+    /// fault, tried again by itself), `blocked`, `deferred` (outside its rollout windows).
     pub state: &'static str,
     /// The last-known-good: what runs, as far as the agent knows.
     pub running: Option<RevisionView>,
@@ -55,6 +55,9 @@ pub struct BundleStatus {
     pub counts: Counts,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub paused: Option<Paused>,
+    /// An environment fault stopped the last attempt: what, and when it is tried again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retrying: Option<Retrying>,
     /// What the running agent's last reconcile of this bundle found (absent when the agent is
     /// down: the records alone do not know what Git wants now).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -217,6 +220,14 @@ pub fn bundle_status(record: &Record, now: Time) -> BundleStatus {
                 ),
             )
         }
+        (Phase::Idle, _, _) if record.retrying.is_some() => {
+            let w = record.retrying.as_ref().expect("guarded");
+            let next = match w.retry_at - now {
+                left if left > 0 => format!("retrying in {}: {}", ago(left), w.reason),
+                _ => format!("retries at the next reconcile: {}", w.reason),
+            };
+            ("retrying", next)
+        }
         (Phase::Idle, Some(q), _) => {
             let state = if last_kind == Some(OutcomeKind::RolledBack) { "rolled-back" } else { "quarantined" };
             let next = match q.retry_at {
@@ -247,6 +258,7 @@ pub fn bundle_status(record: &Record, now: Time) -> BundleStatus {
         quarantined,
         counts: record.counts,
         paused: record.paused.clone(),
+        retrying: record.retrying.clone(),
         desired: None,
         next,
     }
@@ -430,6 +442,16 @@ pub fn explain(s: &BundleStatus, now: Time) -> String {
             q.reason
         ));
     }
+    if let Some(w) = &s.retrying {
+        out.push_str(&format!(
+            "retrying: hash {} after {} environment fault(s) in a row, the last at {}, again at {}: {}\n",
+            short(&w.hash),
+            w.attempts,
+            rfc3339(w.at),
+            rfc3339(w.retry_at),
+            w.reason
+        ));
+    }
     let c = &s.counts;
     out.push_str(&format!(
         "counts: {} rolled out, {} adopted, {} rolled back, {} failed without rollback, {} rollbacks failed\n",
@@ -504,6 +526,54 @@ new-app        new          -             -    rolls out at the next reconcile
         assert_eq!(got, want, "\n{got}");
         assert!(got.lines().all(|l| l.chars().count() <= WIDTH), "{got}");
         assert!(table(&[], NOW).contains("no bundle records yet"));
+    }
+
+    #[test]
+    fn an_environment_fault_reads_retrying_with_when_and_why_never_failed_or_quarantined() {
+        let good = snap("1111111111111111aaaa", "1.0.0");
+        let next_rev = snap("2222222222222222bbbb", "1.1.0");
+        let why = "Deployment/store-1/web: namespaces \"store-1\" not found (HTTP 404)";
+        let first = Record::new("kiosk").start_rollout(next_rev.clone(), L, true, NOW - 60).environment_fault(
+            &next_rev.revision.hash,
+            why,
+            NOW - 50,
+        );
+        let synced = Record::new("kiosk").start_rollout(good, L, false, NOW - 7200).rolled_out(NOW - 7000);
+        let third = synced
+            .environment_fault(&next_rev.revision.hash, why, NOW - 100)
+            .environment_fault(&next_rev.revision.hash, why, NOW - 70)
+            .environment_fault(&next_rev.revision.hash, why, NOW);
+        // (case, record, state, next)
+        let cases = [
+            (
+                "the first rollout, past its retry time",
+                &first,
+                "retrying",
+                format!("retries at the next reconcile: {why}"),
+            ),
+            ("a synced bundle's third attempt waits 40s", &third, "retrying", format!("retrying in 40s: {why}")),
+        ];
+        for (case, record, state, next) in cases {
+            let s = bundle_status(record, NOW);
+            assert_eq!((s.state, s.next.as_str()), (state, next.as_str()), "{case}");
+            assert_eq!(s.quarantined, None, "{case}");
+            let doc = serde_json::to_value(&s).unwrap();
+            assert_eq!(doc["retrying"]["reason"], why, "{case}");
+            assert!(doc["retrying"]["retryAt"].is_i64(), "{case}: {doc}");
+        }
+        assert_eq!(bundle_status(&third, NOW).running.unwrap().commit, "1111111111111111aaaa", "what runs is kept");
+        let line = table(&[bundle_status(&third, NOW)], NOW);
+        let row: Vec<&str> = line.lines().nth(1).unwrap_or_default().split_whitespace().take(6).collect();
+        assert_eq!(row, ["kiosk", "retrying", "111111111111", "1h", "retrying", "in"], "{line}");
+        assert!(line.contains("retrying in 40s: Deployment/store-1/web"), "{line}");
+        let full = explain(&bundle_status(&third, NOW), NOW);
+        let want = format!(
+            "retrying: hash {} after 3 environment fault(s) in a row, the last at {}, again at {}: {why}\n",
+            &next_rev.revision.hash[..12],
+            rfc3339(NOW),
+            rfc3339(NOW + 40)
+        );
+        assert!(full.contains(&want), "{full}");
     }
 
     #[test]

@@ -240,6 +240,22 @@ pub fn concerns(
     }
 }
 
+/// The repositories (`host/path`) of the images the bundles want, for [`concerns`]: pinned
+/// (`…:1.2@sha256:…`) for a bundle that built, as written (`…:1.2`) for one whose preflight
+/// blocked it while the tag is not in the registry yet. Both name the same repository, so a push
+/// of the tag a blocked bundle waits for concerns this agent. Unparsable references are skipped
+/// (the preflight reported them).
+pub fn known_repositories<'a>(images: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    let mut known: Vec<String> = images
+        .into_iter()
+        .filter_map(|i| crate::image::ImageRef::parse(i).ok())
+        .map(|i| format!("{}/{}", i.registry, i.repository))
+        .collect();
+    known.sort();
+    known.dedup();
+    known
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,6 +445,23 @@ mod tests {
         ];
         for (name, event, want) in cases {
             assert_eq!(concerns(&event, git, Some(&known), &registries), want, "{name}");
+        }
+        // Issue 18, item 7: a bundle blocked by its preflight (CI committed the tag before its
+        // push finished) wants the image as written; the push of that very tag concerns us.
+        let wanted = [
+            format!("harbor.internal/library/u5-signalling:1.4.0@sha256:{}", "0123456789abcdef".repeat(4)),
+            "harbor.internal/kiosk/avatar:2.0.0".to_owned(),
+            "not a reference".to_owned(),
+        ];
+        let known_now = known_repositories(&wanted);
+        assert_eq!(known_now, ["harbor.internal/kiosk/avatar", "harbor.internal/library/u5-signalling"]);
+        for (name, event, want) in [
+            ("the blocked bundle's image, by host", image(Some("harbor.internal"), "kiosk/avatar"), true),
+            ("the blocked bundle's image, by alias", image(Some("harbor.example.com"), "kiosk/avatar"), true),
+            ("a built bundle's image still counts", image(None, "library/u5-signalling"), true),
+            ("an image nobody wants", image(Some("harbor.internal"), "kiosk/other"), false),
+        ] {
+            assert_eq!(concerns(&event, git, Some(&known_now), &registries), want, "{name}");
         }
         let unknown_yet = image(Some("harbor.internal"), "library/other");
         assert!(concerns(&unknown_yet, git, None, &registries), "before the first reconcile any image push counts");

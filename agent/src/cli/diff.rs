@@ -100,7 +100,12 @@ pub async fn report(config: &Path, only: Option<&str>) -> anyhow::Result<Report>
                 match crate::drain::for_bundle(cluster, &policy, node_drain, &mut desired.manifests).await {
                     Ok(plans) => d.drains = plans,
                     Err(e) => {
-                        d.error = Some(BundleError { bundle: b.dir.clone(), stage: Stage::Render, reasons: vec![e] });
+                        d.error = Some(BundleError {
+                            bundle: b.dir.clone(),
+                            stage: Stage::Render,
+                            reasons: vec![e],
+                            wanted: Vec::new(),
+                        });
                         out.push(d);
                         continue;
                     }
@@ -112,6 +117,7 @@ pub async fn report(config: &Path, only: Option<&str>) -> anyhow::Result<Report>
                     bundle: b.dir.clone(),
                     stage: Stage::Plan,
                     reasons: vec![e.to_string()],
+                    wanted: Vec::new(),
                 };
                 match crate::reconcile::plan_objects(
                     cluster,

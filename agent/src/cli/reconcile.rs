@@ -3,8 +3,9 @@
 //!
 //! Exit codes of `reconcile`: 0 every bundle in sync or rolled out; 1 (`--dry-run` only) something
 //! would be applied; 2 error before any bundle (config, git, cluster); 3 a bundle was blocked
-//! (render, preflight, blast radius, conflict, quarantine) or rolled back; 4 a bundle needs a
-//! person (failed with nothing to roll back to, rollback failed, or interrupted).
+//! (render, preflight, blast radius, conflict, quarantine), is retrying after an environment
+//! fault (`shared::fault`), or rolled back; 4 a bundle needs a person (failed with nothing to
+//! roll back to, rollback failed, or interrupted).
 
 use std::io::Write;
 use std::path::Path;
@@ -45,7 +46,7 @@ pub fn exit_code(report: &Report) -> u8 {
         EXIT_CRITICAL
     } else if report.error.is_some() {
         super::EXIT_ERROR
-    } else if results.iter().any(|r| matches!(r, Outcome::Blocked | Outcome::RolledBack)) {
+    } else if results.iter().any(|r| matches!(r, Outcome::Blocked | Outcome::Retrying | Outcome::RolledBack)) {
         EXIT_BLOCKED
     } else if results.iter().any(|r| **r == Outcome::WouldApply) {
         EXIT_WOULD_APPLY
@@ -107,12 +108,13 @@ fn human(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     let count = |f: &dyn Fn(&Outcome) -> bool| report.bundles.iter().filter(|b| f(&b.result)).count();
     writeln!(
         out,
-        "{} bundles: {} in sync, {} rolled out, {} rolled back, {} blocked, {} need a person",
+        "{} bundles: {} in sync, {} rolled out, {} rolled back, {} blocked, {} retrying, {} need a person",
         report.bundles.len(),
         count(&|r| matches!(r, Outcome::InSync | Outcome::Verified)),
         count(&|r| *r == Outcome::RolledOut),
         count(&|r| *r == Outcome::RolledBack),
         count(&|r| *r == Outcome::Blocked),
+        count(&|r| *r == Outcome::Retrying),
         count(&|r| r.is_critical()),
     )
 }

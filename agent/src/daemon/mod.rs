@@ -522,16 +522,7 @@ fn record(d: &Daemon, report: &Report, now: shared::k8s::Time) {
                 },
             );
         }
-        let mut known: Vec<String> = report
-            .desired_images
-            .values()
-            .flatten()
-            .filter_map(|i| shared::image::ImageRef::parse(i).ok())
-            .map(|i| format!("{}/{}", i.registry, i.repository))
-            .collect();
-        known.sort();
-        known.dedup();
-        view.known_images = known;
+        view.known_images = shared::webhook::known_repositories(report.desired_images.values().flatten());
     }
     for r in &report.registries {
         for (kind, outcome, n) in &r.requests {

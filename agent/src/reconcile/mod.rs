@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
+use shared::fault::Cause;
 use shared::gate::{Chain, DryRun, Gate, Observed};
 use shared::k8s::Time;
 use shared::outcome::Outcome;
@@ -28,7 +29,7 @@ use shared::rollout::{Limits, Step};
 use shared::state::{Record, Revision, Snapshot, rendered_hash};
 use shared::window::Change;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, ClusterError};
 use crate::desired::DesiredBundle;
 use crate::state::StateStore;
 use crate::watch::unix_now;
@@ -100,6 +101,29 @@ impl Driver<'_> {
         Ok(())
     }
 
+    /// An environment fault (`shared::fault`) stopped the plan or the apply of `revision`: the
+    /// record goes back to idle with a retry time (growing while the same revision keeps
+    /// meeting faults), nothing quarantined, nothing rolled back; the result says when, so the
+    /// daemon wakes for it. A dry run records nothing.
+    pub(super) async fn retry_later(&self, record: &Record, revision: &Revision, what: &str) -> BundleResult {
+        let now = unix_now();
+        let next = record.environment_fault(&revision.hash, what, now);
+        let retry_at = next.retrying.as_ref().map_or(now, |w| w.retry_at);
+        self.say(&record.bundle, &format!("{what}; the environment is not ready, retrying in {}s", retry_at - now));
+        if !self.dry_run
+            && let Err(e) = self.save(&next).await
+        {
+            return BundleResult::new(&record.bundle, Outcome::Interrupted, format!("saving the record: {e:#}"));
+        }
+        let Gate::Retrying { reason, .. } = Gate::retrying(what, retry_at, now) else {
+            unreachable!("Gate::retrying makes a Retrying gate")
+        };
+        let mut r = BundleResult::new(&record.bundle, Outcome::Retrying, reason);
+        r.retry_at = (!self.dry_run).then_some(retry_at);
+        r.revision = Some(revision.short());
+        r
+    }
+
     /// One bundle's reconcile from its desired objects at `commit`: preflight, plan, the gate
     /// chain's decision (`shared::gate`), then the I/O of the arm it chose.
     pub async fn bundle(
@@ -114,16 +138,10 @@ impl Driver<'_> {
             Ok(ready) => ready,
             Err(blocked) => return blocked,
         };
-        let plans = match plan_objects(self.cluster, &manifests, owned_cache, self.agent_id, name).await {
-            Ok(p) => p,
-            Err(e) => return BundleResult::new(name, Outcome::Interrupted, format!("planning: {e}")),
-        };
         let record = match self.store.load(name).await {
             Ok(r) => r.unwrap_or_else(|| Record::new(name)),
             Err(e) => return BundleResult::new(name, Outcome::Interrupted, format!("reading the record: {e:#}")),
         };
-        let force = shared::gate::force_conflicts(&record, policy);
-        let refused = shared::plan::blockers(&plans, force);
         let objects: Vec<Value> = manifests.iter().map(|m| m.object.clone()).collect();
         let mut images: Vec<String> = desired.images.iter().map(|i| i.running.clone()).collect();
         images.sort();
@@ -133,6 +151,21 @@ impl Driver<'_> {
             objects,
             at: unix_now(),
         };
+        let plans = match plan_objects(self.cluster, &manifests, owned_cache, self.agent_id, name).await {
+            Ok(p) => p,
+            Err(e) => match cause(&e) {
+                // The namespace is terminating, the API server answers 5xx, ...: the revision
+                // was never judged, so it waits and is tried again, by itself.
+                Cause::Environment(_) => {
+                    let mut r = self.retry_later(&record, &candidate.revision, &format!("planning: {e}")).await;
+                    r.revision = Some(candidate.revision.short());
+                    return r;
+                }
+                Cause::Revision => return BundleResult::new(name, Outcome::Interrupted, format!("planning: {e}")),
+            },
+        };
+        let force = shared::gate::force_conflicts(&record, policy);
+        let refused = shared::plan::blockers(&plans, force);
         let prunes: Vec<&ObjectPlan> = plans.iter().filter(|p| p.action == Action::Prune).collect();
         let mut summary = Summary::of(&plans);
         if !policy.prune {
@@ -188,7 +221,21 @@ impl Driver<'_> {
         };
 
         match decision.gate {
-            Gate::InSync => with(BundleResult::new(name, Outcome::InSync, "live objects match the last-known-good")),
+            Gate::InSync => {
+                // Git went back to what runs: an environment retry of another revision is moot.
+                if record.retrying.is_some()
+                    && !self.dry_run
+                    && let Err(e) = self.save(&record.forget_retry()).await
+                {
+                    return BundleResult::new(name, Outcome::Interrupted, format!("saving the record: {e:#}"));
+                }
+                with(BundleResult::new(name, Outcome::InSync, "live objects match the last-known-good"))
+            }
+            Gate::Retrying { reason, retry_at } => {
+                let mut r = with(BundleResult::new(name, Outcome::Retrying, reason));
+                r.retry_at = Some(retry_at);
+                r
+            }
             Gate::Blocked { reason, retry_at } => {
                 let mut r = with(BundleResult::new(name, Outcome::Blocked, reason));
                 r.retry_at = retry_at;
@@ -255,5 +302,15 @@ impl Driver<'_> {
                 with(r)
             }
         }
+    }
+}
+
+/// What an API error says about the revision (`shared::fault::classify`): the adapter's error
+/// in the classification's terms (no answer at all is the API server unreachable).
+pub(crate) fn cause(e: &ClusterError) -> Cause {
+    match e {
+        ClusterError::Unreachable { reason, .. } => shared::fault::classify(None, reason),
+        ClusterError::Object { status, reason, .. } => shared::fault::classify(*status, reason),
+        ClusterError::UnknownKind { .. } | ClusterError::Config { .. } => Cause::Revision,
     }
 }

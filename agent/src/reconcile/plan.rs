@@ -117,8 +117,27 @@ impl Driver<'_> {
         self.say(bundle, &format!("{e}; retrying in {:.1}s", after.as_secs_f64()));
     }
 
-    /// Applies objects in dependency order, retrying while the API server is unreachable.
+    /// Applies objects in dependency order, retrying while the API server is unreachable. The
+    /// target namespaces the bundle does not render are created first when missing, labelled as
+    /// ours (`shared::desired::namespaces_to_create`; never deleted here). One still
+    /// terminating is left alone: the apply's 403 is an environment fault, retried later.
     pub(super) async fn apply_all(&self, bundle: &str, objects: &[Value], force: bool) -> Result<(), ClusterError> {
+        for ns in shared::desired::namespaces_to_create(objects, self.agent_id, bundle) {
+            let m = Manifest { source: String::new(), object: ns };
+            let live = (|| self.cluster.get(&m))
+                .retry(backoff())
+                .when(transient)
+                .notify(|e, d| self.retrying(bundle, e, d))
+                .await?;
+            if live.is_none() {
+                (|| self.cluster.apply(&m, false, false))
+                    .retry(backoff())
+                    .when(transient)
+                    .notify(|e, d| self.retrying(bundle, e, d))
+                    .await?;
+                self.say(bundle, &format!("created the missing {} (labelled as this agent's)", m.id()));
+            }
+        }
         for m in manifests(objects) {
             (|| self.cluster.apply(&m, false, force))
                 .retry(backoff())

@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 
+use shared::fault::Cause;
 use shared::k8s::{Time, is_workload, object_id};
 use shared::outcome::Outcome;
 use shared::probe::Health;
@@ -12,7 +13,7 @@ use shared::state::{Phase, Record};
 
 use super::plan::transient;
 use super::resume::pause_at;
-use super::{BundleResult, Driver};
+use super::{BundleResult, Driver, cause};
 use crate::watch::{unix_now, until_settled};
 
 impl Driver<'_> {
@@ -31,8 +32,14 @@ impl Driver<'_> {
                     pause_at("before-apply").await;
                     self.say(&bundle, &format!("applying {}", candidate.revision.short()));
                     let step = match self.apply_all(&bundle, &candidate.objects, force).await {
-                        Err(e) if transient(&e) => {
-                            return interrupted(&bundle, &format!("applying {}: {e}", candidate.revision.short()));
+                        // Still failing after the backoff, or a namespace not there (yet) or
+                        // terminating: the environment's fault, not the revision's. Not
+                        // quarantined, not rolled back (it was never judged): tried again later.
+                        Err(e) if matches!(cause(&e), Cause::Environment(_)) => {
+                            let what = format!("applying {}: {e}", candidate.revision.short());
+                            let mut r = self.retry_later(&record, &candidate.revision, &what).await;
+                            r.drains = drained;
+                            return r;
                         }
                         Err(e) => Step::Failed { reason: format!("apply failed: {e}"), image_pull: false },
                         Ok(()) => {

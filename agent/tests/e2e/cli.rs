@@ -55,6 +55,28 @@ fn validate_lists_every_problem_with_field_and_line_and_exits_one() {
 }
 
 #[test]
+fn validate_reports_a_missing_required_field_and_every_other_problem_of_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_good_config(dir.path());
+    let yaml = std::fs::read_to_string(&cfg).unwrap();
+    let yaml = yaml.replace("identity:\n  nodeName: store-node-1\n  labels: {store: store1}\n", "");
+    std::fs::write(&cfg, yaml.replace("https://git.example", "ftp://git.example")).unwrap();
+    let out = agent(&["validate", "--config", cfg.to_str().unwrap()], &[("HARBOR_SECRET", CANARY)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let lines: Vec<String> = text(&out).lines().map(|l| l.split_once(": ").unwrap().1.to_owned()).collect();
+    assert_eq!(
+        lines,
+        [
+            "identity: missing field `identity`: it is required",
+            r#"git.url: line 2: unsupported scheme "ftp" (expected one of: https, http, file)"#,
+            "2 problems",
+        ],
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
 fn validate_never_prints_a_secret_even_when_it_sits_in_the_url() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_good_config(dir.path());

@@ -1,7 +1,8 @@
 //! `agent run` against the testenv: webhooks (auth matrix, rate limit, a webhook leads to an
 //! apply with polling set to an hour), `/metrics` read by a Prometheus text parser, `/status`,
 //! traceparent in the logs, Lease election between two processes with one identity, SIGTERM mid
-//! rollout, pause and resume, and one canary credential that must appear nowhere.
+//! rollout, pause and resume, a registry push a preflight-blocked bundle waits for, and one
+//! canary credential that must appear nowhere.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -555,4 +556,44 @@ async fn sigterm_mid_rollout_persists_the_step_and_the_next_start_finishes_it_th
     assert!(text(&out).contains("the running agent reconciles it now"), "{}", text(&out));
     d.wait_running("web", &app.head(), Duration::from_secs(90)).await;
     assert!(app.deployment_image(env).await.contains(":1.1.0@sha256:"));
+}
+
+/// Issue 18, item 7: CI committed a tag before its push finished, so the bundle's preflight
+/// blocks it; the registry's webhook for that very push must concern this agent (it was answered
+/// 200 "concerns nothing", and the release waited for the next poll, here an hour away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_harbor_push_of_the_image_a_blocked_bundle_waits_for_triggers_its_rollout() {
+    let env = TestEnv::get();
+    let app = App::new(env, "daemon-wait").await;
+    // An image repository nothing else uses, its tag not pushed yet.
+    let repo = env.registry_repo("daemon-wait-img");
+    let image = format!("{}/{repo}", env.info.registry);
+    app.write("apps/web/deployment.yaml", &crate::rollout::DEPLOYMENT.replace("IMAGE", &format!("{image}:1.0.0")));
+    app.commit(env, "web from a tag CI has not pushed yet");
+    let port = serve(&app, "", "1h", "15s");
+    let d = Daemon::start(&app.config, app.config.with_file_name("agent.log"), port, &[]);
+    d.wait_ready().await;
+    wait_for("web blocked by its preflight", Duration::from_secs(90), || async {
+        let s = d.status().await;
+        let web = s["bundles"].as_array().unwrap().iter().find(|b| b["bundle"] == "web").cloned();
+        match web {
+            Some(b) if b["state"] == "blocked" => Ok(()),
+            other => Err(format!("{other:?}\nlog: {}", tail(&d.logs()))),
+        }
+    })
+    .await;
+
+    env.push_image(&repo, "1.0.0");
+    let body = serde_json::to_vec(&json!({
+        "type": "PUSH_ARTIFACT",
+        "event_data": {
+            "resources": [{"tag": "1.0.0", "resource_url": format!("{image}:1.0.0")}],
+            "repository": {"repo_full_name": repo},
+        },
+    }))
+    .unwrap();
+    let (code, answer) = post(&d, "harbor", &[("authorization", CANARY.to_owned())], body).await;
+    assert_eq!(code, 202, "the push the blocked bundle waits for concerns this agent: {answer}");
+    d.wait_running("web", &app.head(), Duration::from_secs(90)).await;
+    assert!(app.deployment_image(env).await.starts_with(&format!("{image}:1.0.0@sha256:")));
 }

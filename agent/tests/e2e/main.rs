@@ -9,6 +9,7 @@ mod cli;
 mod daemon;
 mod desired_state;
 mod drain;
+mod faults;
 mod git_source;
 mod real_node;
 mod registry_source;

@@ -1,13 +1,13 @@
 //! `agent reconcile --once` against the testenv: apply, rollout watch, last-known-good, automatic
-//! rollback with an Event, quarantine, preflight, dry-run. "Nothing applied" is proven from the
-//! API server's audit log.
+//! rollback with an Event, quarantine, preflight, dry-run, a missing target namespace created.
+//! "Nothing applied" is proven from the API server's audit log.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, ListParams};
 use serde_json::Value;
 use xtask::support::{AUDIT_MARKER_PREFIX, GitRepo, TestEnv};
@@ -325,6 +325,36 @@ async fn a_missing_image_is_stopped_by_preflight_and_a_dry_run_writes_nothing() 
         "{human}"
     );
     assert_eq!(app.writes(env).await, Vec::<String>::new(), "preflight: nothing applied");
+}
+
+/// Issue 18, item 2: Fleet creates a bundle's target namespace; so does the agent, labelled as
+/// its own, and it is no object of the bundle (a rollback or a prune never deletes it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_namespace_that_does_not_exist_is_created_labelled_as_ours_and_the_bundle_rolls_out() {
+    let env = TestEnv::get();
+    let app = App::new(env, "new-ns").await;
+    let target = format!("{}-t", app.ns.name);
+    let namespaces: Api<Namespace> = Api::all(env.client().await);
+    assert!(namespaces.get_opt(&target).await.unwrap().is_none());
+    app.write("apps/web/fleet.yaml", &format!("defaultNamespace: {target}\n"));
+    app.commit(env, "web in a namespace nobody made");
+
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!((code, bundle(&doc, "web")["result"].as_str()), (Some(0), Some("rolledOut")), "{human}");
+    assert!(human.contains(&format!("created the missing Namespace/{target}")), "{human}");
+    let ns = namespaces.get(&target).await.unwrap();
+    let labels = ns.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("gitops-agent.io/owner"), Some(&app.ns.name), "{labels:?}");
+    assert_eq!(labels.get("gitops-agent.io/bundle"), None, "not one of the bundle's objects: {labels:?}");
+    let annotations = ns.metadata.annotations.unwrap_or_default();
+    assert_eq!(annotations.get("gitops-agent.io/created-for").map(String::as_str), Some("web"), "{annotations:?}");
+    let record = app.secret_record(env).await;
+    let kinds: Vec<&str> =
+        record["lkg"]["objects"].as_array().unwrap().iter().filter_map(|o| o["kind"].as_str()).collect();
+    assert!(!kinds.contains(&"Namespace"), "the record holds no Namespace to roll back or prune: {kinds:?}");
+    let deployments: Api<Deployment> = Api::namespaced(env.client().await, &target);
+    assert!(deployments.get_opt("web").await.unwrap().is_some());
+    namespaces.delete(&target, &Default::default()).await.unwrap();
 }
 
 // ---- restart safety: SIGKILL at each phase ----------------------------------------------------

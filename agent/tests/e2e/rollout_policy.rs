@@ -130,7 +130,7 @@ async fn a_failing_health_probe_during_verification_rolls_back() {
 }
 
 /// `agent reconcile --once` started in the background, its stderr lines sent as they come.
-fn spawn_reconcile(app: &App) -> (Child, Receiver<String>) {
+pub(crate) fn spawn_reconcile(app: &App) -> (Child, Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_agent"))
         .args(["reconcile", "--once", "-c", app.config.to_str().unwrap(), "-o", "json"])
         .env("NO_COLOR", "1")
@@ -151,7 +151,7 @@ fn spawn_reconcile(app: &App) -> (Child, Receiver<String>) {
 }
 
 /// Waits for a stderr line containing `words`; returns the lines seen until then.
-fn expect_line(rx: &Receiver<String>, words: &str, seen: &mut Vec<String>) {
+pub(crate) fn expect_line(rx: &Receiver<String>, words: &str, seen: &mut Vec<String>) {
     let deadline = Instant::now() + Duration::from_secs(90);
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         match rx.recv_timeout(left) {
