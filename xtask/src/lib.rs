@@ -24,3 +24,4 @@ mod tidy;
 pub mod tls;
 pub mod token_service;
 pub mod tools;
+pub mod unit_file;
