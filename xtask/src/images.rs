@@ -41,12 +41,21 @@ impl Kiosk {
     }
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
+/// The config section of the fixture images: entrypoint, user and the version label.
+fn simple_config(entrypoint: &[String], user: &str, tag: &str) -> serde_json::Value {
+    serde_json::json!({
+        "Entrypoint": entrypoint,
+        "User": user,
+        "Labels": {"org.opencontainers.image.version": tag},
+    })
+}
+
+pub(crate) fn sha256_file(path: &Path) -> Result<String> {
     let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(format!("sha256:{:x}", Sha256::digest(&bytes)))
 }
 
-fn run(cmd: &mut Command, what: &str) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<()> {
     let out = cmd.output().with_context(|| format!("{what}: starting {:?}", cmd.get_program()))?;
     if !out.status.success() {
         bail!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
@@ -57,6 +66,12 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
 /// A reproducible layer of the folder `root` (sorted, mtime 0, owner root), written to `out`
 /// (`<out>.tar.gz`) unless it is there already.
 pub fn layer(root: &Path, out: &Path) -> Result<Layer> {
+    layer_at(root, out, 0)
+}
+
+/// [`layer`] with every entry's mtime `mtime` (unix seconds; the agent's image uses its commit's
+/// time). The file modes are taken from `root` as they are, so callers set them.
+pub fn layer_at(root: &Path, out: &Path, mtime: u64) -> Result<Layer> {
     let meta = out.with_extension("json");
     if let Ok(text) = fs::read_to_string(&meta)
         && let Ok(layer) = serde_json::from_str::<Layer>(&text)
@@ -67,7 +82,9 @@ pub fn layer(root: &Path, out: &Path) -> Result<Layer> {
     let tar = out.with_extension("tar");
     run(
         Command::new("tar")
-            .args(["--sort=name", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner", "-C"])
+            .args(["--sort=name", "--owner=0", "--group=0", "--numeric-owner", "--format=gnu"])
+            .arg(format!("--mtime=@{mtime}"))
+            .arg("-C")
             .arg(root)
             .arg("-cf")
             .arg(&tar)
@@ -82,9 +99,18 @@ pub fn layer(root: &Path, out: &Path) -> Result<Layer> {
     Ok(layer)
 }
 
-/// Writes an OCI image layout in `dir` holding one image: `layer`, run as `user` with
-/// `entrypoint`, its version label `tag`, named `name` in the index (containerd's import name).
-fn layout(dir: &Path, layer: &Layer, entrypoint: &[String], user: &str, tag: &str, name: &str) -> Result<String> {
+/// Writes an OCI image layout in `dir` holding one image: `layer` with the image config's
+/// `config` section (Entrypoint, User, Labels, ...) and `created` when given, tagged `tag` and
+/// named `name` in the index (containerd's import name). Returns the manifest digest. Every
+/// JSON document is written with sorted keys, so the same inputs give the same digest.
+pub(crate) fn layout(
+    dir: &Path,
+    layer: &Layer,
+    config: serde_json::Value,
+    created: Option<&str>,
+    tag: &str,
+    name: &str,
+) -> Result<String> {
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs)?;
     let put = |bytes: &[u8]| -> Result<(String, usize)> {
@@ -97,16 +123,15 @@ fn layout(dir: &Path, layer: &Layer, entrypoint: &[String], user: &str, tag: &st
         // A hard link when the cache is on the same file system, else a copy.
         fs::hard_link(&layer.blob, &layer_path).or_else(|_| fs::copy(&layer.blob, &layer_path).map(|_| ()))?;
     }
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": {
-            "Entrypoint": entrypoint,
-            "User": user,
-            "Labels": {"org.opencontainers.image.version": tag},
-        },
+        "config": config,
         "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
     });
+    if let Some(created) = created {
+        config["created"] = created.into();
+    }
     let (config_digest, config_size) = put(&serde_json::to_vec(&config)?)?;
     let manifest = serde_json::json!({
         "schemaVersion": 2,
@@ -146,7 +171,7 @@ pub fn pause_archive(work: &Path) -> Result<PathBuf> {
     let layer = layer(&root, &work.join("pause-layer"))?;
     let dir = work.join("pause-layout");
     let _ = fs::remove_dir_all(&dir);
-    layout(&dir, &layer, &["/pause".to_owned()], "65535:65535", "1", PAUSE_IMAGE)?;
+    layout(&dir, &layer, simple_config(&["/pause".to_owned()], "65535:65535", "1"), None, "1", PAUSE_IMAGE)?;
     let tmp = archive.with_extension("partial");
     run(Command::new("tar").arg("-C").arg(&dir).arg("-cf").arg(&tmp).arg("."), "packing the pause image")?;
     fs::rename(&tmp, &archive)?;
@@ -188,7 +213,7 @@ pub fn kiosk_layer(work: &Path) -> Result<Layer> {
     layer(&root, &work.join(format!("kiosk-layer-{short}")))
 }
 
-fn ensure_musl_target() -> Result<()> {
+pub(crate) fn ensure_musl_target() -> Result<()> {
     let out = Command::new("rustup").args(["target", "list", "--installed"]).output();
     match out {
         Ok(o) if String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == MUSL_TARGET) => Ok(()),
@@ -212,28 +237,38 @@ pub fn push_kiosk_on_port(info: &EnvInfo, repo: &str, tag: &str, kind: Kiosk, po
     let node = info.real_node.as_ref().context("the testenv runs no real node (see docs/testenv.md)")?;
     let work = tempfile_dir(&info.run_dir)?;
     let dir = work.join("layout");
-    layout(&dir, &node.kiosk_layer, &kind.entrypoint(port), "65534:65534", tag, &format!("{repo}:{tag}"))?;
+    let config = simple_config(&kind.entrypoint(port), "65534:65534", tag);
+    let res = layout(&dir, &node.kiosk_layer, config, None, tag, &format!("{repo}:{tag}"))
+        .and_then(|_| push_layout(info, &dir, tag, &format!("{repo}:{tag}")));
+    let _ = fs::remove_dir_all(&work);
+    res
+}
+
+/// Pushes the image tagged `tag` of the OCI layout `dir` to `dest` (`repository:tag`) in the
+/// testenv registry as the CI robot (skopeo); returns the manifest digest.
+pub(crate) fn push_layout(info: &EnvInfo, dir: &Path, tag: &str, dest: &str) -> Result<String> {
+    let work = tempfile_dir(&info.run_dir)?;
     let auth = work.join("auth.json");
-    {
+    let res = (|| {
         use base64::Engine;
         let basic = base64::engine::general_purpose::STANDARD
             .encode(format!("{}:{}", info.registry_ci.username, info.registry_ci.password));
         write_private(&auth, &serde_json::json!({"auths": {info.registry.clone(): {"auth": basic}}}).to_string())?;
-    }
-    let digest_file = work.join("digest");
-    let res = run(
-        Command::new("skopeo")
-            .args(["--insecure-policy", "copy", "--quiet", "--dest-cert-dir"])
-            .arg(&info.registry_cert_dir)
-            .arg("--dest-authfile")
-            .arg(&auth)
-            .arg("--digestfile")
-            .arg(&digest_file)
-            .arg(format!("oci:{}:{tag}", dir.display()))
-            .arg(format!("docker://{}/{repo}:{tag}", info.registry)),
-        &format!("pushing the kiosk image {repo}:{tag}"),
-    )
-    .and_then(|()| Ok(fs::read_to_string(&digest_file)?.trim().to_owned()));
+        let digest_file = work.join("digest");
+        run(
+            Command::new("skopeo")
+                .args(["--insecure-policy", "copy", "--quiet", "--dest-cert-dir"])
+                .arg(&info.registry_cert_dir)
+                .arg("--dest-authfile")
+                .arg(&auth)
+                .arg("--digestfile")
+                .arg(&digest_file)
+                .arg(format!("oci:{}:{tag}", dir.display()))
+                .arg(format!("docker://{}/{dest}", info.registry)),
+            &format!("pushing the image {dest}"),
+        )?;
+        Ok(fs::read_to_string(&digest_file)?.trim().to_owned())
+    })();
     let _ = fs::remove_dir_all(&work);
     res
 }

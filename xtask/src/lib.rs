@@ -3,6 +3,7 @@
 //! `cargo xtask testenv ...` runs a real local environment: Kubernetes control plane with KWOK
 //! nodes, an OCI registry with Harbor-style token auth, and a Git server, all on 127.0.0.1.
 
+pub mod agent_image;
 pub mod env_info;
 pub mod fault_proxy;
 pub mod http;
@@ -23,3 +24,4 @@ mod tidy;
 pub mod tls;
 pub mod token_service;
 pub mod tools;
+pub mod unit_file;

@@ -1,4 +1,4 @@
-//! `cargo xtask`: development tasks (test environment, test suite, demo).
+//! `cargo xtask`: development tasks (test environment, test suite, demo, the agent's image).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -32,6 +32,19 @@ enum Cmd {
     /// The agent's real job on the local test environment: `agent run` rolls Stack B out, takes
     /// a release on Gitea's webhook, and rolls a broken one back by itself.
     Demo,
+    /// Builds the agent's OCI image (static musl agent, helm, kustomize, CA bundle, user 65532;
+    /// no shell) as a reproducible layout under target/image/a/layout.
+    Image {
+        /// Pushes it to `repository:tag` in the testenv registry as the CI robot.
+        #[arg(long, value_name = "REF")]
+        push: Option<String>,
+        /// Builds it twice and checks the digests match, the layer's files and the config.
+        #[arg(long)]
+        verify: bool,
+        /// The `org.opencontainers.image.source` label (default: the `origin` remote).
+        #[arg(long, value_name = "URL")]
+        source: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -101,6 +114,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         },
         Cmd::Test { args } => return test(&args).await,
         Cmd::Demo => demo::demo().await?,
+        Cmd::Image { push, verify, source } => {
+            xtask::agent_image::image(push.as_deref(), verify, source.as_deref())?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

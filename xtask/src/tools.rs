@@ -27,6 +27,8 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     ("git", "git"),
     ("curl", "curl"),
+    // `systemd-analyze verify` and `security` check the host-mode unit (xtask's unit_file tests).
+    ("systemd", "systemd-analyze"),
 ];
 
 /// Paths of every Go-built binary.
@@ -91,6 +93,15 @@ impl GoTools {
         go_install(&t.kustomize, &format!("sigs.k8s.io/kustomize/kustomize/v5@{KUSTOMIZE_VERSION}"))?;
         Ok(t)
     }
+}
+
+/// Builds only `helm` and `kustomize` if missing (static: `CGO_ENABLED=0`, `-trimpath`), for the
+/// agent's image; returns their paths.
+pub fn ensure_renderers() -> Result<(PathBuf, PathBuf)> {
+    let t = GoTools::locate();
+    go_install(&t.helm, &format!("helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"))?;
+    go_install(&t.kustomize, &format!("sigs.k8s.io/kustomize/kustomize/v5@{KUSTOMIZE_VERSION}"))?;
+    Ok((t.helm, t.kustomize))
 }
 
 /// Runs `script VERSION BIN_DIR SRC_DIR [MORE...]` (`args` = VERSION, MORE...).

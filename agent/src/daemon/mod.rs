@@ -10,6 +10,7 @@
 
 mod drift;
 pub mod metrics;
+mod notify;
 mod server;
 
 use std::collections::BTreeMap;
@@ -59,6 +60,22 @@ pub struct Daemon {
     pub agent: AgentView,
     /// The shown git URL (no credentials).
     pub git_url: String,
+}
+
+impl Daemon {
+    /// What keeps the agent from being ready (`/readyz`, systemd's `READY=1`): git not reached
+    /// yet, the API server not answering. Empty when ready.
+    pub fn not_ready(&self) -> Vec<String> {
+        let view = self.view.lock().expect("view lock");
+        let mut missing = Vec::new();
+        if view.git.as_ref().and_then(|g| g.fetched_at).is_none() {
+            missing.push(format!("git {} not reached yet", self.git_url));
+        }
+        if let Err(e) = &view.api {
+            missing.push(format!("API server: {e}"));
+        }
+        missing
+    }
 }
 
 /// What the running agent knows beyond its records.
@@ -162,6 +179,7 @@ async fn serve(config: AgentConfig, base: PathBuf) -> anyhow::Result<()> {
     });
     info!(listen = %addr, agent_id = %d.agent.agent_id, holder = %d.agent.holder, "agent started");
     let server = tokio::spawn(server::serve(d.clone(), listener, stop.clone()));
+    tokio::spawn(notify::run(d.clone(), stop.clone()));
 
     let Some(cluster) = connect(&d, stop.clone()).await else {
         info!("stopped before the API server was reached");

@@ -53,14 +53,7 @@ pub async fn serve(d: Arc<Daemon>, listener: tokio::net::TcpListener, mut stop: 
 
 /// Ready once every source was reached at least once and the API server answers.
 async fn readyz(State(d): State<Arc<Daemon>>) -> Response {
-    let view = d.view.lock().expect("view lock");
-    let mut missing = Vec::new();
-    if view.git.as_ref().and_then(|g| g.fetched_at).is_none() {
-        missing.push(format!("git {} not reached yet", d.git_url));
-    }
-    if let Err(e) = &view.api {
-        missing.push(format!("API server: {e}"));
-    }
+    let missing = d.not_ready();
     if missing.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {

@@ -1,7 +1,8 @@
 //! `agent run` against the testenv: webhooks (auth matrix, rate limit, a webhook leads to an
 //! apply with polling set to an hour), `/metrics` read by a Prometheus text parser, `/status`,
 //! traceparent in the logs, Lease election between two processes with one identity, SIGTERM mid
-//! rollout, pause and resume, a registry push a preflight-blocked bundle waits for, and one
+//! rollout, pause and resume, a registry push a preflight-blocked bundle waits for, systemd's
+//! notify protocol against a socket the test binds, and one
 //! canary credential that must appear nowhere.
 
 use std::fs::File;
@@ -92,8 +93,17 @@ impl Daemon {
 
     /// Sends SIGTERM and waits for the exit status (within `timeout`).
     pub(crate) async fn sigterm(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.send_sigterm();
+        self.wait_exit(timeout).await
+    }
+
+    pub(crate) fn send_sigterm(&self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    }
+
+    /// Waits for the exit status (within `timeout`).
+    pub(crate) async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -596,4 +606,79 @@ async fn a_harbor_push_of_the_image_a_blocked_bundle_waits_for_triggers_its_roll
     assert_eq!(code, 202, "the push the blocked bundle waits for concerns this agent: {answer}");
     d.wait_running("web", &app.head(), Duration::from_secs(90)).await;
     assert!(app.deployment_image(env).await.starts_with(&format!("{image}:1.0.0@sha256:")));
+}
+
+/// Receives the next datagram on systemd's notify socket within `timeout`, as text.
+async fn notify_message(sock: &tokio::net::UnixDatagram, timeout: Duration, d: &Daemon) -> String {
+    let mut buf = vec![0u8; 4096];
+    match tokio::time::timeout(timeout, sock.recv(&mut buf)).await {
+        Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+        Ok(Err(e)) => panic!("reading the notify socket: {e}"),
+        Err(_) => panic!("no notify message within {timeout:?}; log: {}", tail(&d.logs())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_the_agent_says_ready_when_readyz_does_pings_the_watchdog_and_says_stopping_on_sigterm() {
+    let env = TestEnv::get();
+    let app = App::new(env, "daemon-notify").await;
+    let port = serve(&app, "", "1h", "15s");
+    let dir = app.config.parent().unwrap().to_owned();
+    // The socket systemd would listen on, bound by the test.
+    let path = dir.join("notify.sock");
+    let sock = tokio::net::UnixDatagram::bind(&path).unwrap();
+    // WatchdogSec=1s: pings every 500 ms.
+    let mut d = Daemon::start(
+        &app.config,
+        dir.join("agent.log"),
+        port,
+        &[("NOTIFY_SOCKET", path.to_str().unwrap()), ("WATCHDOG_USEC", "1000000")],
+    );
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let m = notify_message(&sock, Duration::from_secs(10), &d).await;
+        if m.lines().any(|l| l == "READY=1") {
+            // READY=1 only once /readyz would say so (it never says unready again on its own).
+            let (code, body) = d.get("/readyz").await;
+            assert_eq!(code, 200, "READY=1 was sent while /readyz says {body}");
+            assert!(m.lines().any(|l| l == "STATUS=ready"), "{m:?}");
+            break;
+        }
+        seen.push(m);
+        assert!(std::time::Instant::now() < deadline, "no READY=1 in 90 s; got {seen:?}");
+    }
+    assert!(
+        seen.iter().all(|m| !m.contains("READY=1") && !m.contains("STOPPING=1")),
+        "nothing but watchdog pings and status before ready: {seen:?}"
+    );
+    // Watchdog pings keep coming at about half of WATCHDOG_USEC.
+    let start = std::time::Instant::now();
+    let mut pings = 0;
+    while pings < 4 {
+        let m = notify_message(&sock, Duration::from_secs(2), &d).await;
+        if m.lines().any(|l| l == "WATCHDOG=1") {
+            pings += 1;
+        }
+    }
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(2600), "4 pings took {took:?} (every 500 ms expected)");
+    assert!(took > Duration::from_millis(1000), "4 pings took only {took:?} (every 500 ms expected)");
+
+    // SIGTERM: STOPPING=1 before the process exits.
+    d.send_sigterm();
+    let stopping = wait_for_stopping(&sock, &d).await;
+    assert!(stopping.lines().any(|l| l.starts_with("STATUS=stopping")), "{stopping:?}");
+    let status = d.wait_exit(Duration::from_secs(40)).await;
+    assert!(status.success(), "{status:?}: {}", tail(&d.logs()));
+}
+
+async fn wait_for_stopping(sock: &tokio::net::UnixDatagram, d: &Daemon) -> String {
+    for _ in 0..50 {
+        let m = notify_message(sock, Duration::from_secs(10), d).await;
+        if m.lines().any(|l| l == "STOPPING=1") {
+            return m;
+        }
+    }
+    panic!("no STOPPING=1 after SIGTERM; log: {}", tail(&d.logs()));
 }
