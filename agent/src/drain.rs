@@ -177,6 +177,7 @@ pub async fn track(
     let mut listed = 0;
     let mut due: BTreeMap<String, Time> = BTreeMap::new();
     let mut last_line = String::new();
+    let mut caught_up = false;
     loop {
         let now = unix_now();
         // Sessions of the pods still draining, each on its probe's interval.
@@ -216,8 +217,26 @@ pub async fn track(
         let ready = listed == namespaces.len();
         let all_gone = drains.iter().flat_map(|t| t.values()).all(|d| d.gone_at.is_some());
         let last_deadline = drains.iter().flat_map(|t| t.values()).map(|d| d.deadline).max().unwrap_or(0);
-        match *watched.borrow() {
+        let state = *watched.borrow();
+        match state {
             Watched::Failed => break,
+            // The rollout is complete once the old pods are terminating (a ReplicaSet counts no
+            // terminating pod), but this watch's events may lag behind the one that judged it:
+            // before concluding, read the pods once as they are now, so an old pod already
+            // terminating is followed (and its sessions reported) however late its event is.
+            Watched::Healthy if ready && !caught_up => {
+                caught_up = true;
+                let now = unix_now();
+                for ns in &namespaces {
+                    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+                    if let Ok(list) = api.list(&Default::default()).await {
+                        for pod in &list.items {
+                            observe(&workloads, &mut drains, &mut live, pod, false, now);
+                        }
+                    }
+                }
+                continue;
+            }
             Watched::Healthy if ready && (all_gone || now > last_deadline + AFTER_GRACE) => break,
             _ => {}
         }
@@ -225,27 +244,7 @@ pub async fn track(
             Some(event) = streams.next() => {
                 let now = unix_now();
                 let mut seen = |pod: &Pod, gone: bool, drains: &mut Vec<BTreeMap<String, PodDrain>>| {
-                    let Ok(value) = serde_json::to_value(pod) else { return };
-                    let name = value["metadata"]["name"].as_str().unwrap_or_default().to_owned();
-                    for ((_, object), tracked) in workloads.iter().zip(drains.iter_mut()) {
-                        for (pod, deadline) in shared::drain::terminating(object, std::slice::from_ref(&value)) {
-                            let d = tracked.entry(pod.clone()).or_insert_with(|| PodDrain {
-                                pod,
-                                deadline,
-                                gone_at: None,
-                                last: None,
-                                error: None,
-                            });
-                            if gone && d.gone_at.is_none() {
-                                d.gone_at = Some(now);
-                            }
-                        }
-                    }
-                    if gone {
-                        live.remove(&name);
-                    } else {
-                        live.insert(name, value);
-                    }
+                    observe(&workloads, drains, &mut live, pod, gone, now);
                 };
                 match event {
                     Ok(watcher::Event::Apply(pod)) => seen(&pod, false, &mut drains),
@@ -282,4 +281,38 @@ pub async fn track(
         .filter(|(_, tracked)| !tracked.is_empty())
         .map(|((plan, _), tracked)| shared::drain::report(&plan.workload, &tracked.into_values().collect::<Vec<_>>()))
         .collect()
+}
+
+/// Takes one pod as the tracker saw it (`gone`: deleted) into the drains it follows and the live
+/// pods it reads sessions from: a pod of a drained workload with a deletion timestamp is followed
+/// from then on until it is gone.
+fn observe(
+    workloads: &[(&Plan, &Value)],
+    drains: &mut [BTreeMap<String, PodDrain>],
+    live: &mut BTreeMap<String, Value>,
+    pod: &Pod,
+    gone: bool,
+    now: Time,
+) {
+    let Ok(value) = serde_json::to_value(pod) else { return };
+    let name = value["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    for ((_, object), tracked) in workloads.iter().zip(drains.iter_mut()) {
+        for (pod, deadline) in shared::drain::terminating(object, std::slice::from_ref(&value)) {
+            let d = tracked.entry(pod.clone()).or_insert_with(|| PodDrain {
+                pod,
+                deadline,
+                gone_at: None,
+                last: None,
+                error: None,
+            });
+            if gone && d.gone_at.is_none() {
+                d.gone_at = Some(now);
+            }
+        }
+    }
+    if gone {
+        live.remove(&name);
+    } else {
+        live.insert(name, value);
+    }
 }
