@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use xtask::fault_proxy::Fault;
-use xtask::support::{TestEnv, Upstream};
+use xtask::support::TestEnv;
 
 use crate::daemon::{Daemon, serve, tail};
 use crate::rollout::{App, bundle};
@@ -104,10 +104,7 @@ async fn a_namespace_still_terminating_is_retried_not_quarantined_and_once_gone_
 async fn an_api_server_answering_500_during_an_apply_keeps_the_last_known_good_and_retries_the_revision() {
     let env = TestEnv::get();
     let app = App::new(env, "fault-500").await;
-    let proxy = env.fault_proxy(Upstream::ApiServer).await;
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = env.kubeconfig_for(&proxy.url(), dir.path());
-    app.edit_config(&env.info.kubeconfig.display().to_string(), &kubeconfig.display().to_string());
+    let (proxy, _kubeconfig_dir) = app.through_api_proxy(env).await;
     let (code, _, human) = app.reconcile(&[]);
     assert_eq!(code, Some(0), "{human}");
     let good = app.head();

@@ -10,7 +10,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, ListParams};
 use serde_json::Value;
-use xtask::support::{AUDIT_MARKER_PREFIX, GitRepo, TestEnv};
+use xtask::fault_proxy::FaultProxy;
+use xtask::support::{AUDIT_MARKER_PREFIX, GitRepo, TestEnv, Upstream};
 
 use crate::util::{git, wait_for};
 
@@ -404,6 +405,16 @@ impl App {
     /// Points the config's git source at a port nobody listens on.
     pub(crate) fn break_git(&self) {
         self.edit_config(&self.repo.url, "https://127.0.0.1:9/git/unreachable.git");
+    }
+
+    /// Points the agent at the API server through a fault proxy of its own: the proxy, and the
+    /// folder holding the kubeconfig for it (keep both alive for the test).
+    pub(crate) async fn through_api_proxy(&self, env: &TestEnv) -> (FaultProxy, tempfile::TempDir) {
+        let proxy = env.fault_proxy(Upstream::ApiServer).await;
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = env.kubeconfig_for(&proxy.url(), dir.path());
+        self.edit_config(&env.info.kubeconfig.display().to_string(), &kubeconfig.display().to_string());
+        (proxy, dir)
     }
 
     /// Replaces `from` with `to` in the agent's config file.

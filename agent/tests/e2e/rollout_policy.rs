@@ -14,7 +14,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use xtask::support::{TestEnv, Upstream};
+use xtask::support::TestEnv;
 
 use crate::rollout::{App, DEPLOYMENT, bundle};
 use crate::util::wait_for;
@@ -171,10 +171,7 @@ pub(crate) fn expect_line(rx: &Receiver<String>, words: &str, seen: &mut Vec<Str
 async fn an_api_server_outage_during_a_rollout_is_retried_and_the_rollout_completes() {
     let env = TestEnv::get();
     let app = App::new(env, "outage").await;
-    let proxy = env.fault_proxy(Upstream::ApiServer).await;
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = env.kubeconfig_for(&proxy.url(), dir.path());
-    app.edit_config(&env.info.kubeconfig.display().to_string(), &kubeconfig.display().to_string());
+    let (proxy, _kubeconfig_dir) = app.through_api_proxy(env).await;
     let (code, _, human) = app.reconcile(&[]);
     assert_eq!(code, Some(0), "{human}");
 
