@@ -141,10 +141,14 @@ impl Cluster {
         }
     }
 
-    /// An API over every namespace for a served kind (watches), if the API server serves it.
-    pub fn api_all(&self, api_version: &str, kind: &str) -> Option<Api<DynamicObject>> {
+    /// An API for a served kind in one namespace, or over the cluster for `None` (drift
+    /// watches), if the API server serves it.
+    pub fn api_in(&self, api_version: &str, kind: &str, namespace: Option<&str>) -> Option<Api<DynamicObject>> {
         let (ar, _) = self.kinds.get(&(api_version.to_owned(), kind.to_owned()))?;
-        Some(Api::all_with(self.client.clone(), ar))
+        Some(match namespace {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, ar),
+            None => Api::all_with(self.client.clone(), ar),
+        })
     }
 
     fn api_for(&self, m: &Manifest) -> Result<Api<DynamicObject>, ClusterError> {

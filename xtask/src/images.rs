@@ -246,7 +246,7 @@ pub fn push_kiosk_on_port(info: &EnvInfo, repo: &str, tag: &str, kind: Kiosk, po
 
 /// Pushes the image tagged `tag` of the OCI layout `dir` to `dest` (`repository:tag`) in the
 /// testenv registry as the CI robot (skopeo); returns the manifest digest.
-pub(crate) fn push_layout(info: &EnvInfo, dir: &Path, tag: &str, dest: &str) -> Result<String> {
+pub fn push_layout(info: &EnvInfo, dir: &Path, tag: &str, dest: &str) -> Result<String> {
     let work = tempfile_dir(&info.run_dir)?;
     let auth = work.join("auth.json");
     let res = (|| {

@@ -4,6 +4,7 @@
 //! nodes, an OCI registry with Harbor-style token auth, and a Git server, all on 127.0.0.1.
 
 pub mod agent_image;
+pub mod chart;
 pub mod env_info;
 pub mod fault_proxy;
 pub mod http;

@@ -32,6 +32,13 @@ enum Cmd {
     /// The agent's real job on the local test environment: `agent run` rolls Stack B out, takes
     /// a release on Gitea's webhook, and rolls a broken one back by itself.
     Demo,
+    /// Lints and packages the agent's Helm chart (deploy/chart/gitops-agent) into target/chart.
+    Chart {
+        /// Pushes it as an OCI artifact to `oci://REGISTRY/REPO` in the testenv registry as the
+        /// CI robot (`helm push`).
+        #[arg(long, value_name = "REPO")]
+        push: Option<String>,
+    },
     /// Builds the agent's OCI image (static musl agent, helm, kustomize, CA bundle, user 65532;
     /// no shell) as a reproducible layout under target/image/a/layout.
     Image {
@@ -114,6 +121,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         },
         Cmd::Test { args } => return test(&args).await,
         Cmd::Demo => demo::demo().await?,
+        Cmd::Chart { push } => xtask::chart::chart(push.as_deref())?,
         Cmd::Image { push, verify, source } => {
             xtask::agent_image::image(push.as_deref(), verify, source.as_deref())?;
         }

@@ -148,3 +148,60 @@ pub fn pod_routes(pod_ip: &str) -> Result<Vec<String>> {
     }
     bail!("no network namespace in /run/netns holds {pod_ip}")
 }
+
+/// The host's address on the pods' bridge (the first address of the pod subnet, the gateway
+/// the bridge plugin gives it): the only host address a pod has a route to.
+pub fn host_address(node: &RealNode) -> Result<std::net::Ipv4Addr> {
+    let (net, _) = node.pod_subnet.split_once('/').context("the pod subnet has no prefix length")?;
+    let net: std::net::Ipv4Addr = net.parse().with_context(|| format!("pod subnet {}", node.pod_subnet))?;
+    Ok(std::net::Ipv4Addr::from(u32::from(net) + 1))
+}
+
+/// Relays from the host's side of the pod network to services on the host's loopback: one
+/// listener on the host's bridge address ([`host_address`], any free port) per target
+/// `127.0.0.1:PORT`.
+/// Pods cannot reach the host's loopback; a pod that needs a testenv service (the agent's own
+/// pod: API server, git, registry, token service) runs the kiosk image's `--relay` mode as a
+/// sidecar that listens on the pod's loopback at `PORT` and relays to [`HostRelay::args`]'
+/// addresses. Stops when dropped.
+pub struct HostRelay {
+    /// (loopback port on the host, the relay's address on the node IP).
+    pub routes: Vec<(u16, std::net::SocketAddr)>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl HostRelay {
+    pub async fn start(node: &RealNode, ports: &[u16]) -> Result<HostRelay> {
+        let mut routes = Vec::new();
+        let mut tasks = Vec::new();
+        for &port in ports {
+            let at = host_address(node)?;
+            let listener =
+                tokio::net::TcpListener::bind((at, 0)).await.with_context(|| format!("binding a relay on {at}"))?;
+            routes.push((port, listener.local_addr()?));
+            tasks.push(tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                }
+            }));
+        }
+        Ok(HostRelay { routes, tasks })
+    }
+
+    /// The sidecar's arguments: `--relay 127.0.0.1:PORT=NODE_IP:RELAY_PORT` per route.
+    pub fn args(&self) -> Vec<String> {
+        self.routes.iter().flat_map(|(port, at)| ["--relay".to_owned(), format!("127.0.0.1:{port}={at}")]).collect()
+    }
+}
+
+impl Drop for HostRelay {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}

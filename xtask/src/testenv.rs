@@ -217,10 +217,13 @@ fn write_configs(
     write_private(&l.p("kubeconfig"), &kubeconfig(&apiserver, &pki.ca_cert(), "testenv-admin", &c.admin_token))?;
 
     // Audit: every write in full (Request level) except the components' own churn (node and pod
-    // status from KWOK, leases, events), which is recorded at Metadata level or dropped.
+    // status from KWOK, leases, events), which is recorded at Metadata level or dropped. Service
+    // accounts (the agent's own pod under its chart's RBAC) are recorded for every request, reads
+    // too, so a test can show that identity was never refused (403).
     let components: Vec<String> = c.component_tokens.keys().map(|n| format!("testenv:{n}")).collect();
     let audit = format!(
         "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
+         - level: Metadata\n  userGroups: [\"system:serviceaccounts\"]\n\
          - level: None\n  verbs: [get, list, watch]\n\
          - level: None\n  resources:\n  - group: coordination.k8s.io\n    resources: [leases]\n\
          - level: None\n  users: [{users}]\n  resources:\n  - group: \"\"\n    resources: [events, nodes/status, pods/status]\n\

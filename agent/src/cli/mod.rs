@@ -10,6 +10,7 @@ pub mod reconcile;
 mod render;
 mod retry;
 mod rollback;
+mod state_dir;
 mod status;
 mod validate;
 
@@ -162,6 +163,14 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PolicyCmd,
     },
+    /// Makes a host folder the agent's state folder: created when missing, owned by --owner,
+    /// mode 0700 (the chart's per-node init container, as root with CAP_CHOWN only).
+    StateDir {
+        path: PathBuf,
+        /// UID:GID, numeric.
+        #[arg(long)]
+        owner: String,
+    },
     /// Prints the version and the git commit it was built from.
     Version {
         #[arg(long, short, value_enum, default_value_t = Output::Human)]
@@ -234,6 +243,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
         Cmd::Policy { cmd: PolicyCmd::Test { policy, image: Some(image), config, output, .. } } => {
             policy::test_image(&policy, &image, config.as_deref(), output, out)
         }
+        Cmd::StateDir { path, owner } => state_dir::run(&path, &owner, out),
         Cmd::Version { output } => {
             match output {
                 Output::Human => writeln!(out, "agent {}", version_line())?,

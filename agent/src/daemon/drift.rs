@@ -1,5 +1,6 @@
-//! Drift watches: one Kubernetes watch per kind the agent has applied, filtered by its owner
-//! label. When someone else changes such an object (`shared::drift` decides from its
+//! Drift watches: one Kubernetes watch per kind and namespace the agent has applied to (cluster
+//! scoped kinds: one per kind), filtered by its owner label. Per namespace, because the chart's
+//! RBAC grants list and watch in the managed namespaces only, never cluster-wide. When someone else changes such an object (`shared::drift` decides from its
 //! `managedFields`) or deletes it, its bundle is queued for a reconcile, which puts back what
 //! Git says. Watches re-establish themselves with backoff after an API server outage.
 
@@ -17,25 +18,28 @@ use shared::trigger::{Cause, Target, Trigger};
 use super::Daemon;
 use crate::cluster::Cluster;
 
-/// The kinds watched so far.
+/// The (apiVersion, kind, namespace) watched so far; no namespace for a cluster-scoped kind.
 #[derive(Default)]
 pub struct Watches {
-    kinds: Mutex<BTreeSet<(String, String)>>,
+    kinds: Mutex<BTreeSet<(String, String, Option<String>)>>,
 }
 
 impl Watches {
-    /// Starts a watch for every kind of `objects` not watched yet.
+    /// Starts a watch for every kind and namespace of `objects` not watched yet.
     pub fn ensure(&self, d: &Arc<Daemon>, cluster: &Cluster, objects: &[serde_json::Value]) {
         let mut kinds = self.kinds.lock().expect("watched kinds lock");
         for o in objects {
-            let key = (
-                o["apiVersion"].as_str().unwrap_or_default().to_owned(),
-                o["kind"].as_str().unwrap_or_default().to_owned(),
-            );
+            let (api_version, kind) =
+                (o["apiVersion"].as_str().unwrap_or_default(), o["kind"].as_str().unwrap_or_default());
+            let namespace = cluster
+                .is_namespaced(api_version, kind)
+                .then(|| o["metadata"]["namespace"].as_str().map(str::to_owned))
+                .flatten();
+            let key = (api_version.to_owned(), kind.to_owned(), namespace);
             if kinds.contains(&key) {
                 continue;
             }
-            let Some(api) = cluster.api_all(&key.0, &key.1) else { continue };
+            let Some(api) = cluster.api_in(api_version, kind, key.2.as_deref()) else { continue };
             kinds.insert(key.clone());
             tokio::spawn(watch_kind(d.clone(), api, key.1));
         }

@@ -150,6 +150,7 @@ fn help_lists_only_commands_that_work() {
             "pause",
             "resume",
             "policy",
+            "state-dir",
             "version",
             "help"
         ]
