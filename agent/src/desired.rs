@@ -165,6 +165,14 @@ impl Build<'_> {
         let spec = decide::bundle_spec(bundle, fleet.as_ref(), &files, &self.node.labels, &read_values)
             .map_err(|e| fail(Stage::Render, vec![if fleet.is_some() { format!("fleet.yaml: {e}") } else { e }]))?;
 
+        if let decide::RenderSpec::Kustomize { dir } = &spec.render {
+            // Before kustomize runs: it would fetch URLs and leave the bundle by itself.
+            let read = |f: &str| read_text(&dest, f);
+            let refused = shared::kustomize::check(dir, &files, &read);
+            if !refused.is_empty() {
+                return Err(fail(Stage::Render, refused.iter().map(ToString::to_string).collect()));
+            }
+        }
         let rendered = crate::render::render(&dest, &spec.render, self.caps, self.renderers)
             .await
             .map_err(|e| fail(Stage::Render, vec![e.to_string()]))?;
@@ -222,6 +230,12 @@ fn check_unique(manifests: &[Manifest]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A file of the exported bundle, by its bundle-relative path (as the export listed it).
+fn read_text(dir: &Path, name: &str) -> Result<String, String> {
+    shared::tree::check_path(name).map_err(|e| e.to_string())?;
+    std::fs::read_to_string(dir.join(name)).map_err(|e| format!("{name}: {e}"))
 }
 
 fn read_values(dir: &Path, name: &str) -> Result<Value, String> {

@@ -15,6 +15,7 @@ pub mod fleet;
 pub mod gate;
 pub mod image;
 pub mod k8s;
+pub mod kustomize;
 pub mod outcome;
 pub mod plan;
 pub mod policy;

@@ -11,6 +11,7 @@ mod desired_state;
 mod drain;
 mod faults;
 mod git_source;
+mod hostile;
 mod install;
 mod real_node;
 mod registry_source;
