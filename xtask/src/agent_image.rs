@@ -202,6 +202,25 @@ pub fn build(inputs: &Inputs, out: &Path) -> Result<Built> {
     Ok(Built { dir, tag, digest, layer, uncompressed })
 }
 
+/// Another image from `built`'s layer, tagged `tag`, with its config changed by `edit` (tests:
+/// a release that differs only by its version label, or one whose entrypoint cannot start).
+pub fn variant(
+    inputs: &Inputs,
+    built: &Built,
+    out: &Path,
+    tag: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> Result<Built> {
+    let dir = out.join("layout");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(out)?;
+    let when = created(inputs.epoch);
+    let mut config = config(inputs, &when);
+    edit(&mut config);
+    let digest = images::layout(&dir, &built.layer, config, Some(&when), tag, &format!("{NAME}:{tag}"))?;
+    Ok(Built { dir, tag: tag.to_owned(), digest, layer: built.layer.clone(), uncompressed: built.uncompressed })
+}
+
 fn gunzipped_size(blob: &Path) -> Result<u64> {
     let out = Command::new("gzip").arg("-dc").arg(blob).output().context("running gzip -dc")?;
     if !out.status.success() {
