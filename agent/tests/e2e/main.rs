@@ -13,6 +13,7 @@ mod faults;
 mod git_source;
 mod real_node;
 mod registry_source;
+mod removal;
 mod rollout;
 mod rollout_policy;
 mod stack_b_fixture;
