@@ -211,6 +211,16 @@ pub async fn run(
                 Vec::new()
             }
         };
+        // A bundle back in Git that did not get as far as the driver (a render error, a
+        // dependency) is no longer removed either.
+        let mut records = records;
+        for r in records.iter_mut().filter(|r| r.removal.is_some() && names.contains(&r.bundle)) {
+            match driver.back_in_git(r.clone()).await {
+                Ok(back) => *r = back,
+                // Its own result is already in the report; the next cycle tries again.
+                Err(interrupted) => progress(&interrupted.bundle, &interrupted.message),
+            }
+        }
         let commit = &session.poll.commit.id;
         let decisions = shared::removal::decide(&records, listing, &still_desired, &s.config.prune, &s.config.git.path);
         for decision in decisions {

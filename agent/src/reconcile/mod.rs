@@ -137,15 +137,9 @@ impl Driver<'_> {
             Err(e) => return BundleResult::new(name, Outcome::Interrupted, format!("reading the record: {e:#}")),
         };
         // Back in Git after it left: reconciled as any bundle, from what its record holds.
-        let record = if record.removal.is_some() && !self.dry_run {
-            let back = record.back_in_git();
-            if let Err(e) = self.save(&back).await {
-                return BundleResult::new(name, Outcome::Interrupted, format!("saving the record: {e:#}"));
-            }
-            self.say(name, "back in Git: reconciled again");
-            back
-        } else {
-            record
+        let record = match self.back_in_git(record).await {
+            Ok(r) => r,
+            Err(interrupted) => return interrupted,
         };
         let objects: Vec<Value> = manifests.iter().map(|m| m.object.clone()).collect();
         let mut images: Vec<String> = desired.images.iter().map(|i| i.running.clone()).collect();

@@ -77,6 +77,21 @@ impl Driver<'_> {
         result
     }
 
+    /// The bundle is in Git again (`record` says it left): its removal is forgotten, and it is
+    /// reconciled as any bundle, from what its record holds. A dry run writes nothing.
+    pub async fn back_in_git(&self, record: Record) -> Result<Record, BundleResult> {
+        if record.removal.is_none() || self.dry_run {
+            return Ok(record);
+        }
+        let back = record.back_in_git();
+        if let Err(e) = self.save(&back).await {
+            let why = format!("saving the record: {e:#}");
+            return Err(BundleResult::new(&record.bundle, Outcome::Interrupted, why));
+        }
+        self.say(&record.bundle, "back in Git: reconciled again");
+        Ok(back)
+    }
+
     /// `agent prune --confirm BUNDLE`: deletes what the bundle's held removal named, from the
     /// records alone (no git, no registry), and records the bundle as removed.
     pub async fn confirm_removal(&self, bundle: &str) -> anyhow::Result<BundleResult> {

@@ -243,6 +243,43 @@ async fn the_bundles_folder_gone_whole_deletes_nothing_until_a_removal_is_confir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_the_configured_share_of_bundles_gone_at_once_deletes_nothing_and_git_revert_ends_the_hold() {
+    let env = TestEnv::get();
+    let app = App::new(env, "removal-share").await;
+    add_extra(&app, &app.ns.name);
+    app.commit(env, "a second bundle");
+    assert_eq!(app.reconcile(&[]).0, Some(0));
+
+    // Both bundles go, the folder stays: two of two is more than half.
+    git(&app.work, &["rm", "-rq", "apps/web", "apps/extra"]);
+    app.write("apps/README.md", "bundles live here\n");
+    app.commit(env, "git rm -r of the wrong folders");
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!(code, Some(3), "held: {human}");
+    for name in ["web", "extra"] {
+        let b = bundle(&doc, name);
+        assert_eq!(b["result"], "removalHeld", "{human}");
+        let message = b["message"].as_str().unwrap();
+        assert!(
+            message.contains("2 of 2 bundles left Git at once, more than prune.maxRemovedPercent (50%)"),
+            "{human}"
+        );
+    }
+    assert_eq!(deletes(&app, env).await, Vec::<String>::new(), "nothing deleted");
+    assert_eq!(status_of(&app, "extra")["state"], "removal-held");
+
+    // The mistake is reverted: both bundles are in Git again, and nothing was lost.
+    git(&app.work, &["revert", "--no-edit", "HEAD"]);
+    xtask::seed::git_push(&env.info, &env.info.git_ci, &app.work, &app.repo.name, "main").unwrap();
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!(code, Some(0), "{human}");
+    assert_eq!(bundle(&doc, "web")["result"], "inSync", "{human}");
+    let s = status_of(&app, "extra");
+    assert_eq!((s["state"].as_str(), s.get("removal")), (Some("synced"), None), "{s}");
+    assert_eq!(deletes(&app, env).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_removed_bundles_keep_the_objects_stay_and_status_says_so() {
     let env = TestEnv::get();
     let app = App::new(env, "removal-keep").await;
