@@ -1,5 +1,5 @@
 //! The Kubernetes adapter: connection, discovery (scopes, and Helm's `--api-versions`), the
-//! server-side apply (dry-run for plans), reads of live objects, and the objects a bundle owns.
+//! server-side apply (dry-run for plans), reads and deletes of live objects, Events.
 //! It reports what the API server says; `shared::plan` decides what that means.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,7 +12,7 @@ use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope};
 use kube::{Client, Config};
 use serde_json::Value;
 
-use shared::desired::{FIELD_MANAGER, OWNER_LABEL};
+use shared::desired::FIELD_MANAGER;
 use shared::plan::Observed;
 use shared::render::Manifest;
 
@@ -41,27 +41,6 @@ pub struct Cluster {
     kinds: BTreeMap<(String, String), (ApiResource, ApiCapabilities)>,
     caps: Capabilities,
 }
-
-/// Kinds listed when looking for objects a bundle owns that left Git, beside the kinds it renders
-/// now. (A record of what was applied replaces this guess once apply keeps an inventory.)
-const COMMON_KINDS: &[(&str, &str)] = &[
-    ("v1", "ConfigMap"),
-    ("v1", "Secret"),
-    ("v1", "Service"),
-    ("v1", "ServiceAccount"),
-    ("v1", "PersistentVolumeClaim"),
-    ("apps/v1", "Deployment"),
-    ("apps/v1", "StatefulSet"),
-    ("apps/v1", "DaemonSet"),
-    ("batch/v1", "Job"),
-    ("batch/v1", "CronJob"),
-    ("networking.k8s.io/v1", "Ingress"),
-    ("networking.k8s.io/v1", "NetworkPolicy"),
-    ("autoscaling/v2", "HorizontalPodAutoscaler"),
-    ("policy/v1", "PodDisruptionBudget"),
-    ("rbac.authorization.k8s.io/v1", "Role"),
-    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
-];
 
 fn api_version_kind(object: &Value) -> (String, String) {
     (
@@ -203,46 +182,33 @@ impl Cluster {
         Ok(Observed { applied, live, conflict })
     }
 
-    /// Live objects that carry this agent's owner label, among the kinds `desired` renders and
-    /// the common kinds (prune candidates; `shared::plan` keeps those of the bundle). Each kind is
-    /// listed once per `cache`, so planning many bundles costs one list per kind, not per bundle.
-    pub async fn owned(
-        &self,
-        owner: &str,
-        desired: &[Manifest],
-        cache: &mut BTreeMap<(String, String), Vec<Value>>,
-    ) -> Result<Vec<Value>, ClusterError> {
-        let selector = format!("{OWNER_LABEL}={owner}");
-        let mut kinds: BTreeSet<(String, String)> = desired.iter().map(|m| api_version_kind(&m.object)).collect();
-        kinds.extend(COMMON_KINDS.iter().map(|(v, k)| ((*v).to_owned(), (*k).to_owned())));
+    /// Every object in namespace `ns`, of every namespaced kind the API server lists (each
+    /// resource once, at one version), for the check that a namespace is empty before the agent
+    /// deletes it. A list that fails is an error: what it would hold is unknown.
+    pub async fn namespace_contents(&self, ns: &str) -> Result<Vec<Value>, ClusterError> {
+        let mut seen = BTreeSet::new();
         let mut out = Vec::new();
-        for key in kinds {
-            let Some((ar, caps)) = self.kinds.get(&key) else { continue };
-            if !caps.operations.iter().any(|o| o == "list") && !caps.operations.is_empty() {
+        for ((api_version, kind), (ar, caps)) in &self.kinds {
+            let listable = caps.operations.is_empty() || caps.operations.iter().any(|o| o == "list");
+            if caps.scope != Scope::Namespaced || !listable || !seen.insert((ar.group.clone(), ar.plural.clone())) {
                 continue;
             }
-            if !cache.contains_key(&key) {
-                let api: Api<DynamicObject> = Api::all_with(self.client.clone(), ar);
-                let list = api.list(&ListParams::default().labels(&selector)).await.map_err(|e| {
-                    ClusterError::Unreachable {
-                        url: format!("{} (listing {}/{})", self.url, key.0, key.1),
-                        reason: crate::source::error_chain(&e),
-                    }
-                })?;
-                let items = list
-                    .items
-                    .into_iter()
-                    .map(|item| {
-                        let mut v = serde_json::to_value(item).unwrap_or_default();
-                        // Lists leave apiVersion and kind out of items.
-                        v["apiVersion"] = Value::String(key.0.clone());
-                        v["kind"] = Value::String(key.1.clone());
-                        v
-                    })
-                    .collect();
-                cache.insert(key.clone(), items);
+            let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, ar);
+            let list = api.list(&ListParams::default()).await.map_err(|e| ClusterError::Object {
+                object: format!("{kind} list in {ns}"),
+                reason: crate::source::error_chain(&e),
+                status: match &e {
+                    kube::Error::Api(s) => Some(s.code),
+                    _ => None,
+                },
+            })?;
+            for item in list.items {
+                let mut v = serde_json::to_value(item).unwrap_or_default();
+                // Lists leave apiVersion and kind out of items.
+                v["apiVersion"] = Value::String(api_version.clone());
+                v["kind"] = Value::String(kind.clone());
+                out.push(v);
             }
-            out.extend(cache[&key].iter().cloned());
         }
         Ok(out)
     }

@@ -2,7 +2,7 @@
 //! unfinished work from the records first, then sources, render, plan, apply, watch, verify or
 //! roll back, bundle by bundle in `dependsOn` order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
@@ -10,11 +10,13 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use shared::outcome::Outcome;
+use shared::removal::Listing;
 use shared::rollout::Limits;
 
 use crate::cluster::Cluster;
 use crate::reconcile::{BundleResult, Driver};
 use crate::session::Session;
+use crate::source::git::GitError;
 use crate::source::registry::RegistryStats;
 use crate::state::StateStore;
 
@@ -36,6 +38,20 @@ pub struct Report {
     /// Per registry host: its requests of this cycle by (kind, outcome), and its last error.
     #[serde(skip)]
     pub registries: Vec<RegistryStats>,
+}
+
+/// Which bundles a cycle listed: one asked for, or all (then those that left Git are removed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listed {
+    One,
+    All,
+    /// `git.path` is not in the commit at all.
+    FolderMissing,
+}
+
+/// Whether listing the bundles failed because the configured folder is not in the commit.
+fn folder_missing(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<GitError>(), Some(GitError::NotFound { .. }))
 }
 
 /// What a cycle needs besides the sources: the config, the cluster and the records.
@@ -116,9 +132,13 @@ pub async fn run(
     };
     report.source = Some(session.shown_url.clone());
     report.commit = Some(session.poll.commit.id.clone());
-    let bundles = match only {
-        Some(name) => vec![session.bundle(name).await?],
-        None => session.bundles().await?,
+    let (bundles, listing) = match only {
+        Some(name) => (vec![session.bundle(name).await?], Listed::One),
+        None => match session.bundles().await {
+            Ok(b) => (b, Listed::All),
+            Err(e) if folder_missing(&e) => (Vec::new(), Listed::FolderMissing),
+            Err(e) => return Err(e),
+        },
     };
     let namespaced = session.namespaced();
     let build = session.build(&namespaced, true);
@@ -151,7 +171,6 @@ pub async fn run(
         }
     };
     let mut done: BTreeMap<String, Outcome> = BTreeMap::new();
-    let mut owned_cache = BTreeMap::new();
     for i in order {
         let name = bundles[i].dir.clone();
         let failed_dep = depends_on[i].iter().find_map(|&d| {
@@ -168,14 +187,51 @@ pub async fn run(
             (Ok(desired), _) => {
                 let commit = &session.poll.commit.id;
                 let span = tracing::info_span!("bundle", bundle = %name, revision = %&commit[..12.min(commit.len())]);
-                driver.bundle(desired, commit, &mut owned_cache).instrument(span).await
+                driver.bundle(desired, commit).instrument(span).await
             }
         };
         done.insert(name, result.result);
         report.bundles.push(result);
     }
+    if listing != Listed::One {
+        let mut still_desired = BTreeSet::new();
+        for d in built.iter().flatten() {
+            still_desired.extend(d.manifests.iter().map(shared::render::Manifest::id));
+        }
+        let names: BTreeSet<String> = bundles.iter().map(|b| b.dir.clone()).collect();
+        let listing = match listing {
+            Listed::FolderMissing => Listing::FolderMissing,
+            _ => Listing::Found(&names),
+        };
+        // Records that cannot be read decide nothing: the next cycle looks again.
+        let records = match s.store.all().await {
+            Ok(r) => r,
+            Err(e) => {
+                progress("", &format!("bundles that left Git: not looked for this cycle, reading the records: {e:#}"));
+                Vec::new()
+            }
+        };
+        // A bundle back in Git that did not get as far as the driver (a render error, a
+        // dependency) is no longer removed either.
+        let mut records = records;
+        for r in records.iter_mut().filter(|r| r.removal.is_some() && names.contains(&r.bundle)) {
+            match driver.back_in_git(r.clone()).await {
+                Ok(back) => *r = back,
+                // Its own result is already in the report; the next cycle tries again.
+                Err(interrupted) => progress(&interrupted.bundle, &interrupted.message),
+            }
+        }
+        let commit = &session.poll.commit.id;
+        let decisions = shared::removal::decide(&records, listing, &still_desired, &s.config.prune, &s.config.git.path);
+        for decision in decisions {
+            let Some(record) = records.iter().find(|r| r.bundle == decision.bundle()) else { continue };
+            let span =
+                tracing::info_span!("bundle", bundle = %record.bundle, revision = %&commit[..12.min(commit.len())]);
+            report.bundles.push(driver.removal(record, decision, commit).instrument(span).await);
+        }
+    }
     report.registries = session.registries.stats();
-    // Report in the repository's order, not the apply order.
-    report.bundles.sort_by_key(|b| bundles.iter().position(|x| x.dir == b.bundle));
+    // Report in the repository's order, not the apply order; bundles that left Git last.
+    report.bundles.sort_by_key(|b| bundles.iter().position(|x| x.dir == b.bundle).unwrap_or(usize::MAX));
     Ok(report)
 }

@@ -32,6 +32,8 @@ pub struct AgentConfig {
     pub render: Render,
     #[serde(default)]
     pub leader_election: LeaderElection,
+    #[serde(default)]
+    pub prune: Prune,
     /// Local state (last-known-good records, caches).
     #[serde(default = "defaults::state_dir")]
     pub state_dir: String,
@@ -258,6 +260,36 @@ impl Default for LeaderElection {
     }
 }
 
+/// What becomes of a bundle that leaves Git (`shared::removal`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Prune {
+    /// `delete` (Fleet's and Flux's behaviour) or `keep`.
+    #[serde(default)]
+    pub removed_bundles: RemovedBundles,
+    /// When more than this share (percent) of the bundles leaves Git in one commit (an
+    /// accidental `git rm -r`), nothing is deleted until `agent prune --confirm BUNDLE`.
+    #[serde(default = "defaults::max_removed_percent")]
+    pub max_removed_percent: u32,
+}
+
+impl Default for Prune {
+    fn default() -> Self {
+        Prune { removed_bundles: RemovedBundles::default(), max_removed_percent: defaults::max_removed_percent() }
+    }
+}
+
+/// What is done with the objects of a bundle that left Git.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RemovedBundles {
+    /// Its recorded objects are deleted (those still carrying the agent's labels).
+    #[default]
+    Delete,
+    /// Its objects keep running, no longer followed.
+    Keep,
+}
+
 /// Rollout policy used when a bundle does not set its own.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -325,6 +357,10 @@ mod defaults {
     }
     pub fn yes() -> bool {
         true
+    }
+    /// Half: one bundle of two leaving Git is a removal, three of four a hold.
+    pub fn max_removed_percent() -> u32 {
+        50
     }
     /// Kubernetes' own controllers use 15 s.
     pub fn lease_duration() -> HumanDuration {
@@ -680,6 +716,9 @@ impl Loaded {
                 v.push(&format!("rollout.windows[{i}].{}", p.path), p.message);
             }
         }
+        v.check(c.prune.max_removed_percent > 100, "prune.maxRemovedPercent", || {
+            format!("{} is not a percentage (0 to 100)", c.prune.max_removed_percent)
+        });
         v.check(c.render.helm.trim().is_empty(), "render.helm", || "must not be empty".into());
         v.check(c.render.kustomize.trim().is_empty(), "render.kustomize", || "must not be empty".into());
         v.duration("render.timeout", c.render.timeout, Some(Duration::from_secs(1)));
@@ -868,6 +907,20 @@ registries:
         assert_eq!(l.config.git.poll_interval.get(), Duration::from_secs(60));
         assert_eq!(l.config.registries[0].max_concurrency, 4);
         assert_eq!(l.config.identity.labels["env"], "qa");
+    }
+
+    #[test]
+    fn removed_bundles_are_deleted_by_default_and_the_share_is_a_percentage() {
+        let l = load(GOOD, &no_env).expect("valid");
+        assert_eq!(l.config.prune, Prune { removed_bundles: RemovedBundles::Delete, max_removed_percent: 50 });
+        let keep = load(&format!("{GOOD}prune:\n  removedBundles: keep\n  maxRemovedPercent: 100\n"), &no_env);
+        assert_eq!(keep.expect("valid").config.prune.removed_bundles, RemovedBundles::Keep);
+        assert_eq!(
+            problems(&format!("{GOOD}prune:\n  maxRemovedPercent: 150\n")),
+            ["prune.maxRemovedPercent: line 16: 150 is not a percentage (0 to 100)"]
+        );
+        let unknown = problems(&format!("{GOOD}prune:\n  removedBundles: purge\n"));
+        assert!(unknown.len() == 1 && unknown[0].contains("purge") && unknown[0].contains("line 16"), "{unknown:?}");
     }
 
     #[test]

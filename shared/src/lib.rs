@@ -23,6 +23,7 @@ pub mod probe;
 pub mod problem;
 pub mod redact;
 pub mod registry;
+pub mod removal;
 pub mod render;
 pub mod rollout;
 pub mod state;

@@ -31,6 +31,12 @@ pub enum Outcome {
     RollbackFailed,
     /// Cut short (API server unreachable); the record says where to resume.
     Interrupted,
+    /// The bundle left Git: its objects were deleted, or kept by node config
+    /// (`prune.removedBundles`); its record stays as history.
+    Removed,
+    /// The bundle left Git in a way that looks like an accident (its folder gone whole, too
+    /// many bundles at once): nothing deleted until `agent prune --confirm BUNDLE`.
+    RemovalHeld,
 }
 
 impl Outcome {
@@ -61,6 +67,9 @@ impl Outcome {
             Outcome::RollbackFailed => "rollback-failed",
             // CLI: "interrupted" (the same)
             Outcome::Interrupted => "interrupted",
+            // New with the removal of bundles that left Git.
+            Outcome::Removed => "removed",
+            Outcome::RemovalHeld => "removal-held",
         }
     }
 
@@ -94,9 +103,10 @@ impl Outcome {
         )
     }
 
-    /// Wants an operator's eye: what runs is not what Git wants (rolled back) or may be broken.
+    /// Wants an operator's eye: what runs is not what Git wants (rolled back, a removal held
+    /// for confirmation) or may be broken.
     pub fn needs_attention(&self) -> bool {
-        *self == Outcome::RolledBack || self.is_critical()
+        matches!(self, Outcome::RolledBack | Outcome::RemovalHeld) || self.is_critical()
     }
 
     /// The `dependsOn` rule: a dependent bundle goes ahead only when this one ended on Git's
@@ -138,6 +148,8 @@ mod tests {
         (Outcome::FailedNoRollback, "rollout-failed", "failedNoRollback", true, false, true, true),
         (Outcome::RollbackFailed, "rollback-failed", "rollbackFailed", true, false, true, true),
         (Outcome::Interrupted, "interrupted", "interrupted", true, false, false, true),
+        (Outcome::Removed, "removed", "removed", false, false, false, false),
+        (Outcome::RemovalHeld, "removal-held", "removalHeld", false, false, false, true),
     ];
 
     #[test]

@@ -160,6 +160,37 @@ pub struct Record {
     /// apply of a revision: it is tried again at `retry_at`, by itself, never quarantined.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retrying: Option<Retrying>,
+    /// The bundle left Git (`crate::removal`): held until confirmed, or removed (its objects
+    /// deleted, or kept by node config). A removed record stays as history; the bundle coming
+    /// back to Git clears it ([`Record::back_in_git`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removal: Option<Removal>,
+}
+
+/// What became of a bundle that left Git, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Removal {
+    /// The first commit seen without the bundle.
+    pub commit: String,
+    pub at: Time,
+    /// Flattened: `{"commit", "at", "state": "held", "reason", "objects"}`.
+    #[serde(flatten)]
+    pub state: RemovalState,
+}
+
+/// Where a removal stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "camelCase")]
+pub enum RemovalState {
+    /// Nothing deleted: the disappearance looks like an accident (`reason`); `objects` (ids)
+    /// would be deleted once `agent prune --confirm BUNDLE` confirms it.
+    Held { reason: String, objects: Vec<String> },
+    /// Its objects were deleted (`deleted`, ids); `kept` are those left on purpose (a CRD, a
+    /// namespace not empty of others' objects) or no longer ours.
+    Removed { deleted: Vec<String>, kept: Vec<String> },
+    /// `prune.removedBundles: keep`: its objects were left running, no longer followed.
+    Kept { objects: Vec<String> },
 }
 
 /// A revision whose plan or apply met an environment fault, and when it is tried again.
@@ -218,7 +249,63 @@ impl Record {
             paused: None,
             idle_wait: None,
             retrying: None,
+            removal: None,
         }
+    }
+
+    /// The bundle left Git and its removal waits for a confirmation: nothing changes but the
+    /// record saying so. A hold already recorded keeps its first commit and time.
+    pub fn removal_held(&self, commit: &str, reason: &str, objects: Vec<String>, now: Time) -> Record {
+        let (commit, at) = match &self.removal {
+            Some(r @ Removal { state: RemovalState::Held { .. }, .. }) => (r.commit.clone(), r.at),
+            _ => (commit.to_owned(), now),
+        };
+        let state = RemovalState::Held { reason: reason.to_owned(), objects };
+        Record { removal: Some(Removal { commit, at, state }), ..self.next() }
+    }
+
+    /// The bundle's removal is done (`state` says how): the last-known-good becomes history
+    /// (nothing of the bundle is followed any more), and so does any wait or quarantine.
+    pub fn removed(&self, commit: &str, state: RemovalState, now: Time) -> Record {
+        let mut r = self.next();
+        let commit = match &self.removal {
+            Some(held) => held.commit.clone(),
+            None => commit.to_owned(),
+        };
+        if let Some(lkg) = r.lkg.take() {
+            r.history.retain(|h| h.revision.hash != lkg.revision.hash);
+            r.history.insert(0, lkg);
+            r.history.truncate(HISTORY);
+        }
+        r.quarantine = None;
+        r.retrying = None;
+        r.idle_wait = None;
+        r.removal = Some(Removal { commit, at: now, state });
+        r
+    }
+
+    /// The bundle is in Git again: it is reconciled as any other, from what the record holds.
+    pub fn back_in_git(&self) -> Record {
+        Record { removal: None, ..self.next() }
+    }
+
+    /// Whether the bundle's removal is done (the record is history).
+    pub fn is_removed(&self) -> bool {
+        matches!(&self.removal, Some(r) if !matches!(r.state, RemovalState::Held { .. }))
+    }
+
+    /// Every object the record says was applied for the bundle, newest revision first, each id
+    /// once: the last-known-good, then the history. This is the bundle's inventory: what a prune
+    /// or a removal looks for, whatever its kind.
+    pub fn inventory(&self) -> Vec<Value> {
+        let mut seen = BTreeSet::new();
+        self.lkg
+            .iter()
+            .chain(&self.history)
+            .flat_map(|s| &s.objects)
+            .filter(|o| seen.insert(object_id(o)))
+            .cloned()
+            .collect()
     }
 
     /// Since when `hash` has waited for idle pods: the recorded start when it is the same
@@ -570,6 +657,26 @@ pub fn next(record: &Record, hash: &str, in_sync: bool, now: Time) -> Next {
     }
 }
 
+/// Kinds never deleted because they left Git: deleting a CustomResourceDefinition deletes every
+/// object of its kind, anyone's, and deleting a Namespace everything in it (the agent's own
+/// namespaces go by `crate::removal`'s emptiness rule instead). Helm leaves CRDs behind too.
+pub fn never_pruned(object: &Value) -> bool {
+    let (api_version, kind) = (object["apiVersion"].as_str().unwrap_or_default(), object["kind"].as_str());
+    matches!(
+        (api_version, kind),
+        ("v1", Some("Namespace"))
+            | ("apiextensions.k8s.io/v1" | "apiextensions.k8s.io/v1beta1", Some("CustomResourceDefinition"))
+    )
+}
+
+/// Prune candidates of a bundle: the objects its record says were applied ([`Record::inventory`])
+/// that the new render (`desired`, ids) no longer has, CRDs and Namespaces aside
+/// ([`never_pruned`]). Only candidates: the adapter reads each live object and `plan` prunes it
+/// only when it carries this agent's owner and bundle labels.
+pub fn prune_candidates(record: &Record, desired: &BTreeSet<String>) -> Vec<Value> {
+    record.inventory().into_iter().filter(|o| !desired.contains(&object_id(o)) && !never_pruned(o)).collect()
+}
+
 /// Objects a rollback deletes: what the failed revision applied and the target lacks.
 pub fn rollback_deletions(failed: &Snapshot, target: &Snapshot) -> Vec<String> {
     let keep = target.ids();
@@ -671,6 +778,41 @@ mod tests {
         a2["data"]["y"] = json!("3");
         assert_ne!(rendered_hash(&[a.clone(), b.clone()]), rendered_hash(&[a2, b.clone()]));
         assert_eq!(rendered_hash(&[a]).len(), 64);
+    }
+
+    #[test]
+    fn prune_candidates_are_what_the_records_say_was_applied_whatever_the_kind() {
+        let widget =
+            json!({"apiVersion": "example.test/v1", "kind": "Widget", "metadata": {"name": "w", "namespace": "ns"}});
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns"}});
+        let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "widgets.example.test"}});
+        let first = snap("c1", vec![cm("old", "1"), cm("a", "1")]);
+        let second = snap("c2", vec![cm("a", "2"), widget.clone(), ns, crd]);
+        let r = Record::new("b").adopted(first, "t", 1).adopted(second, "t", 2);
+        let ids = |desired: &[&str]| -> Vec<String> {
+            let desired: BTreeSet<String> = desired.iter().map(|s| (*s).to_owned()).collect();
+            prune_candidates(&r, &desired).iter().map(object_id).collect()
+        };
+        // (case, desired ids, candidates)
+        let cases: Vec<(&str, Vec<&str>, Vec<&str>)> = vec![
+            ("everything still wanted", vec!["ConfigMap/ns/a", "Widget/ns/w", "ConfigMap/ns/old"], vec![]),
+            (
+                "a custom resource that left Git is a candidate",
+                vec!["ConfigMap/ns/a", "ConfigMap/ns/old"],
+                vec!["Widget/ns/w"],
+            ),
+            (
+                "an object of an earlier revision too (a prune that never ran)",
+                vec!["ConfigMap/ns/a", "Widget/ns/w"],
+                vec!["ConfigMap/ns/old"],
+            ),
+            ("never a Namespace or a CRD", vec![], vec!["ConfigMap/ns/a", "Widget/ns/w", "ConfigMap/ns/old"]),
+        ];
+        for (case, desired, want) in cases {
+            assert_eq!(ids(&desired), want, "{case}");
+        }
+        assert_eq!(r.inventory().iter().filter(|o| object_id(o) == "ConfigMap/ns/a").count(), 1, "each id once");
+        assert_eq!(r.inventory()[0]["data"]["k"], "2", "the newest revision's copy");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::k8s::Time;
-use crate::state::{Counts, OutcomeKind, Paused, Phase, Record, Retrying, rfc3339};
+use crate::state::{Counts, OutcomeKind, Paused, Phase, Record, Removal, RemovalState, Retrying, rfc3339};
 
 /// The width the human table fits in.
 pub const WIDTH: usize = 100;
@@ -46,7 +46,9 @@ pub struct BundleStatus {
     pub bundle: String,
     /// One word an operator can grep: `synced`, `rolling-out`, `rolling-back`, `rolled-back`,
     /// `quarantined`, `failed`, `rollback-failed`, `new`, `paused`, `retrying` (an environment
-    /// fault, tried again by itself), `blocked`, `deferred` (outside its rollout windows).
+    /// fault, tried again by itself), `blocked`, `deferred` (outside its rollout windows),
+    /// `removed` (left Git; its record is history), `removal-held` (left Git; nothing deleted
+    /// until confirmed).
     pub state: &'static str,
     /// The last-known-good: what runs, as far as the agent knows.
     pub running: Option<RevisionView>,
@@ -58,6 +60,9 @@ pub struct BundleStatus {
     /// An environment fault stopped the last attempt: what, and when it is tried again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retrying: Option<Retrying>,
+    /// The bundle left Git: held, or removed (objects deleted or kept).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub removal: Option<Removal>,
     /// What the running agent's last reconcile of this bundle found (absent when the agent is
     /// down: the records alone do not know what Git wants now).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -208,6 +213,9 @@ pub fn bundle_status(record: &Record, now: Time) -> BundleStatus {
                 record.bundle
             ),
         ),
+        (Phase::Idle, _, _) if record.removal.is_some() => {
+            removal_line(record.removal.as_ref().expect("guarded"), &record.bundle)
+        }
         (Phase::Idle, _, _) if record.paused.is_some() => {
             let p = record.paused.as_ref().expect("guarded");
             (
@@ -247,7 +255,7 @@ pub fn bundle_status(record: &Record, now: Time) -> BundleStatus {
             };
             (state, next)
         }
-        (Phase::Idle, None, None) if record.lkg.is_none() => ("new", "rolls out at the next reconcile".to_owned()),
+        (Phase::Idle, None, _) if record.lkg.is_none() => ("new", "rolls out at the next reconcile".to_owned()),
         (Phase::Idle, None, _) => ("synced", "follows Git at the next reconcile".to_owned()),
     };
     BundleStatus {
@@ -259,8 +267,44 @@ pub fn bundle_status(record: &Record, now: Time) -> BundleStatus {
         counts: record.counts,
         paused: record.paused.clone(),
         retrying: record.retrying.clone(),
+        removal: record.removal.clone(),
         desired: None,
         next,
+    }
+}
+
+/// The state word and next line of a bundle that left Git.
+fn removal_line(r: &Removal, bundle: &str) -> (&'static str, String) {
+    let at = short(&r.commit);
+    match &r.state {
+        RemovalState::Held { reason, objects } => (
+            "removal-held",
+            format!(
+                "removed from Git at {at}: would delete {} object{}{}; held: {reason}; confirm with \
+                 `agent prune --confirm {bundle}`",
+                objects.len(),
+                if objects.len() == 1 { "" } else { "s" },
+                if objects.is_empty() { String::new() } else { format!(" ({})", crate::removal::some_of(objects)) },
+            ),
+        ),
+        RemovalState::Removed { deleted, kept } => (
+            "removed",
+            format!(
+                "removed from Git at {at}: deleted {} object{}{}; the record is kept as history",
+                deleted.len(),
+                if deleted.len() == 1 { "" } else { "s" },
+                if kept.is_empty() { String::new() } else { format!(", kept {}", crate::removal::some_of(kept)) },
+            ),
+        ),
+        RemovalState::Kept { objects } => (
+            "removed",
+            format!(
+                "removed from Git at {at}: its {} object{} kept running (prune.removedBundles: keep), no longer \
+                 followed; the record is kept as history",
+                objects.len(),
+                if objects.len() == 1 { "" } else { "s" },
+            ),
+        ),
     }
 }
 
@@ -574,6 +618,59 @@ new-app        new          -             -    rolls out at the next reconcile
             rfc3339(NOW + 40)
         );
         assert!(full.contains(&want), "{full}");
+    }
+
+    #[test]
+    fn a_bundle_that_left_git_reads_removed_or_held_with_the_command_that_confirms_it() {
+        let synced = &records()[0];
+        let ids: Vec<String> = (1..=4).map(|i| format!("ConfigMap/ns/c{i}")).collect();
+        let held = synced.removal_held("9999999999999999ffff", "3 of 4 bundles left Git at once", ids.clone(), NOW);
+        let removed = synced.removed(
+            "9999999999999999ffff",
+            RemovalState::Removed { deleted: ids[..1].to_vec(), kept: vec!["Namespace/ns".into()] },
+            NOW,
+        );
+        let kept = synced.removed("9999999999999999ffff", RemovalState::Kept { objects: ids.clone() }, NOW);
+        // (case, record, state, next)
+        let cases = [
+            (
+                "held",
+                &held,
+                "removal-held",
+                "removed from Git at 999999999999: would delete 4 objects (ConfigMap/ns/c1, ConfigMap/ns/c2, \
+                 ConfigMap/ns/c3 and 1 more); held: 3 of 4 bundles left Git at once; confirm with \
+                 `agent prune --confirm monitoring`",
+            ),
+            (
+                "deleted",
+                &removed,
+                "removed",
+                "removed from Git at 999999999999: deleted 1 object, kept Namespace/ns; the record is kept as history",
+            ),
+            (
+                "kept by node config",
+                &kept,
+                "removed",
+                "removed from Git at 999999999999: its 4 objects kept running (prune.removedBundles: keep), no \
+                 longer followed; the record is kept as history",
+            ),
+        ];
+        for (case, record, state, next) in cases {
+            let s = bundle_status(record, NOW);
+            assert_eq!((s.state, s.next.as_str()), (state, next), "{case}");
+            let doc = serde_json::to_value(&s).unwrap();
+            assert_eq!(doc["removal"]["commit"], "9999999999999999ffff", "{case}");
+            let tag = match case {
+                "held" => "held",
+                "deleted" => "removed",
+                _ => "kept",
+            };
+            assert_eq!(doc["removal"]["state"], tag, "{case}: the record's own word: {doc}");
+        }
+        assert_eq!(bundle_status(&removed, NOW).running, None, "nothing of it runs as far as the agent knows");
+        assert_eq!(bundle_status(&held, NOW).running.unwrap().commit, "1111111111111111aaaa", "held: still runs");
+        let back = bundle_status(&removed.back_in_git(), NOW);
+        assert_eq!(back.state, "new", "back in Git: treated as any bundle");
     }
 
     #[test]

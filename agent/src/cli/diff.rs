@@ -5,7 +5,6 @@
 //! git, cluster), 3 at least one bundle could not be planned (render error, preflight); the other
 //! bundles are still shown.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
@@ -80,7 +79,14 @@ pub async fn report(config: &Path, only: Option<&str>) -> anyhow::Result<Report>
     let namespaced = session.namespaced();
     let build = session.build(&namespaced, true);
     let mut out = Vec::new();
-    let mut owned_cache = BTreeMap::new();
+    // The records say what each bundle applied: what left Git since is pruned from that.
+    let (_, base) = crate::config::load(config)?;
+    let store = crate::state::StateStore::new(
+        &base.join(&session.config.state_dir),
+        &session.config.identity.agent_id,
+        &session.config.kube.namespace,
+        Some(cluster.client().clone()),
+    );
     let node_drain = session.config.rollout.drain_window.secs();
     for b in &bundles {
         let mut d = BundleDiff {
@@ -119,10 +125,23 @@ pub async fn report(config: &Path, only: Option<&str>) -> anyhow::Result<Report>
                     reasons: vec![e.to_string()],
                     wanted: Vec::new(),
                 };
+                let record = match store.load(&b.dir).await {
+                    Ok(r) => r.unwrap_or_else(|| shared::state::Record::new(&b.dir)),
+                    Err(e) => {
+                        d.error = Some(BundleError {
+                            bundle: b.dir.clone(),
+                            stage: Stage::Plan,
+                            reasons: vec![format!("reading the record: {e:#}")],
+                            wanted: Vec::new(),
+                        });
+                        out.push(d);
+                        continue;
+                    }
+                };
                 match crate::reconcile::plan_objects(
                     cluster,
                     &desired.manifests,
-                    &mut owned_cache,
+                    &record,
                     &session.node.agent_id,
                     &b.dir,
                 )

@@ -6,6 +6,7 @@ mod fetch;
 mod local;
 mod pause;
 mod policy;
+mod prune;
 pub mod reconcile;
 mod render;
 mod retry;
@@ -124,6 +125,18 @@ enum Cmd {
         #[arg(long, short, env = "GITOPS_AGENT_CONFIG")]
         config: PathBuf,
     },
+    /// A bundle that left Git whose removal is held (its folder gone whole, too many bundles at
+    /// once): shows what would be deleted; with --confirm deletes it, from the records alone.
+    Prune {
+        bundle: String,
+        /// Delete the objects the hold names (without it, only show them; exit 1).
+        #[arg(long)]
+        confirm: bool,
+        #[arg(long, short, env = "GITOPS_AGENT_CONFIG")]
+        config: PathBuf,
+        #[arg(long, short, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
     /// What runs (last-known-good), what should run, what happened last, what is quarantined,
     /// and what happens next and why, per bundle: from the running agent (with its sources), or
     /// from the records when it is down. Exit 4 when a bundle needs a person.
@@ -233,6 +246,10 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
         ),
         Cmd::Rollback { bundle, to, config, output } => rollback::run(&config, &bundle, to.as_deref(), output, out),
         Cmd::Retry { bundle, config } => retry::run(&config, &bundle, out),
+        Cmd::Prune { bundle, confirm, config, output } => {
+            let confirm = if confirm { prune::Confirm::Yes } else { prune::Confirm::No };
+            prune::run(&config, &bundle, confirm, output, out)
+        }
         Cmd::Status { explain, config, output } => status::run(&config, explain.as_deref(), output, out),
         Cmd::Run { config } => crate::daemon::run(&config),
         Cmd::Pause { bundle, reason, config } => pause::run(&config, &bundle, Some(&reason), out),

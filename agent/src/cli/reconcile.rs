@@ -4,7 +4,8 @@
 //! Exit codes of `reconcile`: 0 every bundle in sync or rolled out; 1 (`--dry-run` only) something
 //! would be applied; 2 error before any bundle (config, git, cluster); 3 a bundle was blocked
 //! (render, preflight, blast radius, conflict, quarantine), is retrying after an environment
-//! fault (`shared::fault`), or rolled back; 4 a bundle needs a person (failed with nothing to
+//! fault (`shared::fault`), or rolled back, or a bundle that left Git is held for a confirmation
+//! (`agent prune --confirm`); 4 a bundle needs a person (failed with nothing to
 //! roll back to, rollback failed, or interrupted).
 
 use std::io::Write;
@@ -46,7 +47,10 @@ pub fn exit_code(report: &Report) -> u8 {
         EXIT_CRITICAL
     } else if report.error.is_some() {
         super::EXIT_ERROR
-    } else if results.iter().any(|r| matches!(r, Outcome::Blocked | Outcome::Retrying | Outcome::RolledBack)) {
+    } else if results
+        .iter()
+        .any(|r| matches!(r, Outcome::Blocked | Outcome::Retrying | Outcome::RolledBack | Outcome::RemovalHeld))
+    {
         EXIT_BLOCKED
     } else if results.iter().any(|r| **r == Outcome::WouldApply) {
         EXIT_WOULD_APPLY
@@ -108,13 +112,16 @@ fn human(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     let count = |f: &dyn Fn(&Outcome) -> bool| report.bundles.iter().filter(|b| f(&b.result)).count();
     writeln!(
         out,
-        "{} bundles: {} in sync, {} rolled out, {} rolled back, {} blocked, {} retrying, {} need a person",
+        "{} bundles: {} in sync, {} rolled out, {} rolled back, {} blocked, {} retrying, {} removed, {} held, {} need \
+         a person",
         report.bundles.len(),
         count(&|r| matches!(r, Outcome::InSync | Outcome::Verified)),
         count(&|r| *r == Outcome::RolledOut),
         count(&|r| *r == Outcome::RolledBack),
         count(&|r| *r == Outcome::Blocked),
         count(&|r| *r == Outcome::Retrying),
+        count(&|r| *r == Outcome::Removed),
+        count(&|r| *r == Outcome::RemovalHeld),
         count(&|r| r.is_critical()),
     )
 }

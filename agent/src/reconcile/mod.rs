@@ -11,11 +11,10 @@
 
 mod adopt;
 mod plan;
+mod removal;
 mod resume;
 mod rollback;
 mod rollout;
-
-use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -126,12 +125,7 @@ impl Driver<'_> {
 
     /// One bundle's reconcile from its desired objects at `commit`: preflight, plan, the gate
     /// chain's decision (`shared::gate`), then the I/O of the arm it chose.
-    pub async fn bundle(
-        &self,
-        desired: &DesiredBundle,
-        commit: &str,
-        owned_cache: &mut BTreeMap<(String, String), Vec<Value>>,
-    ) -> BundleResult {
+    pub async fn bundle(&self, desired: &DesiredBundle, commit: &str) -> BundleResult {
         let name = desired.name.as_str();
         let policy = &desired.spec.policy;
         let (limits, manifests) = match self.preflight(desired).await {
@@ -142,6 +136,11 @@ impl Driver<'_> {
             Ok(r) => r.unwrap_or_else(|| Record::new(name)),
             Err(e) => return BundleResult::new(name, Outcome::Interrupted, format!("reading the record: {e:#}")),
         };
+        // Back in Git after it left: reconciled as any bundle, from what its record holds.
+        let record = match self.back_in_git(record).await {
+            Ok(r) => r,
+            Err(interrupted) => return interrupted,
+        };
         let objects: Vec<Value> = manifests.iter().map(|m| m.object.clone()).collect();
         let mut images: Vec<String> = desired.images.iter().map(|i| i.running.clone()).collect();
         images.sort();
@@ -151,7 +150,7 @@ impl Driver<'_> {
             objects,
             at: unix_now(),
         };
-        let plans = match plan_objects(self.cluster, &manifests, owned_cache, self.agent_id, name).await {
+        let plans = match plan_objects(self.cluster, &manifests, &record, self.agent_id, name).await {
             Ok(p) => p,
             Err(e) => match cause(&e) {
                 // The namespace is terminating, the API server answers 5xx, ...: the revision

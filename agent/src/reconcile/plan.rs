@@ -2,7 +2,7 @@
 //! planned against the cluster (shared with `agent diff`), applied in dependency order and
 //! deleted when they are ours, retrying while the API server is unreachable.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -14,6 +14,7 @@ use shared::outcome::Outcome;
 use shared::plan::ObjectPlan;
 use shared::render::Manifest;
 use shared::rollout::Limits;
+use shared::state::Record;
 
 use super::{BundleResult, Driver};
 use crate::cluster::{Cluster, ClusterError};
@@ -26,11 +27,14 @@ const OBSERVE_CONCURRENCY: usize = 8;
 const DELETE_WAIT: Duration = Duration::from_secs(60);
 
 /// Plans one bundle's objects against the cluster: the API server's dry-run of our apply, the
-/// live objects, and the objects of ours that left Git (`shared::plan`).
+/// live objects, and the objects of ours that left Git (`shared::plan`). Those are looked for
+/// among what `record` says was applied (`shared::state::prune_candidates`), whatever their kind,
+/// so an object of a CRD's kind is pruned like a ConfigMap; `plan` keeps the live ones that
+/// carry this agent's owner and bundle labels.
 pub async fn plan_objects(
     cluster: &Cluster,
     manifests: &[Manifest],
-    owned_cache: &mut BTreeMap<(String, String), Vec<Value>>,
+    record: &Record,
     agent_id: &str,
     bundle: &str,
 ) -> Result<Vec<ObjectPlan>, ClusterError> {
@@ -40,9 +44,23 @@ pub async fn plan_objects(
         .await
         .into_iter()
         .collect::<Result<_, _>>()?;
-    let owned = cluster.owned(agent_id, manifests, owned_cache).await?;
+    let desired: BTreeSet<String> = manifests.iter().map(Manifest::id).collect();
+    let candidates = shared::state::prune_candidates(record, &desired);
+    let found: Vec<Option<Value>> = futures::stream::iter(candidates.into_iter().map(|object| async move {
+        match cluster.get(&Manifest { source: String::new(), object }).await {
+            // The kind is no longer served (its CRD is gone): nothing of it is left to prune.
+            Err(ClusterError::UnknownKind { .. }) => Ok(None),
+            other => other,
+        }
+    }))
+    .buffered(OBSERVE_CONCURRENCY)
+    .collect::<Vec<_>>()
+    .await
+    .into_iter()
+    .collect::<Result<_, _>>()?;
+    let live: Vec<Value> = found.into_iter().flatten().collect();
     let observed: BTreeMap<_, _> = manifests.iter().map(Manifest::id).zip(observed).collect();
-    Ok(shared::plan::plan(manifests, &observed, &owned, agent_id, bundle))
+    Ok(shared::plan::plan(manifests, &observed, &live, agent_id, bundle))
 }
 
 fn manifests(objects: &[Value]) -> Vec<Manifest> {

@@ -91,6 +91,28 @@ fn validate_never_prints_a_secret_even_when_it_sits_in_the_url() {
 }
 
 #[test]
+fn validate_checks_what_becomes_of_bundles_that_leave_git() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_good_config(dir.path());
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{good}prune:\n  removedBundles: keep\n  maxRemovedPercent: 100\n")).unwrap();
+    let out = agent(&["validate", "--config", cfg.to_str().unwrap()], &[("HARBOR_SECRET", CANARY)]);
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::write(&cfg, format!("{good}prune:\n  maxRemovedPercent: 101\n")).unwrap();
+    let out = agent(&["validate", "--config", cfg.to_str().unwrap()], &[("HARBOR_SECRET", CANARY)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("prune.maxRemovedPercent: line 16: 101 is not a percentage (0 to 100)"),
+        "{}",
+        text(&out)
+    );
+    std::fs::write(&cfg, format!("{good}prune:\n  removedBundles: purge\n")).unwrap();
+    let out = agent(&["validate", "--config", cfg.to_str().unwrap()], &[("HARBOR_SECRET", CANARY)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("line 16") && text(&out).contains("purge"), "{}", text(&out));
+}
+
+#[test]
 fn validate_json_carries_the_same_problems() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("agent.yaml");
@@ -145,6 +167,7 @@ fn help_lists_only_commands_that_work() {
             "reconcile",
             "rollback",
             "retry",
+            "prune",
             "status",
             "run",
             "pause",

@@ -288,7 +288,8 @@ impl Store {
         (json.status.code(), doc, text(&human))
     }
 
-    /// Applies every bundle as the agent will (server-side apply under its field manager).
+    /// Applies every bundle as the agent will (server-side apply under its field manager), and
+    /// records it as its last-known-good.
     async fn apply_all(&self) {
         let text = std::fs::read_to_string(&self.config).unwrap();
         let loaded = shared::config::load(&text, &|_| None).unwrap();
@@ -310,11 +311,27 @@ impl Store {
             namespaced: &namespaced,
             registries: Some(&registries),
         };
+        let store = agent::state::StateStore::new(
+            &base.join(&config.state_dir),
+            &config.identity.agent_id,
+            &config.kube.namespace,
+            Some(cluster.client().clone()),
+        );
         for b in checkout.bundles().await.unwrap() {
             let desired = build.bundle(&b).await.unwrap();
             for m in &desired.manifests {
                 cluster.apply(m, false, false).await.unwrap_or_else(|e| panic!("{e}"));
             }
+            // Recorded as the agent records what it applied: prunes look for what left Git there.
+            let objects: Vec<Value> = desired.manifests.iter().map(|m| m.object.clone()).collect();
+            let revision = shared::state::Revision {
+                commit: checkout.commit.clone(),
+                hash: shared::state::rendered_hash(&objects),
+                images: Vec::new(),
+            };
+            let snapshot = shared::state::Snapshot { revision, objects, at: 0 };
+            let record = shared::state::Record::new(&b.dir).adopted(snapshot, "applied by the test", 0);
+            store.save(&record).await.unwrap();
         }
     }
 }

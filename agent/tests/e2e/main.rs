@@ -15,6 +15,7 @@ mod hostile;
 mod install;
 mod real_node;
 mod registry_source;
+mod removal;
 mod rollout;
 mod rollout_policy;
 mod stack_b_fixture;
