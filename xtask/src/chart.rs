@@ -215,6 +215,12 @@ mod tests {
     }
 
     #[test]
+    fn the_global_values_fleet_and_the_agent_inject_are_accepted() {
+        let docs = render(&format!("{BASE}global:\n  fleet:\n    clusterLabels: {{store: store1}}\n"));
+        assert_eq!(of_kind(&docs, "DaemonSet").len(), 1);
+    }
+
+    #[test]
     fn pruning_off_drops_delete_and_creating_namespaces_adds_only_namespaces_create() {
         let docs = render(&format!("{BASE}rbac:\n  prune: false\n  createNamespaces: true\n"));
         for r in of_kind(&docs, "Role").into_iter().flat_map(rules) {

@@ -343,7 +343,12 @@ async fn the_chart_installed_from_the_registry_runs_the_agent_on_the_real_node_u
         std::fs::write(&values_file, format!("{head}{block}{}", &rest[end..])).unwrap();
     };
     set_signalling("1.0.0");
-    let first = store.commit("signalling from its own repository");
+    // The KWOK node has one GPU, which the orchestrator of any other Stack B in the cluster may
+    // hold: this one asks for none, so parallel tests do not queue for it.
+    let text = std::fs::read_to_string(&values_file).unwrap();
+    assert!(text.contains("  gpu: 1\n"), "the orchestrator's GPU in values.yaml");
+    std::fs::write(&values_file, text.replace("  gpu: 1\n", "  gpu: 0\n")).unwrap();
+    let first = store.commit("signalling from its own repository, no GPU");
 
     // helm install from the registry, as the store's pull robot.
     let out = store.helm_release("install", &[]);
