@@ -1,4 +1,4 @@
-//! `cargo xtask`: development tasks (test environment, test suite, demo, the agent's image).
+//! `cargo xtask`: development tasks (test environment, test suite, demo, the agent's image, fuzzing).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use xtask::{paths, seed, testenv};
 
 mod demo;
+mod fuzz;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Development tasks for gitops-agent")]
@@ -44,6 +45,18 @@ enum Cmd {
         /// The `org.opencontainers.image.source` label (default: the `origin` remote).
         #[arg(long, value_name = "URL")]
         source: Option<String>,
+    },
+    /// Runs the fuzz targets of `fuzz/` one after another (nightly and cargo-fuzz, installed
+    /// when missing); fails on a crash and names its reproducer.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, value_name = "SECS")]
+        time: Option<u64>,
+        /// Inputs per target.
+        #[arg(long, value_name = "N")]
+        runs: Option<u64>,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
     },
 }
 
@@ -117,6 +130,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Image { push, verify, source } => {
             xtask::agent_image::image(push.as_deref(), verify, source.as_deref())?;
         }
+        Cmd::Fuzz { time, runs, targets } => {
+            fuzz::fuzz(&fuzz::Options { time: time.map(Duration::from_secs), runs, targets })?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -141,6 +157,11 @@ async fn test(extra: &[String]) -> Result<ExitCode> {
     let status = paths::cargo().args(["test", "--workspace"]).args(extra).status()?;
     if !status.success() {
         failed.push("tests");
+    }
+    eprintln!("xtask test: fuzz targets, {} s each", fuzz::TEST_TIME_BOX.as_secs());
+    if let Err(e) = fuzz::fuzz(&fuzz::Options { time: Some(fuzz::TEST_TIME_BOX), ..Default::default() }) {
+        eprintln!("xtask test: {e:#}");
+        failed.push("fuzz");
     }
     // Alone, once the parallel suite is done: it takes the real node down and up again.
     if testenv::running(&paths::run_dir()).is_some_and(|i| i.real_node.is_some()) {
