@@ -1,4 +1,5 @@
-//! `cargo xtask`: development tasks (test environment, test suite, demo, the agent's image, fuzzing).
+//! `cargo xtask`: development tasks (test environment, test suite, demo, the agent's image, fuzzing,
+//! webhook load).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use xtask::{paths, seed, testenv};
 
 mod demo;
 mod fuzz;
+mod webhook_load;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Development tasks for gitops-agent")]
@@ -58,6 +60,9 @@ enum Cmd {
         /// Targets to run (default: all).
         targets: Vec<String>,
     },
+    /// A bounded burst of webhooks (10,000 in 10 s, good and bad signatures) against `agent run`
+    /// on the testenv: prints `/healthz` latency, RSS and the reconciles it caused.
+    WebhookLoad,
 }
 
 #[derive(Subcommand)]
@@ -133,6 +138,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Fuzz { time, runs, targets } => {
             fuzz::fuzz(&fuzz::Options { time: time.map(Duration::from_secs), runs, targets })?;
         }
+        Cmd::WebhookLoad => webhook_load::webhook_load().await?,
     }
     Ok(ExitCode::SUCCESS)
 }
