@@ -6,6 +6,10 @@ use std::fmt;
 /// Registry used when a reference names none (Docker's rule).
 pub const DEFAULT_REGISTRY: &str = "docker.io";
 
+/// The longest name (`registry/repository`, as normalized) distribution's `reference` accepts
+/// (`NameTotalLengthMax`).
+pub const NAME_TOTAL_LENGTH_MAX: usize = 255;
+
 /// A parsed image reference.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ImageRef {
@@ -69,9 +73,6 @@ impl ImageRef {
         if path.is_empty() {
             return Err(err("has no repository path after the registry".into()));
         }
-        if path.len() > 255 {
-            return Err(err("repository name is longer than 255 characters".into()));
-        }
         for component in path.split('/') {
             if component.chars().any(|c| c.is_ascii_uppercase()) {
                 return Err(err(format!("repository must be lower case (component {component:?})")));
@@ -87,6 +88,11 @@ impl ImageRef {
         } else {
             path.to_owned()
         };
+        // Distribution's limit is on the whole name as normalized (`docker.io/library/x`), so a
+        // reference that parses prints as one that parses again (found by the `image` fuzz target).
+        if registry.len() + 1 + repository.len() > NAME_TOTAL_LENGTH_MAX {
+            return Err(err(format!("name {registry}/{repository} is longer than {NAME_TOTAL_LENGTH_MAX} characters")));
+        }
         Ok(ImageRef { registry, repository, tag, digest })
     }
 
@@ -246,5 +252,20 @@ mod tests {
             let e = ImageRef::parse(input).expect_err(input).to_string();
             assert!(e.starts_with(want), "{input:?}: got {e:?}");
         }
+    }
+
+    #[test]
+    fn a_reference_that_parses_prints_as_one_that_parses_to_the_same_even_at_the_length_limit() {
+        // Found by the `image` fuzz target: 250 characters were a valid path, but printed as
+        // `docker.io/library/...` they were not, so a reference did not survive its own output.
+        let short = "a".repeat(250);
+        let err = ImageRef::parse(&short).expect_err("docker.io/library/ + 250 is past the limit");
+        assert!(err.problem.contains("longer than 255"), "{err}");
+        let longest = "a".repeat(NAME_TOTAL_LENGTH_MAX - "docker.io/library/".len());
+        let r = ImageRef::parse(&longest).expect("exactly at the limit");
+        assert_eq!(r.name().len(), NAME_TOTAL_LENGTH_MAX);
+        assert_eq!(ImageRef::parse(&r.to_string()), Ok(r));
+        let host = format!("h.example/{}", "b".repeat(NAME_TOTAL_LENGTH_MAX - "h.example/".len() + 1));
+        assert!(ImageRef::parse(&host).is_err(), "the registry counts too");
     }
 }

@@ -1,4 +1,5 @@
-//! `cargo xtask`: development tasks (test environment, test suite, demo, the agent's image).
+//! `cargo xtask`: development tasks (test environment, test suite, demo, the agent's image, fuzzing,
+//! webhook load).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,6 +9,8 @@ use clap::{Parser, Subcommand};
 use xtask::{paths, seed, testenv};
 
 mod demo;
+mod fuzz;
+mod webhook_load;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Development tasks for gitops-agent")]
@@ -52,6 +55,21 @@ enum Cmd {
         #[arg(long, value_name = "URL")]
         source: Option<String>,
     },
+    /// Runs the fuzz targets of `fuzz/` one after another (nightly and cargo-fuzz, installed
+    /// when missing); fails on a crash and names its reproducer.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, value_name = "SECS")]
+        time: Option<u64>,
+        /// Inputs per target.
+        #[arg(long, value_name = "N")]
+        runs: Option<u64>,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
+    },
+    /// A bounded burst of webhooks (10,000 in 10 s, good and bad signatures) against `agent run`
+    /// on the testenv: prints `/healthz` latency, RSS and the reconciles it caused.
+    WebhookLoad,
 }
 
 #[derive(Subcommand)]
@@ -125,6 +143,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Image { push, verify, source } => {
             xtask::agent_image::image(push.as_deref(), verify, source.as_deref())?;
         }
+        Cmd::Fuzz { time, runs, targets } => {
+            fuzz::fuzz(&fuzz::Options { time: time.map(Duration::from_secs), runs, targets })?;
+        }
+        Cmd::WebhookLoad => webhook_load::webhook_load().await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -149,6 +171,11 @@ async fn test(extra: &[String]) -> Result<ExitCode> {
     let status = paths::cargo().args(["test", "--workspace"]).args(extra).status()?;
     if !status.success() {
         failed.push("tests");
+    }
+    eprintln!("xtask test: fuzz targets, {} s each", fuzz::TEST_TIME_BOX.as_secs());
+    if let Err(e) = fuzz::fuzz(&fuzz::Options { time: Some(fuzz::TEST_TIME_BOX), ..Default::default() }) {
+        eprintln!("xtask test: {e:#}");
+        failed.push("fuzz");
     }
     // Alone, once the parallel suite is done: it takes the real node down and up again.
     if testenv::running(&paths::run_dir()).is_some_and(|i| i.real_node.is_some()) {

@@ -40,6 +40,10 @@ impl Daemon {
         Daemon { child, log, url: format!("http://127.0.0.1:{port}") }
     }
 
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub(crate) fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -21,4 +21,5 @@ mod rollout_policy;
 mod stack_b_fixture;
 mod testenv_is_real;
 mod util;
+mod webhook_load;
 mod windows;
