@@ -294,6 +294,23 @@ impl Store {
         .await
     }
 
+    /// `bundle` in the status of a Ready agent pod (whichever: during a rolling update of the
+    /// agent itself the pods change, and a standby's status shows the same records).
+    async fn bundle(&self, bundle: &str) -> Result<(Pod, Value), String> {
+        let pods = self.pods().await;
+        let mut last = "no Ready agent pod".to_owned();
+        for p in pods.iter().rev().filter(|p| ready(p) && p.metadata.deletion_timestamp.is_none()) {
+            match status(&pod_ip(p)).await {
+                Ok(s) => {
+                    let b = s["bundles"].as_array().and_then(|b| b.iter().find(|b| b["bundle"] == bundle)).cloned();
+                    return b.map(|b| (p.clone(), b)).ok_or_else(|| format!("no {bundle} in {s}"));
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
     fn commit(&self, message: &str) -> String {
         git(&self.work, &["add", "-A"]);
         git(&self.work, &["-c", "user.name=ci", "-c", "user.email=ci@example.invalid", "commit", "-qm", message]);
@@ -551,36 +568,37 @@ async fn the_agent_upgrades_itself_through_git_and_rolls_a_broken_image_of_itsel
     let first = store.commit("the agent manages itself");
 
     store.helm_release("install", &[]);
-    let pod = store.one_ready_pod("the agent's pod Ready", Duration::from_secs(180)).await;
-    let b = wait_running(&pod_ip(&pod), "gitops-agent", &first, Duration::from_secs(180)).await;
-    eprintln!("self-upgrade: adopted the release: {}", b["next"]);
+    store.one_ready_pod("the agent's pod Ready", Duration::from_secs(180)).await;
+    // It adopts the release helm made, then applies Git's revision of itself (its labels on the
+    // pod template: a new pod beside the old one, which hands over).
+    let adopted = wait_for("the agent running its own bundle", Duration::from_secs(240), || async {
+        let (p, b) = store.bundle("gitops-agent").await?;
+        if b["running"]["commit"] == first.as_str() && b["state"] == "synced" {
+            Ok((p, b))
+        } else {
+            Err(format!("{b}"))
+        }
+    })
+    .await;
+    eprintln!("self-upgrade: runs its own bundle; history: {}", adopted.1["counts"]);
+    let serving = store.one_ready_pod("one agent pod", Duration::from_secs(120)).await;
 
     // A new agent image through Git: a new pod beside the old one, which hands over.
     fleet(&new.tag);
     let upgrade = store.commit("agent 0.1.1-test");
-    let serving = store.one_ready_pod("one agent pod", Duration::from_secs(60)).await;
     let upgraded = wait_for("the new agent image rolled out", Duration::from_secs(240), || async {
-        let pods = store.pods().await;
-        let Some(p) = pods.iter().find(|p| ready(p) && p.metadata.deletion_timestamp.is_none()) else {
-            return Err("no ready pod".to_owned());
-        };
-        let s = status(&pod_ip(p)).await?;
-        let b = s["bundles"].as_array().and_then(|b| b.iter().find(|b| b["bundle"] == "gitops-agent")).cloned();
+        let (p, b) = store.bundle("gitops-agent").await?;
         let image = p.spec.as_ref().map(|s| s.containers[0].image.clone().unwrap_or_default()).unwrap_or_default();
-        match b {
-            Some(b)
-                if b["running"]["commit"] == upgrade.as_str()
-                    && b["state"] == "synced"
-                    && image.contains(&new.digest) =>
-            {
-                Ok(p.clone())
-            }
-            other => Err(format!("{image}: {other:?}")),
+        if b["running"]["commit"] == upgrade.as_str() && b["state"] == "synced" && image.contains(&new.digest) {
+            Ok(p)
+        } else {
+            Err(format!("{image}: {b}"))
         }
     })
     .await;
     assert_ne!(upgraded.metadata.uid, serving.metadata.uid, "a new pod runs the new image");
     let upgraded = store.one_ready_pod("the old agent pod gone", Duration::from_secs(120)).await;
+    assert!(upgraded.spec.as_ref().unwrap().containers[0].image.clone().unwrap().contains(&new.digest));
 
     // A broken agent image: its pod never starts; the running agent rolls it back and serves on.
     fleet(&broken.tag);
