@@ -35,6 +35,9 @@ pub struct Report {
     /// preflight blocked), for the daemon's status and the webhooks it answers.
     #[serde(skip)]
     pub desired_images: BTreeMap<String, Vec<String>>,
+    /// Per bundle, the cosign keys that verified each of its images (status `--explain`).
+    #[serde(skip)]
+    pub verified_images: BTreeMap<String, BTreeMap<String, Vec<String>>>,
     /// Per registry host: its requests of this cycle by (kind, outcome), and its last error.
     #[serde(skip)]
     pub registries: Vec<RegistryStats>,
@@ -120,6 +123,7 @@ pub async fn run(
         bundles: Vec::new(),
         error: None,
         desired_images: BTreeMap::new(),
+        verified_images: BTreeMap::new(),
         registries: Vec::new(),
     };
     report.resumed = driver.resume().await?;
@@ -155,6 +159,9 @@ pub async fn run(
         images.dedup();
         if d.is_ok() || !images.is_empty() {
             report.desired_images.insert(b.dir.clone(), images);
+        }
+        if let Ok(d) = &d {
+            report.verified_images.insert(b.dir.clone(), d.verified_images());
         }
         built.push(d);
     }

@@ -103,6 +103,9 @@ pub struct ImageChoice {
     pub written: String,
     pub running: String,
     pub used_by: Vec<String>,
+    /// The cosign keys that verified its digest, one per policy that applies (empty: none does).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub verified: Vec<String>,
 }
 
 /// A bundle's desired objects.
@@ -114,6 +117,13 @@ pub struct DesiredBundle {
     pub images: Vec<ImageChoice>,
     /// Unknown `fleet.yaml` keys, Helm hooks left out, images not resolved.
     pub warnings: Vec<String>,
+}
+
+impl DesiredBundle {
+    /// Per running image, the cosign keys that verified it (images no policy covers left out).
+    pub fn verified_images(&self) -> BTreeMap<String, Vec<String>> {
+        self.images.iter().filter(|i| !i.verified.is_empty()).map(|i| (i.running.clone(), i.verified.clone())).collect()
+    }
 }
 
 /// Options of one build.
@@ -206,13 +216,36 @@ impl Build<'_> {
                 let requests = decide::image_requests(&uses, &spec.policy, &same).map_err(blocked)?;
                 let resolutions = futures::future::join_all(requests.iter().map(|r| resolve(registries, r))).await;
                 let map = decide::pin_images(&requests, &resolutions, spec.policy.pin_digests()).map_err(blocked)?;
+                // Signatures before anything is written: an image that fails blocks the bundle.
+                let bundle_keys = match spec.policy.verify.as_ref().and_then(|v| v.cosign.as_ref()) {
+                    None => None,
+                    Some(c) => Some(bundle_keys(&dest, &c.public_keys).map_err(|e| blocked(vec![e]))?),
+                };
+                let checks = requests
+                    .iter()
+                    .zip(&resolutions)
+                    .map(|(r, res)| verify_image(registries, r, res, bundle_keys.as_ref()));
+                let verdicts = futures::future::join_all(checks).await;
+                let mut verified = Vec::with_capacity(verdicts.len());
+                let mut problems = Vec::new();
+                for v in verdicts {
+                    match v {
+                        Ok(keys) => verified.push(keys),
+                        Err(e) => problems.push(e),
+                    }
+                }
+                if !problems.is_empty() {
+                    return Err(blocked(problems));
+                }
                 render::replace_images(&mut manifests, &map);
                 requests
                     .iter()
-                    .map(|r| ImageChoice {
+                    .zip(verified)
+                    .map(|(r, verified)| ImageChoice {
                         written: r.written.clone(),
                         running: map.get(&r.written).cloned().unwrap_or_else(|| r.written.clone()),
                         used_by: r.used_by.clone(),
+                        verified,
                     })
                     .collect()
             }
@@ -249,6 +282,44 @@ fn read_values(dir: &Path, name: &str) -> Result<Value, String> {
         format!("{line}{}", e.to_string().lines().next().unwrap_or("invalid YAML"))
     })?;
     Ok(if v.is_null() { Value::Object(Default::default()) } else { v })
+}
+
+/// The bundle's own trusted keys (`gitopsAgent.verify`), files inside the bundle.
+fn bundle_keys(dir: &Path, specs: &[shared::cosign::KeySpec]) -> Result<shared::cosign::KeySet, String> {
+    let keys = specs
+        .iter()
+        .map(|k| {
+            let named = |e: String| format!("gitopsAgent.verify: cosign key {} ({}): {e}", k.name, k.file);
+            shared::tree::check_path(&k.file).map_err(|e| named(e.to_string()))?;
+            let pem = std::fs::read_to_string(dir.join(&k.file)).map_err(|e| named(e.to_string()))?;
+            shared::cosign::TrustedKey::from_pem(&k.name, &pem).map_err(named)
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(shared::cosign::KeySet { keys })
+}
+
+/// The signature checks of one resolved image: its registry's policy and the bundle's, each
+/// verified (or found in the cache); the names of the keys that verified it, or the line that
+/// blocks the bundle.
+async fn verify_image(
+    registries: &Registries,
+    req: &ImageRequest,
+    res: &Resolution,
+    bundle: Option<&shared::cosign::KeySet>,
+) -> Result<Vec<String>, String> {
+    let Resolution::Found { digest, .. } = res else {
+        return Ok(Vec::new());
+    };
+    let registry = registries.for_image(&req.image).map_err(|e| format!("preflight: {e}"))?;
+    let mut verdicts = Vec::new();
+    for keys in registry.keys.iter().chain(bundle) {
+        let verdict = registries
+            .verify(registry, &req.image.repository, digest, keys)
+            .await
+            .map_err(|e| format!("preflight: {}: reading its cosign signatures: {e}", req.written))?;
+        verdicts.push(verdict);
+    }
+    shared::cosign::judge(&req.written, digest, &req.used_by, &verdicts)
 }
 
 async fn resolve(registries: &Registries, req: &ImageRequest) -> Resolution {

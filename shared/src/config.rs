@@ -115,6 +115,10 @@ pub struct Registry {
     pub ca_file: Option<String>,
     #[serde(default = "defaults::max_concurrency")]
     pub max_concurrency: u32,
+    /// Signatures every image of this registry must carry before it is applied
+    /// (`shared::cosign`, docs/verification.md).
+    #[serde(default)]
+    pub verify: Option<crate::cosign::VerifySpec>,
 }
 
 /// Basic credentials; the password comes from a file (re-read when it changes) or a variable.
@@ -669,6 +673,11 @@ impl Loaded {
                 v.credentials(&format!("{base}.auth"), auth);
             }
             v.check(r.max_concurrency == 0, &format!("{base}.maxConcurrency"), || "must be at least 1".into());
+            if let Some(verify) = &r.verify {
+                for (path, message) in verify.problems() {
+                    v.push(&format!("{base}.verify.{path}"), message);
+                }
+            }
         }
 
         if let Some(kc) = &c.kube.kubeconfig {

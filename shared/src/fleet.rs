@@ -87,6 +87,10 @@ pub struct BundlePolicy {
     /// ones (`rollout.windows`). Rollbacks ignore them.
     #[serde(default)]
     pub rollout_windows: Vec<crate::window::WindowSpec>,
+    /// Signatures every image of the bundle must carry (`shared::cosign`), beside the node's
+    /// per-registry policy, never instead of it; key files are paths inside the bundle.
+    #[serde(default)]
+    pub verify: Option<crate::cosign::VerifySpec>,
 }
 
 /// One image's tag policy.
@@ -265,6 +269,11 @@ fn parse_policy(mut raw: Value, lines: &LineIndex) -> Result<BundlePolicy, Probl
             at(e.path, e.message)
         })?;
     }
+    if let Some(verify) = &policy.verify
+        && let Some((path, message)) = verify.problems().into_iter().next()
+    {
+        return Err(at(format!("{POLICY_KEY}.verify.{path}"), message));
+    }
     if let Some(problem) = bad_duration {
         return Err(problem);
     }
@@ -435,6 +444,19 @@ targetCustomizations:
         assert_eq!(f.target_for(&labels(&[("env", "prod")])), None);
         let v = f.values_for(&labels(&[("env", "qa")]), &files).unwrap();
         assert_eq!(v["store"], json!({"name": "base", "lang": "en"}));
+    }
+
+    #[test]
+    fn a_bundle_s_signature_policy_is_read_and_a_bad_one_names_its_field_and_line() {
+        let good =
+            "gitopsAgent:\n  verify:\n    cosign:\n      publicKeys:\n      - {name: ci-2026, file: keys/ci.pub}\n";
+        let (f, _) = parse(good).unwrap();
+        let keys = &f.gitops_agent.verify.expect("verify").cosign.expect("cosign").public_keys;
+        assert_eq!((keys[0].name.as_str(), keys[0].file.as_str()), ("ci-2026", "keys/ci.pub"));
+        let empty = "gitopsAgent:\n  verify:\n    cosign:\n      publicKeys: []\n";
+        let p = parse(empty).unwrap_err();
+        assert_eq!((p.path.as_str(), p.line), ("gitopsAgent.verify.cosign.publicKeys", Some(4)), "{p}");
+        assert!(parse("gitopsAgent:\n  verify:\n    notation: {}\n").is_err(), "only cosign is known");
     }
 
     #[test]

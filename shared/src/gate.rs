@@ -206,7 +206,11 @@ mod tests {
             json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "ns"}, "data": {"k": data}}),
         ];
         let hash = rendered_hash(&objects);
-        Snapshot { revision: Revision { commit: format!("commit-{data}"), hash, images: vec![] }, objects, at: 0 }
+        Snapshot {
+            revision: Revision { commit: format!("commit-{data}"), hash, images: vec![], verified: Default::default() },
+            objects,
+            at: 0,
+        }
     }
 
     /// A record whose last-known-good is `good`.

@@ -6,6 +6,7 @@
 
 pub mod bundle;
 pub mod config;
+pub mod cosign;
 pub mod desired;
 pub mod drain;
 pub mod drift;

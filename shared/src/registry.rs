@@ -189,6 +189,7 @@ mod tests {
             auth: None,
             ca_file: None,
             max_concurrency: 4,
+            verify: None,
         };
         let regs = [reg("harbor.internal:8443", &["harbor.example.com"]), reg("ghcr.io", &[])];
         let cases = [

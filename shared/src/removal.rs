@@ -197,7 +197,12 @@ mod tests {
 
     fn record(bundle: &str, objects: Vec<Value>) -> Record {
         let snap = Snapshot {
-            revision: Revision { commit: "c1".into(), hash: rendered_hash(&objects), images: vec![] },
+            revision: Revision {
+                commit: "c1".into(),
+                hash: rendered_hash(&objects),
+                images: vec![],
+                verified: Default::default(),
+            },
             objects,
             at: 0,
         };
@@ -316,7 +321,12 @@ mod tests {
             obj("v1", "ConfigMap", "moved"),
         ];
         let snap = Snapshot {
-            revision: Revision { commit: "c2".into(), hash: rendered_hash(&now), images: vec![] },
+            revision: Revision {
+                commit: "c2".into(),
+                hash: rendered_hash(&now),
+                images: vec![],
+                verified: Default::default(),
+            },
             objects: now,
             at: 1,
         };

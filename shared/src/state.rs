@@ -7,7 +7,7 @@
 //! disagree after a crash, [`newer`] picks the one written last. Time is passed in as Unix
 //! seconds; nothing here reads a clock.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
@@ -37,6 +37,10 @@ pub struct Revision {
     pub hash: String,
     /// Every image as written into the objects (pinned), sorted.
     pub images: Vec<String>,
+    /// Per image (as in `images`), the cosign keys that verified its digest before it was
+    /// applied (`shared::cosign`); a rollback to this revision needs no new verification.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub verified: BTreeMap<String, Vec<String>>,
 }
 
 impl Revision {
@@ -758,7 +762,11 @@ mod tests {
 
     fn snap(commit: &str, objects: Vec<Value>) -> Snapshot {
         let hash = rendered_hash(&objects);
-        Snapshot { revision: Revision { commit: commit.into(), hash, images: vec![] }, objects, at: 0 }
+        Snapshot {
+            revision: Revision { commit: commit.into(), hash, images: vec![], verified: Default::default() },
+            objects,
+            at: 0,
+        }
     }
 
     fn cm(name: &str, data: &str) -> Value {

@@ -2,6 +2,8 @@
 //! what is quarantined, and what happens next and why. One screen (a table that fits 100
 //! columns), JSON for machines, and `--explain` for one bundle in full.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::k8s::Time;
@@ -17,6 +19,9 @@ pub struct RevisionView {
     pub commit: String,
     pub hash: String,
     pub images: Vec<String>,
+    /// Per image, the cosign keys that verified it (`Revision::verified`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub verified: BTreeMap<String, Vec<String>>,
     pub since: Time,
 }
 
@@ -78,6 +83,9 @@ pub struct BundleStatus {
 pub struct CycleView {
     pub commit: String,
     pub images: Vec<String>,
+    /// Per image, the cosign keys that verified it in this reconcile.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub verified: BTreeMap<String, Vec<String>>,
     /// `in-sync`, `rolled-out`, `blocked`, ... (one word).
     pub result: String,
     pub message: String,
@@ -167,6 +175,7 @@ pub fn bundle_status(record: &Record, now: Time) -> BundleStatus {
         commit: l.revision.commit.clone(),
         hash: l.revision.hash.clone(),
         images: l.revision.images.clone(),
+        verified: l.revision.verified.clone(),
         since: l.at,
     });
     let last = record.last.as_ref().map(|o| LastView {
@@ -450,7 +459,7 @@ pub fn explain(s: &BundleStatus, now: Time) -> String {
                 ago(now - r.since)
             ));
             for image in &r.images {
-                out.push_str(&format!("  image {image}\n"));
+                out.push_str(&image_line(image, &r.verified));
             }
         }
         None => out.push_str("running: nothing known to be good yet\n"),
@@ -463,7 +472,7 @@ pub fn explain(s: &BundleStatus, now: Time) -> String {
             c.result
         ));
         for image in &c.images {
-            out.push_str(&format!("  image {image}\n"));
+            out.push_str(&image_line(image, &c.verified));
         }
     }
     if let Some(l) = &s.last {
@@ -505,6 +514,14 @@ pub fn explain(s: &BundleStatus, now: Time) -> String {
     out
 }
 
+/// One image of `--explain`, with the keys that verified it: `verified: cosign key ci-2026`.
+fn image_line(image: &str, verified: &BTreeMap<String, Vec<String>>) -> String {
+    match verified.get(image).filter(|k| !k.is_empty()) {
+        Some(keys) => format!("  image {image}  verified: cosign key {}\n", keys.join(", ")),
+        None => format!("  image {image}\n"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -523,6 +540,7 @@ mod tests {
                 commit: commit.into(),
                 hash: rendered_hash(&objects),
                 images: vec![format!("harbor.example/library/web:{tag}@sha256:0123")],
+                verified: Default::default(),
             },
             objects,
             at: 0,
@@ -674,6 +692,16 @@ new-app        new          -             -    rolls out at the next reconcile
     }
 
     #[test]
+    fn explain_names_the_cosign_key_that_verified_each_image() {
+        let verified = BTreeMap::from([("h/web:1@sha256:01".to_owned(), vec!["ci-2026".to_owned()])]);
+        assert_eq!(
+            image_line("h/web:1@sha256:01", &verified),
+            "  image h/web:1@sha256:01  verified: cosign key ci-2026\n"
+        );
+        assert_eq!(image_line("h/db:2@sha256:02", &verified), "  image h/db:2@sha256:02\n", "no policy covers it");
+    }
+
+    #[test]
     fn explain_and_json_tell_everything() {
         let s = bundle_status(&records()[1], NOW);
         let got = explain(&s, NOW);
@@ -709,6 +737,7 @@ next: keeps 222222222222 off until Git renders the bundle differently, or `agent
             CycleView {
                 commit: "5555555555555555eeee".into(),
                 images: vec!["harbor.example/library/web:1.4.0".into()],
+                verified: Default::default(),
                 result: "blocked".into(),
                 message: "preflight failed: image harbor.example/library/web:1.4.0 is not in the registry".into(),
                 at: NOW - 5,
@@ -770,6 +799,7 @@ brand-new   new      -             -    rolls out at the next reconcile
             CycleView {
                 commit: "6666666666666666ffff".into(),
                 images: Vec::new(),
+                verified: Default::default(),
                 result: "blocked".into(),
                 message: "deferred: inside deny window `0 9 * * *` for 12h (UTC); opens at 2026-09-21T21:00:00Z".into(),
                 at: NOW,

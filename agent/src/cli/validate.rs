@@ -98,6 +98,16 @@ fn machine_checks(l: &Loaded, file: &Path, env: &dyn Fn(&str) -> Option<String>)
             check_ca(format!("registries[{i}].caFile"), ca);
         }
     }
+    for (i, r) in c.registries.iter().enumerate() {
+        let keys = r.verify.iter().flat_map(|v| v.cosign.iter()).flat_map(|c| c.public_keys.iter());
+        for (j, k) in keys.enumerate() {
+            let path = format!("registries[{i}].verify.cosign.publicKeys[{j}].file");
+            let read = std::fs::read_to_string(base.join(&k.file)).map_err(|e| format!("cannot read: {e}"));
+            if let Err(e) = read.and_then(|pem| shared::cosign::TrustedKey::from_pem(&k.name, &pem)) {
+                problems.push(l.problem(&path, format!("{}: {e}", k.file)));
+            }
+        }
+    }
     if let Some(kc) = &c.kube.kubeconfig
         && !base.join(kc).is_file()
     {

@@ -534,6 +534,7 @@ fn record(d: &Daemon, report: &Report, now: shared::k8s::Time) {
                 CycleView {
                     commit: commit.clone(),
                     images,
+                    verified: report.verified_images.get(&b.bundle).cloned().unwrap_or_default(),
                     result: b.result.word().to_owned(),
                     message: b.message.clone(),
                     at: now,

@@ -58,7 +58,12 @@ impl Driver<'_> {
         images.sort();
         images.dedup();
         Ok(Some(Snapshot {
-            revision: Revision { commit: "adopted".into(), hash: rendered_hash(&objects), images },
+            revision: Revision {
+                commit: "adopted".into(),
+                hash: rendered_hash(&objects),
+                images,
+                verified: Default::default(),
+            },
             objects,
             at: unix_now(),
         }))

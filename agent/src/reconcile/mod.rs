@@ -145,8 +145,9 @@ impl Driver<'_> {
         let mut images: Vec<String> = desired.images.iter().map(|i| i.running.clone()).collect();
         images.sort();
         images.dedup();
+        let verified = desired.verified_images();
         let candidate = Snapshot {
-            revision: Revision { commit: commit.to_owned(), hash: rendered_hash(&objects), images },
+            revision: Revision { commit: commit.to_owned(), hash: rendered_hash(&objects), images, verified },
             objects,
             at: unix_now(),
         };

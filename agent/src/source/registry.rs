@@ -19,6 +19,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use shared::cosign::{KeySet, Signed, TrustedKey, Verdict, VerifiedCache};
 use shared::image::ImageRef;
 use shared::registry::{Challenge, is_transient_status, retry_after, retry_delay, token_reuse_window};
 
@@ -29,6 +30,10 @@ use super::{RequestCounts, error_chain};
 /// Media types accepted when resolving a tag: OCI index and manifest, Docker list and v2.
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
      application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// Media types of a cosign `.sig` manifest (cosign writes OCI; older ones Docker v2).
+const SIGNATURE_ACCEPT: &str =
+    "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 
 /// Per-request time limit; a registry slower than this counts as unreachable for that request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
@@ -125,20 +130,52 @@ pub struct Registry {
     pub counters: Arc<RequestCounts>,
     /// The last request's error, if it failed (never holds a secret); cleared by a success.
     last_error: Mutex<Option<String>>,
+    /// `verify.cosign` of this registry (node config): the keys every image digest needs.
+    pub keys: Option<KeySet>,
 }
 
 /// Every configured registry, found by the host an image names or by one of its aliases.
 pub struct Registries {
     registries: Vec<Registry>,
     config: Vec<shared::config::Registry>,
+    /// Digests verified so far (`shared::cosign::VerifiedCache`: verified ones only).
+    verified: Mutex<VerifiedCache>,
 }
 
 impl Registries {
     /// From the node config; relative file paths are relative to `base` (the config's folder).
     pub fn from_config(config: &[shared::config::Registry], base: &Path) -> Result<Registries, RegistryError> {
-        let registries =
+        let mut registries: Vec<Registry> =
             config.iter().map(|r| Registry::new(RegistryOptions::from_config(r, base))).collect::<Result<_, _>>()?;
-        Ok(Registries { registries, config: config.to_vec() })
+        for (registry, c) in registries.iter_mut().zip(config) {
+            if let Some(spec) = c.verify.as_ref().and_then(|v| v.cosign.as_ref()) {
+                let keys = read_keys(&spec.public_keys, base).map_err(|(what, reason)| RegistryError::Credentials {
+                    host: c.host.clone(),
+                    what,
+                    reason,
+                })?;
+                registry.keys = Some(keys);
+            }
+        }
+        Ok(Registries { registries, config: config.to_vec(), verified: Mutex::new(VerifiedCache::default()) })
+    }
+
+    /// Whether the cosign signatures of `digest` (an image of `registry`) pass `keys`: from the
+    /// cache when it was verified before, otherwise from the `.sig` tag.
+    pub async fn verify(
+        &self,
+        registry: &Registry,
+        repository: &str,
+        digest: &str,
+        keys: &KeySet,
+    ) -> Result<Verdict, RegistryError> {
+        if let Some(v) = self.verified.lock().expect("verified cache lock").get(digest, keys) {
+            return Ok(v);
+        }
+        let signatures = registry.signatures(repository, digest).await?;
+        let verdict = shared::cosign::verify(digest, &signatures, keys);
+        self.verified.lock().expect("verified cache lock").record(digest, keys, &verdict);
+        Ok(verdict)
     }
 
     /// The registry that serves `image`; requests go to its configured host even when the
@@ -219,7 +256,56 @@ impl Registry {
             uses_basic: std::sync::atomic::AtomicBool::new(false),
             counters: Arc::new(RequestCounts::default()),
             last_error: Mutex::new(None),
+            keys: None,
         })
+    }
+
+    /// The cosign signatures stored for `digest` at its `sha256-<hex>.sig` tag, each with the
+    /// payload blob it signs (checked against its layer digest); none when the tag is absent.
+    pub async fn signatures(&self, repository: &str, digest: &str) -> Result<Vec<Signed>, RegistryError> {
+        let base = format!("https://{}/v2/{repository}", self.opts.host);
+        let tag = shared::cosign::signature_tag(digest)
+            .map_err(|reason| RegistryError::Protocol { url: base.clone(), reason })?;
+        let url = format!("{base}/manifests/{tag}");
+        let reply = self
+            .with_retries(Req {
+                kind: "signature_manifest",
+                method: "GET",
+                url: &url,
+                repository,
+                accept: Some(SIGNATURE_ACCEPT),
+            })
+            .await?;
+        match reply.status {
+            200 => {}
+            404 => return Ok(Vec::new()),
+            status => return Err(self.status_error(&url, status, &reply)),
+        }
+        let layers = shared::cosign::signature_layers(&reply.body)
+            .map_err(|reason| RegistryError::Protocol { url: url.clone(), reason })?;
+        let mut out = Vec::with_capacity(layers.len());
+        for layer in layers {
+            let url = format!("{base}/blobs/{}", layer.digest);
+            let req = Req { kind: "signature_blob", method: "GET", url: &url, repository, accept: None };
+            let mut reply = self.with_retries(req).await?;
+            // A registry may hand blobs out from its storage: one redirect, without our credentials.
+            if matches!(reply.status, 301 | 302 | 303 | 307 | 308)
+                && let Some(location) = reply.headers.get("location").and_then(|v| v.to_str().ok())
+            {
+                let location = url::Url::parse(&url)
+                    .and_then(|u| u.join(location))
+                    .map_err(|e| RegistryError::Protocol { url: url.clone(), reason: format!("bad redirect: {e}") })?;
+                reply = self.send("signature_blob", "GET", location.as_str(), None, None).await?;
+            }
+            if reply.status != 200 {
+                return Err(self.status_error(&url, reply.status, &reply));
+            }
+            if !shared::cosign::blob_matches(&layer, &reply.body) {
+                return Err(RegistryError::Protocol { url, reason: "the blob does not match its digest".into() });
+            }
+            out.push(Signed { payload: reply.body.to_vec(), signature: layer.signature });
+        }
+        Ok(out)
     }
 
     /// The digest a tag points at now (one HEAD request when a token is cached).
@@ -483,4 +569,18 @@ impl Registry {
 /// The HTTP method a request kind uses, for error lines.
 fn req_method(kind: &str) -> &'static str {
     if kind == "manifest_head" { "HEAD" } else { "GET" }
+}
+
+/// Trusted keys from their PEM files (relative to `base`); the error names the key and its file.
+pub fn read_keys(specs: &[shared::cosign::KeySpec], base: &Path) -> Result<KeySet, (String, String)> {
+    let keys = specs
+        .iter()
+        .map(|k| {
+            let file = base.join(&k.file);
+            let what = || format!("cosign key {} ({})", k.name, file.display());
+            let pem = std::fs::read_to_string(&file).map_err(|e| (what(), e.to_string()))?;
+            TrustedKey::from_pem(&k.name, &pem).map_err(|e| (what(), e))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(KeySet { keys })
 }

@@ -328,6 +328,7 @@ impl Store {
                 commit: checkout.commit.clone(),
                 hash: shared::state::rendered_hash(&objects),
                 images: Vec::new(),
+                verified: Default::default(),
             };
             let snapshot = shared::state::Snapshot { revision, objects, at: 0 };
             let record = shared::state::Record::new(&b.dir).adopted(snapshot, "applied by the test", 0);
