@@ -66,6 +66,8 @@ pub async fn up(opts: &UpOptions) -> Result<EnvInfo> {
 
     tools::ensure_apt_packages()?;
     let go = GoTools::ensure()?;
+    // Not run by the testenv: the e2e tests sign images with it (docs/verification.md).
+    tools::ensure_cosign()?;
     let system = SystemTools::find()?;
     check_ports_free(&ports)?;
 

@@ -15,6 +15,9 @@ pub const ETCD_VERSION: &str = "v3.5.21";
 pub const KWOK_VERSION: &str = "v0.8.0";
 pub const HELM_VERSION: &str = "v3.19.0";
 pub const KUSTOMIZE_VERSION: &str = "v5.7.1";
+/// cosign 2.x writes the "classic" `sha256-<hex>.sig` signatures the agent verifies by default
+/// (3.x writes Sigstore bundles unless `--new-bundle-format=false`); 2.6.5 builds with Go 1.26.
+pub const COSIGN_VERSION: &str = "v2.6.5";
 
 /// Debian packages the testenv and the fixtures use, with what proves each present: a program on
 /// PATH, or an absolute file path. Installed without Recommends, so every needed package is listed
@@ -102,6 +105,14 @@ pub fn ensure_renderers() -> Result<(PathBuf, PathBuf)> {
     go_install(&t.helm, &format!("helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"))?;
     go_install(&t.kustomize, &format!("sigs.k8s.io/kustomize/kustomize/v5@{KUSTOMIZE_VERSION}"))?;
     Ok((t.helm, t.kustomize))
+}
+
+/// Builds `cosign` if missing (the e2e tests sign images with it, offline: a key pair of the
+/// test's, no transparency log); returns its path.
+pub fn ensure_cosign() -> Result<PathBuf> {
+    let path = paths::cache_dir().join(format!("cosign-{COSIGN_VERSION}/bin/cosign"));
+    go_install(&path, &format!("github.com/sigstore/cosign/v2/cmd/cosign@{COSIGN_VERSION}"))?;
+    Ok(path)
 }
 
 /// Runs `script VERSION BIN_DIR SRC_DIR [MORE...]` (`args` = VERSION, MORE...).

@@ -21,5 +21,6 @@ mod rollout_policy;
 mod stack_b_fixture;
 mod testenv_is_real;
 mod util;
+mod verification;
 mod webhook_load;
 mod windows;

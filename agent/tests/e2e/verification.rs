@@ -1,0 +1,218 @@
+//! Image signatures verified before anything is applied, with images signed by the real `cosign`
+//! CLI (a key pair the test generates, no transparency log, nothing beyond loopback): signed
+//! rolls out; unsigned, another key's, another digest's and a tampered payload are blocked at
+//! preflight naming the image, with nothing applied (from the audit log); a signature pushed
+//! after the commit is found on the next reconcile.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use base64::Engine;
+use xtask::support::TestEnv;
+
+use crate::rollout::{App, agent, bundle, text};
+
+/// The real cosign, run offline against the testenv registry as the CI robot.
+struct Cosign {
+    bin: PathBuf,
+    /// DOCKER_CONFIG (the robot's credentials), key pairs, payloads.
+    dir: tempfile::TempDir,
+    ca: PathBuf,
+}
+
+impl Cosign {
+    fn new(env: &TestEnv) -> Cosign {
+        let bin = xtask::tools::ensure_cosign().expect("building cosign");
+        let dir = tempfile::tempdir().unwrap();
+        let auth = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", env.info.registry_ci.username, env.info.registry_ci.password));
+        let config = serde_json::json!({"auths": {env.info.registry.clone(): {"auth": auth}}});
+        std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+        Cosign { bin, dir, ca: env.info.ca_cert.clone() }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs cosign in its own folder; panics with its output when it fails.
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new(&self.bin)
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("DOCKER_CONFIG", self.dir.path())
+            .env("SSL_CERT_FILE", &self.ca)
+            .env("COSIGN_PASSWORD", "test-only")
+            .env("HOME", self.dir.path())
+            .env("TUF_ROOT", self.path("tuf"))
+            .env("SIGSTORE_NO_CACHE", "1")
+            .output()
+            .expect("running cosign");
+        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "cosign {}: {all}", args.join(" "));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `cosign generate-key-pair` as `<prefix>.key` and `<prefix>.pub`; the public key's path.
+    fn key_pair(&self, prefix: &str) -> PathBuf {
+        self.run(&["generate-key-pair", "--output-key-prefix", prefix]);
+        self.path(&format!("{prefix}.pub"))
+    }
+
+    /// An Ed25519 key made by openssl and imported with `cosign import-key-pair`, as `<prefix>.key`
+    /// and `<prefix>.pub`; the public key's path.
+    fn imported_ed25519(&self, prefix: &str) -> PathBuf {
+        let pem = self.path(&format!("{prefix}-openssl.pem"));
+        let out = Command::new("openssl").args(["genpkey", "-algorithm", "ed25519", "-out"]).arg(&pem).output();
+        assert!(out.expect("running openssl").status.success(), "openssl genpkey ed25519");
+        self.run(&["import-key-pair", "--key", pem.to_str().unwrap(), "--output-key-prefix", prefix]);
+        self.path(&format!("{prefix}.pub"))
+    }
+
+    /// `cosign sign` of `image@digest` with `<prefix>.key`, uploading to no transparency log.
+    fn sign(&self, prefix: &str, image: &str) {
+        let key = format!("{prefix}.key");
+        self.run(&["sign", "--key", &key, "--tlog-upload=false", "-y", image]);
+    }
+
+    /// A payload for `image@digest` signed with `<prefix>.key`, then changed before cosign attaches
+    /// it with the original signature: what a registry-side forger would store.
+    fn attach_tampered(&self, prefix: &str, image: &str) {
+        let payload = self.run(&["generate", image]);
+        let original = self.path("payload.json");
+        std::fs::write(&original, &payload).unwrap();
+        let key = format!("{prefix}.key");
+        let signature =
+            self.run(&["sign-blob", "--key", &key, "--tlog-upload=false", "-y", original.to_str().unwrap()]);
+        let mut doc: serde_json::Value = serde_json::from_str(&payload).unwrap();
+        doc["optional"] = serde_json::json!({"note": "changed after signing"});
+        let tampered = self.path("tampered.json");
+        std::fs::write(&tampered, doc.to_string()).unwrap();
+        let sig_file = self.path("payload.sig");
+        std::fs::write(&sig_file, signature.trim()).unwrap();
+        self.run(&[
+            "attach",
+            "signature",
+            "--payload",
+            tampered.to_str().unwrap(),
+            "--signature",
+            sig_file.to_str().unwrap(),
+            image,
+        ]);
+    }
+}
+
+/// The app's config (`config`, as `App` wrote it) with `verify.cosign` on its registry,
+/// trusting `keys` (name, file).
+fn require_signatures(app: &App, config: &str, keys: &[(&str, &Path)]) {
+    let mut verify = "  verify:\n    cosign:\n      publicKeys:\n".to_owned();
+    for (name, file) in keys {
+        verify.push_str(&format!("      - name: {name}\n        file: {}\n", file.display()));
+    }
+    let (head, tail) = config.split_once("kube:\n").expect("the app's config has a kube section");
+    std::fs::write(&app.config, format!("{head}{verify}kube:\n{tail}")).unwrap();
+}
+
+fn blocked_message(app: &App, reason: &str) -> String {
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!(code, Some(3), "{human}");
+    let b = bundle(&doc, "web");
+    assert_eq!(b["result"], "blocked", "{reason}: {human}");
+    b["message"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_images_signed_by_a_trusted_cosign_key_for_exactly_their_digest_are_applied() {
+    let env = TestEnv::get();
+    let cosign = Cosign::new(env);
+    let trusted = cosign.key_pair("ci");
+    assert!(std::fs::read_to_string(&trusted).unwrap().starts_with("-----BEGIN PUBLIC KEY-----"));
+    cosign.key_pair("stranger");
+    let ed25519 = cosign.imported_ed25519("ed");
+    let app = App::new(env, "cosign").await;
+
+    // A key file that is not a public key is refused by `agent validate`, with field and line.
+    let not_a_key = cosign.path("stranger.key");
+    let config = std::fs::read_to_string(&app.config).unwrap();
+    require_signatures(&app, &config, &[("ci-2026", &not_a_key)]);
+    let out = agent(&["validate", "-c", app.config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "registries[0].verify.cosign.publicKeys[0].file: line 21: {}: not a PEM public key of ECDSA P-256 or Ed25519",
+            not_a_key.display()
+        )),
+        "{}",
+        text(&out)
+    );
+    require_signatures(&app, &config, &[("ci-2026", &trusted), ("ed-2026", &ed25519)]);
+    let out = agent(&["validate", "-c", app.config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let digest = |tag: &str| env.push_image(&app.image_repo, tag);
+    let pinned = |tag: &str, d: &str| format!("{}:{tag}@{d}", app.image);
+    let at = |d: &str| format!("{}@{d}", app.image);
+
+    // 1. Unsigned (App committed 1.0.0): blocked at preflight naming the image, nothing applied.
+    let d100 = digest("1.0.0");
+    let message = blocked_message(&app, "unsigned");
+    assert!(message.contains(&format!("image {}:1.0.0 ({d100})", app.image)), "{message}");
+    assert!(message.contains("unsigned: no cosign signature"), "{message}");
+    assert!(message.contains("preflight"), "{message}");
+    assert_eq!(app.writes(env).await, Vec::<String>::new(), "unsigned: nothing applied");
+
+    // 2. Signed after the commit: the next reconcile finds the signature and rolls out.
+    cosign.sign("ci", &at(&d100));
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!((code, bundle(&doc, "web")["result"].as_str()), (Some(0), Some("rolledOut")), "{human}");
+    assert_eq!(app.deployment_image(env).await, pinned("1.0.0", &d100));
+    let record = app.secret_record(env).await;
+    assert_eq!(record["lkg"]["revision"]["verified"][pinned("1.0.0", &d100)][0], "ci-2026", "{record}");
+    let out = agent(&["status", "-c", app.config.to_str().unwrap(), "--explain", "web"]);
+    let explain = text(&out);
+    assert!(explain.contains(&format!("image {}  verified: cosign key ci-2026", pinned("1.0.0", &d100))), "{explain}");
+    let applied = app.writes(env).await;
+    assert!(!applied.is_empty(), "the signed revision was applied");
+
+    // 3. Another key signed 1.1.0: blocked, "unknown key"; 1.0.0 keeps running, nothing written.
+    let d110 = digest("1.1.0");
+    cosign.sign("stranger", &at(&d110));
+    app.set_tag("1.1.0");
+    app.commit(env, "bump to 1.1.0, signed by a stranger");
+    let message = blocked_message(&app, "wrong key");
+    assert!(message.contains(&format!("image {}:1.1.0 ({d110})", app.image)), "{message}");
+    assert!(message.contains("signed by an unknown key"), "{message}");
+    assert!(message.contains("(ci-2026, ed-2026)"), "names the keys it trusts: {message}");
+
+    // 4. The trusted signature of 1.0.0 copied to 1.3.0's signature tag: another digest's.
+    let d130 = digest("1.3.0");
+    let sig_tag = |d: &str| format!("sha256-{}.sig", d.trim_start_matches("sha256:"));
+    env.tag_image(&app.image_repo, &sig_tag(&d100), &[sig_tag(&d130)]).await.unwrap();
+    app.set_tag("1.3.0");
+    app.commit(env, "bump to 1.3.0, with a signature copied from 1.0.0");
+    let message = blocked_message(&app, "another digest");
+    assert!(message.contains(&format!("image {}:1.3.0 ({d130})", app.image)), "{message}");
+    assert!(
+        message.contains(&format!("signed for another digest: the signature by cosign key ci-2026 names {d100}")),
+        "{message}"
+    );
+
+    // 5. A trusted key's signature over a payload changed afterwards: no key verifies it.
+    let d140 = digest("1.4.0");
+    cosign.attach_tampered("ci", &at(&d140));
+    app.set_tag("1.4.0");
+    app.commit(env, "bump to 1.4.0, its payload changed after signing");
+    let message = blocked_message(&app, "tampered payload");
+    assert!(message.contains(&format!("image {}:1.4.0 ({d140})", app.image)), "{message}");
+    assert!(message.contains("(or its payload was altered)"), "{message}");
+    assert_eq!(app.writes(env).await, applied, "no blocked revision wrote anything");
+    assert_eq!(app.deployment_image(env).await, pinned("1.0.0", &d100), "the verified revision keeps running");
+
+    // 6. 1.4.0 signed properly after the commit, with the trusted Ed25519 key: the good
+    //    signature beside the tampered one is found on the next reconcile.
+    cosign.sign("ed", &at(&d140));
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!((code, bundle(&doc, "web")["result"].as_str()), (Some(0), Some("rolledOut")), "{human}");
+    assert_eq!(app.deployment_image(env).await, pinned("1.4.0", &d140));
+    let record = app.secret_record(env).await;
+    assert_eq!(record["lkg"]["revision"]["verified"][pinned("1.4.0", &d140)][0], "ed-2026", "{record}");
+}
