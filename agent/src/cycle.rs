@@ -38,6 +38,9 @@ pub struct Report {
     /// Per bundle, the cosign keys that verified each of its images (status `--explain`).
     #[serde(skip)]
     pub verified_images: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    /// `git.verify`: who signed the tip commit (`commit 1a2b3c signed by ci@... (ssh key ...)`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit_signature: Option<String>,
     /// Per registry host: its requests of this cycle by (kind, outcome), and its last error.
     #[serde(skip)]
     pub registries: Vec<RegistryStats>,
@@ -124,6 +127,7 @@ pub async fn run(
         error: None,
         desired_images: BTreeMap::new(),
         verified_images: BTreeMap::new(),
+        commit_signature: None,
         registries: Vec::new(),
     };
     report.resumed = driver.resume().await?;
@@ -136,6 +140,22 @@ pub async fn run(
     };
     report.source = Some(session.shown_url.clone());
     report.commit = Some(session.poll.commit.id.clone());
+    if let Some(spec) = &s.config.git.verify {
+        // Before any bundle is read: nothing of an unverified commit is used, what runs is kept.
+        let (git, commit, spec, base) =
+            (session.checkout.git.clone(), session.poll.commit.id.clone(), spec.clone(), s.base.clone());
+        match tokio::task::spawn_blocking(move || git.verify_commit(&commit, &spec, &base)).await {
+            Ok(Ok(line)) => report.commit_signature = Some(line),
+            Ok(Err(why)) => {
+                report.error = Some(format!("{why}: nothing of it is applied, what runs is kept"));
+                return Ok(report);
+            }
+            Err(e) => {
+                report.error = Some(format!("verifying the commit's signature: {e}"));
+                return Ok(report);
+            }
+        }
+    }
     let (bundles, listing) = match only {
         Some(name) => (vec![session.bundle(name).await?], Listed::One),
         None => match session.bundles().await {

@@ -98,6 +98,10 @@ pub struct GitSource {
     pub ca_file: Option<String>,
     #[serde(default = "defaults::poll_interval")]
     pub poll_interval: HumanDuration,
+    /// The tip commit must be signed by an allowed key before anything of it is applied
+    /// (`shared::commit_sig`, docs/verification.md).
+    #[serde(default)]
+    pub verify: Option<crate::commit_sig::GitVerifySpec>,
 }
 
 /// An OCI registry (Harbor or any distribution-compatible one).
@@ -656,6 +660,9 @@ impl Loaded {
         }
         if let Some(ca) = &c.git.ca_file {
             v.check(ca.trim().is_empty(), "git.caFile", || "must not be empty".into());
+        }
+        for (path, message) in c.git.verify.iter().flat_map(|g| g.problems()) {
+            v.push(&format!("git.verify.{path}"), message);
         }
 
         let mut seen_hosts = BTreeMap::new();

@@ -5,6 +5,7 @@
 //! (no tokio, kube, gix, reqwest) keeps it that way.
 
 pub mod bundle;
+pub mod commit_sig;
 pub mod config;
 pub mod cosign;
 pub mod desired;

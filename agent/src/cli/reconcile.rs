@@ -99,6 +99,9 @@ fn human(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
             if report.dry_run { " (dry run: nothing written)" } else { "" }
         )?;
     }
+    if let Some(signed) = &report.commit_signature {
+        writeln!(out, "{signed}")?;
+    }
     for b in &report.resumed {
         write!(out, "resumed ")?;
         line(b, out)?;

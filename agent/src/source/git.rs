@@ -270,6 +270,41 @@ impl GitSource {
         Ok(out)
     }
 
+    /// The commit's signature (its `gpgsig` header; `None` when unsigned) and the bytes it signs
+    /// (the commit object without that header), as git verifies them.
+    pub fn commit_signature(&self, commit: &str) -> Result<(Option<Vec<u8>>, Vec<u8>), GitError> {
+        let repo = self.open_cache()?;
+        let id = gix::ObjectId::from_hex(commit.as_bytes())
+            .map_err(|e| GitError::Read { commit: commit.to_owned(), reason: format!("not a commit id: {e}") })?;
+        let c = repo.find_commit(id).map_err(|e| read_err(commit, &e))?;
+        Ok(match c.signature().map_err(|e| read_err(commit, &e))? {
+            None => (None, c.data.clone()),
+            Some((sig, signed)) => (Some(sig.to_vec()), Vec::from(gix::bstr::BString::from(signed))),
+        })
+    }
+
+    /// Whether `commit` passes `git.verify` (allowed signers read from their file, relative to
+    /// `base`): the status line either way, `commit 1a2b3c signed by ci@... (ssh key SHA256:...)`
+    /// or why not.
+    pub fn verify_commit(
+        &self,
+        commit: &str,
+        spec: &shared::commit_sig::GitVerifySpec,
+        base: &Path,
+    ) -> Result<String, String> {
+        use shared::commit_sig::{parse_allowed_signers, verify_commit};
+        let file = spec.ssh_allowed_signers.as_deref().unwrap_or_default();
+        let path = base.join(file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("git.verify.sshAllowedSigners {}: {e}", path.display()))?;
+        let allowed = parse_allowed_signers(&text)
+            .map_err(|e| format!("git.verify.sshAllowedSigners {}: {e}", path.display()))?;
+        let (signature, signed) = self.commit_signature(commit).map_err(|e| e.to_string())?;
+        let verdict = verify_commit(signature.as_deref(), &signed, &allowed);
+        let line = verdict.describe(commit);
+        if verdict.is_signed() { Ok(line) } else { Err(line) }
+    }
+
     /// The content of one file at `commit`, following symlinks that stay inside `root`.
     pub fn read(&self, commit: &str, path: &str, root: &str) -> Result<Vec<u8>, GitError> {
         let repo = self.open_cache()?;

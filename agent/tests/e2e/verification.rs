@@ -216,3 +216,95 @@ async fn only_images_signed_by_a_trusted_cosign_key_for_exactly_their_digest_are
     let record = app.secret_record(env).await;
     assert_eq!(record["lkg"]["revision"]["verified"][pinned("1.4.0", &d140)][0], "ed-2026", "{record}");
 }
+
+/// An SSH key pair made by `ssh-keygen` (no passphrase), as git signs with it; the private key's
+/// path and the public key's line.
+fn ssh_key(dir: &Path, name: &str) -> (PathBuf, String) {
+    let key = dir.join(name);
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", &format!("{name}@example.test"), "-f"])
+        .arg(&key)
+        .output()
+        .expect("running ssh-keygen");
+    assert!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    (key, public.trim().to_owned())
+}
+
+/// `SHA256:...` of a public key, as `ssh-keygen -l` prints it.
+fn ssh_fingerprint(key: &Path) -> String {
+    let out = Command::new("ssh-keygen").arg("-lf").arg(key.with_extension("pub")).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).unwrap().to_owned()
+}
+
+/// Commits everything, signed by real git with `gpg.format=ssh` and `key` (unsigned: `None`),
+/// and pushes.
+fn commit_signed(app: &App, env: &TestEnv, key: Option<&Path>, message: &str, amend: bool) {
+    crate::util::git(&app.work, &["add", "-A"]);
+    let signing;
+    let mut args = vec!["-c", "gpg.format=ssh"];
+    if let Some(k) = key {
+        signing = format!("user.signingKey={}", k.display());
+        args.extend(["-c", &signing, "commit", "-S"]);
+    } else {
+        args.extend(["-c", "commit.gpgSign=false", "commit"]);
+    }
+    if amend {
+        args.extend(["--amend", "--no-edit"]);
+    }
+    args.extend(["-qm", message]);
+    crate::util::git(&app.work, &args);
+    xtask::seed::git_push(&env.info, &env.info.git_ci, &app.work, &app.repo.name, "main").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_tip_commit_signed_by_an_allowed_ssh_key_is_applied() {
+    let env = TestEnv::get();
+    let app = App::new(env, "sshsig").await;
+    let keys = tempfile::tempdir().unwrap();
+    let (ci, ci_public) = ssh_key(keys.path(), "ci");
+    let (stranger, _) = ssh_key(keys.path(), "stranger");
+    let allowed = keys.path().join("allowed_signers");
+    std::fs::write(&allowed, format!("ci@example.test namespaces=\"git\" {ci_public}\n")).unwrap();
+    let config = std::fs::read_to_string(&app.config).unwrap();
+    let verify = format!("  verify:\n    mode: head\n    sshAllowedSigners: {}\nregistries:\n", allowed.display());
+    std::fs::write(&app.config, config.replacen("registries:\n", &verify, 1)).unwrap();
+    let error = |doc: &serde_json::Value| doc["error"].as_str().unwrap_or_default().to_owned();
+
+    // 1. The tip App pushed is unsigned: nothing of it is applied.
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!(code, Some(2), "{human}");
+    let short = &app.head()[..12];
+    assert_eq!(error(&doc), format!("commit {short} unsigned: nothing of it is applied, what runs is kept"), "{human}");
+    assert_eq!(app.writes(env).await, Vec::<String>::new(), "unsigned: nothing applied");
+
+    // 2. Signed by a key the allowed signers do not list.
+    app.write("README.md", "signed by a stranger\n");
+    commit_signed(&app, env, Some(&stranger), "a stranger's commit", false);
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!(code, Some(2), "{human}");
+    let short = &app.head()[..12];
+    let want = format!("commit {short} signed by an unknown key {}", ssh_fingerprint(&stranger));
+    assert!(error(&doc).starts_with(&want), "{want:?}: {human}");
+    assert_eq!(app.writes(env).await, Vec::<String>::new(), "unknown key: nothing applied");
+
+    // 3. Signed by CI's key (the signature added to the commit afterwards, and force-pushed):
+    //    applied, and the report says who signed.
+    commit_signed(&app, env, Some(&ci), "signed by CI", true);
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!((code, bundle(&doc, "web")["result"].as_str()), (Some(0), Some("rolledOut")), "{human}");
+    let short = &app.head()[..12];
+    let signed = format!("commit {short} signed by ci@example.test (ssh key {})", ssh_fingerprint(&ci));
+    assert_eq!(doc["commitSignature"], signed.as_str(), "{human}");
+    let running = app.deployment_image(env).await;
+    let applied = app.writes(env).await;
+
+    // 4. An unsigned commit on top bumps the tag: refused, the signed revision keeps running.
+    app.set_tag("1.1.0");
+    commit_signed(&app, env, None, "bump to 1.1.0, unsigned", false);
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!(code, Some(2), "{human}");
+    assert!(error(&doc).starts_with(&format!("commit {} unsigned", &app.head()[..12])), "{human}");
+    assert_eq!(app.deployment_image(env).await, running, "what runs is kept");
+    assert_eq!(app.writes(env).await, applied, "nothing of the unsigned commit was applied");
+}
