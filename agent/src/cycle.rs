@@ -38,7 +38,8 @@ pub struct Report {
     /// Per bundle, the cosign keys that verified each of its images (status `--explain`).
     #[serde(skip)]
     pub verified_images: BTreeMap<String, BTreeMap<String, Vec<String>>>,
-    /// `git.verify`: who signed the tip commit (`commit 1a2b3c signed by ci@... (ssh key ...)`).
+    /// `git.verify`: who signed the tip commit (`commit 1a2b3c signed by ci@... (ssh key ...)`),
+    /// or why it is refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub commit_signature: Option<String>,
     /// Per registry host: its requests of this cycle by (kind, outcome), and its last error.
@@ -148,6 +149,7 @@ pub async fn run(
             Ok(Ok(line)) => report.commit_signature = Some(line),
             Ok(Err(why)) => {
                 report.error = Some(format!("{why}: nothing of it is applied, what runs is kept"));
+                report.commit_signature = Some(why);
                 return Ok(report);
             }
             Err(e) => {

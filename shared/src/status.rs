@@ -108,6 +108,10 @@ pub struct SourceView {
     pub last_error: Option<String>,
     /// Failing since then (what runs is kept; it may lag behind Git).
     pub stale_since: Option<Time>,
+    /// `git.verify`'s verdict on the tip: `commit 1a2b3c signed by ci@... (ssh key SHA256:...)`,
+    /// or why nothing of it is applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 impl SourceView {
@@ -121,6 +125,7 @@ impl SourceView {
             fetched_at: None,
             last_error: None,
             stale_since: None,
+            signature: None,
         }
     }
 
@@ -351,6 +356,18 @@ pub fn sources(list: &[SourceView], now: Time) -> String {
         let fetched = s.fetched_at.map_or("never fetched".to_owned(), |t| format!("fetched {} ago", ago(now - t)));
         out.push_str(&fit(&format!("{} {}{at}  {fetched}", s.kind, s.url), WIDTH));
         out.push('\n');
+        if let Some(signed) = &s.signature {
+            // A key's fingerprint is no use cut: a line too long goes on two at its " (".
+            let line = format!("  {signed}");
+            match line.rfind(" (").filter(|_| line.chars().count() > WIDTH) {
+                Some(at) => {
+                    out.push_str(&fit(&line[..at], WIDTH));
+                    out.push_str(&format!("\n    {}", fit(&line[at + 1..], WIDTH - 4)));
+                }
+                None => out.push_str(&fit(&line, WIDTH)),
+            }
+            out.push('\n');
+        }
         if let Some(e) = &s.last_error {
             let stale = s.stale_since.map(|t| format!("stale since {} ago: ", ago(now - t))).unwrap_or_default();
             out.push_str(&fit(&format!("  {stale}{e}"), WIDTH));
@@ -692,6 +709,18 @@ new-app        new          -             -    rolls out at the next reconcile
     }
 
     #[test]
+    fn a_commit_signature_too_long_for_a_line_keeps_its_fingerprint_whole_on_a_second() {
+        let mut git = SourceView::new("git", "https://gitea.example/stores/gitops.git", Some("main"));
+        let fp = "SHA256:WWgLxfNH6FcQnM5iKGLZsZ/actKAm6hSoqnAbCdEfGh";
+        git.signature = Some(format!("commit 69c50164d7e1 signed by release-bot@stores.example.com (ssh key {fp})"));
+        let text = sources(&[git], NOW);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1], "  commit 69c50164d7e1 signed by release-bot@stores.example.com");
+        assert_eq!(lines[2], format!("    (ssh key {fp})"));
+        assert!(lines.iter().all(|l| l.chars().count() <= WIDTH), "{text}");
+    }
+
+    #[test]
     fn explain_names_the_cosign_key_that_verified_each_image() {
         let verified = BTreeMap::from([("h/web:1@sha256:01".to_owned(), vec!["ci-2026".to_owned()])]);
         assert_eq!(
@@ -760,6 +789,7 @@ next: keeps 222222222222 off until Git renders the bundle differently, or `agent
                     fetched_at: Some(NOW - 12),
                     last_error: None,
                     stale_since: None,
+                    signature: Some("commit 1111111111111111 signed by ci@example.com (ssh key SHA256:abc)".into()),
                 },
                 SourceView {
                     kind: "registry".into(),
@@ -769,6 +799,7 @@ next: keeps 222222222222 off until Git renders the bundle differently, or `agent
                     fetched_at: Some(NOW - 400),
                     last_error: Some("GET https://harbor.example/v2/: connection refused".into()),
                     stale_since: Some(NOW - 300),
+                    signature: None,
                 },
             ],
             bundles: vec![paused, blocked, unrecorded("brand-new")],
@@ -778,6 +809,7 @@ next: keeps 222222222222 off until Git renders the bundle differently, or `agent
         let want = "\
 agent gitops-agent on store-node-1 (0.1.0), leader: applies
 git https://gitea.example/stores/gitops.git main@111111111111  fetched 12s ago
+  commit 1111111111111111 signed by ci@example.com (ssh key SHA256:abc)
 registry https://harbor.example  fetched 6m ago
   stale since 5m ago: GET https://harbor.example/v2/: connection refused
 

@@ -502,6 +502,9 @@ async fn cycle(
 /// Takes a cycle's report into the view and the metrics.
 fn record(d: &Daemon, report: &Report, now: shared::k8s::Time) {
     let mut view = d.view.lock().expect("view lock");
+    if let Some(git) = view.git.as_mut().filter(|_| report.commit.is_some()) {
+        git.signature = report.commit_signature.clone();
+    }
     let interrupted = report.resumed.iter().chain(&report.bundles).any(|b| b.result == Outcome::Interrupted);
     view.api = match (&report.error, interrupted) {
         (_, true) => Err("a step was interrupted: the API server did not answer".into()),

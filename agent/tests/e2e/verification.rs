@@ -6,11 +6,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use base64::Engine;
 use xtask::support::TestEnv;
 
 use crate::rollout::{App, agent, bundle, text};
+use crate::util::wait_for;
 
 /// The real cosign, run offline against the testenv registry as the CI robot.
 struct Cosign {
@@ -307,4 +309,72 @@ async fn only_a_tip_commit_signed_by_an_allowed_ssh_key_is_applied() {
     assert!(error(&doc).starts_with(&format!("commit {} unsigned", &app.head()[..12])), "{human}");
     assert_eq!(app.deployment_image(env).await, running, "what runs is kept");
     assert_eq!(app.writes(env).await, applied, "nothing of the unsigned commit was applied");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_applies_once_commit_and_image_are_signed_and_its_status_says_by_whom() {
+    use crate::daemon::{Daemon, serve, tail};
+    let env = TestEnv::get();
+    let cosign = Cosign::new(env);
+    let trusted = cosign.key_pair("ci");
+    let app = App::new(env, "sig-daemon").await;
+    let config = std::fs::read_to_string(&app.config).unwrap();
+    require_signatures(&app, &config, &[("ci-2026", &trusted)]);
+    let keys = tempfile::tempdir().unwrap();
+    let (ci, ci_public) = ssh_key(keys.path(), "ci");
+    let allowed = keys.path().join("allowed_signers");
+    std::fs::write(&allowed, format!("ci@example.test {ci_public}\n")).unwrap();
+    app.edit_config(
+        "registries:\n",
+        &format!("  verify:\n    mode: head\n    sshAllowedSigners: {}\nregistries:\n", allowed.display()),
+    );
+    let port = serve(&app, "", "5s", "15s");
+    let d = Daemon::start(&app.config, app.config.with_file_name("agent.log"), port, &[]);
+    d.wait_ready().await;
+    let git_signature = || async {
+        let s = d.status().await;
+        let git = s["sources"].as_array().and_then(|a| a.iter().find(|s| s["kind"] == "git").cloned());
+        git.and_then(|g| g["signature"].as_str().map(str::to_owned)).unwrap_or_default()
+    };
+
+    // The tip App pushed is unsigned: the git source says so, nothing is applied.
+    let unsigned = format!("commit {} unsigned", &app.head()[..12]);
+    wait_for("the unsigned tip reported", Duration::from_secs(60), || async {
+        let got = git_signature().await;
+        if got == unsigned { Ok(()) } else { Err(format!("{got:?}\nlog: {}", tail(&d.logs()))) }
+    })
+    .await;
+
+    // CI signs the commit (amended, force-pushed): the image is still unsigned, so the bundle
+    // is blocked at preflight, naming the image.
+    commit_signed(&app, env, Some(&ci), "signed by CI", true);
+    let signed = format!("commit {} signed by ci@example.test (ssh key {})", &app.head()[..12], ssh_fingerprint(&ci));
+    wait_for("web blocked on its unsigned image", Duration::from_secs(60), || async {
+        let s = d.status().await;
+        let web = s["bundles"].as_array().unwrap().iter().find(|b| b["bundle"] == "web").cloned();
+        let blocked = web.as_ref().is_some_and(|b| {
+            b["state"] == "blocked"
+                && b["desired"]["message"].as_str().unwrap_or_default().contains("unsigned: no cosign")
+        });
+        if blocked && git_signature().await == signed {
+            Ok(())
+        } else {
+            Err(format!("{web:?}\nlog: {}", tail(&d.logs())))
+        }
+    })
+    .await;
+    assert_eq!(app.writes(env).await, Vec::<String>::new(), "nothing applied before the image is signed");
+
+    // CI signs the image a while after the commit: the next poll finds it and rolls out.
+    let digest = env.push_image(&app.image_repo, "1.0.0");
+    cosign.sign("ci", &format!("{}@{digest}", app.image));
+    d.wait_running("web", &app.head(), Duration::from_secs(90)).await;
+    let (code, explain) = d.get("/status?explain=web&output=human").await;
+    assert_eq!(code, 200, "{explain}");
+    // A line too long for the screen goes on two at " (ssh key": joined back, it is the whole line.
+    assert!(explain.replace("\n    (ssh key", " (ssh key").contains(&format!("  {signed}\n")), "{explain}");
+    assert!(
+        explain.contains(&format!("image {}:1.0.0@{digest}  verified: cosign key ci-2026", app.image)),
+        "{explain}"
+    );
 }
