@@ -378,3 +378,39 @@ async fn the_daemon_applies_once_commit_and_image_are_signed_and_its_status_says
         "{explain}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_s_own_cosign_policy_with_a_key_file_in_the_bundle_blocks_until_the_image_is_signed() {
+    let env = TestEnv::get();
+    let cosign = Cosign::new(env);
+    let trusted = cosign.key_pair("team");
+    let app = App::new(env, "sig-bundle").await;
+    let fleet = |file: &str| {
+        format!(
+            "defaultNamespace: {}\ngitopsAgent:\n  verify:\n    cosign:\n      publicKeys:\n      - name: kiosk-team\n        \
+             file: {file}\n",
+            app.ns.name
+        )
+    };
+
+    // A key file outside the bundle is refused by name, nothing applied.
+    app.write("apps/web/fleet.yaml", &fleet("../team.pub"));
+    app.commit(env, "a key from outside the bundle");
+    let message = blocked_message(&app, "key outside the bundle");
+    assert!(message.contains("gitopsAgent.verify: cosign key kiosk-team (../team.pub)"), "{message}");
+
+    // The key in the bundle: the unsigned image is blocked, then signed it rolls out.
+    app.write("apps/web/keys/team.pub", &std::fs::read_to_string(&trusted).unwrap());
+    app.write("apps/web/fleet.yaml", &fleet("keys/team.pub"));
+    app.commit(env, "the team's key in the bundle");
+    let message = blocked_message(&app, "unsigned, bundle policy");
+    assert!(message.contains(&format!("image {}:1.0.0", app.image)) && message.contains("unsigned"), "{message}");
+    assert_eq!(app.writes(env).await, Vec::<String>::new(), "nothing applied");
+    let digest = env.push_image(&app.image_repo, "1.0.0");
+    cosign.sign("team", &format!("{}@{digest}", app.image));
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!((code, bundle(&doc, "web")["result"].as_str()), (Some(0), Some("rolledOut")), "{human}");
+    let record = app.secret_record(env).await;
+    let pinned = format!("{}:1.0.0@{digest}", app.image);
+    assert_eq!(record["lkg"]["revision"]["verified"][pinned.as_str()][0], "kiosk-team", "{record}");
+}
