@@ -30,6 +30,9 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     ("git", "git"),
     ("curl", "curl"),
+    // The signature e2e tests sign commits as git does: `ssh-keygen -Y sign` and gpg.
+    ("openssh-client", "ssh-keygen"),
+    ("gnupg", "gpg"),
     // `systemd-analyze verify` and `security` check the host-mode unit (xtask's unit_file tests).
     ("systemd", "systemd-analyze"),
 ];

@@ -292,15 +292,24 @@ impl GitSource {
         spec: &shared::commit_sig::GitVerifySpec,
         base: &Path,
     ) -> Result<String, String> {
-        use shared::commit_sig::{parse_allowed_signers, verify_commit};
-        let file = spec.ssh_allowed_signers.as_deref().unwrap_or_default();
-        let path = base.join(file);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("git.verify.sshAllowedSigners {}: {e}", path.display()))?;
-        let allowed = parse_allowed_signers(&text)
-            .map_err(|e| format!("git.verify.sshAllowedSigners {}: {e}", path.display()))?;
+        use shared::commit_sig::{parse_allowed_signers, parse_openpgp_keys, verify_commit};
+        let read = |field: &str, file: &str| {
+            let path = base.join(file);
+            std::fs::read_to_string(&path).map_err(|e| format!("git.verify.{field} {}: {e}", path.display()))
+        };
+        let allowed = match spec.ssh_allowed_signers.as_deref() {
+            None => Vec::new(),
+            Some(f) => parse_allowed_signers(&read("sshAllowedSigners", f)?)
+                .map_err(|e| format!("git.verify.sshAllowedSigners {f}: {e}"))?,
+        };
+        let openpgp = match spec.openpgp_keys.as_deref() {
+            None => Vec::new(),
+            Some(f) => {
+                parse_openpgp_keys(&read("openpgpKeys", f)?).map_err(|e| format!("git.verify.openpgpKeys {f}: {e}"))?
+            }
+        };
         let (signature, signed) = self.commit_signature(commit).map_err(|e| e.to_string())?;
-        let verdict = verify_commit(signature.as_deref(), &signed, &allowed);
+        let verdict = verify_commit(signature.as_deref(), &signed, &allowed, &openpgp);
         let line = verdict.describe(commit);
         if verdict.is_signed() { Ok(line) } else { Err(line) }
     }

@@ -414,3 +414,87 @@ async fn a_bundle_s_own_cosign_policy_with_a_key_file_in_the_bundle_blocks_until
     let pinned = format!("{}:1.0.0@{digest}", app.image);
     assert_eq!(record["lkg"]["revision"]["verified"][pinned.as_str()][0], "kiosk-team", "{record}");
 }
+
+/// A throw-away gpg home; its agent is stopped when the test ends.
+struct Gpg {
+    home: tempfile::TempDir,
+}
+
+impl Gpg {
+    fn new() -> Gpg {
+        Gpg { home: tempfile::tempdir().unwrap() }
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out =
+            Command::new("gpg").args(["--batch", "--quiet"]).args(args).env("GNUPGHOME", self.home.path()).output();
+        let out = out.expect("running gpg");
+        assert!(out.status.success(), "gpg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A new Ed25519 signing key without a passphrase; its fingerprint.
+    fn key(&self, user: &str) -> String {
+        self.run(&["--passphrase", "", "--quick-gen-key", user, "ed25519", "sign", "never"]);
+        let listing = self.run(&["--with-colons", "--list-keys", user]);
+        listing.lines().find_map(|l| l.strip_prefix("fpr:")).unwrap().trim_matches(':').to_owned()
+    }
+}
+
+impl Drop for Gpg {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf").args(["--kill", "gpg-agent"]).env("GNUPGHOME", self.home.path()).status();
+    }
+}
+
+/// Commits everything signed by real git with gpg and `key`, and pushes.
+fn commit_gpg_signed(app: &App, env: &TestEnv, gpg: &Gpg, key: &str, message: &str) {
+    crate::util::git(&app.work, &["add", "-A"]);
+    let signing = format!("user.signingKey={key}");
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(&app.work)
+        .args(["-c", "gpg.format=openpgp", "-c", "gpg.program=gpg", "-c", &signing, "commit", "-S", "-qm", message])
+        .env("GNUPGHOME", gpg.home.path())
+        .env("GIT_AUTHOR_NAME", "CI")
+        .env("GIT_AUTHOR_EMAIL", "ci@example.test")
+        .env("GIT_COMMITTER_NAME", "CI")
+        .env("GIT_COMMITTER_EMAIL", "ci@example.test")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git commit -S (gpg): {}", String::from_utf8_lossy(&out.stderr));
+    xtask::seed::git_push(&env.info, &env.info.git_ci, &app.work, &app.repo.name, "main").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tip_commit_signed_with_gpg_passes_only_with_an_allowed_openpgp_key() {
+    let env = TestEnv::get();
+    let app = App::new(env, "pgpsig").await;
+    let gpg = Gpg::new();
+    let ci = gpg.key("CI <ci@example.test>");
+    let stranger = gpg.key("Stranger <stranger@example.test>");
+    let keys = app.config.with_file_name("openpgp-keys.asc");
+    std::fs::write(&keys, gpg.run(&["--armor", "--export", &ci])).unwrap();
+    app.edit_config(
+        "registries:\n",
+        &format!("  verify:\n    mode: head\n    openpgpKeys: {}\nregistries:\n", keys.display()),
+    );
+    let error = |doc: &serde_json::Value| doc["error"].as_str().unwrap_or_default().to_owned();
+
+    // Signed with gpg by a key the file does not hold: refused, naming the issuer.
+    app.write("README.md", "signed by a stranger\n");
+    commit_gpg_signed(&app, env, &gpg, &stranger, "a stranger's commit");
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!(code, Some(2), "{human}");
+    let want = format!("commit {} signed by an unknown key openpgp key {stranger}", &app.head()[..12]);
+    assert!(error(&doc).starts_with(&want), "{want:?}: {human}");
+    assert_eq!(app.writes(env).await, Vec::<String>::new(), "nothing applied");
+
+    // Signed by CI's key: applied, and the report names the key.
+    app.write("README.md", "signed by CI\n");
+    commit_gpg_signed(&app, env, &gpg, &ci, "signed by CI");
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!((code, bundle(&doc, "web")["result"].as_str()), (Some(0), Some("rolledOut")), "{human}");
+    let signed = format!("commit {} signed by CI <ci@example.test> (openpgp key {ci})", &app.head()[..12]);
+    assert_eq!(doc["commitSignature"], signed.as_str(), "{human}");
+}
