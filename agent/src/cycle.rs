@@ -40,6 +40,27 @@ pub struct Report {
     pub registries: Vec<RegistryStats>,
 }
 
+/// Each registry's requests made after `before` was taken (counters only grow).
+fn since(now: Vec<RegistryStats>, before: &[RegistryStats]) -> Vec<RegistryStats> {
+    now.into_iter()
+        .map(|mut r| {
+            let was = before.iter().find(|b| b.host == r.host);
+            r.requests = r
+                .requests
+                .into_iter()
+                .map(|(kind, outcome, n)| {
+                    let old = was
+                        .and_then(|b| b.requests.iter().find(|(k, o, _)| *k == kind && *o == outcome))
+                        .map_or(0, |b| b.2);
+                    (kind, outcome, n.saturating_sub(old))
+                })
+                .filter(|(_, _, n)| *n > 0)
+                .collect();
+            r
+        })
+        .collect()
+}
+
 /// Which bundles a cycle listed: one asked for, or all (then those that left Git are removed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Listed {
@@ -130,6 +151,8 @@ pub async fn run(
             return Ok(report);
         }
     };
+    // The registries may outlive the cycle (the daemon keeps them): report this cycle's requests.
+    let registries_before = session.registries.stats();
     report.source = Some(session.shown_url.clone());
     report.commit = Some(session.poll.commit.id.clone());
     let (bundles, listing) = match only {
@@ -230,8 +253,34 @@ pub async fn run(
             report.bundles.push(driver.removal(record, decision, commit).instrument(span).await);
         }
     }
-    report.registries = session.registries.stats();
+    report.registries = since(session.registries.stats(), &registries_before);
     // Report in the repository's order, not the apply order; bundles that left Git last.
     report.bundles.sort_by_key(|b| bundles.iter().position(|x| x.dir == b.bundle).unwrap_or(usize::MAX));
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(host: &str, requests: Vec<(&'static str, &'static str, u64)>) -> RegistryStats {
+        RegistryStats { host: host.into(), requests, last_error: None }
+    }
+
+    #[test]
+    fn a_kept_registry_reports_only_the_requests_of_this_cycle() {
+        let before = [stats("a", vec![("manifest_head", "ok", 3), ("token", "ok", 3)])];
+        let now = vec![
+            stats("a", vec![("manifest_head", "ok", 6), ("token", "ok", 3)]),
+            stats("b", vec![("manifest_head", "ok", 1)]),
+        ];
+        let got: Vec<_> = since(now, &before).into_iter().map(|r| (r.host, r.requests)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a".to_owned(), vec![("manifest_head", "ok", 3)]),
+                ("b".to_owned(), vec![("manifest_head", "ok", 1)])
+            ]
+        );
+    }
 }

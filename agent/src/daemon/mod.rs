@@ -32,6 +32,7 @@ use crate::cluster::Cluster;
 use crate::cycle::{Report, Setup};
 use crate::session::{Connected, Session};
 use crate::source::git::{GitOptions, GitSource};
+use crate::source::registry::Registries;
 use crate::source::secret::{Secret, SecretSource};
 use crate::state::StateStore;
 use crate::watch::unix_now;
@@ -196,7 +197,7 @@ async fn serve(config: AgentConfig, base: PathBuf) -> anyhow::Result<()> {
     // Keep the sender alive as long as the worker runs: a dropped sender would wake
     // `changed()` in a loop.
     let (leader, _lease_guard) = elect(&d, &cluster).await;
-    worker(d.clone(), rx, stop, leader, setup, git).await;
+    worker(d.clone(), rx, stop, leader, setup, Sources { git, registries: Mutex::new(None) }).await;
     info!("stopped");
     let _ = server.await;
     Ok(())
@@ -281,13 +282,33 @@ async fn elect(d: &Arc<Daemon>, cluster: &Cluster) -> (watch::Receiver<bool>, Bo
     }
 }
 
+/// The sources the daemon keeps between cycles: the git cache and the registries, so a Bearer
+/// token fetched in one poll serves the next ones until its reuse window ends
+/// (`shared::registry::token_reuse_window`).
+struct Sources {
+    git: Arc<GitSource>,
+    /// Set up at the first cycle that can (a CA file may appear after the start); until then
+    /// each cycle tries again and reports why it cannot.
+    registries: Mutex<Option<Arc<Registries>>>,
+}
+
+impl Sources {
+    fn registries(&self, d: &Daemon) -> Option<Arc<Registries>> {
+        let mut kept = self.registries.lock().expect("registries lock");
+        if kept.is_none() {
+            *kept = Registries::from_config(&d.config.registries, &d.base).ok().map(Arc::new);
+        }
+        kept.clone()
+    }
+}
+
 async fn worker(
     d: Arc<Daemon>,
     mut rx: mpsc::UnboundedReceiver<Trigger>,
     mut stop: watch::Receiver<bool>,
     mut leader: watch::Receiver<bool>,
     setup: Setup,
-    git: Arc<GitSource>,
+    sources: Sources,
 ) {
     let mut queue = Queue::new(DEBOUNCE, MAX_DELAY);
     let watches = drift::Watches::default();
@@ -330,7 +351,7 @@ async fn worker(
             !due
         });
         let Some((target, causes)) = queue.pop_due(now) else { continue };
-        let cycle = cycle(&d, &setup, &git, target, causes, leading);
+        let cycle = cycle(&d, &setup, &sources, target, causes, leading);
         tokio::pin!(cycle);
         let git_ok = loop {
             tokio::select! {
@@ -427,7 +448,7 @@ fn progress(bundle: &str, line: &str) {
 async fn cycle(
     d: &Daemon,
     setup: &Setup,
-    git: &Arc<GitSource>,
+    sources: &Sources,
     target: Target,
     causes: Vec<Cause>,
     leading: bool,
@@ -447,6 +468,7 @@ async fn cycle(
         trace_id = trace.as_ref().map(|t| t.trace_id.as_str()),
         parent_id = trace.as_ref().map(|t| t.parent_id.as_str()),
     );
+    let git = &sources.git;
     async move {
         let started = Instant::now();
         let before = git.counters.snapshot();
@@ -476,8 +498,9 @@ async fn cycle(
         }
         let session = async {
             let poll = polled.map_err(anyhow::Error::msg)?;
-            Session::assemble(d.config.clone(), &d.base, git.clone(), poll, Connected::Yes(setup.cluster.clone()), None)
-                .await
+            let cluster = Connected::Yes(setup.cluster.clone());
+            let registries = sources.registries(d);
+            Session::assemble(d.config.clone(), &d.base, git.clone(), poll, cluster, None, registries).await
         };
         info!("reconcile started");
         let report = crate::cycle::run(setup, &progress, session, only.as_deref(), false).await;

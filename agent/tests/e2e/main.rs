@@ -13,6 +13,7 @@ mod faults;
 mod git_source;
 mod hostile;
 mod install;
+mod no_change;
 mod real_node;
 mod registry_source;
 mod removal;

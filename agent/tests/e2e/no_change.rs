@@ -1,0 +1,95 @@
+//! What a poll costs when nothing changed, counted at the server side: the registry's requests
+//! through a fault proxy of the test's own, token requests from the token service's access log,
+//! dry-run patches from the API server's audit log, and renderer runs from a wrapper around helm.
+
+use std::time::Duration;
+
+use xtask::support::{TestEnv, Upstream};
+
+use crate::daemon::{Daemon, gitea_push, post, serve, signed, tail};
+use crate::rollout::App;
+use crate::util::wait_for;
+
+/// Token requests the store robot made for `repo` (the CI robot's pushes do not count).
+fn token_requests_for(env: &TestEnv, repo: &str) -> usize {
+    let log = std::fs::read_to_string(&env.info.token_access_log).unwrap_or_default();
+    let needle: String = url::form_urlencoded::byte_serialize(repo.as_bytes()).collect();
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["account"] == env.info.registry_agent.username.as_str())
+        .filter(|v| v["query"].as_str().is_some_and(|q| q.contains(&needle)))
+        .count()
+}
+
+/// A Deployment with one container per image.
+fn deployment(images: &[String]) -> String {
+    let containers: String =
+        images.iter().enumerate().map(|(i, image)| format!("      - name: c{i}\n        image: {image}\n")).collect();
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 1\n  selector:\n    \
+         matchLabels: {{app: web}}\n  template:\n    metadata:\n      labels: {{app: web}}\n    spec:\n      \
+         containers:\n{containers}"
+    )
+}
+
+/// Cycles finished, once none is in flight (every "reconcile started" has its finished cycle).
+async fn settled_cycles(d: &Daemon) -> f64 {
+    wait_for("no reconcile in flight", Duration::from_secs(60), || async {
+        let started = d.logs().matches("reconcile started").count() as f64;
+        let done = d.cycles().await;
+        if started == done { Ok(done) } else { Err(format!("{started} started, {done} done\n{}", tail(&d.logs()))) }
+    })
+    .await
+}
+
+/// One poll asked for by a signed Gitea push webhook (a hint: the agent re-reads its sources);
+/// returns how many cycles ran meanwhile (at least one).
+async fn poll_once(d: &Daemon, app: &App) -> f64 {
+    let before = settled_cycles(d).await;
+    let body = gitea_push(app);
+    let headers = [("x-gitea-event", "push".to_owned()), ("x-gitea-signature", signed(&body))];
+    let (code, answer) = post(d, "gitea", &headers, body).await;
+    assert_eq!(code, 202, "{answer}");
+    wait_for("the webhook's cycle", Duration::from_secs(60), || async {
+        let done = settled_cycles(d).await;
+        if done > before { Ok(done - before) } else { Err(format!("{done} cycles")) }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_poll_of_three_images_costs_three_heads_and_no_token_request() {
+    let env = TestEnv::get();
+    let app = App::new(env, "reuse").await;
+    let proxy = env.fault_proxy(Upstream::Registry).await;
+    let mut repos = vec![app.image_repo.clone()];
+    for i in 1..3 {
+        let repo = env.registry_repo(&format!("reuse-{i}"));
+        env.push_image(&repo, "1.0.0");
+        repos.push(repo);
+    }
+    let images: Vec<String> = repos.iter().map(|r| format!("{}/{r}:1.0.0", proxy.addr())).collect();
+    app.write("apps/web/deployment.yaml", &deployment(&images));
+    app.commit(env, "three images through the registry proxy");
+    app.edit_config(&format!("host: {}\n", env.info.registry), &format!("host: {}\n", proxy.addr()));
+    let port = serve(&app, "  webhookBurst: 10\n  webhookEvery: 1s\n", "1h", "15s");
+    let d = Daemon::start(&app.config, app.config.with_file_name("agent.log"), port, &[]);
+    d.wait_ready().await;
+    d.wait_running("web", &app.head(), Duration::from_secs(90)).await;
+    let tokens: Vec<usize> = repos.iter().map(|r| token_requests_for(env, r)).collect();
+    assert!(tokens.iter().all(|&n| n >= 1), "the first poll fetched a token per repository: {tokens:?}");
+
+    settled_cycles(&d).await;
+    proxy.reset_seen();
+    let polls = poll_once(&d, &app).await;
+    let heads = proxy.count(|s| s.method == "HEAD" && s.status == 200);
+    assert_eq!(
+        proxy.seen().len(),
+        3 * polls as usize,
+        "one HEAD per image and poll, nothing else, over {polls} poll(s): {:?}",
+        proxy.seen()
+    );
+    assert_eq!(heads, 3 * polls as usize, "each HEAD carried a valid token: {:?}", proxy.seen());
+    let after: Vec<usize> = repos.iter().map(|r| token_requests_for(env, r)).collect();
+    assert_eq!(after, tokens, "no token request while the tokens are valid");
+}
