@@ -5,20 +5,25 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::Serialize;
 use tracing::Instrument;
 
+use shared::desired::{ImageRequest, Resolution};
 use shared::outcome::Outcome;
 use shared::removal::Listing;
+use shared::replan::{Decision, LastPlan, PlanKey, Replan};
 use shared::rollout::Limits;
 
 use crate::cluster::Cluster;
+use crate::desired::{BundleError, DesiredBundle};
 use crate::reconcile::{BundleResult, Driver};
 use crate::session::Session;
 use crate::source::git::GitError;
 use crate::source::registry::RegistryStats;
 use crate::state::StateStore;
+use crate::watch::unix_now;
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -38,6 +43,78 @@ pub struct Report {
     /// Per registry host: its requests of this cycle by (kind, outcome), and its last error.
     #[serde(skip)]
     pub registries: Vec<RegistryStats>,
+    /// Per bundle: when it was last rendered and planned in full (now, or the kept plan's time
+    /// for a bundle a no-change poll skipped).
+    #[serde(skip)]
+    pub planned_at: BTreeMap<String, shared::k8s::Time>,
+}
+
+/// A bundle's last plan that found it in sync, with what a poll needs to go on without
+/// rendering it: its dependencies, its objects' ids (removals), its images.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    last: LastPlan,
+    requests: Vec<ImageRequest>,
+    depends_on: Vec<String>,
+    objects: Vec<String>,
+    images: Vec<String>,
+}
+
+/// A bundle of this cycle: built (rendered, images resolved), or its kept plan still holding.
+// One per bundle for one cycle; the rendered objects are on the heap either way.
+#[allow(clippy::large_enum_variant)]
+enum Built {
+    Full(Result<DesiredBundle, BundleError>),
+    Unchanged(Kept),
+}
+
+/// The key of a bundle's render and pins as this session sees it; `None` when an image did
+/// not resolve (nothing to compare: plan in full).
+fn plan_key(session: &Session, resolved: &[(&ImageRequest, &Resolution)]) -> Option<PlanKey> {
+    let images = resolved
+        .iter()
+        .map(|(req, res)| match res {
+            Resolution::Found { tag, digest } => {
+                Some((req.written.clone(), format!("{}@{digest}", tag.as_deref().unwrap_or(""))))
+            }
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(PlanKey {
+        commit: session.poll.commit.id.clone(),
+        agent_id: session.node.agent_id.clone(),
+        labels: session.node.labels.clone(),
+        kube_version: session.caps.kube_version.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        images,
+    })
+}
+
+/// Keeps a fully planned bundle's plan when it found nothing to do (`shared::replan::keeps`);
+/// forgets it otherwise, so the next poll plans it in full.
+fn keep(s: &Setup, session: &Session, desired: &DesiredBundle, outcome: Outcome, now: shared::k8s::Time) {
+    let mut kept = s.kept.lock().expect("kept plans lock");
+    let pairs: Vec<_> = desired.resolved.iter().map(|(q, r)| (q, r)).collect();
+    match plan_key(session, &pairs).filter(|_| shared::replan::keeps(outcome)) {
+        Some(key) => {
+            let mut images: Vec<String> = desired.images.iter().map(|i| i.running.clone()).collect();
+            images.sort();
+            images.dedup();
+            kept.insert(
+                desired.name.clone(),
+                Kept {
+                    last: LastPlan { key, at: now },
+                    requests: desired.resolved.iter().map(|(q, _)| q.clone()).collect(),
+                    depends_on: desired.spec.depends_on.clone(),
+                    objects: desired.manifests.iter().map(shared::render::Manifest::id).collect(),
+                    images,
+                },
+            );
+        }
+        None => {
+            kept.remove(&desired.name);
+        }
+    }
 }
 
 /// Each registry's requests made after `before` was taken (counters only grow).
@@ -87,6 +164,8 @@ pub struct Setup {
     pub drain_window: i64,
     /// `--ignore-windows` (one emergency `reconcile --once`).
     pub ignore_windows: bool,
+    /// Each bundle's last plan that found it in sync (the daemon's cycles share them).
+    pub kept: Mutex<BTreeMap<String, Kept>>,
 }
 
 impl Setup {
@@ -105,7 +184,16 @@ impl Setup {
             drains: Vec::new(),
         };
         let drain_window = config.rollout.drain_window.secs();
-        Setup { config, base: base.to_owned(), cluster, store, defaults, drain_window, ignore_windows: false }
+        Setup {
+            config,
+            base: base.to_owned(),
+            cluster,
+            store,
+            defaults,
+            drain_window,
+            ignore_windows: false,
+            kept: Mutex::new(BTreeMap::new()),
+        }
     }
 
     pub fn driver<'a>(&'a self, dry_run: bool, progress: &'a (dyn Fn(&str, &str) + Sync)) -> Driver<'a> {
@@ -124,13 +212,15 @@ impl Setup {
 }
 
 /// One cycle. `session` (the git poll and what comes with it) is awaited only after unfinished
-/// work is finished, so a broken source never holds up a rollback.
+/// work is finished, so a broken source never holds up a rollback. With `Replan::IfChanged`, a
+/// bundle whose kept plan still holds (`shared::replan::decide`) is neither rendered nor planned.
 pub async fn run(
     s: &Setup,
     progress: &(dyn Fn(&str, &str) + Sync),
     session: impl Future<Output = anyhow::Result<Session>>,
     only: Option<&str>,
     dry_run: bool,
+    replan: Replan,
 ) -> anyhow::Result<Report> {
     let driver = s.driver(dry_run, progress);
     let mut report = Report {
@@ -142,6 +232,7 @@ pub async fn run(
         error: None,
         desired_images: BTreeMap::new(),
         registries: Vec::new(),
+        planned_at: BTreeMap::new(),
     };
     report.resumed = driver.resume().await?;
     let session = match session.await {
@@ -165,8 +256,30 @@ pub async fn run(
     };
     let namespaced = session.namespaced();
     let build = session.build(&namespaced, true);
+    let now = unix_now();
+    let resync = s.config.git.resync_interval.get();
     let mut built = Vec::new();
     for b in &bundles {
+        let kept = if dry_run { None } else { s.kept.lock().expect("kept plans lock").get(&b.dir).cloned() };
+        if let Some(kept) = kept {
+            // Asked again exactly as the full build would ask: one HEAD per image (tags listed
+            // only for a policy that needs them).
+            let answers = crate::desired::resolve_again(&session.registries, &kept.requests).await;
+            let pairs: Vec<_> = kept.requests.iter().zip(&answers).collect();
+            let decision = match plan_key(&session, &pairs) {
+                Some(key) => shared::replan::decide(Some(&kept.last), &key, replan, now, resync),
+                None => Decision::Plan(shared::replan::Why::Changed("image digests")),
+            };
+            match decision {
+                Decision::Unchanged { planned_at } => {
+                    report.desired_images.insert(b.dir.clone(), kept.images.clone());
+                    report.planned_at.insert(b.dir.clone(), planned_at);
+                    built.push(Built::Unchanged(kept));
+                    continue;
+                }
+                Decision::Plan(why) => progress(&b.dir, &format!("rendering and planning: {}", why.describe())),
+            }
+        }
         let d = build.bundle(b).await;
         // The images a bundle wants count whether or not it is blocked: a preflight-blocked
         // bundle waits for a push of exactly these (`shared::webhook::known_repositories`).
@@ -179,12 +292,19 @@ pub async fn run(
         if d.is_ok() || !images.is_empty() {
             report.desired_images.insert(b.dir.clone(), images);
         }
-        built.push(d);
+        report.planned_at.insert(b.dir.clone(), now);
+        built.push(Built::Full(d));
     }
     let deps: Vec<(String, Vec<String>)> = bundles
         .iter()
         .zip(&built)
-        .map(|(b, d)| (b.dir.clone(), d.as_ref().map(|d| d.spec.depends_on.clone()).unwrap_or_default()))
+        .map(|(b, d)| {
+            let on = match d {
+                Built::Full(d) => d.as_ref().map(|d| d.spec.depends_on.clone()).unwrap_or_default(),
+                Built::Unchanged(k) => k.depends_on.clone(),
+            };
+            (b.dir.clone(), on)
+        })
         .collect();
     let (order, depends_on) = match shared::desired::bundle_order(&deps) {
         Ok(o) => o,
@@ -201,16 +321,28 @@ pub async fn run(
             (!r.satisfies_dependents()).then(|| format!("{} ({r:?})", bundles[d].dir))
         });
         let result = match (&built[i], failed_dep) {
-            (Err(e), _) => {
+            (Built::Unchanged(kept), _) => BundleResult::new(
+                &name,
+                Outcome::InSync,
+                format!(
+                    "unchanged since its last full plan {} ago (commit, digests, node and cluster the same)",
+                    shared::status::ago(now - kept.last.at)
+                ),
+            ),
+            (Built::Full(Err(e)), _) => {
                 BundleResult::new(&name, Outcome::Blocked, format!("{} failed: {}", e.stage, e.reasons.join("; ")))
             }
-            (Ok(_), Some(dep)) if !dry_run => {
+            (Built::Full(Ok(_)), Some(dep)) if !dry_run => {
                 BundleResult::new(&name, Outcome::Blocked, format!("waiting for the bundle it depends on: {dep}"))
             }
-            (Ok(desired), _) => {
+            (Built::Full(Ok(desired)), _) => {
                 let commit = &session.poll.commit.id;
                 let span = tracing::info_span!("bundle", bundle = %name, revision = %&commit[..12.min(commit.len())]);
-                driver.bundle(desired, commit).instrument(span).await
+                let result = driver.bundle(desired, commit).instrument(span).await;
+                if !dry_run {
+                    keep(s, &session, desired, result.result, now);
+                }
+                result
             }
         };
         done.insert(name, result.result);
@@ -218,8 +350,12 @@ pub async fn run(
     }
     if listing != Listed::One {
         let mut still_desired = BTreeSet::new();
-        for d in built.iter().flatten() {
-            still_desired.extend(d.manifests.iter().map(shared::render::Manifest::id));
+        for d in &built {
+            match d {
+                Built::Full(Ok(d)) => still_desired.extend(d.manifests.iter().map(shared::render::Manifest::id)),
+                Built::Unchanged(k) => still_desired.extend(k.objects.iter().cloned()),
+                Built::Full(Err(_)) => {}
+            }
         }
         let names: BTreeSet<String> = bundles.iter().map(|b| b.dir.clone()).collect();
         let listing = match listing {

@@ -112,6 +112,9 @@ pub struct DesiredBundle {
     pub spec: BundleSpec,
     pub manifests: Vec<Manifest>,
     pub images: Vec<ImageChoice>,
+    /// What was asked of the registries and what they said, so a later poll can ask again
+    /// without rendering (`resolve_again`, `shared::replan`).
+    pub resolved: Vec<(ImageRequest, Resolution)>,
     /// Unknown `fleet.yaml` keys, Helm hooks left out, images not resolved.
     pub warnings: Vec<String>,
 }
@@ -191,6 +194,7 @@ impl Build<'_> {
         decide::release_autoscaled_replicas(&mut manifests);
         check_unique(&manifests).map_err(|e| fail(Stage::Render, vec![e]))?;
 
+        let mut resolved = Vec::new();
         let images = match self.registries {
             None => {
                 warnings.push("images not resolved: tag policies and digest pins are not applied".into());
@@ -207,17 +211,19 @@ impl Build<'_> {
                 let resolutions = futures::future::join_all(requests.iter().map(|r| resolve(registries, r))).await;
                 let map = decide::pin_images(&requests, &resolutions, spec.policy.pin_digests()).map_err(blocked)?;
                 render::replace_images(&mut manifests, &map);
-                requests
+                let images = requests
                     .iter()
                     .map(|r| ImageChoice {
                         written: r.written.clone(),
                         running: map.get(&r.written).cloned().unwrap_or_else(|| r.written.clone()),
                         used_by: r.used_by.clone(),
                     })
-                    .collect()
+                    .collect();
+                resolved = requests.into_iter().zip(resolutions).collect();
+                images
             }
         };
-        Ok(DesiredBundle { name, spec, manifests, images, warnings })
+        Ok(DesiredBundle { name, spec, manifests, images, resolved, warnings })
     }
 }
 
@@ -249,6 +255,12 @@ fn read_values(dir: &Path, name: &str) -> Result<Value, String> {
         format!("{line}{}", e.to_string().lines().next().unwrap_or("invalid YAML"))
     })?;
     Ok(if v.is_null() { Value::Object(Default::default()) } else { v })
+}
+
+/// The registries asked again what a build asked them, with its requests (policies included),
+/// without rendering: the same requests a full build of the same render would make.
+pub async fn resolve_again(registries: &Registries, requests: &[ImageRequest]) -> Vec<Resolution> {
+    futures::future::join_all(requests.iter().map(|r| resolve(registries, r))).await
 }
 
 async fn resolve(registries: &Registries, req: &ImageRequest) -> Resolution {

@@ -69,7 +69,7 @@ pub async fn cycle(
     let mut s = setup(config_path).await?;
     s.ignore_windows = ignore_windows;
     let session = Session::open(config_path, ClusterUse::Required, None);
-    crate::cycle::run(&s, &progress, session, only, dry_run).await
+    crate::cycle::run(&s, &progress, session, only, dry_run, shared::replan::Replan::Always).await
 }
 
 /// One bundle's result, as `reconcile` and `rollback` print it.

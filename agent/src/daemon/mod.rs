@@ -503,7 +503,8 @@ async fn cycle(
             Session::assemble(d.config.clone(), &d.base, git.clone(), poll, cluster, None, registries).await
         };
         info!("reconcile started");
-        let report = crate::cycle::run(setup, &progress, session, only.as_deref(), false).await;
+        let replan = shared::replan::Replan::for_causes(&causes);
+        let report = crate::cycle::run(setup, &progress, session, only.as_deref(), false, replan).await;
         d.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
         let mut retries = Vec::new();
         match report {
@@ -560,6 +561,7 @@ fn record(d: &Daemon, report: &Report, now: shared::k8s::Time) {
                     result: b.result.word().to_owned(),
                     message: b.message.clone(),
                     at: now,
+                    planned_at: report.planned_at.get(&b.bundle).copied(),
                 },
             );
         }

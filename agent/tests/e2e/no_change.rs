@@ -93,3 +93,75 @@ async fn a_second_poll_of_three_images_costs_three_heads_and_no_token_request() 
     let after: Vec<usize> = repos.iter().map(|r| token_requests_for(env, r)).collect();
     assert_eq!(after, tokens, "no token request while the tokens are valid");
 }
+
+/// Dry-run patches of the agent's kubeconfig user in `ns`, once the audit log caught up (the
+/// testenv's audit policy logs writes, and a server-side dry-run apply is a PATCH).
+async fn dry_run_patches(env: &TestEnv, ns: &str) -> usize {
+    env.audit_events_settled(ns)
+        .await
+        .iter()
+        .filter(|e| {
+            e["user"]["username"] == "testenv-admin"
+                && e["verb"] == "patch"
+                && e["requestURI"].as_str().is_some_and(|u| u.contains("dryRun"))
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_change_poll_renders_nothing_and_plans_nothing_and_a_forced_one_does_both() {
+    let env = TestEnv::get();
+    let app = App::new(env, "skip").await;
+    // A Helm bundle beside the raw one, helm wrapped so that each run leaves a line.
+    app.write("apps/chart/Chart.yaml", "apiVersion: v2\nname: chart\nversion: 0.1.0\n");
+    app.write("apps/chart/fleet.yaml", &format!("defaultNamespace: {}\n", app.ns.name));
+    app.write(
+        "apps/chart/templates/config.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: chart-config\ndata:\n  zone: {{ .Values.zone | quote }}\n",
+    );
+    app.write("apps/chart/values.yaml", "zone: eu\n");
+    app.commit(env, "a chart beside the raw bundle");
+    let runs = app.config.with_file_name("helm-runs");
+    let wrapper = app.config.with_file_name("helm-wrapper");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\necho run >> {}\nexec {} \"$@\"\n", runs.display(), env.info.helm.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    app.edit_config(&format!("helm: {}\n", env.info.helm.display()), &format!("helm: {}\n", wrapper.display()));
+    let helm_runs = || std::fs::read_to_string(&runs).unwrap_or_default().lines().count();
+
+    let port = serve(&app, "  webhookBurst: 10\n  webhookEvery: 1s\n", "1h", "15s");
+    let d = Daemon::start(&app.config, app.config.with_file_name("agent.log"), port, &[]);
+    d.wait_ready().await;
+    d.wait_running("web", &app.head(), Duration::from_secs(90)).await;
+    d.wait_running("chart", &app.head(), Duration::from_secs(90)).await;
+    // One poll plans both bundles in full and keeps the plans (they found nothing to do).
+    poll_once(&d, &app).await;
+
+    let (patches, renders) = (dry_run_patches(env, &app.ns.name).await, helm_runs());
+    assert!(renders >= 1, "the chart was rendered by the wrapper");
+    let polls = poll_once(&d, &app).await;
+    assert_eq!(helm_runs(), renders, "no helm run in {polls} no-change poll(s)");
+    assert_eq!(dry_run_patches(env, &app.ns.name).await, patches, "no dry-run patch between two polls");
+    let status = d.status().await;
+    for b in ["web", "chart"] {
+        let s = status["bundles"].as_array().unwrap().iter().find(|s| s["bundle"] == b).unwrap();
+        assert_eq!(s["desired"]["result"], "in-sync", "{s}");
+        assert!(s["desired"]["message"].as_str().unwrap().starts_with("unchanged since its last full plan"), "{s}");
+        let (at, planned) = (s["desired"]["at"].as_i64().unwrap(), s["desired"]["plannedAt"].as_i64().unwrap());
+        assert!(planned <= at, "the last full resync is shown, before this poll: {s}");
+    }
+
+    // The command line forces a full plan: the same counters move, so they can.
+    settled_cycles(&d).await;
+    let answer = reqwest::Client::new().post(format!("http://127.0.0.1:{port}/reconcile")).send().await.unwrap();
+    assert_eq!(answer.status().as_u16(), 202);
+    wait_for("a forced render", Duration::from_secs(60), || async {
+        if helm_runs() > renders { Ok(()) } else { Err(tail(&d.logs())) }
+    })
+    .await;
+    settled_cycles(&d).await;
+    assert!(dry_run_patches(env, &app.ns.name).await > patches, "a forced cycle plans against the API server");
+}
