@@ -30,7 +30,12 @@ pub(crate) struct Daemon {
 
 impl Daemon {
     pub(crate) fn start(config: &Path, log: PathBuf, port: u16, env: &[(&str, &str)]) -> Daemon {
-        let child = Command::new(env!("CARGO_BIN_EXE_agent"))
+        Daemon::start_binary(Path::new(env!("CARGO_BIN_EXE_agent")), config, log, port, env)
+    }
+
+    /// `agent run` of another build of the agent (the bench's release build).
+    pub(crate) fn start_binary(bin: &Path, config: &Path, log: PathBuf, port: u16, env: &[(&str, &str)]) -> Daemon {
+        let child = Command::new(bin)
             .args(["run", "-c", config.to_str().unwrap()])
             .envs(env.iter().copied())
             .stdout(Stdio::null())

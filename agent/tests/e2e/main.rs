@@ -5,6 +5,7 @@
 // Helpers outside #[test] functions unwrap too: in a test, a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
+mod bench;
 mod cli;
 mod daemon;
 mod desired_state;

@@ -11,7 +11,7 @@ use crate::rollout::App;
 use crate::util::wait_for;
 
 /// Token requests the store robot made for `repo` (the CI robot's pushes do not count).
-fn token_requests_for(env: &TestEnv, repo: &str) -> usize {
+pub(crate) fn token_requests_for(env: &TestEnv, repo: &str) -> usize {
     let log = std::fs::read_to_string(&env.info.token_access_log).unwrap_or_default();
     let needle: String = url::form_urlencoded::byte_serialize(repo.as_bytes()).collect();
     log.lines()
@@ -33,7 +33,7 @@ fn deployment(images: &[String]) -> String {
 }
 
 /// Cycles finished, once none is in flight (every "reconcile started" has its finished cycle).
-async fn settled_cycles(d: &Daemon) -> f64 {
+pub(crate) async fn settled_cycles(d: &Daemon) -> f64 {
     wait_for("no reconcile in flight", Duration::from_secs(60), || async {
         let started = d.logs().matches("reconcile started").count() as f64;
         let done = d.cycles().await;
@@ -43,10 +43,15 @@ async fn settled_cycles(d: &Daemon) -> f64 {
 }
 
 /// One poll asked for by a signed Gitea push webhook (a hint: the agent re-reads its sources);
-/// returns how many cycles ran meanwhile (at least one).
-async fn poll_once(d: &Daemon, app: &App) -> f64 {
+/// returns how many cycles ran meanwhile (at least one). `git_url`: the repository URL the
+/// agent's config names, when it is not the app's own (a fault proxy in front of git).
+pub(crate) async fn poll_once(d: &Daemon, app: &App, git_url: Option<&str>) -> f64 {
     let before = settled_cycles(d).await;
-    let body = gitea_push(app);
+    let mut body: serde_json::Value = serde_json::from_slice(&gitea_push(app)).unwrap();
+    if let Some(url) = git_url {
+        body["repository"]["clone_url"] = url.into();
+    }
+    let body = serde_json::to_vec(&body).unwrap();
     let headers = [("x-gitea-event", "push".to_owned()), ("x-gitea-signature", signed(&body))];
     let (code, answer) = post(d, "gitea", &headers, body).await;
     assert_eq!(code, 202, "{answer}");
@@ -81,7 +86,7 @@ async fn a_second_poll_of_three_images_costs_three_heads_and_no_token_request() 
 
     settled_cycles(&d).await;
     proxy.reset_seen();
-    let polls = poll_once(&d, &app).await;
+    let polls = poll_once(&d, &app, None).await;
     let heads = proxy.count(|s| s.method == "HEAD" && s.status == 200);
     assert_eq!(
         proxy.seen().len(),
@@ -102,6 +107,7 @@ async fn dry_run_patches(env: &TestEnv, ns: &str) -> usize {
         .iter()
         .filter(|e| {
             e["user"]["username"] == "testenv-admin"
+                && e["objectRef"]["namespace"] == ns
                 && e["verb"] == "patch"
                 && e["requestURI"].as_str().is_some_and(|u| u.contains("dryRun"))
         })
@@ -138,11 +144,11 @@ async fn a_no_change_poll_renders_nothing_and_plans_nothing_and_a_forced_one_doe
     d.wait_running("web", &app.head(), Duration::from_secs(90)).await;
     d.wait_running("chart", &app.head(), Duration::from_secs(90)).await;
     // One poll plans both bundles in full and keeps the plans (they found nothing to do).
-    poll_once(&d, &app).await;
+    poll_once(&d, &app, None).await;
 
     let (patches, renders) = (dry_run_patches(env, &app.ns.name).await, helm_runs());
     assert!(renders >= 1, "the chart was rendered by the wrapper");
-    let polls = poll_once(&d, &app).await;
+    let polls = poll_once(&d, &app, None).await;
     assert_eq!(helm_runs(), renders, "no helm run in {polls} no-change poll(s)");
     assert_eq!(dry_run_patches(env, &app.ns.name).await, patches, "no dry-run patch between two polls");
     let status = d.status().await;
