@@ -1,6 +1,6 @@
 //! One reconcile cycle, as both `agent reconcile --once` and the daemon (`agent run`) run it:
 //! unfinished work from the records first, then sources, render, plan, apply, watch, verify or
-//! roll back, bundle by bundle in `dependsOn` order.
+//! roll back, a few bundles at once, each once the bundles it depends on (`dependsOn`) are done.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -116,6 +116,11 @@ fn keep(s: &Setup, session: &Session, desired: &DesiredBundle, outcome: Outcome,
         }
     }
 }
+
+/// How many bundles are planned, applied and watched at once: independent bundles roll out side
+/// by side (a first sync of many is bounded by the slowest, not their sum), while a store's API
+/// server and its node see a handful of rollouts at a time.
+const BUNDLES_AT_ONCE: usize = 4;
 
 /// Each registry's requests made after `before` was taken (counters only grow).
 fn since(now: Vec<RegistryStats>, before: &[RegistryStats]) -> Vec<RegistryStats> {
@@ -258,42 +263,56 @@ pub async fn run(
     let build = session.build(&namespaced, true);
     let now = unix_now();
     let resync = s.config.git.resync_interval.get();
-    let mut built = Vec::new();
-    for b in &bundles {
-        let kept = if dry_run { None } else { s.kept.lock().expect("kept plans lock").get(&b.dir).cloned() };
-        if let Some(kept) = kept {
-            // Asked again exactly as the full build would ask: one HEAD per image (tags listed
-            // only for a policy that needs them).
-            let answers = crate::desired::resolve_again(&session.registries, &kept.requests).await;
-            let pairs: Vec<_> = kept.requests.iter().zip(&answers).collect();
-            let decision = match plan_key(&session, &pairs) {
-                Some(key) => shared::replan::decide(Some(&kept.last), &key, replan, now, resync),
-                None => Decision::Plan(shared::replan::Why::Changed("image digests")),
-            };
-            match decision {
-                Decision::Unchanged { planned_at } => {
-                    report.desired_images.insert(b.dir.clone(), kept.images.clone());
-                    report.planned_at.insert(b.dir.clone(), planned_at);
-                    built.push(Built::Unchanged(kept));
-                    continue;
+    // Renders and image resolutions of different bundles do not depend on each other: a few at
+    // once, results kept in the repository's order.
+    let prepare = |b: &'_ shared::bundle::Bundle| {
+        let (session, build) = (&session, &build);
+        let dir = b.dir.clone();
+        let b = b.clone();
+        async move {
+            let kept = if dry_run { None } else { s.kept.lock().expect("kept plans lock").get(&dir).cloned() };
+            if let Some(kept) = kept {
+                // Asked again exactly as the full build would ask: one HEAD per image (tags
+                // listed only for a policy that needs them).
+                let answers = crate::desired::resolve_again(&session.registries, &kept.requests).await;
+                let pairs: Vec<_> = kept.requests.iter().zip(&answers).collect();
+                let decision = match plan_key(session, &pairs) {
+                    Some(key) => shared::replan::decide(Some(&kept.last), &key, replan, now, resync),
+                    None => Decision::Plan(shared::replan::Why::Changed("image digests")),
+                };
+                match decision {
+                    Decision::Unchanged { planned_at } => {
+                        let images = Some(kept.images.clone());
+                        return (Built::Unchanged(kept), images, planned_at);
+                    }
+                    Decision::Plan(why) => progress(&dir, &format!("rendering and planning: {}", why.describe())),
                 }
-                Decision::Plan(why) => progress(&b.dir, &format!("rendering and planning: {}", why.describe())),
             }
+            let d = build.bundle(&b).await;
+            // The images a bundle wants count whether or not it is blocked: a preflight-blocked
+            // bundle waits for a push of exactly these (`shared::webhook::known_repositories`).
+            let mut images: Vec<String> = match &d {
+                Ok(d) => d.images.iter().map(|i| i.running.clone()).collect(),
+                Err(e) => e.wanted.clone(),
+            };
+            images.sort();
+            images.dedup();
+            let images = (d.is_ok() || !images.is_empty()).then_some(images);
+            (Built::Full(d), images, now)
         }
-        let d = build.bundle(b).await;
-        // The images a bundle wants count whether or not it is blocked: a preflight-blocked
-        // bundle waits for a push of exactly these (`shared::webhook::known_repositories`).
-        let mut images: Vec<String> = match &d {
-            Ok(d) => d.images.iter().map(|i| i.running.clone()).collect(),
-            Err(e) => e.wanted.clone(),
-        };
-        images.sort();
-        images.dedup();
-        if d.is_ok() || !images.is_empty() {
+    };
+    let prepared: Vec<_> = futures::StreamExt::collect(futures::StreamExt::buffered(
+        futures::stream::iter(bundles.iter().map(prepare)),
+        BUNDLES_AT_ONCE,
+    ))
+    .await;
+    let mut built = Vec::new();
+    for (b, (d, images, planned_at)) in bundles.iter().zip(prepared) {
+        if let Some(images) = images {
             report.desired_images.insert(b.dir.clone(), images);
         }
-        report.planned_at.insert(b.dir.clone(), now);
-        built.push(Built::Full(d));
+        report.planned_at.insert(b.dir.clone(), planned_at);
+        built.push(d);
     }
     let deps: Vec<(String, Vec<String>)> = bundles
         .iter()
@@ -313,40 +332,66 @@ pub async fn run(
             return Ok(report);
         }
     };
+    // Bundles run concurrently (bounded) once every bundle they depend on has its outcome; in
+    // `order` among those ready, so with one slot the order is the sequential one.
     let mut done: BTreeMap<String, Outcome> = BTreeMap::new();
-    for i in order {
-        let name = bundles[i].dir.clone();
-        let failed_dep = depends_on[i].iter().find_map(|&d| {
-            let r = done.get(&bundles[d].dir)?;
-            (!r.satisfies_dependents()).then(|| format!("{} ({r:?})", bundles[d].dir))
-        });
-        let result = match (&built[i], failed_dep) {
-            (Built::Unchanged(kept), _) => BundleResult::new(
-                &name,
-                Outcome::InSync,
-                format!(
-                    "unchanged since its last full plan {} ago (commit, digests, node and cluster the same)",
-                    shared::status::ago(now - kept.last.at)
-                ),
-            ),
-            (Built::Full(Err(e)), _) => {
-                BundleResult::new(&name, Outcome::Blocked, format!("{} failed: {}", e.stage, e.reasons.join("; ")))
+    let mut pending: Vec<usize> = order;
+    let mut running = futures::stream::FuturesUnordered::new();
+    loop {
+        let mut k = 0;
+        while running.len() < BUNDLES_AT_ONCE && k < pending.len() {
+            let i = pending[k];
+            if !depends_on[i].iter().all(|&d| done.contains_key(&bundles[d].dir)) {
+                k += 1;
+                continue;
             }
-            (Built::Full(Ok(_)), Some(dep)) if !dry_run => {
-                BundleResult::new(&name, Outcome::Blocked, format!("waiting for the bundle it depends on: {dep}"))
-            }
-            (Built::Full(Ok(desired)), _) => {
-                let commit = &session.poll.commit.id;
-                let span = tracing::info_span!("bundle", bundle = %name, revision = %&commit[..12.min(commit.len())]);
-                let result = driver.bundle(desired, commit).instrument(span).await;
-                if !dry_run {
-                    keep(s, &session, desired, result.result, now);
+            pending.remove(k);
+            let failed_dep = depends_on[i].iter().find_map(|&d| {
+                let r = done.get(&bundles[d].dir)?;
+                (!r.satisfies_dependents()).then(|| format!("{} ({r:?})", bundles[d].dir))
+            });
+            let (name, built, session, driver) = (bundles[i].dir.clone(), &built[i], &session, &driver);
+            running.push(async move {
+                match (built, failed_dep) {
+                    (Built::Unchanged(kept), _) => BundleResult::new(
+                        &name,
+                        Outcome::InSync,
+                        format!(
+                            "unchanged since its last full plan {} ago (commit, digests, node and cluster the same)",
+                            shared::status::ago(now - kept.last.at)
+                        ),
+                    ),
+                    (Built::Full(Err(e)), _) => BundleResult::new(
+                        &name,
+                        Outcome::Blocked,
+                        format!("{} failed: {}", e.stage, e.reasons.join("; ")),
+                    ),
+                    (Built::Full(Ok(_)), Some(dep)) if !dry_run => BundleResult::new(
+                        &name,
+                        Outcome::Blocked,
+                        format!("waiting for the bundle it depends on: {dep}"),
+                    ),
+                    (Built::Full(Ok(desired)), _) => {
+                        let commit = &session.poll.commit.id;
+                        let span =
+                            tracing::info_span!("bundle", bundle = %name, revision = %&commit[..12.min(commit.len())]);
+                        let result = driver.bundle(desired, commit).instrument(span).await;
+                        if !dry_run {
+                            keep(s, session, desired, result.result, now);
+                        }
+                        result
+                    }
                 }
-                result
+            });
+        }
+        match futures::StreamExt::next(&mut running).await {
+            Some(result) => {
+                done.insert(result.bundle.clone(), result.result);
+                report.bundles.push(result);
             }
-        };
-        done.insert(name, result.result);
-        report.bundles.push(result);
+            // Nothing running and nothing ready: all done (`bundle_order` refused cycles).
+            None => break,
+        }
     }
     if listing != Listed::One {
         let mut still_desired = BTreeSet::new();
