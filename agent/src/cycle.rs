@@ -55,6 +55,7 @@ fn folder_missing(e: &anyhow::Error) -> bool {
 }
 
 /// What a cycle needs besides the sources: the config, the cluster and the records.
+#[derive(Clone)]
 pub struct Setup {
     pub config: shared::config::AgentConfig,
     /// The folder relative paths of the config are relative to.

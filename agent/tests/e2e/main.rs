@@ -14,6 +14,7 @@ mod git_source;
 mod hostile;
 mod install;
 mod real_node;
+mod records;
 mod registry_source;
 mod removal;
 mod rollout;
