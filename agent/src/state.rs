@@ -127,25 +127,39 @@ impl StateStore {
     }
 
     async fn load_secret(&self, bundle: &str) -> anyhow::Result<Option<Record>> {
-        let Some(api) = &self.secrets else { return Ok(None) };
+        match self.read_secret(bundle).await? {
+            StoredCopy::Missing => Ok(None),
+            StoredCopy::Record(r) => Ok(Some(*r)),
+            StoredCopy::Unreadable(e) => Err(e),
+        }
+    }
+
+    /// The Secret copy of `bundle`'s record. Its resourceVersion is remembered whether or not the
+    /// record in it can be read, so that a write can replace a corrupt copy (whose precondition
+    /// would otherwise fail for ever on a version never seen).
+    async fn read_secret(&self, bundle: &str) -> anyhow::Result<StoredCopy> {
+        let Some(api) = &self.secrets else { return Ok(StoredCopy::Missing) };
         let name = self.secret_name(bundle);
         let what = || format!("state Secret {}/{name}", self.namespace);
         let secret = api.get_opt(&name).await.with_context(what)?;
         let resource_version = secret.as_ref().and_then(|s| s.metadata.resource_version.clone());
-        let record = match &secret {
-            None => None,
-            Some(secret) => {
-                let Some(data) = secret.data.as_ref().and_then(|d| d.get(KEY)) else {
-                    anyhow::bail!("{}: no {KEY}", what());
-                };
-                Some(decode_secret_data(&data.0).with_context(what)?)
-            }
+        let copy = match &secret {
+            None => StoredCopy::Missing,
+            Some(secret) => match secret.data.as_ref().and_then(|d| d.get(KEY)) {
+                None => StoredCopy::Unreadable(anyhow::anyhow!("{}: no {KEY}", what())),
+                Some(data) => match decode_secret_data(&data.0).with_context(what) {
+                    Ok(r) => StoredCopy::Record(Box::new(r)),
+                    Err(e) => StoredCopy::Unreadable(e),
+                },
+            },
         };
         let mut seen = self.seen.lock().expect("seen lock");
         let entry = seen.entry(bundle.to_owned()).or_default();
         entry.resource_version = resource_version;
-        entry.seq = entry.seq.max(record.as_ref().map(|r: &Record| r.seq));
-        Ok(record)
+        if let StoredCopy::Record(r) = &copy {
+            entry.seq = entry.seq.max(Some(r.seq));
+        }
+        Ok(copy)
     }
 
     fn seen(&self, bundle: &str) -> Option<Seen> {
@@ -159,6 +173,21 @@ impl StateStore {
     }
 
     /// Every record this agent keeps (on disk or in its Secrets), newest copy of each.
+    /// The records in this node's files alone (when the Secrets cannot be read: status keeps
+    /// showing what runs instead of nothing).
+    pub fn local(&self) -> Vec<Record> {
+        let mut out: Vec<Record> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|bytes| serde_json::from_slice::<Record>(&bytes).ok())
+            .collect();
+        out.sort_by(|a, b| a.bundle.cmp(&b.bundle));
+        out
+    }
+
     pub async fn all(&self) -> anyhow::Result<Vec<Record>> {
         let mut bundles = std::collections::BTreeSet::new();
         if let Ok(dir) = std::fs::read_dir(&self.dir) {
@@ -234,8 +263,9 @@ impl StateStore {
         };
         let value = self.secret_value(record).map_err(|e| failed(&*e))?;
         if self.seen(&record.bundle).is_none() {
-            // Never read: learn the resourceVersion first, so the write has a precondition.
-            self.load_secret(&record.bundle).await.map_err(|e| failed(&*e))?;
+            // Never read: learn the resourceVersion first, so the write has a precondition (a
+            // copy that cannot be read is replaced: the local file holds the record).
+            self.read_secret(&record.bundle).await.map_err(|e| failed(&*e))?;
         }
         for _ in 0..WRITE_ATTEMPTS {
             let seen = self.seen(&record.bundle).unwrap_or_default();
@@ -264,7 +294,11 @@ impl StateStore {
                 }
                 Err(kube::Error::Api(e)) if e.code == 409 => {
                     let known = seen.seq;
-                    let stored = self.load_secret(&record.bundle).await.map_err(|e| failed(&*e))?;
+                    // A copy that cannot be read holds no transition to keep: ours replaces it.
+                    let stored = match self.read_secret(&record.bundle).await.map_err(|e| failed(&*e))? {
+                        StoredCopy::Record(r) => Some(*r),
+                        StoredCopy::Missing | StoredCopy::Unreadable(_) => None,
+                    };
                     match after_conflict(known, record, stored.as_ref()) {
                         AfterConflict::Write => continue,
                         AfterConflict::AlreadyWritten => return Ok(()),
@@ -274,6 +308,12 @@ impl StateStore {
                             )));
                         }
                     }
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 && seen.resource_version.is_some() => {
+                    // Deleted since it was read (by hand, or with its namespace's contents): read
+                    // again, which finds it missing, and create it.
+                    self.read_secret(&record.bundle).await.map_err(|e| failed(&*e))?;
+                    continue;
                 }
                 Err(e) => {
                     // The write may have landed without its answer: it is no stranger's later.
@@ -313,6 +353,14 @@ impl StateStore {
         value["kind"] = "Secret".into();
         Ok(value)
     }
+}
+
+/// What the state Secret of a bundle holds.
+enum StoredCopy {
+    Missing,
+    Record(Box<Record>),
+    /// Present, but its record cannot be decoded (truncated, edited by hand, ...).
+    Unreadable(anyhow::Error),
 }
 
 /// Why the Secret copy was not written.

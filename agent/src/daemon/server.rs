@@ -64,7 +64,7 @@ pub async fn report(d: &Daemon) -> Report {
     let store = d.store.read().expect("store lock").clone();
     let (records, warning) = match store.all().await {
         Ok(r) => (r, None),
-        Err(e) => (Vec::new(), Some(format!("reading the records: {e:#}"))),
+        Err(e) => (store.local(), Some(format!("reading the records: {e:#}; shown from this node's copies"))),
     };
     let now = unix_now();
     let view = d.view.lock().expect("view lock");
@@ -88,7 +88,11 @@ pub async fn report(d: &Daemon) -> Report {
     agent.leader = view.leader;
     let mut sources: Vec<_> = view.git.iter().cloned().collect();
     sources.extend(view.registries.values().cloned());
-    let warning = warning.or_else(|| view.api.as_ref().err().map(|e| format!("API server: {e}")));
+    let api = view.api.as_ref().err().map(|e| format!("API server: {e}"));
+    let warning = match (warning, api) {
+        (Some(w), Some(a)) => Some(format!("{a}; {w}")),
+        (w, a) => w.or(a),
+    };
     Report { agent: Some(agent), sources, bundles, warning }
 }
 

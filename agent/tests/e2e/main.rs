@@ -9,6 +9,7 @@ mod cli;
 mod daemon;
 mod desired_state;
 mod drain;
+mod fault_matrix;
 mod faults;
 mod git_source;
 mod hostile;
