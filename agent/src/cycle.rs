@@ -158,6 +158,7 @@ fn folder_missing(e: &anyhow::Error) -> bool {
 }
 
 /// What a cycle needs besides the sources: the config, the cluster and the records.
+#[derive(Clone)]
 pub struct Setup {
     pub config: shared::config::AgentConfig,
     /// The folder relative paths of the config are relative to.
@@ -170,7 +171,8 @@ pub struct Setup {
     /// `--ignore-windows` (one emergency `reconcile --once`).
     pub ignore_windows: bool,
     /// Each bundle's last plan that found it in sync (the daemon's cycles share them).
-    pub kept: Mutex<BTreeMap<String, Kept>>,
+    /// Shared by the copies a `reconcile --once` through the agent makes of the daemon's set-up.
+    pub kept: std::sync::Arc<Mutex<BTreeMap<String, Kept>>>,
 }
 
 impl Setup {
@@ -197,7 +199,7 @@ impl Setup {
             defaults,
             drain_window,
             ignore_windows: false,
-            kept: Mutex::new(BTreeMap::new()),
+            kept: std::sync::Arc::new(Mutex::new(BTreeMap::new())),
         }
     }
 
