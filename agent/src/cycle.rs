@@ -1,24 +1,29 @@
 //! One reconcile cycle, as both `agent reconcile --once` and the daemon (`agent run`) run it:
 //! unfinished work from the records first, then sources, render, plan, apply, watch, verify or
-//! roll back, bundle by bundle in `dependsOn` order.
+//! roll back, a few bundles at once, each once the bundles it depends on (`dependsOn`) are done.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::Serialize;
 use tracing::Instrument;
 
+use shared::desired::{ImageRequest, Resolution};
 use shared::outcome::Outcome;
 use shared::removal::Listing;
+use shared::replan::{Decision, LastPlan, PlanKey, Replan};
 use shared::rollout::Limits;
 
 use crate::cluster::Cluster;
+use crate::desired::{BundleError, DesiredBundle};
 use crate::reconcile::{BundleResult, Driver};
 use crate::session::Session;
 use crate::source::git::GitError;
 use crate::source::registry::RegistryStats;
 use crate::state::StateStore;
+use crate::watch::unix_now;
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -45,6 +50,107 @@ pub struct Report {
     /// Per registry host: its requests of this cycle by (kind, outcome), and its last error.
     #[serde(skip)]
     pub registries: Vec<RegistryStats>,
+    /// Per bundle: when it was last rendered and planned in full (now, or the kept plan's time
+    /// for a bundle a no-change poll skipped).
+    #[serde(skip)]
+    pub planned_at: BTreeMap<String, shared::k8s::Time>,
+}
+
+/// A bundle's last plan that found it in sync, with what a poll needs to go on without
+/// rendering it: its dependencies, its objects' ids (removals), its images.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    last: LastPlan,
+    requests: Vec<ImageRequest>,
+    depends_on: Vec<String>,
+    objects: Vec<String>,
+    images: Vec<String>,
+    /// Per running image, the cosign keys that verified it when it was planned in full.
+    verified: BTreeMap<String, Vec<String>>,
+}
+
+/// A bundle of this cycle: built (rendered, images resolved), or its kept plan still holding.
+// One per bundle for one cycle; the rendered objects are on the heap either way.
+#[allow(clippy::large_enum_variant)]
+enum Built {
+    Full(Result<DesiredBundle, BundleError>),
+    Unchanged(Kept),
+}
+
+/// The key of a bundle's render and pins as this session sees it; `None` when an image did
+/// not resolve (nothing to compare: plan in full).
+fn plan_key(session: &Session, resolved: &[(&ImageRequest, &Resolution)]) -> Option<PlanKey> {
+    let images = resolved
+        .iter()
+        .map(|(req, res)| match res {
+            Resolution::Found { tag, digest } => {
+                Some((req.written.clone(), format!("{}@{digest}", tag.as_deref().unwrap_or(""))))
+            }
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(PlanKey {
+        commit: session.poll.commit.id.clone(),
+        agent_id: session.node.agent_id.clone(),
+        labels: session.node.labels.clone(),
+        kube_version: session.caps.kube_version.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        images,
+    })
+}
+
+/// Keeps a fully planned bundle's plan when it found nothing to do (`shared::replan::keeps`);
+/// forgets it otherwise, so the next poll plans it in full.
+fn keep(s: &Setup, session: &Session, desired: &DesiredBundle, outcome: Outcome, now: shared::k8s::Time) {
+    let mut kept = s.kept.lock().expect("kept plans lock");
+    let pairs: Vec<_> = desired.resolved.iter().map(|(q, r)| (q, r)).collect();
+    match plan_key(session, &pairs).filter(|_| shared::replan::keeps(outcome)) {
+        Some(key) => {
+            let mut images: Vec<String> = desired.images.iter().map(|i| i.running.clone()).collect();
+            images.sort();
+            images.dedup();
+            kept.insert(
+                desired.name.clone(),
+                Kept {
+                    last: LastPlan { key, at: now },
+                    requests: desired.resolved.iter().map(|(q, _)| q.clone()).collect(),
+                    depends_on: desired.spec.depends_on.clone(),
+                    objects: desired.manifests.iter().map(shared::render::Manifest::id).collect(),
+                    images,
+                    verified: desired.verified_images(),
+                },
+            );
+        }
+        None => {
+            kept.remove(&desired.name);
+        }
+    }
+}
+
+/// How many bundles are planned, applied and watched at once: independent bundles roll out side
+/// by side (a first sync of many is bounded by the slowest, not their sum), while a store's API
+/// server and its node see a handful of rollouts at a time.
+const BUNDLES_AT_ONCE: usize = 4;
+
+/// Each registry's requests made after `before` was taken (counters only grow).
+fn since(now: Vec<RegistryStats>, before: &[RegistryStats]) -> Vec<RegistryStats> {
+    now.into_iter()
+        .map(|mut r| {
+            let was = before.iter().find(|b| b.host == r.host);
+            r.requests = r
+                .requests
+                .into_iter()
+                .map(|(kind, outcome, n)| {
+                    let old = was
+                        .and_then(|b| b.requests.iter().find(|(k, o, _)| *k == kind && *o == outcome))
+                        .map_or(0, |b| b.2);
+                    (kind, outcome, n.saturating_sub(old))
+                })
+                .filter(|(_, _, n)| *n > 0)
+                .collect();
+            r
+        })
+        .collect()
 }
 
 /// Which bundles a cycle listed: one asked for, or all (then those that left Git are removed).
@@ -62,6 +168,7 @@ fn folder_missing(e: &anyhow::Error) -> bool {
 }
 
 /// What a cycle needs besides the sources: the config, the cluster and the records.
+#[derive(Clone)]
 pub struct Setup {
     pub config: shared::config::AgentConfig,
     /// The folder relative paths of the config are relative to.
@@ -73,6 +180,9 @@ pub struct Setup {
     pub drain_window: i64,
     /// `--ignore-windows` (one emergency `reconcile --once`).
     pub ignore_windows: bool,
+    /// Each bundle's last plan that found it in sync (the daemon's cycles share them).
+    /// Shared by the copies a `reconcile --once` through the agent makes of the daemon's set-up.
+    pub kept: std::sync::Arc<Mutex<BTreeMap<String, Kept>>>,
 }
 
 impl Setup {
@@ -91,7 +201,16 @@ impl Setup {
             drains: Vec::new(),
         };
         let drain_window = config.rollout.drain_window.secs();
-        Setup { config, base: base.to_owned(), cluster, store, defaults, drain_window, ignore_windows: false }
+        Setup {
+            config,
+            base: base.to_owned(),
+            cluster,
+            store,
+            defaults,
+            drain_window,
+            ignore_windows: false,
+            kept: std::sync::Arc::new(Mutex::new(BTreeMap::new())),
+        }
     }
 
     pub fn driver<'a>(&'a self, dry_run: bool, progress: &'a (dyn Fn(&str, &str) + Sync)) -> Driver<'a> {
@@ -110,13 +229,15 @@ impl Setup {
 }
 
 /// One cycle. `session` (the git poll and what comes with it) is awaited only after unfinished
-/// work is finished, so a broken source never holds up a rollback.
+/// work is finished, so a broken source never holds up a rollback. With `Replan::IfChanged`, a
+/// bundle whose kept plan still holds (`shared::replan::decide`) is neither rendered nor planned.
 pub async fn run(
     s: &Setup,
     progress: &(dyn Fn(&str, &str) + Sync),
     session: impl Future<Output = anyhow::Result<Session>>,
     only: Option<&str>,
     dry_run: bool,
+    replan: Replan,
 ) -> anyhow::Result<Report> {
     let driver = s.driver(dry_run, progress);
     let mut report = Report {
@@ -130,6 +251,7 @@ pub async fn run(
         verified_images: BTreeMap::new(),
         commit_signature: None,
         registries: Vec::new(),
+        planned_at: BTreeMap::new(),
     };
     report.resumed = driver.resume().await?;
     let session = match session.await {
@@ -139,6 +261,8 @@ pub async fn run(
             return Ok(report);
         }
     };
+    // The registries may outlive the cycle (the daemon keeps them): report this cycle's requests.
+    let registries_before = session.registries.stats();
     report.source = Some(session.shown_url.clone());
     report.commit = Some(session.poll.commit.id.clone());
     if let Some(spec) = &s.config.git.verify {
@@ -168,29 +292,78 @@ pub async fn run(
     };
     let namespaced = session.namespaced();
     let build = session.build(&namespaced, true);
+    let now = unix_now();
+    let resync = s.config.git.resync_interval.get();
+    // Renders and image resolutions of different bundles do not depend on each other: a few at
+    // once, results kept in the repository's order.
+    let prepare = |b: &'_ shared::bundle::Bundle| {
+        let (session, build) = (&session, &build);
+        let dir = b.dir.clone();
+        let b = b.clone();
+        async move {
+            let kept = if dry_run { None } else { s.kept.lock().expect("kept plans lock").get(&dir).cloned() };
+            if let Some(kept) = kept {
+                // Asked again exactly as the full build would ask: one HEAD per image (tags
+                // listed only for a policy that needs them).
+                let answers = crate::desired::resolve_again(&session.registries, &kept.requests).await;
+                let pairs: Vec<_> = kept.requests.iter().zip(&answers).collect();
+                let decision = match plan_key(session, &pairs) {
+                    Some(key) => shared::replan::decide(Some(&kept.last), &key, replan, now, resync),
+                    None => Decision::Plan(shared::replan::Why::Changed("image digests")),
+                };
+                match decision {
+                    Decision::Unchanged { planned_at } => {
+                        let images = Some(kept.images.clone());
+                        return (Built::Unchanged(kept), images, planned_at);
+                    }
+                    Decision::Plan(why) => progress(&dir, &format!("rendering and planning: {}", why.describe())),
+                }
+            }
+            let d = build.bundle(&b).await;
+            // The images a bundle wants count whether or not it is blocked: a preflight-blocked
+            // bundle waits for a push of exactly these (`shared::webhook::known_repositories`).
+            let mut images: Vec<String> = match &d {
+                Ok(d) => d.images.iter().map(|i| i.running.clone()).collect(),
+                Err(e) => e.wanted.clone(),
+            };
+            images.sort();
+            images.dedup();
+            let images = (d.is_ok() || !images.is_empty()).then_some(images);
+            (Built::Full(d), images, now)
+        }
+    };
+    let prepared: Vec<_> = futures::StreamExt::collect(futures::StreamExt::buffered(
+        futures::stream::iter(bundles.iter().map(prepare)),
+        BUNDLES_AT_ONCE,
+    ))
+    .await;
     let mut built = Vec::new();
-    for b in &bundles {
-        let d = build.bundle(b).await;
-        // The images a bundle wants count whether or not it is blocked: a preflight-blocked
-        // bundle waits for a push of exactly these (`shared::webhook::known_repositories`).
-        let mut images: Vec<String> = match &d {
-            Ok(d) => d.images.iter().map(|i| i.running.clone()).collect(),
-            Err(e) => e.wanted.clone(),
-        };
-        images.sort();
-        images.dedup();
-        if d.is_ok() || !images.is_empty() {
+    for (b, (d, images, planned_at)) in bundles.iter().zip(prepared) {
+        if let Some(images) = images {
             report.desired_images.insert(b.dir.clone(), images);
         }
-        if let Ok(d) = &d {
-            report.verified_images.insert(b.dir.clone(), d.verified_images());
+        match &d {
+            Built::Full(Ok(d)) => {
+                report.verified_images.insert(b.dir.clone(), d.verified_images());
+            }
+            Built::Unchanged(kept) => {
+                report.verified_images.insert(b.dir.clone(), kept.verified.clone());
+            }
+            Built::Full(Err(_)) => {}
         }
+        report.planned_at.insert(b.dir.clone(), planned_at);
         built.push(d);
     }
     let deps: Vec<(String, Vec<String>)> = bundles
         .iter()
         .zip(&built)
-        .map(|(b, d)| (b.dir.clone(), d.as_ref().map(|d| d.spec.depends_on.clone()).unwrap_or_default()))
+        .map(|(b, d)| {
+            let on = match d {
+                Built::Full(d) => d.as_ref().map(|d| d.spec.depends_on.clone()).unwrap_or_default(),
+                Built::Unchanged(k) => k.depends_on.clone(),
+            };
+            (b.dir.clone(), on)
+        })
         .collect();
     let (order, depends_on) = match shared::desired::bundle_order(&deps) {
         Ok(o) => o,
@@ -199,33 +372,75 @@ pub async fn run(
             return Ok(report);
         }
     };
+    // Bundles run concurrently (bounded) once every bundle they depend on has its outcome; in
+    // `order` among those ready, so with one slot the order is the sequential one.
     let mut done: BTreeMap<String, Outcome> = BTreeMap::new();
-    for i in order {
-        let name = bundles[i].dir.clone();
-        let failed_dep = depends_on[i].iter().find_map(|&d| {
-            let r = done.get(&bundles[d].dir)?;
-            (!r.satisfies_dependents()).then(|| format!("{} ({r:?})", bundles[d].dir))
-        });
-        let result = match (&built[i], failed_dep) {
-            (Err(e), _) => {
-                BundleResult::new(&name, Outcome::Blocked, format!("{} failed: {}", e.stage, e.reasons.join("; ")))
+    let mut pending: Vec<usize> = order;
+    let mut running = futures::stream::FuturesUnordered::new();
+    loop {
+        let mut k = 0;
+        while running.len() < BUNDLES_AT_ONCE && k < pending.len() {
+            let i = pending[k];
+            if !depends_on[i].iter().all(|&d| done.contains_key(&bundles[d].dir)) {
+                k += 1;
+                continue;
             }
-            (Ok(_), Some(dep)) if !dry_run => {
-                BundleResult::new(&name, Outcome::Blocked, format!("waiting for the bundle it depends on: {dep}"))
+            pending.remove(k);
+            let failed_dep = depends_on[i].iter().find_map(|&d| {
+                let r = done.get(&bundles[d].dir)?;
+                (!r.satisfies_dependents()).then(|| format!("{} ({r:?})", bundles[d].dir))
+            });
+            let (name, built, session, driver) = (bundles[i].dir.clone(), &built[i], &session, &driver);
+            running.push(async move {
+                match (built, failed_dep) {
+                    (Built::Unchanged(kept), _) => BundleResult::new(
+                        &name,
+                        Outcome::InSync,
+                        format!(
+                            "unchanged since its last full plan {} ago (commit, digests, node and cluster the same)",
+                            shared::status::ago(now - kept.last.at)
+                        ),
+                    ),
+                    (Built::Full(Err(e)), _) => BundleResult::new(
+                        &name,
+                        Outcome::Blocked,
+                        format!("{} failed: {}", e.stage, e.reasons.join("; ")),
+                    ),
+                    (Built::Full(Ok(_)), Some(dep)) if !dry_run => BundleResult::new(
+                        &name,
+                        Outcome::Blocked,
+                        format!("waiting for the bundle it depends on: {dep}"),
+                    ),
+                    (Built::Full(Ok(desired)), _) => {
+                        let commit = &session.poll.commit.id;
+                        let span =
+                            tracing::info_span!("bundle", bundle = %name, revision = %&commit[..12.min(commit.len())]);
+                        let result = driver.bundle(desired, commit).instrument(span).await;
+                        if !dry_run {
+                            keep(s, session, desired, result.result, now);
+                        }
+                        result
+                    }
+                }
+            });
+        }
+        match futures::StreamExt::next(&mut running).await {
+            Some(result) => {
+                done.insert(result.bundle.clone(), result.result);
+                report.bundles.push(result);
             }
-            (Ok(desired), _) => {
-                let commit = &session.poll.commit.id;
-                let span = tracing::info_span!("bundle", bundle = %name, revision = %&commit[..12.min(commit.len())]);
-                driver.bundle(desired, commit).instrument(span).await
-            }
-        };
-        done.insert(name, result.result);
-        report.bundles.push(result);
+            // Nothing running and nothing ready: all done (`bundle_order` refused cycles).
+            None => break,
+        }
     }
     if listing != Listed::One {
         let mut still_desired = BTreeSet::new();
-        for d in built.iter().flatten() {
-            still_desired.extend(d.manifests.iter().map(shared::render::Manifest::id));
+        for d in &built {
+            match d {
+                Built::Full(Ok(d)) => still_desired.extend(d.manifests.iter().map(shared::render::Manifest::id)),
+                Built::Unchanged(k) => still_desired.extend(k.objects.iter().cloned()),
+                Built::Full(Err(_)) => {}
+            }
         }
         let names: BTreeSet<String> = bundles.iter().map(|b| b.dir.clone()).collect();
         let listing = match listing {
@@ -259,8 +474,34 @@ pub async fn run(
             report.bundles.push(driver.removal(record, decision, commit).instrument(span).await);
         }
     }
-    report.registries = session.registries.stats();
+    report.registries = since(session.registries.stats(), &registries_before);
     // Report in the repository's order, not the apply order; bundles that left Git last.
     report.bundles.sort_by_key(|b| bundles.iter().position(|x| x.dir == b.bundle).unwrap_or(usize::MAX));
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(host: &str, requests: Vec<(&'static str, &'static str, u64)>) -> RegistryStats {
+        RegistryStats { host: host.into(), requests, last_error: None }
+    }
+
+    #[test]
+    fn a_kept_registry_reports_only_the_requests_of_this_cycle() {
+        let before = [stats("a", vec![("manifest_head", "ok", 3), ("token", "ok", 3)])];
+        let now = vec![
+            stats("a", vec![("manifest_head", "ok", 6), ("token", "ok", 3)]),
+            stats("b", vec![("manifest_head", "ok", 1)]),
+        ];
+        let got: Vec<_> = since(now, &before).into_iter().map(|r| (r.host, r.requests)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a".to_owned(), vec![("manifest_head", "ok", 3)]),
+                ("b".to_owned(), vec![("manifest_head", "ok", 1)])
+            ]
+        );
+    }
 }

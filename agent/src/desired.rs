@@ -115,6 +115,9 @@ pub struct DesiredBundle {
     pub spec: BundleSpec,
     pub manifests: Vec<Manifest>,
     pub images: Vec<ImageChoice>,
+    /// What was asked of the registries and what they said, so a later poll can ask again
+    /// without rendering (`resolve_again`, `shared::replan`).
+    pub resolved: Vec<(ImageRequest, Resolution)>,
     /// Unknown `fleet.yaml` keys, Helm hooks left out, images not resolved.
     pub warnings: Vec<String>,
 }
@@ -201,6 +204,7 @@ impl Build<'_> {
         decide::release_autoscaled_replicas(&mut manifests);
         check_unique(&manifests).map_err(|e| fail(Stage::Render, vec![e]))?;
 
+        let mut resolved = Vec::new();
         let images = match self.registries {
             None => {
                 warnings.push("images not resolved: tag policies and digest pins are not applied".into());
@@ -238,7 +242,7 @@ impl Build<'_> {
                     return Err(blocked(problems));
                 }
                 render::replace_images(&mut manifests, &map);
-                requests
+                let images = requests
                     .iter()
                     .zip(verified)
                     .map(|(r, verified)| ImageChoice {
@@ -247,10 +251,12 @@ impl Build<'_> {
                         used_by: r.used_by.clone(),
                         verified,
                     })
-                    .collect()
+                    .collect();
+                resolved = requests.into_iter().zip(resolutions).collect();
+                images
             }
         };
-        Ok(DesiredBundle { name, spec, manifests, images, warnings })
+        Ok(DesiredBundle { name, spec, manifests, images, resolved, warnings })
     }
 }
 
@@ -320,6 +326,12 @@ async fn verify_image(
         verdicts.push(verdict);
     }
     shared::cosign::judge(&req.written, digest, &req.used_by, &verdicts)
+}
+
+/// The registries asked again what a build asked them, with its requests (policies included),
+/// without rendering: the same requests a full build of the same render would make.
+pub async fn resolve_again(registries: &Registries, requests: &[ImageRequest]) -> Vec<Resolution> {
+    futures::future::join_all(requests.iter().map(|r| resolve(registries, r))).await
 }
 
 async fn resolve(registries: &Registries, req: &ImageRequest) -> Resolution {

@@ -1,6 +1,7 @@
 //! gitops-agent: adapters (sources, renderers, cluster, the daemon) and the command line.
 //! Decisions live in `shared`; this crate does the I/O around them.
 
+pub mod answer;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -23,7 +23,8 @@ pub struct Session {
     pub cluster: Option<Cluster>,
     pub caps: Capabilities,
     pub renderers: Renderers,
-    pub registries: Registries,
+    /// Shared with the daemon, which keeps it between cycles so registry tokens are reused.
+    pub registries: Arc<Registries>,
     pub node: Node,
 }
 
@@ -57,11 +58,11 @@ impl Session {
             ClusterUse::Required => Connected::Yes(Cluster::connect(&config.kube, &base).await?),
             ClusterUse::Offline(v) => Connected::Offline(v),
         };
-        Session::assemble(config, &base, git, poll, cluster, labels).await
+        Session::assemble(config, &base, git, poll, cluster, labels, None).await
     }
 
     /// A session from a poll already made and a cluster already connected (the daemon keeps
-    /// both between cycles).
+    /// both between cycles, and its registries: their Bearer tokens outlive a poll).
     pub async fn assemble(
         config: shared::config::AgentConfig,
         base: &Path,
@@ -69,6 +70,7 @@ impl Session {
         poll: Poll,
         cluster: Connected<'_>,
         labels: Option<BTreeMap<String, String>>,
+        registries: Option<Arc<Registries>>,
     ) -> anyhow::Result<Session> {
         let shown_url = git.shown_url();
         let root = config.git.path.trim_matches('/').to_owned();
@@ -98,7 +100,10 @@ impl Session {
                 l
             }
         };
-        let registries = Registries::from_config(&config.registries, base)?;
+        let registries = match registries {
+            Some(r) => r,
+            None => Arc::new(Registries::from_config(&config.registries, base)?),
+        };
         let node = Node { agent_id: config.identity.agent_id.clone(), labels };
         let renderers = Renderers::from_config(&config);
         Ok(Session { config, checkout, poll, shown_url, cluster, caps, renderers, registries, node })

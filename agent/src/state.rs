@@ -2,20 +2,27 @@
 //! and a Secret in the agent's namespace (rendered objects may hold secrets), both written on
 //! every step. On read the copy with the higher sequence number wins, so a crash between the two
 //! writes, a wiped disk or a lost Secret each still leave the newest record readable.
+//!
+//! The Secret is written with optimistic concurrency: every write carries the `resourceVersion`
+//! this store last read or wrote (a create when it saw none), so a writer that decided from an
+//! old record gets a 409 Conflict instead of overwriting a newer one. On a conflict the Secret
+//! is read again and `shared::state::after_conflict` decides: write again, done, or
+//! [`Superseded`] (the caller re-reads and decides again; no transition is lost).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use sha2::{Digest, Sha256};
 
 use shared::desired::FIELD_MANAGER;
-use shared::state::{Record, newer};
+use shared::state::{AfterConflict, Record, after_conflict, newer};
 
 /// Label on state Secrets (value: the agent identity). Not the owner label: state Secrets are
 /// never prune candidates.
@@ -30,7 +37,35 @@ pub struct StateStore {
     agent_id: String,
     namespace: String,
     secrets: Option<Api<Secret>>,
+    /// What this store last knew of each bundle's Secret (shared by its clones).
+    seen: Arc<Mutex<BTreeMap<String, Seen>>>,
 }
+
+/// One bundle's Secret as this store last knew it.
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    /// The `resourceVersion` to write over; `None`: the Secret did not exist (create it).
+    resource_version: Option<String>,
+    /// The highest `seq` read from it or tried to write to it (`after_conflict`'s `known`).
+    seq: Option<u64>,
+}
+
+/// The record was not written: another writer recorded a newer version of it since this one
+/// was read. The caller reads the record again and decides again.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the record of {bundle} moved on (version {stored} was written by another writer since this one read it); \
+     version {ours} was not written: read it again and decide again"
+)]
+pub struct Superseded {
+    pub bundle: String,
+    pub stored: u64,
+    pub ours: u64,
+}
+
+/// How many times a write is tried again over a fresh `resourceVersion` when only the object,
+/// not its record, changed in between (each try needs another writer in between to fail).
+const WRITE_ATTEMPTS: usize = 3;
 
 /// A record could not be written to one of its two places; the other one holds it.
 #[derive(Debug)]
@@ -46,6 +81,7 @@ impl StateStore {
             agent_id: agent_id.to_owned(),
             namespace: namespace.to_owned(),
             secrets: client.map(|c| Api::namespaced(c, namespace)),
+            seen: Arc::default(),
         }
     }
 
@@ -91,19 +127,67 @@ impl StateStore {
     }
 
     async fn load_secret(&self, bundle: &str) -> anyhow::Result<Option<Record>> {
-        let Some(api) = &self.secrets else { return Ok(None) };
+        match self.read_secret(bundle).await? {
+            StoredCopy::Missing => Ok(None),
+            StoredCopy::Record(r) => Ok(Some(*r)),
+            StoredCopy::Unreadable(e) => Err(e),
+        }
+    }
+
+    /// The Secret copy of `bundle`'s record. Its resourceVersion is remembered whether or not the
+    /// record in it can be read, so that a write can replace a corrupt copy (whose precondition
+    /// would otherwise fail for ever on a version never seen).
+    async fn read_secret(&self, bundle: &str) -> anyhow::Result<StoredCopy> {
+        let Some(api) = &self.secrets else { return Ok(StoredCopy::Missing) };
         let name = self.secret_name(bundle);
         let what = || format!("state Secret {}/{name}", self.namespace);
-        let Some(secret) = api.get_opt(&name).await.with_context(what)? else { return Ok(None) };
-        let Some(data) = secret.data.as_ref().and_then(|d| d.get(KEY)) else {
-            anyhow::bail!("{}: no {KEY}", what());
+        let secret = api.get_opt(&name).await.with_context(what)?;
+        let resource_version = secret.as_ref().and_then(|s| s.metadata.resource_version.clone());
+        let copy = match &secret {
+            None => StoredCopy::Missing,
+            Some(secret) => match secret.data.as_ref().and_then(|d| d.get(KEY)) {
+                None => StoredCopy::Unreadable(anyhow::anyhow!("{}: no {KEY}", what())),
+                Some(data) => match decode_secret_data(&data.0).with_context(what) {
+                    Ok(r) => StoredCopy::Record(Box::new(r)),
+                    Err(e) => StoredCopy::Unreadable(e),
+                },
+            },
         };
-        let mut json = Vec::new();
-        flate2::read::GzDecoder::new(&data.0[..]).read_to_end(&mut json).with_context(what)?;
-        Ok(Some(serde_json::from_slice(&json).with_context(what)?))
+        let mut seen = self.seen.lock().expect("seen lock");
+        let entry = seen.entry(bundle.to_owned()).or_default();
+        entry.resource_version = resource_version;
+        if let StoredCopy::Record(r) = &copy {
+            entry.seq = entry.seq.max(Some(r.seq));
+        }
+        Ok(copy)
+    }
+
+    fn seen(&self, bundle: &str) -> Option<Seen> {
+        self.seen.lock().expect("seen lock").get(bundle).cloned()
+    }
+
+    fn tried(&self, bundle: &str, seq: u64) {
+        let mut seen = self.seen.lock().expect("seen lock");
+        let entry = seen.entry(bundle.to_owned()).or_default();
+        entry.seq = entry.seq.max(Some(seq));
     }
 
     /// Every record this agent keeps (on disk or in its Secrets), newest copy of each.
+    /// The records in this node's files alone (when the Secrets cannot be read: status keeps
+    /// showing what runs instead of nothing).
+    pub fn local(&self) -> Vec<Record> {
+        let mut out: Vec<Record> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|bytes| serde_json::from_slice::<Record>(&bytes).ok())
+            .collect();
+        out.sort_by(|a, b| a.bundle.cmp(&b.bundle));
+        out
+    }
+
     pub async fn all(&self) -> anyhow::Result<Vec<Record>> {
         let mut bundles = std::collections::BTreeSet::new();
         if let Ok(dir) = std::fs::read_dir(&self.dir) {
@@ -136,10 +220,29 @@ impl StateStore {
         Ok(out)
     }
 
-    /// Writes both copies: the file first (atomically: a crash leaves the old or the new one),
-    /// then the Secret. A failed Secret write is returned, not an error: the file holds the
-    /// record, and the next save writes the Secret again.
+    /// Writes both copies: the Secret first, over the `resourceVersion` last seen, then the file
+    /// (atomically: a crash leaves the old or the new one). A Secret that could not be reached is
+    /// returned in [`Saved`], not as an error: the file holds the record, and the next save
+    /// writes the Secret again. A [`Superseded`] error means nothing was written, and the file
+    /// now holds the newer stored record.
     pub async fn save(&self, record: &Record) -> anyhow::Result<Saved> {
+        let secret_error = match &self.secrets {
+            None => None,
+            Some(api) => match self.save_secret(api, record).await {
+                Ok(()) => None,
+                Err(SecretWrite::Superseded(stored)) => {
+                    let err = Superseded { bundle: record.bundle.clone(), stored: stored.seq, ours: record.seq };
+                    self.save_file(&stored)?;
+                    return Err(err.into());
+                }
+                Err(SecretWrite::Failed(e)) => Some(e),
+            },
+        };
+        self.save_file(record)?;
+        Ok(Saved { secret_error })
+    }
+
+    fn save_file(&self, record: &Record) -> anyhow::Result<()> {
         let json = serde_json::to_vec(record)?;
         let path = self.file(&record.bundle);
         std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
@@ -150,14 +253,89 @@ impl StateStore {
         if let Ok(d) = std::fs::File::open(&self.dir) {
             let _ = d.sync_all();
         }
-        let Some(api) = &self.secrets else { return Ok(Saved { secret_error: None }) };
+        Ok(())
+    }
+
+    async fn save_secret(&self, api: &Api<Secret>, record: &Record) -> Result<(), SecretWrite> {
+        let name = self.secret_name(&record.bundle);
+        let failed = |e: &dyn std::error::Error| {
+            SecretWrite::Failed(format!("state Secret {}/{name}: {}", self.namespace, crate::source::error_chain(e)))
+        };
+        let value = self.secret_value(record).map_err(|e| failed(&*e))?;
+        if self.seen(&record.bundle).is_none() {
+            // Never read: learn the resourceVersion first, so the write has a precondition (a
+            // copy that cannot be read is replaced: the local file holds the record).
+            self.read_secret(&record.bundle).await.map_err(|e| failed(&*e))?;
+        }
+        for _ in 0..WRITE_ATTEMPTS {
+            let seen = self.seen(&record.bundle).unwrap_or_default();
+            let written = match &seen.resource_version {
+                Some(rv) => {
+                    let mut value = value.clone();
+                    value["metadata"]["resourceVersion"] = rv.clone().into();
+                    // Forced: the agent is the Secret's only manager; the precondition is what
+                    // keeps another writer's newer record.
+                    let params = PatchParams::apply(FIELD_MANAGER).force();
+                    api.patch(&name, &params, &Patch::Apply(&value)).await
+                }
+                None => {
+                    let secret: Secret = serde_json::from_value(value.clone()).map_err(|e| failed(&e))?;
+                    let params = PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..Default::default() };
+                    api.create(&params, &secret).await
+                }
+            };
+            match written {
+                Ok(s) => {
+                    let mut all = self.seen.lock().expect("seen lock");
+                    let entry = all.entry(record.bundle.clone()).or_default();
+                    entry.resource_version = s.metadata.resource_version;
+                    entry.seq = entry.seq.max(Some(record.seq));
+                    return Ok(());
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    let known = seen.seq;
+                    // A copy that cannot be read holds no transition to keep: ours replaces it.
+                    let stored = match self.read_secret(&record.bundle).await.map_err(|e| failed(&*e))? {
+                        StoredCopy::Record(r) => Some(*r),
+                        StoredCopy::Missing | StoredCopy::Unreadable(_) => None,
+                    };
+                    match after_conflict(known, record, stored.as_ref()) {
+                        AfterConflict::Write => continue,
+                        AfterConflict::AlreadyWritten => return Ok(()),
+                        AfterConflict::Superseded => {
+                            return Err(SecretWrite::Superseded(Box::new(
+                                stored.expect("superseded by a stored record"),
+                            )));
+                        }
+                    }
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 && seen.resource_version.is_some() => {
+                    // Deleted since it was read (by hand, or with its namespace's contents): read
+                    // again, which finds it missing, and create it.
+                    self.read_secret(&record.bundle).await.map_err(|e| failed(&*e))?;
+                    continue;
+                }
+                Err(e) => {
+                    // The write may have landed without its answer: it is no stranger's later.
+                    self.tried(&record.bundle, record.seq);
+                    return Err(failed(&e));
+                }
+            }
+        }
+        Err(SecretWrite::Failed(format!(
+            "state Secret {}/{name}: changed by someone else {WRITE_ATTEMPTS} times while being written",
+            self.namespace
+        )))
+    }
+
+    fn secret_value(&self, record: &Record) -> anyhow::Result<serde_json::Value> {
+        let json = serde_json::to_vec(record)?;
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(&json)?;
         let data = gz.finish()?;
-        let name = self.secret_name(&record.bundle);
         let secret = Secret {
             metadata: kube::api::ObjectMeta {
-                name: Some(name.clone()),
+                name: Some(self.secret_name(&record.bundle)),
                 namespace: Some(self.namespace.clone()),
                 labels: Some(BTreeMap::from([(STATE_LABEL.to_owned(), self.agent_id.clone())])),
                 annotations: Some(BTreeMap::from([
@@ -173,13 +351,24 @@ impl StateStore {
         let mut value = serde_json::to_value(&secret)?;
         value["apiVersion"] = "v1".into();
         value["kind"] = "Secret".into();
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        let secret_error = match api.patch(&name, &params, &Patch::Apply(&value)).await {
-            Ok(_) => None,
-            Err(e) => Some(format!("state Secret {}/{name}: {}", self.namespace, crate::source::error_chain(&e))),
-        };
-        Ok(Saved { secret_error })
+        Ok(value)
     }
+}
+
+/// What the state Secret of a bundle holds.
+enum StoredCopy {
+    Missing,
+    Record(Box<Record>),
+    /// Present, but its record cannot be decoded (truncated, edited by hand, ...).
+    Unreadable(anyhow::Error),
+}
+
+/// Why the Secret copy was not written.
+enum SecretWrite {
+    /// Another writer's newer record is stored (here).
+    Superseded(Box<Record>),
+    /// The API server did not take it (unreachable, refused): the file copy holds the record.
+    Failed(String),
 }
 
 /// A state Secret's `record.json.gz`, decoded (for tests and `agent status` readers).

@@ -102,6 +102,10 @@ pub struct GitSource {
     /// (`shared::commit_sig`, docs/verification.md).
     #[serde(default)]
     pub verify: Option<crate::commit_sig::GitVerifySpec>,
+    /// A poll that finds nothing changed skips render and plan (`shared::replan`); this often,
+    /// every bundle is rendered and planned against the cluster anyway.
+    #[serde(default = "defaults::resync_interval")]
+    pub resync_interval: HumanDuration,
 }
 
 /// An OCI registry (Harbor or any distribution-compatible one).
@@ -343,6 +347,11 @@ mod defaults {
     pub fn poll_interval() -> HumanDuration {
         HumanDuration::from_secs(60)
     }
+    /// Flux's kustomize-controller re-applies every 10 min by default; a drift watch catches
+    /// changes of our objects sooner, this catches what no watch saw.
+    pub fn resync_interval() -> HumanDuration {
+        HumanDuration::from_secs(600)
+    }
     /// Harbor's default per-project pull concurrency is unbounded; 4 keeps a store polite.
     pub fn max_concurrency() -> u32 {
         4
@@ -437,6 +446,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
 /// is an unknown webhook sender.
 const DURATIONS: &[&str] = &[
     "git.pollInterval",
+    "git.resyncInterval",
     "server.webhookEvery",
     "leaderElection.leaseDuration",
     "rollout.progressDeadline",
@@ -652,6 +662,7 @@ impl Loaded {
             format!("{:?} must stay inside the repository (no \"..\")", c.git.path)
         });
         v.duration("git.pollInterval", c.git.poll_interval, Some(Duration::from_secs(5)));
+        v.duration("git.resyncInterval", c.git.resync_interval, Some(Duration::from_secs(10)));
         if let Some(auth) = &c.git.auth {
             v.credentials("git.auth", auth);
             if c.git.url.starts_with("http://") {

@@ -27,6 +27,7 @@ pub mod redact;
 pub mod registry;
 pub mod removal;
 pub mod render;
+pub mod replan;
 pub mod rollout;
 pub mod state;
 pub mod status;

@@ -601,6 +601,32 @@ pub fn newer(a: Option<Record>, b: Option<Record>) -> Option<Record> {
     }
 }
 
+/// A write of a record was refused because the stored copy changed since this writer last saw
+/// it (409 Conflict on the `resourceVersion` precondition): what the writer does about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterConflict {
+    /// Nothing this writer has not seen was recorded (the object changed, its record did not,
+    /// or it is gone): write again over the fresh `resourceVersion`.
+    Write,
+    /// The stored record is the one being written (an earlier answer was lost): done.
+    AlreadyWritten,
+    /// Another writer recorded a transition in between: ours was decided from an old record and
+    /// is dropped; the caller re-reads and decides again, so no transition is lost.
+    Superseded,
+}
+
+/// After a conflict: `known` is the highest `seq` this writer read from or tried to write to the
+/// stored copy (`None`: it saw no stored copy), `ours` the record it wanted to write, `stored`
+/// the stored copy read again.
+pub fn after_conflict(known: Option<u64>, ours: &Record, stored: Option<&Record>) -> AfterConflict {
+    match (stored, known) {
+        (None, _) => AfterConflict::Write,
+        (Some(s), _) if s == ours => AfterConflict::AlreadyWritten,
+        (Some(s), Some(k)) if s.seq <= k => AfterConflict::Write,
+        (Some(_), _) => AfterConflict::Superseded,
+    }
+}
+
 /// What a reconcile does with a bundle whose record is idle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
@@ -1022,6 +1048,38 @@ mod tests {
         assert_eq!(newer(Some(b.clone()), Some(a.clone())).unwrap().seq, 5);
         assert_eq!(newer(None, Some(a.clone())).unwrap().seq, 3);
         assert_eq!(newer(None, None), None);
+    }
+
+    #[test]
+    fn a_write_refused_because_the_stored_record_moved_on_never_overwrites_it() {
+        let read = Record { seq: 4, ..Record::new("b") };
+        let ours = read.retry();
+        let theirs = read.pause("by hand", 9);
+        let edited_label_only = read.clone();
+        let later = Record { seq: 7, ..theirs.clone() };
+        let cases: [(&str, Option<u64>, Option<&Record>, AfterConflict); 7] = [
+            ("another writer recorded the next transition first", Some(4), Some(&theirs), AfterConflict::Superseded),
+            ("another writer went several transitions further", Some(4), Some(&later), AfterConflict::Superseded),
+            ("the stored copy appeared after this writer saw none", None, Some(&theirs), AfterConflict::Superseded),
+            ("only the object changed, not its record", Some(4), Some(&edited_label_only), AfterConflict::Write),
+            ("the stored copy was deleted in between", Some(4), None, AfterConflict::Write),
+            (
+                "our own earlier write landed though its answer was lost",
+                Some(5),
+                Some(&ours),
+                AfterConflict::AlreadyWritten,
+            ),
+            (
+                "a copy this writer tried to write earlier is no stranger's",
+                Some(5),
+                Some(&read.pause("an earlier attempt of ours", 1)),
+                AfterConflict::Write,
+            ),
+        ];
+        for (case, known, stored, want) in cases {
+            assert_eq!(after_conflict(known, &ours, stored), want, "{case}");
+        }
+        assert_eq!(theirs.seq, ours.seq, "both writers decided the same next version from one read");
     }
 
     #[test]

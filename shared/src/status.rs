@@ -90,6 +90,10 @@ pub struct CycleView {
     pub result: String,
     pub message: String,
     pub at: Time,
+    /// The last full resync of the bundle: rendered and planned against the cluster (a poll
+    /// that finds nothing changed skips both, `crate::replan`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_at: Option<Time>,
 }
 
 /// One source as the running agent last saw it. The URL carries no credentials.
@@ -491,6 +495,9 @@ pub fn explain(s: &BundleStatus, now: Time) -> String {
         for image in &c.images {
             out.push_str(&image_line(image, &c.verified));
         }
+        if let Some(at) = c.planned_at {
+            out.push_str(&format!("  last full resync (render and plan) {} ago\n", ago(now - at)));
+        }
     }
     if let Some(l) = &s.last {
         out.push_str(&format!(
@@ -770,6 +777,7 @@ next: keeps 222222222222 off until Git renders the bundle differently, or `agent
                 result: "blocked".into(),
                 message: "preflight failed: image harbor.example/library/web:1.4.0 is not in the registry".into(),
                 at: NOW - 5,
+                planned_at: Some(NOW - 65),
             },
         );
         let report = Report {
@@ -835,6 +843,7 @@ brand-new   new      -             -    rolls out at the next reconcile
                 result: "blocked".into(),
                 message: "deferred: inside deny window `0 9 * * *` for 12h (UTC); opens at 2026-09-21T21:00:00Z".into(),
                 at: NOW,
+                planned_at: None,
             },
         );
         assert_eq!(deferred.state, "deferred");
@@ -842,7 +851,8 @@ brand-new   new      -             -    rolls out at the next reconcile
         let text = explain(&report.bundles[1], NOW);
         assert!(
             text.contains(
-                "desired (Git at 555555555555, last reconcile 5s ago): blocked\n  image harbor.example/library/web:1.4.0\n"
+                "desired (Git at 555555555555, last reconcile 5s ago): blocked\n  image harbor.example/library/web:1.4.0\n  \
+                 last full resync (render and plan) 1m ago\n"
             ),
             "{text}"
         );

@@ -1,5 +1,5 @@
 //! `cargo xtask`: development tasks (test environment, test suite, demo, the agent's image, fuzzing,
-//! webhook load).
+//! webhook load, bench).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use xtask::{paths, seed, testenv};
 
+mod bench;
 mod demo;
 mod fuzz;
 mod webhook_load;
@@ -70,6 +71,14 @@ enum Cmd {
     /// A bounded burst of webhooks (10,000 in 10 s, good and bad signatures) against `agent run`
     /// on the testenv: prints `/healthz` latency, RSS and the reconciles it caused.
     WebhookLoad,
+    /// Requests per no-change poll (at the server side, against the floor), first sync time, RSS
+    /// and binary size with 50 bundles (release build); prints a table, writes
+    /// target/bench/report.json.
+    Bench {
+        /// 10 bundles and the debug build (what `cargo xtask test` runs).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -147,6 +156,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             fuzz::fuzz(&fuzz::Options { time: time.map(Duration::from_secs), runs, targets })?;
         }
         Cmd::WebhookLoad => webhook_load::webhook_load().await?,
+        Cmd::Bench { quick } => bench::bench(if quick { bench::Size::Quick } else { bench::Size::Full }).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -176,6 +186,13 @@ async fn test(extra: &[String]) -> Result<ExitCode> {
     if let Err(e) = fuzz::fuzz(&fuzz::Options { time: Some(fuzz::TEST_TIME_BOX), ..Default::default() }) {
         eprintln!("xtask test: {e:#}");
         failed.push("fuzz");
+    }
+    // Alone, once the parallel suite is done, so that the bench keeps working (its figures are
+    // not asserted; its request counts are).
+    eprintln!("xtask test: cargo xtask bench --quick");
+    if let Err(e) = bench::bench(bench::Size::Quick).await {
+        eprintln!("xtask test: {e:#}");
+        failed.push("bench --quick");
     }
     // Alone, once the parallel suite is done: it takes the real node down and up again.
     if testenv::running(&paths::run_dir()).is_some_and(|i| i.real_node.is_some()) {

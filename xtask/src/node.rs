@@ -507,6 +507,16 @@ pub(crate) async fn start(l: &Layout, info: &EnvInfo, node: &RealNode, kubelet: 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The socket answers before the CRI plugin has recovered its state (longer with more
+    // containers and images on the node), and a kubelet started then exits at once ("server is
+    // not initialized yet"): wait for the plugin's last start-up step in this start's log.
+    while !fs::read_to_string(l.log("containerd")).unwrap_or_default().contains("Start streaming server") {
+        proc::check_alive(l, "containerd")?;
+        if Instant::now() > deadline {
+            bail!("containerd's CRI plugin did not start within 30s\n{}", proc::log_tail(l, "containerd"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let listed = ctr(&node.containerd_socket, &["images", "ls", "-q"])?;
     if !listed.lines().any(|i| i.trim() == images::PAUSE_IMAGE) {
         let archive = images::pause_archive(&dir.join("images"))?;

@@ -6,8 +6,10 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::reconcile::line;
+use super::local::command;
 use super::{Output, progress, runtime, setup};
+use crate::answer::Answer;
+use crate::daemon::control::Command;
 use shared::outcome::Outcome;
 
 /// Whether `agent prune` deletes or only shows.
@@ -17,10 +19,9 @@ pub enum Confirm {
     No,
 }
 
-/// Exit code when nothing was deleted because `--confirm` was not given.
-const EXIT_NOT_CONFIRMED: u8 = 1;
-
 /// `agent prune BUNDLE [--confirm]`: exit 0 removed; 1 shown, not confirmed; 4 anything else.
+/// Confirmed, it is done by the running agent when one answers on this node (else here, holding
+/// the Lease), as `rollback` is; shown, it only reads the records.
 pub fn run(
     config: &Path,
     bundle: &str,
@@ -29,12 +30,18 @@ pub fn run(
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
     let bundle = bundle.trim_matches('/');
-    let result = runtime()?.block_on(async {
-        let s = setup(config).await?;
-        let driver = s.driver(false, &progress);
-        match confirm {
-            Confirm::Yes => driver.confirm_removal(bundle).await,
-            Confirm::No => {
+    match confirm {
+        Confirm::Yes => {
+            let asked = Command::Prune { bundle: bundle.to_owned() };
+            let done = runtime()?.block_on(command(config, asked, async |s| {
+                let driver = s.driver(false, &progress);
+                Ok(Answer::pruned(&driver.confirm_removal(bundle).await?))
+            }))?;
+            super::rollback::print(done, output, out)
+        }
+        Confirm::No => {
+            let result = runtime()?.block_on(async {
+                let s = setup(config).await?;
                 let record =
                     s.store.load(bundle).await?.ok_or_else(|| anyhow::anyhow!("no record of bundle {bundle}"))?;
                 let status = shared::status::bundle_status(&record, crate::watch::unix_now());
@@ -44,16 +51,13 @@ pub fn run(
                     status.state
                 );
                 Ok(crate::reconcile::BundleResult::new(bundle, Outcome::RemovalHeld, status.next))
+            })?;
+            let a = Answer::pruned(&result);
+            match output {
+                Output::Json => writeln!(out, "{}", a.json)?,
+                Output::Human => write!(out, "{}", a.text)?,
             }
+            Ok(ExitCode::from(a.exit))
         }
-    })?;
-    match output {
-        Output::Json => writeln!(out, "{}", serde_json::to_string(&result)?)?,
-        Output::Human => line(&result, out)?,
     }
-    Ok(match result.result {
-        Outcome::Removed => ExitCode::SUCCESS,
-        Outcome::RemovalHeld => ExitCode::from(EXIT_NOT_CONFIRMED),
-        _ => ExitCode::from(super::EXIT_CRITICAL),
-    })
 }

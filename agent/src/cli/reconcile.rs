@@ -1,5 +1,6 @@
 //! `agent reconcile --once`: one full cycle through the driver (`crate::cycle`,
-//! `crate::reconcile`), with a summary per bundle and an exit code.
+//! `crate::reconcile`), with a summary per bundle and an exit code; run by the agent on this
+//! node when one answers on its control socket, else here holding the Lease.
 //!
 //! Exit codes of `reconcile`: 0 every bundle in sync or rolled out; 1 (`--dry-run` only) something
 //! would be applied; 2 error before any bundle (config, git, cluster); 3 a bundle was blocked
@@ -12,15 +13,13 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::{EXIT_CRITICAL, Output, progress, runtime, setup};
+use super::local::{Done, command};
+use super::{Output, progress, runtime, setup};
+use crate::answer::{Answer, human};
+pub use crate::answer::{EXIT_BLOCKED, EXIT_WOULD_APPLY, exit_code};
 pub use crate::cycle::Report;
-use shared::outcome::Outcome;
-
-use crate::reconcile::BundleResult;
+use crate::daemon::control::Command;
 use crate::session::{ClusterUse, Session};
-
-pub const EXIT_WOULD_APPLY: u8 = 1;
-pub const EXIT_BLOCKED: u8 = 3;
 
 pub struct Args<'a> {
     pub config: &'a Path,
@@ -30,33 +29,31 @@ pub struct Args<'a> {
     pub output: Output,
 }
 
+/// A dry run writes nothing, so it runs here. Anything else is deferred to the agent running on
+/// this node when its control socket answers (it runs the cycle between its own and sends the
+/// report back), and otherwise runs here holding the Lease: refused while another agent holds it.
 pub fn run(args: Args<'_>, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    if !args.dry_run {
+        let asked = Command::Reconcile { bundle: args.bundle.map(str::to_owned), ignore_windows: args.ignore_windows };
+        let done = runtime()?.block_on(command(args.config, asked, async |s| {
+            let mut s = s.clone();
+            s.ignore_windows = args.ignore_windows;
+            let session = Session::open(args.config, ClusterUse::Required, None);
+            Ok(Answer::reconciled(
+                &crate::cycle::run(&s, &progress, session, args.bundle, false, shared::replan::Replan::Always).await?,
+            ))
+        }))?;
+        if let Done::ByAgent(_) = done {
+            eprintln!("deferred to the running agent on this node: it ran this cycle");
+        }
+        return super::rollback::print(done, args.output, out);
+    }
     let report = runtime()?.block_on(cycle(args.config, args.bundle, args.dry_run, args.ignore_windows))?;
     match args.output {
         Output::Json => writeln!(out, "{}", serde_json::to_string(&report)?)?,
         Output::Human => human(&report, out)?,
     }
     Ok(ExitCode::from(exit_code(&report)))
-}
-
-/// The exit code of a report (see the module documentation).
-pub fn exit_code(report: &Report) -> u8 {
-    let all = report.resumed.iter().chain(&report.bundles);
-    let results: Vec<&Outcome> = all.map(|b| &b.result).collect();
-    if results.iter().any(|r| r.is_critical()) {
-        EXIT_CRITICAL
-    } else if report.error.is_some() {
-        super::EXIT_ERROR
-    } else if results
-        .iter()
-        .any(|r| matches!(r, Outcome::Blocked | Outcome::Retrying | Outcome::RolledBack | Outcome::RemovalHeld))
-    {
-        EXIT_BLOCKED
-    } else if results.iter().any(|r| **r == Outcome::WouldApply) {
-        EXIT_WOULD_APPLY
-    } else {
-        0
-    }
 }
 
 /// One cycle, as `agent reconcile --once` runs it.
@@ -69,62 +66,5 @@ pub async fn cycle(
     let mut s = setup(config_path).await?;
     s.ignore_windows = ignore_windows;
     let session = Session::open(config_path, ClusterUse::Required, None);
-    crate::cycle::run(&s, &progress, session, only, dry_run).await
-}
-
-/// One bundle's result, as `reconcile` and `rollback` print it.
-pub(super) fn line(b: &BundleResult, out: &mut dyn Write) -> std::io::Result<()> {
-    let rev = b.revision.as_deref().map(|r| format!(" {r}")).unwrap_or_default();
-    // The outcome's one word, in capitals where it wants the operator's eye.
-    let word = match b.result.needs_attention() {
-        true => b.result.word().to_uppercase(),
-        false => b.result.word().to_owned(),
-    };
-    writeln!(out, "bundle {}{rev}: {word}", b.bundle)?;
-    if !b.message.is_empty() {
-        writeln!(out, "  {}", b.message)?;
-    }
-    for o in &b.objects {
-        writeln!(out, "  {:?} {}", o.action, o.id)?;
-    }
-    Ok(())
-}
-
-fn human(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
-    if let (Some(src), Some(commit)) = (&report.source, &report.commit) {
-        writeln!(
-            out,
-            "source {src} at {}{}",
-            &commit[..12.min(commit.len())],
-            if report.dry_run { " (dry run: nothing written)" } else { "" }
-        )?;
-    }
-    if let Some(signed) = &report.commit_signature {
-        writeln!(out, "{signed}")?;
-    }
-    for b in &report.resumed {
-        write!(out, "resumed ")?;
-        line(b, out)?;
-    }
-    for b in &report.bundles {
-        line(b, out)?;
-    }
-    if let Some(e) = &report.error {
-        writeln!(out, "error: {e}")?;
-    }
-    let count = |f: &dyn Fn(&Outcome) -> bool| report.bundles.iter().filter(|b| f(&b.result)).count();
-    writeln!(
-        out,
-        "{} bundles: {} in sync, {} rolled out, {} rolled back, {} blocked, {} retrying, {} removed, {} held, {} need \
-         a person",
-        report.bundles.len(),
-        count(&|r| matches!(r, Outcome::InSync | Outcome::Verified)),
-        count(&|r| *r == Outcome::RolledOut),
-        count(&|r| *r == Outcome::RolledBack),
-        count(&|r| *r == Outcome::Blocked),
-        count(&|r| *r == Outcome::Retrying),
-        count(&|r| *r == Outcome::Removed),
-        count(&|r| *r == Outcome::RemovalHeld),
-        count(&|r| r.is_critical()),
-    )
+    crate::cycle::run(&s, &progress, session, only, dry_run, shared::replan::Replan::Always).await
 }

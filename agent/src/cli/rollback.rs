@@ -1,13 +1,15 @@
 //! `agent rollback BUNDLE [--to REVISION]`: one hand-made step through the driver, from the
-//! records alone; exit 0 rolled back, 4 anything else (a person is needed).
+//! records alone, done by the running agent when one answers on this node (else here, holding
+//! the Lease); exit 0 rolled back, 4 anything else (a person is needed).
 
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::reconcile::line;
-use super::{EXIT_CRITICAL, Output, progress, runtime, setup};
-use shared::outcome::Outcome;
+use super::local::{Done, command};
+use super::{Output, progress, runtime};
+use crate::answer::Answer;
+use crate::daemon::control::Command;
 
 /// `agent rollback BUNDLE [--to REVISION]`: from the records alone (no git, no registry).
 pub fn run(
@@ -17,17 +19,21 @@ pub fn run(
     output: Output,
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
-    let result = runtime()?.block_on(async {
-        let s = setup(config).await?;
+    let bundle = bundle.trim_matches('/');
+    let asked = Command::Rollback { bundle: bundle.to_owned(), to: to.map(str::to_owned) };
+    let done = runtime()?.block_on(command(config, asked, async |s| {
         let driver = s.driver(false, &progress);
-        driver.rollback(bundle.trim_matches('/'), to, s.defaults.clone()).await
-    })?;
+        Ok(Answer::rolled_back(&driver.rollback(bundle, to, s.defaults.clone()).await?))
+    }))?;
+    print(done, output, out)
+}
+
+/// A command's answer, whoever did it, and its exit code.
+pub(super) fn print(done: Done, output: Output, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let (Done::ByAgent(a) | Done::Here(a)) = done;
     match output {
-        Output::Json => writeln!(out, "{}", serde_json::to_string(&result)?)?,
-        Output::Human => line(&result, out)?,
+        Output::Json => writeln!(out, "{}", a.json)?,
+        Output::Human => write!(out, "{}", a.text)?,
     }
-    Ok(match result.result {
-        Outcome::RolledBack => ExitCode::SUCCESS,
-        _ => ExitCode::from(EXIT_CRITICAL),
-    })
+    Ok(ExitCode::from(a.exit))
 }

@@ -4,10 +4,17 @@
 //! readiness, metrics, status and webhooks beside it. Replicas with one identity elect a leader
 //! with a Lease; a standby polls its sources (so it is ready) but applies nothing.
 //!
+//! The command line's state-changing commands reach the worker over the control socket
+//! (`control`, `stateDir/agent.sock`); the worker performs each between cycles, as the Lease
+//! holder, and answers with the result. A rollback asked during a rollout waits for that rollout
+//! to end (verified or rolled back): stopping it half-way would leave old and new pods mixed and
+//! a record mid-step, while a finished one is a clean point to roll back from.
+//!
 //! Shutdown (SIGTERM, SIGINT): no new cycle starts; the cycle in flight gets `SHUTDOWN_GRACE` to
 //! finish. Past that it is dropped: every step was persisted before it began, so the next start
 //! (or the new leader) finishes or rolls back from the records.
 
+pub mod control;
 mod drift;
 pub mod metrics;
 mod notify;
@@ -32,6 +39,7 @@ use crate::cluster::Cluster;
 use crate::cycle::{Report, Setup};
 use crate::session::{Connected, Session};
 use crate::source::git::{GitOptions, GitSource};
+use crate::source::registry::Registries;
 use crate::source::secret::{Secret, SecretSource};
 use crate::state::StateStore;
 use crate::watch::unix_now;
@@ -139,6 +147,8 @@ async fn serve(config: AgentConfig, base: PathBuf) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("server.listen: cannot listen on {}", config.server.listen))?;
     let addr = listener.local_addr()?;
+    let socket = control::socket_path(&base, &config.state_dir);
+    let control_listener = control::bind(&socket).await?;
     let git = Arc::new(GitSource::new(GitOptions::from_config(&config, &base))?);
     let webhooks = config
         .server
@@ -179,11 +189,17 @@ async fn serve(config: AgentConfig, base: PathBuf) -> anyhow::Result<()> {
     });
     info!(listen = %addr, agent_id = %d.agent.agent_id, holder = %d.agent.holder, "agent started");
     let server = tokio::spawn(server::serve(d.clone(), listener, stop.clone()));
+    // Commands wait here until the worker takes them, between cycles.
+    let (command_tx, commands) = mpsc::channel(16);
+    let control = tokio::spawn(control::serve(control_listener, socket, command_tx, stop.clone()));
     tokio::spawn(notify::run(d.clone(), stop.clone()));
 
     let Some(cluster) = connect(&d, stop.clone()).await else {
         info!("stopped before the API server was reached");
+        // Commands still waiting are answered "stopping" once their channel is gone.
+        drop(commands);
         let _ = server.await;
+        let _ = control.await;
         return Ok(());
     };
     *d.store.write().expect("store lock") = StateStore::new(
@@ -196,9 +212,10 @@ async fn serve(config: AgentConfig, base: PathBuf) -> anyhow::Result<()> {
     // Keep the sender alive as long as the worker runs: a dropped sender would wake
     // `changed()` in a loop.
     let (leader, _lease_guard) = elect(&d, &cluster).await;
-    worker(d.clone(), rx, stop, leader, setup, git).await;
+    worker(d.clone(), rx, commands, stop, leader, setup, Sources { git, registries: Mutex::new(None) }).await;
     info!("stopped");
     let _ = server.await;
+    let _ = control.await;
     Ok(())
 }
 
@@ -234,6 +251,11 @@ async fn connect(d: &Daemon, mut stop: watch::Receiver<bool>) -> Option<Cluster>
     }
 }
 
+/// The Lease the replicas of one agent identity (and its command line, acting alone) hold.
+pub fn lease_name(agent_id: &str) -> String {
+    format!("gitops-agent-{agent_id}")
+}
+
 /// Leadership as a watch channel: the Lease when election is on, always `true` when off.
 /// The second value keeps the channel's sender (or the Lease task) alive.
 async fn elect(d: &Arc<Daemon>, cluster: &Cluster) -> (watch::Receiver<bool>, Box<dyn std::any::Any + Send>) {
@@ -243,7 +265,7 @@ async fn elect(d: &Arc<Daemon>, cluster: &Cluster) -> (watch::Receiver<bool>, Bo
         return (rx, Box::new(tx));
     }
     let secs = d.config.leader_election.lease_duration.get().as_secs().max(5);
-    let lease_name = format!("gitops-agent-{}", d.config.identity.agent_id);
+    let lease_name = lease_name(&d.config.identity.agent_id);
     let mut delay = Duration::from_secs(1);
     loop {
         let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(cluster.client().clone());
@@ -281,13 +303,34 @@ async fn elect(d: &Arc<Daemon>, cluster: &Cluster) -> (watch::Receiver<bool>, Bo
     }
 }
 
+/// The sources the daemon keeps between cycles: the git cache and the registries, so a Bearer
+/// token fetched in one poll serves the next ones until its reuse window ends
+/// (`shared::registry::token_reuse_window`).
+struct Sources {
+    git: Arc<GitSource>,
+    /// Set up at the first cycle that can (a CA file may appear after the start); until then
+    /// each cycle tries again and reports why it cannot.
+    registries: Mutex<Option<Arc<Registries>>>,
+}
+
+impl Sources {
+    fn registries(&self, d: &Daemon) -> Option<Arc<Registries>> {
+        let mut kept = self.registries.lock().expect("registries lock");
+        if kept.is_none() {
+            *kept = Registries::from_config(&d.config.registries, &d.base).ok().map(Arc::new);
+        }
+        kept.clone()
+    }
+}
+
 async fn worker(
     d: Arc<Daemon>,
     mut rx: mpsc::UnboundedReceiver<Trigger>,
+    mut commands: mpsc::Receiver<control::Request>,
     mut stop: watch::Receiver<bool>,
     mut leader: watch::Receiver<bool>,
     setup: Setup,
-    git: Arc<GitSource>,
+    sources: Sources,
 ) {
     let mut queue = Queue::new(DEBOUNCE, MAX_DELAY);
     let watches = drift::Watches::default();
@@ -301,6 +344,8 @@ async fn worker(
     loop {
         let soonest = deferred.values().min().map_or(next_poll, |t| (*t).min(next_poll));
         let wake = queue.next_due().map_or(soonest, |due| due.min(soonest));
+        // `reconcile --once` through the socket: its cycle, and where its report goes.
+        let mut asked = None;
         tokio::select! {
             _ = stop.changed() => return,
             Some(t) = rx.recv() => {
@@ -314,6 +359,42 @@ async fn worker(
                     queue.push(Trigger { target: Target::All, cause: Cause::Cli { what: "became leader".into() } }, Instant::now());
                 }
                 continue;
+            }
+            Some(request) = commands.recv() => {
+                let control::Request { command, reply } = request;
+                if !leading {
+                    let _ = reply.send(Err(STANDBY.to_owned()));
+                    continue;
+                }
+                match command {
+                    control::Command::Reconcile { bundle, ignore_windows } => {
+                        asked = Some((bundle, ignore_windows, reply));
+                    }
+                    command => {
+                        info!(?command, "a command from the control socket");
+                        let resume = match &command {
+                            control::Command::Resume { bundle } => Some(bundle.clone()),
+                            _ => None,
+                        };
+                        let work = by_hand(&setup, command);
+                        let ran = while_leading(work, true, &mut rx, &mut queue, &mut stop, &mut leader).await;
+                        let answer = match ran {
+                            Ran::Done(a) => a,
+                            Ran::LostLease => {
+                                leading = false;
+                                note_leadership(&d, false);
+                                Err(LOST_LEASE.to_owned())
+                            }
+                            Ran::Stopped => return,
+                        };
+                        if let (Some(bundle), Ok(_)) = (resume, &answer) {
+                            let cause = Cause::Cli { what: "agent resume".into() };
+                            queue.push(Trigger { target: Target::Bundle(bundle), cause }, Instant::now());
+                        }
+                        let _ = reply.send(answer);
+                        continue;
+                    }
+                }
             }
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
@@ -329,36 +410,41 @@ async fn worker(
             }
             !due
         });
-        let Some((target, causes)) = queue.pop_due(now) else { continue };
-        let cycle = cycle(&d, &setup, &git, target, causes, leading);
-        tokio::pin!(cycle);
-        let git_ok = loop {
-            tokio::select! {
-                (ok, retries) = &mut cycle => {
-                    let (wall, mono) = (unix_now(), Instant::now());
-                    for (bundle, at) in retries {
-                        let after = Duration::from_secs(u64::try_from(at - wall).unwrap_or(0));
-                        deferred.insert(bundle, mono + after);
-                    }
-                    break Some(ok);
-                }
-                Some(t) = rx.recv() => queue.push(t, Instant::now()),
-                _ = stop.changed() => {
-                    info!("letting the reconcile in flight finish (up to {}s)", SHUTDOWN_GRACE.as_secs());
-                    if tokio::time::timeout(SHUTDOWN_GRACE, &mut cycle).await.is_err() {
-                        warn!("the reconcile in flight was stopped; its record says where the next start resumes");
-                    }
-                    return;
-                }
-                Ok(()) = leader.changed(), if leading => {
-                    if !*leader.borrow_and_update() {
-                        leading = false;
-                        note_leadership(&d, false);
-                        warn!("lost the Lease during a reconcile: stopped it; the new leader resumes from the records");
-                        break None;
-                    }
-                }
+        let (target, causes, once, reply) = match asked {
+            Some((bundle, ignore_windows, reply)) => {
+                let target = bundle.map_or(Target::All, |b| Target::Bundle(b.trim_matches('/').to_owned()));
+                let mut once = setup.clone();
+                once.ignore_windows = ignore_windows;
+                (target, vec![Cause::Cli { what: "agent reconcile --once".into() }], Some(once), Some(reply))
             }
+            None => {
+                let Some((target, causes)) = queue.pop_due(now) else { continue };
+                (target, causes, None, None)
+            }
+        };
+        let cycle = cycle(&d, once.as_ref().unwrap_or(&setup), &sources, target, causes, leading);
+        let git_ok = match while_leading(cycle, leading, &mut rx, &mut queue, &mut stop, &mut leader).await {
+            Ran::Done((ok, retries, report)) => {
+                let (wall, mono) = (unix_now(), Instant::now());
+                for (bundle, at) in retries {
+                    let after = Duration::from_secs(u64::try_from(at - wall).unwrap_or(0));
+                    deferred.insert(bundle, mono + after);
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(report.map(|r| crate::answer::Answer::reconciled(&r)));
+                }
+                Some(ok)
+            }
+            Ran::LostLease => {
+                leading = false;
+                note_leadership(&d, false);
+                warn!("lost the Lease during a reconcile: stopped it; the new leader resumes from the records");
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(LOST_LEASE.to_owned()));
+                }
+                None
+            }
+            Ran::Stopped => return,
         };
         if leading {
             let store = d.store.read().expect("store lock").clone();
@@ -376,6 +462,72 @@ async fn worker(
         let delay = shared::trigger::poll_delay(interval, failures, rand::random::<f64>());
         next_poll = Instant::now() + delay;
     }
+}
+
+/// What a command learns when the Lease was lost while it ran.
+const LOST_LEASE: &str = "lost the Lease while doing it: stopped; the new leader finishes it from the records";
+
+/// What a standby answers a command.
+const STANDBY: &str = "this agent is a standby: another replica holds the Lease; run the command where the leader runs";
+
+/// How work run as the Lease holder ended.
+enum Ran<T> {
+    Done(T),
+    /// The Lease was lost: the work was dropped (the new leader finishes it from the records).
+    LostLease,
+    /// Shutdown: the work got `SHUTDOWN_GRACE` to finish first.
+    Stopped,
+}
+
+/// Runs `work`, queueing triggers that arrive meanwhile; stopped when the Lease is lost (if
+/// `leading`: a standby's git poll leaves a change of leadership to the worker's loop).
+async fn while_leading<T>(
+    work: impl std::future::Future<Output = T>,
+    leading: bool,
+    rx: &mut mpsc::UnboundedReceiver<Trigger>,
+    queue: &mut Queue,
+    stop: &mut watch::Receiver<bool>,
+    leader: &mut watch::Receiver<bool>,
+) -> Ran<T> {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return Ran::Done(out),
+            Some(t) = rx.recv() => queue.push(t, Instant::now()),
+            _ = stop.changed() => {
+                info!("letting the reconcile in flight finish (up to {}s)", SHUTDOWN_GRACE.as_secs());
+                if tokio::time::timeout(SHUTDOWN_GRACE, &mut work).await.is_err() {
+                    warn!("the reconcile in flight was stopped; its record says where the next start resumes");
+                }
+                return Ran::Stopped;
+            }
+            Ok(()) = leader.changed(), if leading => {
+                if !*leader.borrow_and_update() {
+                    return Ran::LostLease;
+                }
+            }
+        }
+    }
+}
+
+/// A state-changing command from the control socket, done through the driver.
+async fn by_hand(setup: &Setup, command: control::Command) -> Result<crate::answer::Answer, String> {
+    use crate::answer::Answer;
+    use control::Command;
+    let driver = setup.driver(false, &progress);
+    let done = match command {
+        Command::Rollback { bundle, to } => {
+            driver.rollback(&bundle, to.as_deref(), setup.defaults.clone()).await.map(|r| Answer::rolled_back(&r))
+        }
+        Command::Retry { bundle } => driver.retry(&bundle).await.map(Answer::said),
+        Command::Pause { bundle, reason } => driver.pause(&bundle, Some(&reason)).await.map(Answer::said),
+        Command::Resume { bundle } => {
+            driver.pause(&bundle, None).await.map(|s| Answer::said(format!("{s}; the running agent reconciles it now")))
+        }
+        Command::Prune { bundle } => driver.confirm_removal(&bundle).await.map(|r| Answer::pruned(&r)),
+        Command::Reconcile { .. } => unreachable!("the worker runs a reconcile as a cycle"),
+    };
+    done.map_err(|e| format!("{e:#}"))
 }
 
 fn note_leadership(d: &Daemon, leading: bool) {
@@ -422,16 +574,16 @@ fn progress(bundle: &str, line: &str) {
     }
 }
 
-/// One reconcile: polls git, then (as leader) the cycle. Returns whether git answered, and the
-/// deferred bundles with when to look at them again.
+/// One reconcile: polls git, then (as leader) the cycle. Returns whether git answered, the
+/// deferred bundles with when to look at them again, and the cycle's report.
 async fn cycle(
     d: &Daemon,
     setup: &Setup,
-    git: &Arc<GitSource>,
+    sources: &Sources,
     target: Target,
     causes: Vec<Cause>,
     leading: bool,
-) -> (bool, Vec<(String, shared::k8s::Time)>) {
+) -> (bool, Vec<(String, shared::k8s::Time)>, Result<Report, String>) {
     let trace = causes.iter().find_map(|c| match c {
         Cause::Webhook { trace: Some(t), .. } => Some(t.clone()),
         _ => None,
@@ -447,6 +599,7 @@ async fn cycle(
         trace_id = trace.as_ref().map(|t| t.trace_id.as_str()),
         parent_id = trace.as_ref().map(|t| t.parent_id.as_str()),
     );
+    let git = &sources.git;
     async move {
         let started = Instant::now();
         let before = git.counters.snapshot();
@@ -472,28 +625,32 @@ async fn cycle(
             s.observe(polled.as_ref().map(|p| Some(p.commit.id.as_str())).map_err(String::as_str), now);
         }
         if !leading {
-            return (git_ok, Vec::new());
+            return (git_ok, Vec::new(), Err(STANDBY.to_owned()));
         }
         let session = async {
             let poll = polled.map_err(anyhow::Error::msg)?;
-            Session::assemble(d.config.clone(), &d.base, git.clone(), poll, Connected::Yes(setup.cluster.clone()), None)
-                .await
+            let cluster = Connected::Yes(setup.cluster.clone());
+            let registries = sources.registries(d);
+            Session::assemble(d.config.clone(), &d.base, git.clone(), poll, cluster, None, registries).await
         };
         info!("reconcile started");
-        let report = crate::cycle::run(setup, &progress, session, only.as_deref(), false).await;
+        let replan = shared::replan::Replan::for_causes(&causes);
+        let report = crate::cycle::run(setup, &progress, session, only.as_deref(), false, replan).await;
         d.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
         let mut retries = Vec::new();
-        match report {
+        let report = match report {
             Ok(report) => {
                 record(d, &report, now);
                 retries = report.bundles.iter().filter_map(|b| Some((b.bundle.clone(), b.retry_at?))).collect();
+                Ok(report)
             }
             Err(e) => {
                 error!(error = %format!("{e:#}"), "reconcile failed before the bundles");
                 d.view.lock().expect("view lock").api = Err(format!("{e:#}"));
+                Err(format!("{e:#}"))
             }
-        }
-        (git_ok, retries)
+        };
+        (git_ok, retries, report)
     }
     .instrument(span)
     .await
@@ -541,6 +698,7 @@ fn record(d: &Daemon, report: &Report, now: shared::k8s::Time) {
                     result: b.result.word().to_owned(),
                     message: b.message.clone(),
                     at: now,
+                    planned_at: report.planned_at.get(&b.bundle).copied(),
                 },
             );
         }

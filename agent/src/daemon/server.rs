@@ -1,18 +1,18 @@
 //! The daemon's HTTP listener: `/healthz`, `/readyz`, `/metrics`, `/status`, the webhook
-//! receivers `/webhooks/<sender>`, and `/reconcile` for the local command line.
+//! receivers `/webhooks/<sender>`. Nothing here changes state: the command line's commands go
+//! over the control socket (`control`), since a peer address is no identity.
 //!
 //! A webhook is authenticated over the raw body before anything is parsed, then rate-limited per
 //! sender, and only ever triggers a re-read of the sources: tags and digests in a payload are
 //! never used, so a forged or replayed payload can at most cause one more poll.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -37,15 +37,12 @@ pub async fn serve(d: Arc<Daemon>, listener: tokio::net::TcpListener, mut stop: 
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/webhooks/{sender}", post(webhook))
-        .route("/reconcile", post(reconcile))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(d);
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     if let Err(e) = served {
         warn!(error = %e, "the HTTP server stopped");
     }
@@ -67,7 +64,7 @@ pub async fn report(d: &Daemon) -> Report {
     let store = d.store.read().expect("store lock").clone();
     let (records, warning) = match store.all().await {
         Ok(r) => (r, None),
-        Err(e) => (Vec::new(), Some(format!("reading the records: {e:#}"))),
+        Err(e) => (store.local(), Some(format!("reading the records: {e:#}; shown from this node's copies"))),
     };
     let now = unix_now();
     let view = d.view.lock().expect("view lock");
@@ -91,7 +88,11 @@ pub async fn report(d: &Daemon) -> Report {
     agent.leader = view.leader;
     let mut sources: Vec<_> = view.git.iter().cloned().collect();
     sources.extend(view.registries.values().cloned());
-    let warning = warning.or_else(|| view.api.as_ref().err().map(|e| format!("API server: {e}")));
+    let api = view.api.as_ref().err().map(|e| format!("API server: {e}"));
+    let warning = match (warning, api) {
+        (Some(w), Some(a)) => Some(format!("{a}; {w}")),
+        (w, a) => w.or(a),
+    };
     Report { agent: Some(agent), sources, bundles, warning }
 }
 
@@ -215,25 +216,4 @@ async fn webhook(
         .send(Trigger { target: Target::All, cause: Cause::Webhook { sender: sender_name.to_owned(), trace } });
     d.metrics.count_webhook(sender_name, "triggered");
     answer(StatusCode::ACCEPTED, "reconcile triggered: the sources are re-read")
-}
-
-#[derive(Deserialize)]
-struct ReconcileQuery {
-    bundle: Option<String>,
-    why: Option<String>,
-}
-
-/// A reconcile asked for by the command line on this node (`agent resume`). Loopback only.
-async fn reconcile(
-    State(d): State<Arc<Daemon>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(q): Query<ReconcileQuery>,
-) -> Response {
-    if !peer.ip().is_loopback() {
-        return answer(StatusCode::FORBIDDEN, "only the command line on this node may ask for a reconcile");
-    }
-    let target = q.bundle.map_or(Target::All, |b| Target::Bundle(b.trim_matches('/').to_owned()));
-    let what = q.why.unwrap_or_else(|| "agent command line".into());
-    let _ = d.triggers.send(Trigger { target, cause: Cause::Cli { what } });
-    answer(StatusCode::ACCEPTED, "reconcile triggered")
 }

@@ -1,5 +1,5 @@
-//! By hand: `agent rollback` (back to the last-known-good or an earlier revision) and
-//! `agent retry` (lift a quarantine).
+//! By hand: `agent rollback` (back to the last-known-good or an earlier revision),
+//! `agent retry` (lift a quarantine), `agent pause` and `agent resume`.
 
 use shared::rollout::Limits;
 
@@ -26,5 +26,34 @@ impl Driver<'_> {
         };
         self.save(&record.retry()).await?;
         Ok(format!("lifted the quarantine of {} ({}); the next reconcile tries it again", q.revision.short(), q.reason))
+    }
+
+    /// `agent pause BUNDLE` (with a reason) and `agent resume BUNDLE` (without): a new version of
+    /// the record; what to tell the operator.
+    pub async fn pause(&self, bundle: &str, reason: Option<&str>) -> anyhow::Result<String> {
+        let record = self.store.load(bundle).await?;
+        let known = record.is_some();
+        let record = record.unwrap_or_else(|| shared::state::Record::new(bundle));
+        let mut said = String::new();
+        if record.phase != shared::state::Phase::Idle && reason.is_some() {
+            said = format!(
+                "note: {bundle} is {} now; that finishes first (stopping half-way is never safer)\n",
+                record.phase.name()
+            );
+        }
+        let next = match reason {
+            Some(r) => record.pause(r, unix_now()),
+            None if record.paused.is_none() => anyhow::bail!("{bundle} is not paused"),
+            None => record.resume(),
+        };
+        self.save(&next).await?;
+        said.push_str(&match reason {
+            Some(_) if known => format!("paused {bundle}: no rollout starts until `agent resume {bundle}`"),
+            Some(_) => {
+                format!("paused {bundle} before its first rollout: nothing starts until `agent resume {bundle}`")
+            }
+            None => format!("resumed {bundle}"),
+        });
+        Ok(said)
     }
 }

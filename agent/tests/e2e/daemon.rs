@@ -30,7 +30,12 @@ pub(crate) struct Daemon {
 
 impl Daemon {
     pub(crate) fn start(config: &Path, log: PathBuf, port: u16, env: &[(&str, &str)]) -> Daemon {
-        let child = Command::new(env!("CARGO_BIN_EXE_agent"))
+        Daemon::start_binary(Path::new(env!("CARGO_BIN_EXE_agent")), config, log, port, env)
+    }
+
+    /// `agent run` of another build of the agent (the bench's release build).
+    pub(crate) fn start_binary(bin: &Path, config: &Path, log: PathBuf, port: u16, env: &[(&str, &str)]) -> Daemon {
+        let child = Command::new(bin)
             .args(["run", "-c", config.to_str().unwrap()])
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -456,11 +461,18 @@ async fn webhooks_trigger_applies_with_polling_set_to_an_hour_and_nothing_leaks(
 }
 
 /// A copy of the app's config listening on another free port (a second replica).
+/// A second replica of `app`'s agent: same identity, its own port and state folder (as a second
+/// pod has; one state folder serves one agent, whose control socket is in it).
 fn replica(app: &App, port: u16) -> (PathBuf, u16) {
     let other = crate::util::free_port_block(1);
     let text = std::fs::read_to_string(&app.config).unwrap();
     let path = app.config.with_file_name("agent-b.yaml");
-    std::fs::write(&path, text.replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{other}"))).unwrap();
+    let state = format!("stateDir: {}\n", app.state_dir.display());
+    assert!(text.contains(&state), "{text}");
+    let text = text
+        .replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{other}"))
+        .replace(&state, &format!("stateDir: {}-b\n", app.state_dir.display()));
+    std::fs::write(&path, text).unwrap();
     (path, other)
 }
 

@@ -5,15 +5,19 @@
 // Helpers outside #[test] functions unwrap too: in a test, a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
+mod bench;
 mod cli;
 mod daemon;
 mod desired_state;
 mod drain;
+mod fault_matrix;
 mod faults;
 mod git_source;
 mod hostile;
 mod install;
+mod no_change;
 mod real_node;
+mod records;
 mod registry_source;
 mod removal;
 mod rollout;
