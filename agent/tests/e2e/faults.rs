@@ -34,7 +34,9 @@ async fn wait_retrying(d: &Daemon, because: &str) -> Value {
     wait_for(&format!("web retrying: {because}"), Duration::from_secs(120), || async {
         let b = web(d).await;
         let next = b["next"].as_str().unwrap_or_default();
-        match b["state"] == "retrying" && next.contains(because) {
+        // The record says retrying as soon as it is saved; the cycle's own line (`desired`)
+        // follows when the cycle ends: wait for both.
+        match b["state"] == "retrying" && next.contains(because) && b["desired"]["result"] == "retrying" {
             true => Ok(b),
             false => Err(format!("{b:#}\nlog: {}", tail(&d.logs()))),
         }

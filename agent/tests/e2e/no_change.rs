@@ -162,8 +162,15 @@ async fn a_no_change_poll_renders_nothing_and_plans_nothing_and_a_forced_one_doe
 
     // The command line forces a full plan: the same counters move, so they can.
     settled_cycles(&d).await;
-    let answer = reqwest::Client::new().post(format!("http://127.0.0.1:{port}/reconcile")).send().await.unwrap();
-    assert_eq!(answer.status().as_u16(), 202);
+    // `agent reconcile --once` beside the running agent: sent over its control socket.
+    let config = app.config.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        crate::rollout::agent(&["reconcile", "--once", "-c", config.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    let said = crate::rollout::text(&out);
+    assert!(said.contains("deferred to the running agent"), "{said}");
     wait_for("a forced render", Duration::from_secs(60), || async {
         if helm_runs() > renders { Ok(()) } else { Err(tail(&d.logs())) }
     })
