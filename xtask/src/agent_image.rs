@@ -4,7 +4,10 @@
 //! nonroot user 65532; no shell, no package manager. Reproducible: every timestamp is the
 //! commit's (`SOURCE_DATE_EPOCH`), tar entries are sorted with fixed owner and mtime, gzip writes
 //! no name or time, JSON keys are sorted; the same commit gives the same digest. `--verify`
-//! builds twice and checks digests, the layer's files and the config.
+//! builds twice and checks digests, the layer's files and the config. `--platform linux/arm64`
+//! cross-builds the same image for arm64 (Debian's `aarch64-linux-gnu-gcc` as C compiler and
+//! linker, Rust's self-contained musl CRT; helm and kustomize with `GOARCH=arm64`); `--platform
+//! all` builds both and an OCI image index over them.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -29,9 +32,128 @@ const SHELLS: &[&str] = &["bin/sh", "bin/bash", "bin/ash", "bin/dash", "bin/busy
 /// Package managers an image without one must not hold.
 const PACKAGE_MANAGERS: &[&str] = &["usr/bin/apt", "usr/bin/apt-get", "usr/bin/dpkg", "sbin/apk", "usr/bin/rpm"];
 
+/// The OCI image index's media type (one manifest per platform).
+pub const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+/// An image manifest's media type.
+pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+/// The Debian packages that cross-compile and link for arm64, with what proves each there: the
+/// compiler, and the C headers `ring` includes (only a Recommends of the compiler).
+const ARM64_GCC: &[(&str, &str)] = &[
+    ("gcc-aarch64-linux-gnu", "aarch64-linux-gnu-gcc"),
+    ("libc6-dev-arm64-cross", "/usr/aarch64-linux-gnu/include/stdint.h"),
+];
+
+/// A platform the image is built for (always `linux`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    /// The Rust target of the agent (static musl).
+    pub fn rust_target(self) -> &'static str {
+        match self {
+            Arch::Amd64 => MUSL_TARGET,
+            Arch::Arm64 => "aarch64-unknown-linux-musl",
+        }
+    }
+
+    /// The OCI (and Go) architecture name.
+    pub fn oci(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// The OCI variant (`v8` for arm64, as the registries' multi-platform images say).
+    pub fn variant(self) -> Option<&'static str> {
+        match self {
+            Arch::Amd64 => None,
+            Arch::Arm64 => Some("v8"),
+        }
+    }
+
+    /// The ELF header's `e_machine` for this architecture (EM_X86_64, EM_AARCH64).
+    pub fn elf_machine(self) -> u16 {
+        match self {
+            Arch::Amd64 => 62,
+            Arch::Arm64 => 183,
+        }
+    }
+
+    /// `linux/amd64`, as `--platform` spells it.
+    pub fn platform(self) -> String {
+        format!("linux/{}", self.oci())
+    }
+}
+
+/// The platforms `--platform` names: none or `linux/amd64` is amd64 alone (the image as it
+/// always was), `linux/arm64` arm64 alone, `all` both (and an image index).
+pub fn platforms(arg: Option<&str>) -> Result<Vec<Arch>> {
+    match arg {
+        None | Some("linux/amd64") => Ok(vec![Arch::Amd64]),
+        Some("linux/arm64") => Ok(vec![Arch::Arm64]),
+        Some("all") => Ok(vec![Arch::Amd64, Arch::Arm64]),
+        Some(other) => bail!("--platform {other:?}: want linux/amd64, linux/arm64 or all"),
+    }
+}
+
+/// What is wrong with `bytes` (the start of a file, at least its program headers) as a static
+/// 64-bit little-endian ELF executable for `arch`: not ELF, another class or byte order, another
+/// machine, or a program interpreter (`PT_INTERP`: dynamically linked). Empty when all is well.
+/// A static-pie binary (Rust's musl default) has `PT_DYNAMIC` for its own relocations but no
+/// interpreter, so the interpreter is what tells.
+pub fn elf_problems(bytes: &[u8], arch: Arch) -> Vec<String> {
+    let mut p = Vec::new();
+    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" {
+        p.push("not an ELF file".to_owned());
+        return p;
+    }
+    if bytes[4] != 2 || bytes[5] != 1 {
+        p.push(format!("not 64-bit little-endian ELF (class {}, data {})", bytes[4], bytes[5]));
+        return p;
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]);
+    let machine = u16_at(18);
+    if machine != arch.elf_machine() {
+        p.push(format!("e_machine is {machine} (want {} for {})", arch.elf_machine(), arch.platform()));
+    }
+    let phoff = u64::from_le_bytes(bytes[32..40].try_into().expect("eight bytes")) as usize;
+    let (phentsize, phnum) = (u16_at(54) as usize, u16_at(56) as usize);
+    for i in 0..phnum {
+        let at = phoff + i * phentsize;
+        let Some(head) = bytes.get(at..at + 4) else {
+            p.push(format!("program header {i} lies past the bytes read"));
+            break;
+        };
+        if u32::from_le_bytes(head.try_into().expect("four bytes")) == 3 {
+            p.push("dynamically linked (it has a program interpreter, PT_INTERP)".to_owned());
+        }
+    }
+    p
+}
+
+/// [`elf_problems`] of the file at `path`, reading only its header and program headers.
+pub fn check_elf(path: &Path, arch: Arch) -> Result<()> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    fs::File::open(path)
+        .and_then(|f| f.take(64 * 1024).read_to_end(&mut head))
+        .with_context(|| format!("reading {}", path.display()))?;
+    let found = elf_problems(&head, arch);
+    if !found.is_empty() {
+        bail!("{} is not a static {} executable: {}", path.display(), arch.platform(), found.join("; "));
+    }
+    Ok(())
+}
+
 /// The inputs of one image: what goes in and the commit facts its labels carry.
 #[derive(Debug, Clone)]
 pub struct Inputs {
+    /// The platform the binaries are built for.
+    pub arch: Arch,
     pub agent: PathBuf,
     pub helm: PathBuf,
     pub kustomize: PathBuf,
@@ -89,36 +211,85 @@ pub fn commit_facts(source: Option<&str>) -> Result<(u64, String, String)> {
 /// Builds the agent for the image: static musl, profile `release-image`, with workspace and cargo
 /// home paths remapped so the binary does not depend on where the checkout is.
 pub fn build_agent() -> Result<PathBuf> {
-    images::ensure_musl_target()?;
+    build_agent_for(Arch::Amd64)
+}
+
+/// [`build_agent`] for `arch`. arm64 is cross-built: the Rust target added and Debian's
+/// `aarch64-linux-gnu-gcc` installed on first use, and set as the C compiler (`ring`) and linker
+/// for this cargo invocation only; the musl target brings its own libc and start files.
+pub fn build_agent_for(arch: Arch) -> Result<PathBuf> {
+    let target = arch.rust_target();
+    let mut cross: Vec<(String, &str)> = Vec::new();
+    match arch {
+        Arch::Amd64 => images::ensure_musl_target()?,
+        Arch::Arm64 => {
+            ensure_rust_target(target)?;
+            tools::ensure_packages(ARM64_GCC)?;
+            let env_target = target.replace('-', "_");
+            cross.push((format!("CARGO_TARGET_{}_LINKER", env_target.to_uppercase()), ARM64_GCC[0].1));
+            cross.push((format!("CC_{env_target}"), ARM64_GCC[0].1));
+        }
+    }
     let root = paths::workspace_root();
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .context("neither CARGO_HOME nor HOME is set")?;
     let flags = format!("--remap-path-prefix={}=. --remap-path-prefix={}=/cargo", root.display(), cargo_home.display());
-    eprintln!("image: cargo build --profile {PROFILE} --target {MUSL_TARGET} -p agent (first time: minutes)");
+    eprintln!("image: cargo build --profile {PROFILE} --target {target} -p agent (first time: minutes)");
     let status = paths::cargo()
-        .args(["build", "--quiet", "--profile", PROFILE, "--target", MUSL_TARGET, "-p", "agent"])
+        .args(["build", "--quiet", "--profile", PROFILE, "--target", target, "-p", "agent"])
         .env("RUSTFLAGS", flags)
+        .envs(cross.iter().map(|(k, v)| (k.as_str(), *v)))
         .status()
         .context("running cargo build for the agent's image")?;
     if !status.success() {
-        bail!("cargo build --profile {PROFILE} --target {MUSL_TARGET} -p agent failed ({status})");
+        bail!("cargo build --profile {PROFILE} --target {target} -p agent failed ({status})");
     }
-    Ok(root.join(format!("target/{MUSL_TARGET}/{PROFILE}/agent")))
+    let agent = root.join(format!("target/{target}/{PROFILE}/agent"));
+    check_elf(&agent, arch)?;
+    Ok(agent)
+}
+
+/// `rustup target add TARGET` unless it is there.
+fn ensure_rust_target(target: &str) -> Result<()> {
+    let out = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    match out {
+        Ok(o) if String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == target) => Ok(()),
+        Ok(_) => {
+            eprintln!("image: rustup target add {target}");
+            let status = Command::new("rustup").args(["target", "add", target]).status()?;
+            if !status.success() {
+                bail!("rustup target add {target} failed ({status})");
+            }
+            Ok(())
+        }
+        Err(e) => bail!("rustup not found ({e}); the image needs the Rust target {target}"),
+    }
 }
 
 /// Gathers every input: the agent built, helm and kustomize (cached Go builds), the host's CA
 /// bundle, the commit facts.
 pub fn inputs(source: Option<&str>) -> Result<Inputs> {
-    let agent = build_agent()?;
-    let (helm, kustomize) = tools::ensure_renderers()?;
+    inputs_for(source, Arch::Amd64)
+}
+
+/// [`inputs`] for `arch`; every binary is checked to be a static ELF executable for it.
+pub fn inputs_for(source: Option<&str>, arch: Arch) -> Result<Inputs> {
+    let agent = build_agent_for(arch)?;
+    let (helm, kustomize) = match arch {
+        Arch::Amd64 => tools::ensure_renderers()?,
+        Arch::Arm64 => tools::ensure_renderers_for(arch.oci())?,
+    };
+    check_elf(&helm, arch)?;
+    check_elf(&kustomize, arch)?;
     let ca_bundle = PathBuf::from("/etc/ssl/certs/ca-certificates.crt");
     if !ca_bundle.exists() {
         bail!("{} not found: install the Debian package ca-certificates", ca_bundle.display());
     }
     let (epoch, revision, source) = commit_facts(source)?;
-    Ok(Inputs { agent, helm, kustomize, ca_bundle, epoch, revision, version: env!("CARGO_PKG_VERSION").into(), source })
+    let version = env!("CARGO_PKG_VERSION").into();
+    Ok(Inputs { arch, agent, helm, kustomize, ca_bundle, epoch, revision, version, source })
 }
 
 const PASSWD: &str = "root:x:0:0:root:/root:/sbin/nologin\n\
@@ -198,7 +369,9 @@ pub fn build(inputs: &Inputs, out: &Path) -> Result<Built> {
     let _ = fs::remove_dir_all(&dir);
     let tag = inputs.version.clone();
     let when = created(inputs.epoch);
-    let digest = images::layout(&dir, &layer, config(inputs, &when), Some(&when), &tag, &format!("{NAME}:{tag}"))?;
+    let name = format!("{NAME}:{tag}");
+    let arch = (inputs.arch.oci(), inputs.arch.variant());
+    let digest = images::layout_for(&dir, &layer, config(inputs, &when), Some(&when), &tag, &name, arch)?;
     Ok(Built { dir, tag, digest, layer, uncompressed })
 }
 
@@ -217,7 +390,8 @@ pub fn variant(
     let when = created(inputs.epoch);
     let mut config = config(inputs, &when);
     edit(&mut config);
-    let digest = images::layout(&dir, &built.layer, config, Some(&when), tag, &format!("{NAME}:{tag}"))?;
+    let arch = (inputs.arch.oci(), inputs.arch.variant());
+    let digest = images::layout_for(&dir, &built.layer, config, Some(&when), tag, &format!("{NAME}:{tag}"), arch)?;
     Ok(Built { dir, tag: tag.to_owned(), digest, layer: built.layer.clone(), uncompressed: built.uncompressed })
 }
 
@@ -315,13 +489,114 @@ pub fn read_config(dir: &Path, digest: &str) -> Result<serde_json::Value> {
     Ok(serde_json::from_slice(&blob(dir, config)?)?)
 }
 
-/// `cargo xtask image [--push REF] [--verify] [--source URL]`.
-pub fn image(push: Option<&str>, verify: bool, source: Option<&str>) -> Result<()> {
-    let inputs = inputs(source)?;
+/// The image index over one image per platform: each manifest's digest, size and `platform`.
+pub fn index_document(images: &[(Arch, &str, u64)]) -> serde_json::Value {
+    let manifests: Vec<serde_json::Value> = images
+        .iter()
+        .map(|(arch, digest, size)| {
+            let mut platform = serde_json::json!({"architecture": arch.oci(), "os": "linux"});
+            if let Some(variant) = arch.variant() {
+                platform["variant"] = variant.into();
+            }
+            serde_json::json!({"mediaType": MANIFEST_MEDIA_TYPE, "digest": digest, "size": size, "platform": platform})
+        })
+        .collect();
+    serde_json::json!({"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": manifests})
+}
+
+/// Writes an OCI layout in `dir` (replaced) whose tag names an image index over `images` (one per
+/// platform, all with the same tag): every blob of theirs, the index, `index.json` pointing at it.
+/// Returns the index's digest.
+pub fn index_layout(images: &[(Arch, &Built)], dir: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let _ = fs::remove_dir_all(dir);
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs)?;
+    let mut entries = Vec::new();
+    for (arch, built) in images {
+        for entry in fs::read_dir(built.dir.join("blobs/sha256"))? {
+            let from = entry?.path();
+            let to = blobs.join(from.file_name().expect("blobs have names"));
+            if !to.exists() {
+                fs::hard_link(&from, &to).or_else(|_| fs::copy(&from, &to).map(|_| ()))?;
+            }
+        }
+        let size = blob(&built.dir, &built.digest)?.len() as u64;
+        entries.push((*arch, built.digest.as_str(), size));
+    }
+    let tag = images.first().context("an index needs one image at least")?.1.tag.clone();
+    let bytes = serde_json::to_vec(&index_document(&entries))?;
+    let hex = format!("{:x}", Sha256::digest(&bytes));
+    fs::write(blobs.join(&hex), &bytes)?;
+    let digest = format!("sha256:{hex}");
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": INDEX_MEDIA_TYPE,
+            "digest": digest,
+            "size": bytes.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag, "io.containerd.image.name": format!("{NAME}:{tag}")},
+        }],
+    });
+    fs::write(dir.join("index.json"), serde_json::to_vec(&top)?)?;
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    Ok(digest)
+}
+
+/// `cargo xtask image [--platform P] [--push REF] [--verify] [--source URL]`: one image per
+/// platform (amd64 under `target/image/a`, as always; arm64 under `target/image/arm64/a`), and
+/// with `all` an index layout under `target/image/index`, which `--push` pushes.
+pub fn image(platform: Option<&str>, push: Option<&str>, verify: bool, source: Option<&str>) -> Result<()> {
+    let arches = platforms(platform)?;
     let base = paths::workspace_root().join("target/image");
+    let mut images = Vec::new();
+    for arch in &arches {
+        let dir = match arch {
+            Arch::Amd64 => base.clone(),
+            Arch::Arm64 => base.join("arm64"),
+        };
+        let built = image_one(*arch, &dir, verify, source)?;
+        images.push((*arch, built));
+    }
+    let (layout_dir, tag, digest, index) = if images.len() == 1 {
+        let built = &images[0].1;
+        (built.dir.clone(), built.tag.clone(), built.digest.clone(), false)
+    } else {
+        let refs: Vec<(Arch, &Built)> = images.iter().map(|(a, b)| (*a, b)).collect();
+        let dir = base.join("index/layout");
+        let digest = index_layout(&refs, &dir)?;
+        println!("image: OCI layout {} (tag {}), image index {digest}", dir.display(), refs[0].1.tag);
+        if verify {
+            let again = index_layout(&refs, &base.join("index/b"))?;
+            if again != digest {
+                bail!("the index is not reproducible: {digest} then {again}");
+            }
+        }
+        (dir, refs[0].1.tag.clone(), digest, true)
+    };
+    if let Some(dest) = push {
+        let info = EnvInfo::load(&paths::run_dir())?;
+        let pushed = if index {
+            images::push_index_layout(&info, &layout_dir, &tag, dest)?
+        } else {
+            images::push_layout(&info, &layout_dir, &tag, dest)?
+        };
+        println!("image: pushed {}/{dest} as {} ({pushed})", info.registry, info.registry_ci.username);
+        if pushed != digest {
+            bail!("the registry holds {pushed}, the layout {digest}");
+        }
+    }
+    Ok(())
+}
+
+/// One platform's image under `base/a` (and, with `verify`, again under `base/b`, checked).
+fn image_one(arch: Arch, base: &Path, verify: bool, source: Option<&str>) -> Result<Built> {
+    let started = std::time::Instant::now();
+    let inputs = inputs_for(source, arch)?;
+    println!("image: {} inputs ready in {:.0?}", arch.platform(), started.elapsed());
     let built = build(&inputs, &base.join("a"))?;
     let agent_size = fs::metadata(&inputs.agent)?.len();
-    println!("image: OCI layout {} (tag {})", built.dir.display(), built.tag);
+    println!("image: {} OCI layout {} (tag {})", arch.platform(), built.dir.display(), built.tag);
     println!("image: manifest {}", built.digest);
     println!(
         "image: layer {} compressed, {} uncompressed; agent binary {}",
@@ -341,21 +616,16 @@ pub fn image(push: Option<&str>, verify: bool, source: Option<&str>) -> Result<(
         let passwd = fs::read_to_string(base.join("a/rootfs/etc/passwd"))?;
         let config = read_config(&built.dir, &built.digest)?;
         println!("image: config {}", serde_json::to_string(&config["config"])?);
-        let found = problems(&listing, &passwd, &config, inputs.epoch);
+        let mut found = problems(&listing, &passwd, &config, inputs.epoch);
+        if config["architecture"] != arch.oci() {
+            found.push(format!("architecture is {} (want {})", config["architecture"], arch.oci()));
+        }
         if !found.is_empty() {
             bail!("the image is wrong:\n  {}", found.join("\n  "));
         }
         println!("image: verified: same digest twice, no shell, no package manager, user 65532:65532, labels");
     }
-    if let Some(dest) = push {
-        let info = EnvInfo::load(&paths::run_dir())?;
-        let pushed = images::push_layout(&info, &built.dir, &built.tag, dest)?;
-        println!("image: pushed {}/{dest} as {} ({pushed})", info.registry, info.registry_ci.username);
-        if pushed != built.digest {
-            bail!("the registry holds {pushed}, the layout {}", built.digest);
-        }
-    }
-    Ok(())
+    Ok(built)
 }
 
 fn human(bytes: u64) -> String {
@@ -378,6 +648,7 @@ mod tests {
             fs::write(dir.join(name), text).expect("stand-in file");
         }
         Inputs {
+            arch: Arch::Amd64,
             agent: dir.join("agent"),
             helm: dir.join("helm"),
             kustomize: dir.join("kustomize"),
@@ -417,6 +688,105 @@ mod tests {
         assert_eq!(config["config"]["Labels"]["org.opencontainers.image.created"], "2023-11-14T22:13:20Z");
         assert_eq!(config["created"], "2023-11-14T22:13:20Z");
         assert!(listing.contains("-rwxr-xr-x 0/0"), "the agent is executable: {listing}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A 64-bit little-endian ELF header for `machine` with one program header of `ptype`.
+    fn elf_header(machine: u16, ptype: u32) -> Vec<u8> {
+        let mut b = vec![0u8; 64 + 56];
+        b[..4].copy_from_slice(b"\x7fELF");
+        b[4] = 2;
+        b[5] = 1;
+        b[18..20].copy_from_slice(&machine.to_le_bytes());
+        b[32..40].copy_from_slice(&64u64.to_le_bytes());
+        b[54..56].copy_from_slice(&56u16.to_le_bytes());
+        b[56..58].copy_from_slice(&1u16.to_le_bytes());
+        b[64..68].copy_from_slice(&ptype.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn the_elf_check_wants_the_platforms_machine_and_no_interpreter() {
+        // PT_LOAD = 1, PT_INTERP = 3.
+        assert_eq!(elf_problems(&elf_header(183, 1), Arch::Arm64), Vec::<String>::new());
+        assert_eq!(elf_problems(&elf_header(62, 1), Arch::Amd64), Vec::<String>::new());
+        assert_eq!(elf_problems(&elf_header(62, 1), Arch::Arm64), ["e_machine is 62 (want 183 for linux/arm64)"]);
+        assert_eq!(
+            elf_problems(&elf_header(183, 3), Arch::Arm64),
+            ["dynamically linked (it has a program interpreter, PT_INTERP)"]
+        );
+        assert_eq!(elf_problems(b"#!/bin/sh\necho not a binary\n", Arch::Amd64), ["not an ELF file"]);
+        let mut big_endian = elf_header(183, 1);
+        big_endian[5] = 2;
+        assert_eq!(elf_problems(&big_endian, Arch::Arm64), ["not 64-bit little-endian ELF (class 2, data 2)"]);
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn the_elf_check_reads_a_real_binary_and_finds_this_dynamic_amd64_test_program_not_static() {
+        let me = std::env::current_exe().expect("the test binary's path");
+        let err = check_elf(&me, Arch::Arm64).expect_err("an amd64 glibc binary is not a static arm64 one");
+        let text = format!("{err:#}");
+        assert!(text.contains("e_machine is 62 (want 183 for linux/arm64)"), "{text}");
+        assert!(text.contains("dynamically linked"), "{text}");
+        let err = check_elf(&me, Arch::Amd64).expect_err("a glibc test binary is dynamic");
+        assert!(!format!("{err:#}").contains("e_machine"), "{err:#}");
+    }
+
+    #[test]
+    fn the_platform_flag_means_amd64_alone_by_default_and_both_with_all() {
+        assert_eq!(platforms(None).expect("default"), [Arch::Amd64]);
+        assert_eq!(platforms(Some("linux/amd64")).expect("amd64"), [Arch::Amd64]);
+        assert_eq!(platforms(Some("linux/arm64")).expect("arm64"), [Arch::Arm64]);
+        assert_eq!(platforms(Some("all")).expect("all"), [Arch::Amd64, Arch::Arm64]);
+        let err = platforms(Some("linux/riscv64")).expect_err("not built");
+        assert!(err.to_string().contains("--platform \"linux/riscv64\""), "{err}");
+    }
+
+    #[test]
+    fn the_index_names_both_platforms_manifests_with_their_digests_and_media_types() {
+        let dir = scratch("index");
+        let amd = fake_inputs(&dir);
+        let arm = Inputs { arch: Arch::Arm64, ..amd.clone() };
+        let amd_built = build(&amd, &dir.join("amd64")).expect("amd64 build");
+        let arm_built = build(&arm, &dir.join("arm64")).expect("arm64 build");
+        // The same files for another platform are another image: its config names arm64.
+        assert_ne!(amd_built.digest, arm_built.digest);
+        let arm_config = read_config(&arm_built.dir, &arm_built.digest).expect("arm64 config");
+        assert_eq!((&arm_config["architecture"], &arm_config["variant"]), (&"arm64".into(), &"v8".into()));
+        let amd_config = read_config(&amd_built.dir, &amd_built.digest).expect("amd64 config");
+        assert_eq!(amd_config["architecture"], "amd64");
+        assert!(amd_config.get("variant").is_none(), "amd64 has no variant: {amd_config}");
+
+        let images = [(Arch::Amd64, &amd_built), (Arch::Arm64, &arm_built)];
+        let out = dir.join("index");
+        let digest = index_layout(&images, &out).expect("index layout");
+        let top: serde_json::Value =
+            serde_json::from_slice(&fs::read(out.join("index.json")).expect("index.json")).expect("json");
+        assert_eq!(top["manifests"][0]["mediaType"], INDEX_MEDIA_TYPE);
+        assert_eq!(top["manifests"][0]["digest"], digest.as_str());
+        assert_eq!(top["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"], "0.1.0");
+        let index: serde_json::Value = serde_json::from_slice(&blob(&out, &digest).expect("index blob")).expect("json");
+        assert_eq!(index["schemaVersion"], 2);
+        assert_eq!(index["mediaType"], INDEX_MEDIA_TYPE);
+        let manifests = index["manifests"].as_array().expect("manifests");
+        assert_eq!(manifests.len(), 2);
+        for (m, (arch, built)) in manifests.iter().zip(images) {
+            assert_eq!(m["mediaType"], MANIFEST_MEDIA_TYPE);
+            assert_eq!(m["digest"], built.digest.as_str());
+            let bytes = blob(&out, &built.digest).expect("the manifest is in the index layout");
+            assert_eq!(m["size"], bytes.len());
+            assert_eq!(m["platform"]["os"], "linux");
+            assert_eq!(m["platform"]["architecture"], arch.oci());
+            // Every blob the manifest names is in the layout too.
+            let manifest: serde_json::Value = serde_json::from_slice(&bytes).expect("manifest json");
+            blob(&out, manifest["config"]["digest"].as_str().expect("config digest")).expect("config blob");
+            blob(&out, manifest["layers"][0]["digest"].as_str().expect("layer digest")).expect("layer blob");
+        }
+        assert_eq!(manifests[1]["platform"]["variant"], "v8");
+        assert!(manifests[0]["platform"].get("variant").is_none());
+        // Reproducible: the same images give the same index from another folder.
+        assert_eq!(index_layout(&images, &dir.join("again")).expect("again"), digest);
         let _ = fs::remove_dir_all(&dir);
     }
 

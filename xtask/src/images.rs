@@ -111,6 +111,20 @@ pub(crate) fn layout(
     tag: &str,
     name: &str,
 ) -> Result<String> {
+    layout_for(dir, layer, config, created, tag, name, ("amd64", None))
+}
+
+/// [`layout`] for another platform: `arch` is the config's `architecture` and `variant` (OCI
+/// names: `arm64`, `v8`).
+pub(crate) fn layout_for(
+    dir: &Path,
+    layer: &Layer,
+    config: serde_json::Value,
+    created: Option<&str>,
+    tag: &str,
+    name: &str,
+    arch: (&str, Option<&str>),
+) -> Result<String> {
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs)?;
     let put = |bytes: &[u8]| -> Result<(String, usize)> {
@@ -124,11 +138,14 @@ pub(crate) fn layout(
         fs::hard_link(&layer.blob, &layer_path).or_else(|_| fs::copy(&layer.blob, &layer_path).map(|_| ()))?;
     }
     let mut config = serde_json::json!({
-        "architecture": "amd64",
+        "architecture": arch.0,
         "os": "linux",
         "config": config,
         "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
     });
+    if let Some(variant) = arch.1 {
+        config["variant"] = variant.into();
+    }
     if let Some(created) = created {
         config["created"] = created.into();
     }
@@ -247,6 +264,16 @@ pub fn push_kiosk_on_port(info: &EnvInfo, repo: &str, tag: &str, kind: Kiosk, po
 /// Pushes the image tagged `tag` of the OCI layout `dir` to `dest` (`repository:tag`) in the
 /// testenv registry as the CI robot (skopeo); returns the manifest digest.
 pub fn push_layout(info: &EnvInfo, dir: &Path, tag: &str, dest: &str) -> Result<String> {
+    push_layout_with(info, dir, tag, dest, &[])
+}
+
+/// [`push_layout`] of a layout whose tag names an image index: every platform's manifest, then
+/// the index (`skopeo copy --all`); returns the index's digest.
+pub fn push_index_layout(info: &EnvInfo, dir: &Path, tag: &str, dest: &str) -> Result<String> {
+    push_layout_with(info, dir, tag, dest, &["--all"])
+}
+
+fn push_layout_with(info: &EnvInfo, dir: &Path, tag: &str, dest: &str, extra: &[&str]) -> Result<String> {
     let work = tempfile_dir(&info.run_dir)?;
     let auth = work.join("auth.json");
     let res = (|| {
@@ -257,7 +284,9 @@ pub fn push_layout(info: &EnvInfo, dir: &Path, tag: &str, dest: &str) -> Result<
         let digest_file = work.join("digest");
         run(
             Command::new("skopeo")
-                .args(["--insecure-policy", "copy", "--quiet", "--dest-cert-dir"])
+                .args(["--insecure-policy", "copy", "--quiet"])
+                .args(extra)
+                .arg("--dest-cert-dir")
                 .arg(&info.registry_cert_dir)
                 .arg("--dest-authfile")
                 .arg(&auth)

@@ -55,6 +55,10 @@ enum Cmd {
         /// The `org.opencontainers.image.source` label (default: the `origin` remote).
         #[arg(long, value_name = "URL")]
         source: Option<String>,
+        /// `linux/amd64` (the default), `linux/arm64` (cross-built), or `all`: both and an OCI
+        /// image index over them (what `--push` then pushes).
+        #[arg(long, value_name = "PLATFORM")]
+        platform: Option<String>,
     },
     /// Runs the fuzz targets of `fuzz/` one after another (nightly and cargo-fuzz, installed
     /// when missing); fails on a crash and names its reproducer.
@@ -149,8 +153,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Test { args } => return test(&args).await,
         Cmd::Demo => demo::demo().await?,
         Cmd::Chart { push } => xtask::chart::chart(push.as_deref())?,
-        Cmd::Image { push, verify, source } => {
-            xtask::agent_image::image(push.as_deref(), verify, source.as_deref())?;
+        Cmd::Image { push, verify, source, platform } => {
+            xtask::agent_image::image(platform.as_deref(), push.as_deref(), verify, source.as_deref())?;
         }
         Cmd::Fuzz { time, runs, targets } => {
             fuzz::fuzz(&fuzz::Options { time: time.map(Duration::from_secs), runs, targets })?;

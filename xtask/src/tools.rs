@@ -1,5 +1,6 @@
 //! The external programs the testenv runs: Go-built ones (cached by version) and Debian packages.
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -116,6 +117,60 @@ pub fn ensure_cosign() -> Result<PathBuf> {
     let path = paths::cache_dir().join(format!("cosign-{COSIGN_VERSION}/bin/cosign"));
     go_install(&path, &format!("github.com/sigstore/cosign/v2/cmd/cosign@{COSIGN_VERSION}"))?;
     Ok(path)
+}
+
+/// Cross-builds `helm` and `kustomize` for `linux/GOARCH` (static, like [`ensure_renderers`]) into
+/// their own cache folders, keyed by version and architecture; returns their paths.
+pub fn ensure_renderers_for(goarch: &str) -> Result<(PathBuf, PathBuf)> {
+    let c = paths::cache_dir();
+    let helm = c.join(format!("helm-{HELM_VERSION}-linux-{goarch}/bin/helm"));
+    let kustomize = c.join(format!("kustomize-{KUSTOMIZE_VERSION}-linux-{goarch}/bin/kustomize"));
+    go_cross_install(&helm, &format!("helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"), goarch)?;
+    go_cross_install(&kustomize, &format!("sigs.k8s.io/kustomize/kustomize/v5@{KUSTOMIZE_VERSION}"), goarch)?;
+    Ok((helm, kustomize))
+}
+
+/// `go install` for another architecture. Go refuses `GOBIN` when cross-compiling and puts the
+/// binary in `$GOPATH/bin/linux_GOARCH/`, so the build gets a GOPATH of its own beside `target`
+/// (the module cache stays the shared one) and the binary is moved to `target`.
+fn go_cross_install(target: &Path, module: &str, goarch: &str) -> Result<()> {
+    if target.exists() {
+        return Ok(());
+    }
+    let name = target.file_name().expect("cache paths name a file");
+    let dir = target.parent().and_then(Path::parent).expect("cache paths are <tool>/bin/<name>");
+    let gopath = dir.join("gopath");
+    let out = Command::new("go").args(["env", "GOMODCACHE"]).output().context("running `go env GOMODCACHE`")?;
+    let modcache = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if !out.status.success() || modcache.is_empty() {
+        bail!("`go env GOMODCACHE` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    eprintln!("image: GOOS=linux GOARCH={goarch} go install {module}");
+    let status = Command::new("go")
+        .args(["install", "-trimpath", "-ldflags", "-s -w", module])
+        .env("GOTOOLCHAIN", "local")
+        .env("CGO_ENABLED", "0")
+        .env("GOOS", "linux")
+        .env("GOARCH", goarch)
+        .env("GOPATH", &gopath)
+        .env("GOMODCACHE", &modcache)
+        .env_remove("GOBIN")
+        .status()
+        .context("running `go` (is Go installed and on PATH?)")?;
+    if !status.success() {
+        bail!("GOARCH={goarch} go install {module} failed ({status})");
+    }
+    // `bin/linux_GOARCH/` on another host architecture, `bin/` on one of the same.
+    let built = [gopath.join(format!("bin/linux_{goarch}")).join(name), gopath.join("bin").join(name)]
+        .into_iter()
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!("go install {module} left no {} under {}", name.to_string_lossy(), gopath.display())
+        })?;
+    fs::create_dir_all(target.parent().expect("cache paths have a parent"))?;
+    fs::rename(&built, target).with_context(|| format!("moving {} to {}", built.display(), target.display()))?;
+    let _ = fs::remove_dir_all(&gopath);
+    Ok(())
 }
 
 /// Runs `script VERSION BIN_DIR SRC_DIR [MORE...]` (`args` = VERSION, MORE...).
