@@ -24,7 +24,7 @@ use xtask::images::{Kiosk, push_kiosk};
 use xtask::node_support::{HostRelay, PULL_SECRET, pull_secret, real_node};
 use xtask::support::{TestEnv, unique};
 
-use crate::util::{git, wait_for};
+use crate::util::{git, try_wait_for, wait_for};
 
 /// The ServiceAccount the chart makes (the release is named after the chart).
 const RELEASE: &str = "gitops-agent";
@@ -67,23 +67,16 @@ fn ready(p: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-async fn status(ip: &str) -> Result<Value, String> {
-    let r = reqwest::get(format!("http://{ip}:8080/status")).await.map_err(|e| e.to_string())?;
-    let body = r.text().await.map_err(|e| e.to_string())?;
-    serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))
+/// A client for the pod network: never through a proxy the environment names, and never
+/// waiting for ever on a pod that stopped answering.
+fn pod_client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().expect("an HTTP client")
 }
 
-/// Waits until the agent at `ip` says `bundle` runs `commit`, synced.
-async fn wait_running(ip: &str, bundle: &str, commit: &str, timeout: Duration) -> Value {
-    wait_for(&format!("{bundle} running {commit}"), timeout, || async {
-        let s = status(ip).await?;
-        let b = s["bundles"].as_array().and_then(|b| b.iter().find(|b| b["bundle"] == bundle)).cloned();
-        match b {
-            Some(b) if b["running"]["commit"] == commit && b["state"] == "synced" => Ok(b),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await
+async fn status(ip: &str) -> Result<Value, String> {
+    let r = pod_client().get(format!("http://{ip}:8080/status")).send().await.map_err(|e| format!("{e:?}"))?;
+    let body = r.text().await.map_err(|e| e.to_string())?;
+    serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))
 }
 
 /// The agent process of pod `uid` as the host sees it: (the Uid line of /proc/PID/status, the
@@ -311,6 +304,97 @@ impl Store {
         Err(last)
     }
 
+    /// Waits until `bundle`, in the status of a Ready agent pod, passes `done`; returns that pod
+    /// and the bundle. On a timeout the pods' states, their events and the agent's log are
+    /// printed before the test fails: a pod that restarted or moved is then plain to see.
+    async fn wait_bundle(
+        &self,
+        what: &str,
+        bundle: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> (Pod, Value) {
+        let waited = try_wait_for(what, timeout, || async {
+            let (p, b) = self.bundle(bundle).await?;
+            if done(&b) { Ok((p, b)) } else { Err(b.to_string()) }
+        })
+        .await;
+        match waited {
+            Ok(found) => found,
+            Err(e) => {
+                self.diagnose().await;
+                panic!("{e}");
+            }
+        }
+    }
+
+    /// Waits until `bundle` runs `commit`, synced.
+    async fn wait_running(&self, bundle: &str, commit: &str, timeout: Duration) -> (Pod, Value) {
+        self.wait_bundle(&format!("{bundle} running {commit}"), bundle, timeout, |b| {
+            b["running"]["commit"] == commit && b["state"] == "synced"
+        })
+        .await
+    }
+
+    /// Waits until `bundle`'s last revision is `broken`, rolled back.
+    async fn wait_rolled_back(&self, bundle: &str, broken: &str, timeout: Duration) -> (Pod, Value) {
+        self.wait_bundle(&format!("{bundle}'s {broken} rolled back"), bundle, timeout, |b| {
+            b["last"]["commit"] == broken && b["last"]["result"] == "rolledBack"
+        })
+        .await
+    }
+
+    /// Prints what a failed wait needs explained: each agent pod (IP, readiness, restarts, last
+    /// termination), the agent namespace's events, and the tail of each agent container's log.
+    async fn diagnose(&self) {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.agent_ns.name);
+        for p in self.pods().await {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let status = p.status.clone().unwrap_or_default();
+            eprintln!(
+                "diagnose: pod {name} uid {:?} phase {:?} ip {:?} ready {} deleting {}",
+                p.metadata.uid,
+                status.phase,
+                status.pod_ip,
+                ready(&p),
+                p.metadata.deletion_timestamp.is_some()
+            );
+            for c in status.container_statuses.iter().flatten().chain(status.init_container_statuses.iter().flatten()) {
+                eprintln!(
+                    "diagnose:   {} ready {} restarts {} state {:?} last {:?}",
+                    c.name, c.ready, c.restart_count, c.state, c.last_state
+                );
+            }
+            for previous in [false, true] {
+                let params = kube::api::LogParams {
+                    container: Some("agent".to_owned()),
+                    previous,
+                    tail_lines: Some(60),
+                    ..Default::default()
+                };
+                match pods.logs(&name, &params).await {
+                    Ok(log) => eprintln!("diagnose:   log of agent (previous: {previous}):\n{log}"),
+                    Err(e) => eprintln!("diagnose:   no log of agent (previous: {previous}): {e}"),
+                }
+            }
+        }
+        let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(self.client.clone(), &self.agent_ns.name);
+        match events.list(&ListParams::default()).await {
+            Ok(list) => {
+                for e in list.items {
+                    eprintln!(
+                        "diagnose: event {} {:?} {:?}: {}",
+                        e.involved_object.name.unwrap_or_default(),
+                        e.type_,
+                        e.reason,
+                        e.message.unwrap_or_default()
+                    );
+                }
+            }
+            Err(e) => eprintln!("diagnose: no events: {e}"),
+        }
+    }
+
     fn commit(&self, message: &str) -> String {
         git(&self.work, &["add", "-A"]);
         git(&self.work, &["-c", "user.name=ci", "-c", "user.email=ci@example.invalid", "commit", "-qm", message]);
@@ -376,7 +460,6 @@ async fn the_chart_installed_from_the_registry_runs_the_agent_on_the_real_node_u
         store.installed_at.elapsed().as_secs_f64()
     );
     assert_eq!(pod.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some(node.name.as_str()));
-    let ip = pod_ip(&pod);
     let uid = pod.metadata.uid.clone().unwrap();
     let (uid_line, root) = agent_process(&uid).unwrap();
     assert!(uid_line.split_whitespace().skip(1).all(|u| u == "65532"), "the agent runs as 65532: {uid_line}");
@@ -393,7 +476,7 @@ async fn the_chart_installed_from_the_registry_runs_the_agent_on_the_real_node_u
     assert!(refused.to_string().contains("restricted"), "{refused}");
 
     // The agent's job, from inside its pod.
-    wait_running(&ip, "helm", &first, Duration::from_secs(180)).await;
+    let (serving, _) = store.wait_running("helm", &first, Duration::from_secs(180)).await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &store.app_ns.name);
     let signalling_image = || async {
         let list = deployments.list(&ListParams::default().labels("app.kubernetes.io/name=signalling")).await.unwrap();
@@ -406,16 +489,18 @@ async fn the_chart_installed_from_the_registry_runs_the_agent_on_the_real_node_u
     );
 
     let (repo_name, repo_url) = (store.repo.name.clone(), store.repo.url.clone());
-    let gitea = |after: &str| {
+    // The webhook goes to the pod that serves (its IP as it is now: a pod whose sandbox was
+    // made anew has a new one).
+    let gitea = |pod: &Pod, after: &str| {
         let body = serde_json::to_vec(&json!({
             "ref": "refs/heads/main", "after": after,
             "repository": {"full_name": format!("ci/{repo_name}"), "clone_url": repo_url},
         }))
         .unwrap();
         let signature = shared::webhook::signature(WEBHOOK_SECRET.as_bytes(), &body);
-        let url = format!("http://{ip}:8080/webhooks/gitea");
+        let url = format!("http://{}:8080/webhooks/gitea", pod_ip(pod));
         async move {
-            let r = reqwest::Client::new()
+            let r = pod_client()
                 .post(url)
                 .header("x-gitea-event", "push")
                 .header("x-gitea-signature", signature)
@@ -428,14 +513,14 @@ async fn the_chart_installed_from_the_registry_runs_the_agent_on_the_real_node_u
     };
     set_signalling("1.1.0");
     let good = store.commit("signalling 1.1.0");
-    assert_eq!(gitea(&good).await, 202);
-    wait_running(&ip, "helm", &good, Duration::from_secs(120)).await;
+    assert_eq!(gitea(&serving, &good).await, 202);
+    let (serving, _) = store.wait_running("helm", &good, Duration::from_secs(120)).await;
     assert!(signalling_image().await.contains(":1.1.0@sha256:"), "{}", signalling_image().await);
 
     set_signalling("1.2.0-broken");
     let broken = store.commit("signalling 1.2.0-broken");
-    assert_eq!(gitea(&broken).await, 202);
-    let b = wait_rolled_back(&ip, "helm", &broken, Duration::from_secs(180)).await;
+    assert_eq!(gitea(&serving, &broken).await, 202);
+    let (_, b) = store.wait_rolled_back("helm", &broken, Duration::from_secs(180)).await;
     assert_eq!(b["running"]["commit"], good.as_str(), "{b}");
     assert!(signalling_image().await.contains(":1.1.0@sha256:"), "{}", signalling_image().await);
 
@@ -467,7 +552,7 @@ async fn the_chart_installed_from_the_registry_runs_the_agent_on_the_real_node_u
     let still = store.pods().await;
     let old = still.iter().find(|p| p.metadata.uid.as_deref() == Some(uid.as_str())).expect("the old pod still runs");
     assert!(ready(old), "the old agent keeps serving while the new one cannot start");
-    assert!(status(&ip).await.is_ok());
+    assert!(status(&pod_ip(old)).await.is_ok());
 
     let (ok, out) = store.helm(&["uninstall", RELEASE, "-n", &store.agent_ns.name, "--wait"]);
     assert!(ok, "helm uninstall: {out}");
@@ -500,18 +585,6 @@ async fn check_audit(store: &Store) {
         .map(|e| format!("{} {}", e["verb"], e["requestURI"]))
         .collect();
     assert!(writes_elsewhere.is_empty(), "writes outside its namespaces: {writes_elsewhere:#?}");
-}
-
-async fn wait_rolled_back(ip: &str, bundle: &str, broken: &str, timeout: Duration) -> Value {
-    wait_for(&format!("{bundle}'s {broken} rolled back"), timeout, || async {
-        let s = status(ip).await?;
-        let b = s["bundles"].as_array().and_then(|b| b.iter().find(|b| b["bundle"] == bundle)).cloned();
-        match b {
-            Some(b) if b["last"]["commit"] == broken && b["last"]["result"] == "rolledBack" => Ok(b),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await
 }
 
 /// The agent's own chart as a bundle in its Git repository, as Flux's bootstrap manages Flux:
@@ -603,7 +676,7 @@ async fn the_agent_upgrades_itself_through_git_and_rolls_a_broken_image_of_itsel
     // A broken agent image: its pod never starts; the running agent rolls it back and serves on.
     fleet(&broken.tag);
     let bad = store.commit("agent 0.1.2-broken");
-    let b = wait_rolled_back(&pod_ip(&upgraded), "gitops-agent", &bad, Duration::from_secs(240)).await;
+    let (_, b) = store.wait_rolled_back("gitops-agent", &bad, Duration::from_secs(240)).await;
     assert_eq!(b["running"]["commit"], upgrade.as_str(), "{b}");
     let after = store.one_ready_pod("the broken pod gone, the agent serving", Duration::from_secs(120)).await;
     assert_eq!(after.metadata.uid, upgraded.metadata.uid, "the pod that served before serves on");

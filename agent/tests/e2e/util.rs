@@ -7,7 +7,20 @@ use std::time::{Duration, Instant};
 
 /// Polls `check` every 200 ms until it yields `Some`, or panics after `timeout` naming `what`
 /// and the last observation.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    match try_wait_for(what, timeout, check).await {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// As [`wait_for`], but a timeout is an `Err` (naming `what` and the last observation), for a
+/// caller that gathers more evidence before it fails.
+pub async fn try_wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
@@ -15,10 +28,12 @@ where
     let deadline = Instant::now() + timeout;
     loop {
         let last = match check().await {
-            Ok(v) => return v,
+            Ok(v) => return Ok(v),
             Err(observed) => observed,
         };
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}; last seen: {last}");
+        if Instant::now() >= deadline {
+            return Err(format!("timed out after {timeout:?} waiting for {what}; last seen: {last}"));
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
