@@ -183,6 +183,8 @@ pub struct Setup {
     /// Each bundle's last plan that found it in sync (the daemon's cycles share them).
     /// Shared by the copies a `reconcile --once` through the agent makes of the daemon's set-up.
     pub kept: std::sync::Arc<Mutex<BTreeMap<String, Kept>>>,
+    /// Health reports of waves (`waves` in the node config), kept across the daemon's cycles.
+    pub reports: Option<std::sync::Arc<crate::source::reports::Reports>>,
 }
 
 impl Setup {
@@ -201,6 +203,7 @@ impl Setup {
             drains: Vec::new(),
         };
         let drain_window = config.rollout.drain_window.secs();
+        let reports = config.waves.as_ref().map(|w| std::sync::Arc::new(crate::source::reports::Reports::new(w)));
         Setup {
             config,
             base: base.to_owned(),
@@ -210,6 +213,7 @@ impl Setup {
             drain_window,
             ignore_windows: false,
             kept: std::sync::Arc::new(Mutex::new(BTreeMap::new())),
+            reports,
         }
     }
 
@@ -224,6 +228,7 @@ impl Setup {
             windows: &self.config.rollout.windows,
             ignore_windows: self.ignore_windows,
             progress,
+            waves: None,
         }
     }
 }
@@ -289,6 +294,15 @@ pub async fn run(
             Err(e) if folder_missing(&e) => (Vec::new(), Listed::FolderMissing),
             Err(e) => return Err(e),
         },
+    };
+    let driver = crate::reconcile::Driver {
+        waves: s.reports.as_deref().zip(s.config.waves.as_ref()).map(|(reports, config)| crate::reconcile::WavesCtx {
+            reports,
+            registries: &session.registries,
+            config,
+            labels: &session.node.labels,
+        }),
+        ..driver
     };
     let namespaced = session.namespaced();
     let build = session.build(&namespaced, true);
@@ -393,14 +407,19 @@ pub async fn run(
             let (name, built, session, driver) = (bundles[i].dir.clone(), &built[i], &session, &driver);
             running.push(async move {
                 match (built, failed_dep) {
-                    (Built::Unchanged(kept), _) => BundleResult::new(
-                        &name,
-                        Outcome::InSync,
-                        format!(
-                            "unchanged since its last full plan {} ago (commit, digests, node and cluster the same)",
-                            shared::status::ago(now - kept.last.at)
-                        ),
-                    ),
+                    (Built::Unchanged(kept), _) => {
+                        if !dry_run {
+                            driver.refresh_report(&name, now).await;
+                        }
+                        BundleResult::new(
+                            &name,
+                            Outcome::InSync,
+                            format!(
+                                "unchanged since its last full plan {} ago (commit, digests, node and cluster the same)",
+                                shared::status::ago(now - kept.last.at)
+                            ),
+                        )
+                    }
                     (Built::Full(Err(e)), _) => BundleResult::new(
                         &name,
                         Outcome::Blocked,

@@ -37,6 +37,27 @@ pub struct Checkout {
     pub commit: String,
     /// `git.path`, without surrounding slashes; empty for the repository root.
     pub root: String,
+    /// The repository's `waves.yaml` at the commit (`Checkout::read_waves`).
+    pub waves: RepoWaves,
+}
+
+/// The repository-level waves (`shared::waves::REPO_FILE` at the root of `git.path`).
+#[derive(Debug, Clone, Default)]
+pub enum RepoWaves {
+    /// No such file: bundles without their own waves roll out as before.
+    #[default]
+    None,
+    /// The waves, and the file's hash (part of every release it governs).
+    Some { waves: Vec<shared::waves::Wave>, hash: String },
+    /// The file is there but unreadable or invalid: bundles it would govern are held.
+    Broken(String),
+}
+
+/// The waves that govern one bundle and where they come from, or why none can be known.
+#[derive(Debug, Clone)]
+pub struct BundleWaves {
+    pub waves: Vec<shared::waves::Wave>,
+    pub source: shared::waves::Source,
 }
 
 impl Checkout {
@@ -47,6 +68,30 @@ impl Checkout {
             (r, ".") => r.to_owned(),
             (r, d) => format!("{r}/{d}"),
         }
+    }
+
+    /// Reads the repository's `waves.yaml` (absent is no error; invalid is kept as the reason
+    /// the bundles it governs are held).
+    pub async fn read_waves(&mut self) {
+        let (git, commit, root) = (self.git.clone(), self.commit.clone(), self.root.clone());
+        let path = self.repo_path(shared::waves::REPO_FILE);
+        let read = tokio::task::spawn_blocking(move || git.read(&commit, &path, &root)).await;
+        self.waves = match read {
+            Ok(Err(crate::source::git::GitError::NotFound { .. })) => RepoWaves::None,
+            Ok(Err(e)) => RepoWaves::Broken(format!("{}: {e}", shared::waves::REPO_FILE)),
+            Err(e) => RepoWaves::Broken(format!("{}: {e}", shared::waves::REPO_FILE)),
+            Ok(Ok(bytes)) => match std::str::from_utf8(&bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|text| shared::waves::parse_file(text).map_err(|p| p.to_string()))
+            {
+                Ok(waves) => {
+                    use sha2::Digest as _;
+                    let hash = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+                    RepoWaves::Some { waves, hash }
+                }
+                Err(e) => RepoWaves::Broken(format!("{}: {e}", shared::waves::REPO_FILE)),
+            },
+        };
     }
 
     /// The bundles under `root` at the commit.
@@ -120,6 +165,11 @@ pub struct DesiredBundle {
     pub resolved: Vec<(ImageRequest, Resolution)>,
     /// Unknown `fleet.yaml` keys, Helm hooks left out, images not resolved.
     pub warnings: Vec<String>,
+    /// The release (`shared::waves::release_id`): the bundle's tree and the repository's waves.
+    pub release: Option<String>,
+    /// The waves that govern the bundle (its own, else the repository's); `Err`: the
+    /// repository's file is broken and the bundle has none of its own, so it is held.
+    pub waves: Option<Result<BundleWaves, String>>,
 }
 
 impl DesiredBundle {
@@ -256,7 +306,26 @@ impl Build<'_> {
                 images
             }
         };
-        Ok(DesiredBundle { name, spec, manifests, images, resolved, warnings })
+        let (git, commit, path) =
+            (self.checkout.git.clone(), self.checkout.commit.clone(), self.checkout.repo_path(&bundle.dir));
+        let tree = tokio::task::spawn_blocking(move || git.tree_id(&commit, &path))
+            .await
+            .map_err(|e| fail(Stage::Source, vec![e.to_string()]))?
+            .map_err(|e| fail(Stage::Source, vec![e.to_string()]))?;
+        let (waves, repo_hash) = match (&spec.policy.waves, &self.checkout.waves) {
+            (Some(own), _) => {
+                (Some(Ok(BundleWaves { waves: own.clone(), source: shared::waves::Source::Bundle })), None)
+            }
+            (None, RepoWaves::Some { waves, hash }) => (
+                Some(Ok(BundleWaves { waves: waves.clone(), source: shared::waves::Source::Repository })),
+                Some(hash.as_str()),
+            ),
+            (None, RepoWaves::Broken(why)) => (Some(Err(why.clone())), None),
+            (None, RepoWaves::None) => (None, None),
+        };
+        let inputs: Vec<(&str, &str)> = repo_hash.map(|h| (shared::waves::REPO_FILE, h)).into_iter().collect();
+        let release = Some(shared::waves::release_id(&tree, &inputs));
+        Ok(DesiredBundle { name, spec, manifests, images, resolved, warnings, release, waves })
     }
 }
 

@@ -75,7 +75,8 @@ impl Session {
         let shown_url = git.shown_url();
         let root = config.git.path.trim_matches('/').to_owned();
         let root = if root == "." { String::new() } else { root };
-        let checkout = Checkout { git, commit: poll.commit.id.clone(), root };
+        let mut checkout = Checkout { git, commit: poll.commit.id.clone(), root, waves: Default::default() };
+        checkout.read_waves().await;
         let (cluster, caps) = match cluster {
             Connected::Yes(c) => {
                 let caps = c.capabilities().clone();

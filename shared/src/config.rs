@@ -34,6 +34,11 @@ pub struct AgentConfig {
     pub leader_election: LeaderElection,
     #[serde(default)]
     pub prune: Prune,
+    /// Staged rollout across stores (`shared::waves`, docs/waves.md): where this store publishes
+    /// its health reports and reads the other stores'. Absent: a bundle with waves is held (a
+    /// wave gate with nowhere to read is never silently open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waves: Option<Waves>,
     /// Local state (last-known-good records, caches).
     #[serde(default = "defaults::state_dir")]
     pub state_dir: String,
@@ -291,6 +296,30 @@ impl Default for Prune {
     }
 }
 
+/// The node's side of waves: the reports' registry repository and how often it is read.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Waves {
+    pub reports: ReportsRepository,
+    /// How often the reports are read while a wave gate waits (never when none waits).
+    #[serde(default = "defaults::reports_interval")]
+    pub interval: HumanDuration,
+    /// A store republishes an unchanged report this often, so readers tell a live store from
+    /// a silent one; keep it well below the waves' `gate.reportTimeout` (default 15m).
+    #[serde(default = "defaults::reports_refresh")]
+    pub refresh: HumanDuration,
+}
+
+/// Where reports live: `<registry>/<repository>/<bundle>:<wave>.<store>`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReportsRepository {
+    /// A host of `registries[]` (its credentials and CA are used; they need push here).
+    pub registry: String,
+    /// The repository prefix kept for reports, e.g. `gitops-reports/stack-b`.
+    pub repository: String,
+}
+
 /// What is done with the objects of a bundle that left Git.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -320,6 +349,14 @@ pub struct RolloutDefaults {
 
 mod defaults {
     use crate::duration::HumanDuration;
+
+    pub fn reports_interval() -> HumanDuration {
+        HumanDuration::from_secs(60)
+    }
+
+    pub fn reports_refresh() -> HumanDuration {
+        HumanDuration::from_secs(300)
+    }
 
     pub fn agent_id() -> String {
         "gitops-agent".into()
@@ -453,6 +490,8 @@ const DURATIONS: &[&str] = &[
     "rollout.verifyWindow",
     "rollout.drainWindow",
     "render.timeout",
+    "waves.interval",
+    "waves.refresh",
 ];
 
 /// A parsed config with what is needed to explain it.
@@ -750,6 +789,25 @@ impl Loaded {
         v.check(c.render.kustomize.trim().is_empty(), "render.kustomize", || "must not be empty".into());
         v.duration("render.timeout", c.render.timeout, Some(Duration::from_secs(1)));
         v.check(c.state_dir.trim().is_empty(), "stateDir", || "must not be empty".into());
+        if let Some(w) = &c.waves {
+            let known = c.registries.iter().any(|r| r.host.eq_ignore_ascii_case(&w.reports.registry));
+            v.check(!known, "waves.reports.registry", || {
+                format!(
+                    "{:?} is not the host of any registries[] entry (its credentials are needed)",
+                    w.reports.registry
+                )
+            });
+            let repo_ok = !w.reports.repository.is_empty()
+                && w.reports.repository.split('/').all(|part| {
+                    !part.is_empty()
+                        && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                });
+            v.check(!repo_ok, "waves.reports.repository", || {
+                format!("{:?} is not a repository path (lower-case path components)", w.reports.repository)
+            });
+            v.duration("waves.interval", w.interval, Some(Duration::from_secs(1)));
+            v.duration("waves.refresh", w.refresh, Some(Duration::from_secs(1)));
+        }
         // A placeholder's problems are not the file's: what is wrong there is that it is missing.
         let under = |path: &str| self.missing.iter().any(|m| path == m || path.starts_with(&format!("{m}.")));
         v.problems.retain(|p| !under(&p.path));
@@ -915,6 +973,9 @@ registries:
       username: robot$store1+agent
       passwordEnv: HARBOR_SECRET
 ";
+
+    /// [`GOOD`] with the optional `waves` section.
+    const WAVES: &str = "waves:\n  reports: {registry: harbor.example, repository: gitops-reports/stores}\n";
 
     fn no_env(_: &str) -> Option<String> {
         None
@@ -1138,8 +1199,28 @@ registries:
     }
 
     #[test]
+    fn the_waves_section_names_a_configured_registry_and_a_repository_path() {
+        let good = format!("{GOOD}{WAVES}");
+        let l = load(&good, &no_env).expect("valid");
+        let w = l.config.waves.expect("waves");
+        assert_eq!((w.interval.secs(), w.refresh.secs()), (60, 300));
+        let bad = good
+            .replace("registry: harbor.example", "registry: elsewhere.example")
+            .replace("gitops-reports/stores", "Reports//x");
+        let got = problems(&bad);
+        assert!(
+            got.iter().any(|p| p.starts_with("waves.reports.registry: line ") && p.contains("elsewhere.example")),
+            "{got:?}"
+        );
+        assert!(got.iter().any(|p| p.starts_with("waves.reports.repository: line ")), "{got:?}");
+        let slow = format!("{good}  interval: soon\n");
+        assert!(problems(&slow).iter().any(|p| p.starts_with("waves.interval: line 17: ")), "{:?}", problems(&slow));
+    }
+
+    #[test]
     fn every_duration_path_names_a_duration_field() {
-        let json = serde_json::to_value(&load(GOOD, &no_env).expect("valid").config).expect("serialises");
+        let json =
+            serde_json::to_value(&load(&format!("{GOOD}{WAVES}"), &no_env).expect("valid").config).expect("serialises");
         for path in DURATIONS {
             let field = path.split('.').fold(&json, |v, k| &v[k]);
             let text = field.as_str().unwrap_or_else(|| panic!("{path} is no text: {field}"));

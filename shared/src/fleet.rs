@@ -91,6 +91,10 @@ pub struct BundlePolicy {
     /// per-registry policy, never instead of it; key files are paths inside the bundle.
     #[serde(default)]
     pub verify: Option<crate::cosign::VerifySpec>,
+    /// The waves this bundle's releases walk across stores (`shared::waves`), instead of the
+    /// repository's `waves.yaml`. Checked on its own, entry by entry, with path and line.
+    #[serde(skip)]
+    pub waves: Option<Vec<crate::waves::Wave>>,
 }
 
 /// One image's tag policy.
@@ -231,6 +235,10 @@ fn parse_policy(mut raw: Value, lines: &LineIndex) -> Result<BundlePolicy, Probl
         }
         serde_json::from_value::<crate::drain::DrainSpec>(entry.clone()).map_err(|e| at(path, e.to_string()))?;
     }
+    let waves = match raw.as_object_mut().and_then(|o| o.remove("waves")) {
+        None | Some(Value::Null) => None,
+        Some(list) => Some(crate::waves::parse_list(&list, &format!("{POLICY_KEY}.waves"), lines)?),
+    };
     // A bad duration is taken out before serde reads the section (its error would name neither
     // the field nor the line) and reported where it always was: after images, probes and windows.
     let mut bad_duration = None;
@@ -243,7 +251,8 @@ fn parse_policy(mut raw: Value, lines: &LineIndex) -> Result<BundlePolicy, Probl
             raw[field] = Value::Null;
         }
     }
-    let policy: BundlePolicy = serde_json::from_value(raw).map_err(|e| at(POLICY_KEY.into(), e.to_string()))?;
+    let mut policy: BundlePolicy = serde_json::from_value(raw).map_err(|e| at(POLICY_KEY.into(), e.to_string()))?;
+    policy.waves = waves;
     for (i, image) in policy.images.iter().enumerate() {
         let path = format!("{POLICY_KEY}.images[{i}]");
         crate::image::ImageRef::parse(&image.repository)
@@ -457,6 +466,18 @@ targetCustomizations:
         let p = parse(empty).unwrap_err();
         assert_eq!((p.path.as_str(), p.line), ("gitopsAgent.verify.cosign.publicKeys", Some(4)), "{p}");
         assert!(parse("gitopsAgent:\n  verify:\n    notation: {}\n").is_err(), "only cosign is known");
+    }
+
+    #[test]
+    fn a_bundle_s_waves_are_read_and_a_bad_one_names_its_field_and_line() {
+        let good = "gitopsAgent:\n  waves:\n  - name: qa\n    selector: {matchLabels: {env: qa}}\n    soak: 5m\n  - name: all\n    selector: {}\n";
+        let (f, _) = parse(good).unwrap();
+        let waves = f.gitops_agent.waves.expect("waves");
+        assert_eq!((waves[0].name.as_str(), waves[0].soak, waves[1].name.as_str()), ("qa", 300, "all"));
+        let bad = "defaultNamespace: x\ngitopsAgent:\n  waves:\n  - name: qa\n    selector: {}\n    soak: later\n";
+        let p = parse(bad).unwrap_err();
+        assert_eq!((p.path.as_str(), p.line), ("gitopsAgent.waves[0].soak", Some(6)), "{p}");
+        assert_eq!(parse("gitopsAgent: {}\n").unwrap().0.gitops_agent.waves, None);
     }
 
     #[test]

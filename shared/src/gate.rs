@@ -2,7 +2,9 @@
 //! record, the rendered hash, the windows, the old pods' sessions) to what the driver does next,
 //! with the reason and when to look again. In order: refused objects, a busy record,
 //! `state::next` (quarantine, pause, in sync, verify), rollout windows, `waitForIdle`. The first
-//! that holds decides; a dry run reads no sessions. Also the first-meet force rule.
+//! that holds decides; a dry run reads no sessions. Also the first-meet force rule. The wave
+//! gate (`shared::waves`) sits between `state::next` and the windows: a release waits for the
+//! earlier wave, or is held by its failure, while what runs keeps running.
 //!
 //! The idle readings are I/O, so the chain is two calls: [`before_idle`] decides, or says the
 //! idle gate is next ([`Chain::ReadIdle`]); the driver then reads the sessions and asks
@@ -11,7 +13,9 @@
 use crate::drain::{Idle, Plan, idle_for, waiting_for_idle};
 use crate::fleet::BundlePolicy;
 use crate::k8s::Time;
+use crate::report::{Gated, Report};
 use crate::state::{Next, Phase, Record};
+use crate::waves::{self, Verdict, Wave};
 use crate::window::{self, Change, WindowSpec};
 
 /// Whether the reconcile may change anything.
@@ -41,7 +45,42 @@ pub struct Observed<'a> {
     /// The bundle's planned drains; those with `waitForIdle` hold the rollout.
     pub drains: &'a [Plan],
     pub dry_run: DryRun,
+    /// The bundle's waves, when it has any.
+    pub waves: Option<WaveCheck<'a>>,
     pub now: Time,
+}
+
+/// What the wave gate looks at (`shared::waves`).
+#[derive(Debug, Clone, Copy)]
+pub struct WaveCheck<'a> {
+    pub waves: &'a [Wave],
+    /// This node's wave (`waves::place`); `None`: it matches none and is told so.
+    pub place: Option<usize>,
+    pub labels: &'a std::collections::BTreeMap<String, String>,
+    pub store: &'a str,
+    pub release: &'a str,
+    /// The reports read so far, `None` until the driver read them.
+    pub reports: Option<&'a Reports>,
+    /// Seconds between two reads of the reports while the gate waits.
+    pub reread: i64,
+}
+
+/// What the driver read of the reports for one gate.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reports {
+    /// The reports of the wave before this store's.
+    pub previous: Vec<Report>,
+    /// The store ids of this store's wave, from the tags.
+    pub members: Vec<String>,
+    /// Reports that could not be read or were refused, said in the log (never trusted).
+    pub problems: Vec<String>,
+}
+
+impl WaveCheck<'_> {
+    /// Whether the gate needs the reports (the wave before, or the stagger's members).
+    pub fn needs_reports(&self) -> bool {
+        self.place.is_some_and(|i| i > 0 || self.waves[i].max_concurrent.is_some())
+    }
 }
 
 /// What the driver does with the bundle.
@@ -75,6 +114,8 @@ pub struct Decision {
     /// A record to persist before acting (the first deferral of a revision for idle pods, so
     /// `maxDefer` counts from it across runs). Boxed: a record is large, a decision is passed.
     pub save: Option<Box<Record>>,
+    /// How the wave gate left the bundle, for its health report.
+    pub wave: Gated,
 }
 
 /// What the chain says before the idle gate.
@@ -86,6 +127,9 @@ pub enum Chain {
     ReadIdle {
         notes: Vec<String>,
     },
+    /// The wave gate needs the other stores' reports: read them and ask [`before_idle`] again
+    /// with [`WaveCheck::reports`] set.
+    ReadReports,
 }
 
 impl Gate {
@@ -107,7 +151,7 @@ impl Gate {
 
 impl Decision {
     fn only(gate: Gate) -> Decision {
-        Decision { gate, notes: Vec::new(), save: None }
+        Decision { gate, notes: Vec::new(), save: None, wave: Gated::No }
     }
 }
 
@@ -142,11 +186,19 @@ pub fn before_idle(seen: &Observed) -> Chain {
         Next::Retrying { reason, at } => return decided(Gate::retrying(&reason, at, seen.now)),
         Next::RollOut => {}
     }
+    let mut notes = Vec::new();
+    let wave = Gated::No;
+    if let Some(check) = &seen.waves {
+        match wave_gate(check, seen.record, seen.now) {
+            WaveStep::Read => return Chain::ReadReports,
+            WaveStep::Open(note) => notes.push(note),
+            WaveStep::Stop(decision) => return Chain::Decided(decision),
+        }
+    }
     let windows = match window::for_bundle(seen.node_windows, seen.bundle_windows) {
         Ok(w) => w,
         Err(e) => return decided(Gate::blocked(e)),
     };
-    let mut notes = Vec::new();
     match window::gate_change(seen.change, &windows, seen.now) {
         window::Gate::Deferred { reason, until } => return decided(Gate::deferred(&reason, until)),
         window::Gate::Open if seen.change == Change::EmergencyRollout && !windows.is_empty() => {
@@ -155,9 +207,9 @@ pub fn before_idle(seen: &Observed) -> Chain {
         window::Gate::Open => {}
     }
     match seen.dry_run {
-        DryRun::Yes => Chain::Decided(Decision { gate: Gate::WouldRollOut, notes, save: None }),
+        DryRun::Yes => Chain::Decided(Decision { gate: Gate::WouldRollOut, notes, save: None, wave }),
         DryRun::No if waiting_for_idle(seen.drains).is_empty() => {
-            Chain::Decided(Decision { gate: Gate::RollOut, notes, save: None })
+            Chain::Decided(Decision { gate: Gate::RollOut, notes, save: None, wave })
         }
         DryRun::No => Chain::ReadIdle { notes },
     }
@@ -169,15 +221,74 @@ pub fn before_idle(seen: &Observed) -> Chain {
 pub fn after_idle(seen: &Observed, readings: &[(String, Result<u64, String>)]) -> Decision {
     let since = seen.record.idle_since(seen.hash, seen.now);
     match idle_for(&waiting_for_idle(seen.drains), readings, since, seen.now) {
-        Idle::Go(why) => Decision { gate: Gate::RollOut, notes: vec![why], save: None },
+        Idle::Go(why) => Decision { gate: Gate::RollOut, notes: vec![why], save: None, wave: Gated::No },
         Idle::Wait { recheck_at, reason } => {
             let first = seen.record.idle_wait.as_ref().is_none_or(|w| w.hash != seen.hash);
             Decision {
                 gate: Gate::deferred(&reason, Some(recheck_at)),
                 notes: vec![reason],
                 save: first.then(|| Box::new(seen.record.wait_for_idle(seen.hash, seen.now))),
+                wave: Gated::No,
             }
         }
+    }
+}
+
+enum WaveStep {
+    Read,
+    Open(String),
+    Stop(Decision),
+}
+
+/// The wave gate of a release that would roll out: an override by `agent retry` opens it; a
+/// node in no wave is held (told, never skipped); else `waves::gate` over the reports, read
+/// first when it needs them. A held release is saved in the record (for `agent retry`).
+fn wave_gate(check: &WaveCheck, record: &Record, now: Time) -> WaveStep {
+    if let Some(o) = record.wave_overridden(check.release) {
+        return WaveStep::Open(format!("wave gate overridden by agent retry ({} at {}): {}", o.by, o.at, o.held));
+    }
+    let Some(mine) = check.place else {
+        let reason = waves::unplaced(check.waves, check.labels);
+        return WaveStep::Stop(Decision {
+            gate: Gate::blocked(reason.clone()),
+            notes: Vec::new(),
+            save: None,
+            wave: Gated::Held(reason),
+        });
+    };
+    let empty = Reports::default();
+    let reports = match check.reports {
+        Some(r) => r,
+        None if check.needs_reports() => return WaveStep::Read,
+        None => &empty,
+    };
+    let verdict = waves::gate(&waves::Input {
+        waves: check.waves,
+        mine,
+        store: check.store,
+        release: check.release,
+        previous: &reports.previous,
+        members: &reports.members,
+        reread: check.reread,
+        now,
+    });
+    match verdict {
+        Verdict::Open(note) => WaveStep::Open(note),
+        Verdict::Waiting { reason, retry_at } => WaveStep::Stop(Decision {
+            gate: Gate::Blocked { reason: reason.clone(), retry_at: Some(retry_at) },
+            notes: Vec::new(),
+            save: None,
+            wave: Gated::Waiting(reason),
+        }),
+        Verdict::Held(reason) => WaveStep::Stop(Decision {
+            gate: Gate::Blocked {
+                reason: format!("{reason} (`agent retry` starts it anyway)"),
+                retry_at: Some(now + check.reread.max(1)),
+            },
+            notes: Vec::new(),
+            save: record.hold_wave(check.release, &reason, now).map(Box::new),
+            wave: Gated::Held(reason),
+        }),
     }
 }
 
@@ -207,7 +318,13 @@ mod tests {
         ];
         let hash = rendered_hash(&objects);
         Snapshot {
-            revision: Revision { commit: format!("commit-{data}"), hash, images: vec![], verified: Default::default() },
+            revision: Revision {
+                commit: format!("commit-{data}"),
+                hash,
+                images: vec![],
+                verified: Default::default(),
+                release: None,
+            },
             objects,
             at: 0,
         }
@@ -259,6 +376,11 @@ mod tests {
         change: Change,
         drains: Vec<Plan>,
         dry_run: DryRun,
+        /// No waves unless a row sets them.
+        waves: Vec<Wave>,
+        place: Option<usize>,
+        labels: std::collections::BTreeMap<String, String>,
+        reports: Option<Reports>,
     }
 
     impl Seen {
@@ -273,6 +395,10 @@ mod tests {
                 change: Change::Rollout,
                 drains: vec![],
                 dry_run: DryRun::No,
+                waves: vec![],
+                place: None,
+                labels: [("store".to_owned(), "s1".to_owned())].into(),
+                reports: None,
             }
         }
 
@@ -287,6 +413,15 @@ mod tests {
                 change: self.change,
                 drains: &self.drains,
                 dry_run: self.dry_run,
+                waves: (!self.waves.is_empty()).then_some(WaveCheck {
+                    waves: &self.waves,
+                    place: self.place,
+                    labels: &self.labels,
+                    store: "s1",
+                    release: "r2",
+                    reports: self.reports.as_ref(),
+                    reread: 60,
+                }),
                 now,
             }
         }
@@ -296,6 +431,7 @@ mod tests {
     fn said(chain: &Chain) -> (&'static str, String, Option<Time>) {
         match chain {
             Chain::ReadIdle { .. } => ("read idle", String::new(), None),
+            Chain::ReadReports => ("read reports", String::new(), None),
             Chain::Decided(d) => match &d.gate {
                 Gate::InSync => ("in sync", String::new(), None),
                 Gate::Verify => ("verify", String::new(), None),
@@ -322,6 +458,32 @@ mod tests {
     /// The new revision's apply met a missing namespace 5 seconds ago (first attempt: 10 s).
     fn environment_fault(s: &mut Seen) {
         s.record = s.record.environment_fault(&s.hash, "namespaces \"ns\" not found", NOW - 5);
+    }
+
+    /// qa, then canary, with this store in canary (`place` 1) unless the row says.
+    fn in_canary(s: &mut Seen) {
+        s.waves = crate::waves::parse_file(
+            "waves:\n- name: qa\n  selector: {matchLabels: {env: qa}}\n  soak: 10m\n- name: canary\n  selector: {}\n",
+        )
+        .expect("the waves parse");
+        s.place = Some(1);
+    }
+
+    fn qa_reported(s: &mut Seen, state: crate::report::State, since: Time) {
+        let report = Report {
+            schema: crate::report::SCHEMA,
+            store: "store7".into(),
+            labels: Default::default(),
+            wave: "qa".into(),
+            published: NOW - 5,
+            bundle: "web".into(),
+            release: "r2".into(),
+            commit: "c".into(),
+            state,
+            since,
+            running: None,
+        };
+        s.reports = Some(Reports { previous: vec![report], ..Reports::default() });
     }
 
     fn in_sync_with_lkg(s: &mut Seen) {
@@ -425,6 +587,90 @@ mod tests {
                 None,
             ),
             ("waitForIdle makes the idle gate next", |s| s.drains = waits_for_idle(), "read idle", "", None),
+            ("a wave after the first reads the reports first", in_canary, "read reports", "", None),
+            (
+                "the first wave without a stagger needs no report",
+                |s| {
+                    in_canary(s);
+                    s.place = Some(0);
+                },
+                "roll out",
+                "",
+                None,
+            ),
+            (
+                "a node in no wave is held and told so",
+                |s| {
+                    in_canary(s);
+                    s.place = None;
+                },
+                "blocked",
+                "held: this node matches no wave (qa, canary) with labels {store=s1}",
+                None,
+            ),
+            (
+                "a soaking wave before waits, and says when it looks again",
+                |s| {
+                    in_canary(s);
+                    qa_reported(s, crate::report::State::Healthy, NOW - 360);
+                },
+                "blocked",
+                "wave canary: waits for wave qa: 1/1 healthy, soak 4m left",
+                Some(NOW + 60),
+            ),
+            (
+                "a healthy soaked wave before opens the gate",
+                |s| {
+                    in_canary(s);
+                    qa_reported(s, crate::report::State::Healthy, NOW - 600);
+                },
+                "roll out",
+                "",
+                None,
+            ),
+            (
+                "a rollback in the wave before holds the release",
+                |s| {
+                    in_canary(s);
+                    qa_reported(s, crate::report::State::RolledBack { reason: "CrashLoopBackOff".into() }, NOW - 5);
+                },
+                "blocked",
+                "held: wave qa failed at store7: CrashLoopBackOff (`agent retry` starts it anyway)",
+                Some(NOW + 60),
+            ),
+            (
+                "an override by agent retry opens a held release",
+                |s| {
+                    in_canary(s);
+                    qa_reported(s, crate::report::State::RolledBack { reason: "CrashLoopBackOff".into() }, NOW - 5);
+                    let held = s.record.hold_wave("r2", "held: wave qa failed", NOW - 100).expect("a new hold");
+                    s.record = held.override_wave("alice", NOW - 50).expect("something held");
+                },
+                "roll out",
+                "",
+                None,
+            ),
+            (
+                "a rollback of a running release never waits for a wave: the record is busy first",
+                |s| {
+                    in_canary(s);
+                    busy(s);
+                },
+                "blocked",
+                "busy: ",
+                None,
+            ),
+            (
+                "a wave gate beats a closed window",
+                |s| {
+                    in_canary(s);
+                    qa_reported(s, crate::report::State::Rolling, NOW - 5);
+                    s.node_windows = evenings();
+                },
+                "blocked",
+                "wave canary: waits for wave qa: 0/1 healthy",
+                Some(NOW + 60),
+            ),
             (
                 "a dry run reads no sessions",
                 |s| {
@@ -547,7 +793,11 @@ mod tests {
             assert!(got_reason.starts_with(reason), "{name}: {got_reason:?} should start with {reason:?}");
             assert_eq!(got_retry, retry_at, "{name}");
             if let Chain::Decided(d) = &chain {
-                assert_eq!(d.save, None, "{name}: only the idle gate saves");
+                let held = d.save.as_ref().and_then(|r| r.wave_held.clone()).map(|h| h.reason);
+                let want = got_reason
+                    .starts_with("held: wave")
+                    .then(|| got_reason.replace(" (`agent retry` starts it anyway)", ""));
+                assert_eq!(held, want, "{name}: only the idle gate and a first wave hold save");
             }
         }
     }
@@ -582,7 +832,12 @@ mod tests {
         let d = after_idle(&seen.observed(NOW), &[reading("web-1", Ok(0)), reading("web-2", Ok(0))]);
         assert_eq!(
             d,
-            Decision { gate: Gate::RollOut, notes: vec!["idle: no sessions on 2 old pods".into()], save: None }
+            Decision {
+                gate: Gate::RollOut,
+                notes: vec!["idle: no sessions on 2 old pods".into()],
+                save: None,
+                wave: Gated::No
+            }
         );
         let d = after_idle(&seen.observed(NOW), &[]);
         assert_eq!((d.gate, d.notes), (Gate::RollOut, vec!["no old pods to wait for".to_owned()]));

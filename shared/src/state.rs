@@ -41,6 +41,10 @@ pub struct Revision {
     /// applied (`shared::cosign`); a rollback to this revision needs no new verification.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub verified: BTreeMap<String, Vec<String>>,
+    /// The release this revision renders (`waves::release_id`: the bundle's content in Git,
+    /// the same on every store), for the health reports of waves; unset before waves existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
 }
 
 impl Revision {
@@ -169,6 +173,35 @@ pub struct Record {
     /// back to Git clears it ([`Record::back_in_git`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removal: Option<Removal>,
+    /// The release Git wants is held by its wave gate (an earlier wave failed on it,
+    /// `shared::waves`): kept so `agent retry` knows what it overrides and status says since when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave_held: Option<WaveHold>,
+    /// `agent retry` of a held release: that release starts whatever the earlier waves say,
+    /// and the record says who asked and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave_override: Option<WaveOverride>,
+}
+
+/// A release held at this store's wave gate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WaveHold {
+    pub release: String,
+    pub reason: String,
+    pub since: Time,
+}
+
+/// A deliberate override of a held release (`agent retry`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WaveOverride {
+    pub release: String,
+    /// Who asked, as the command knew it (the local user).
+    pub by: String,
+    pub at: Time,
+    /// What held it.
+    pub held: String,
 }
 
 /// What became of a bundle that left Git, and when.
@@ -254,7 +287,66 @@ impl Record {
             idle_wait: None,
             retrying: None,
             removal: None,
+            wave_held: None,
+            wave_override: None,
         }
+    }
+
+    /// The wave gate holds `release` (an earlier wave failed on it); the first hold's time is
+    /// kept. `None` when the record already says so (nothing to save).
+    pub fn hold_wave(&self, release: &str, reason: &str, now: Time) -> Option<Record> {
+        match &self.wave_held {
+            Some(h) if h.release == release && h.reason == reason => None,
+            _ => Some(Record {
+                wave_held: Some(WaveHold { release: release.to_owned(), reason: reason.to_owned(), since: now }),
+                ..self.next()
+            }),
+        }
+    }
+
+    /// What this store's record says about `release`: rolling, healthy since, rolled back and why,
+    /// or waiting/held at its gate (`gated`). `running` is named when another release runs.
+    pub fn report_state(
+        &self,
+        release: &str,
+        gated: &crate::report::Gated,
+        now: Time,
+    ) -> (crate::report::State, Time, Option<String>) {
+        use crate::report::{Gated, State};
+        let record = self;
+        let lkg_release = record.lkg.as_ref().and_then(|s| s.revision.release.clone());
+        let running = lkg_release.clone().filter(|r| r != release);
+        if let Phase::RollingOut { candidate, started, .. } = &record.phase
+            && candidate.revision.release.as_deref() == Some(release)
+        {
+            return (State::Rolling, *started, running);
+        }
+        if let Some(q) = &record.quarantine
+            && q.revision.release.as_deref() == Some(release)
+        {
+            let rolled_back = record.last.as_ref().is_some_and(|l| l.result == OutcomeKind::RolledBack);
+            let state = if rolled_back {
+                State::RolledBack { reason: q.reason.clone() }
+            } else {
+                State::Failed { reason: q.reason.clone() }
+            };
+            return (state, q.at, running);
+        }
+        if let (Some(lkg), Some(r)) = (&record.lkg, &lkg_release)
+            && r == release
+        {
+            return (State::Healthy, lkg.at, None);
+        }
+        match gated {
+            Gated::Waiting(reason) => (State::Waiting { reason: reason.clone() }, now, running),
+            Gated::Held(reason) => (State::Held { reason: reason.clone() }, now, running),
+            Gated::No => (State::Pending, now, running),
+        }
+    }
+
+    /// Whether `agent retry` overrode the wave gate for `release`.
+    pub fn wave_overridden(&self, release: &str) -> Option<&WaveOverride> {
+        self.wave_override.as_ref().filter(|o| o.release == release)
     }
 
     /// The bundle left Git and its removal waits for a confirmation: nothing changes but the
@@ -498,6 +590,22 @@ impl Record {
     /// `agent retry`: forget the quarantine, and any environment retry's wait.
     pub fn retry(&self) -> Record {
         Record { quarantine: None, retrying: None, ..self.next() }
+    }
+
+    /// `agent retry` of a release its wave gate holds: a deliberate override, recorded with who
+    /// asked and when; the release starts at the next reconcile. `None`: nothing is held.
+    pub fn override_wave(&self, by: &str, now: Time) -> Option<Record> {
+        let held = self.wave_held.as_ref()?;
+        Some(Record {
+            wave_override: Some(WaveOverride {
+                release: held.release.clone(),
+                by: by.to_owned(),
+                at: now,
+                held: held.reason.clone(),
+            }),
+            wave_held: None,
+            ..self.next()
+        })
     }
 }
 
@@ -784,12 +892,63 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn release_snap(release: &str, data: &str) -> Snapshot {
+        let objects = vec![serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": data}})];
+        Snapshot {
+            revision: Revision {
+                commit: format!("commit-{data}"),
+                hash: rendered_hash(&objects),
+                images: vec![],
+                verified: Default::default(),
+                release: Some(release.into()),
+            },
+            objects,
+            at: 0,
+        }
+    }
+
+    #[test]
+    fn what_a_record_says_about_a_release() {
+        let l = crate::rollout::Limits { progress_deadline: 60, verify_window: 0, probes: vec![], drains: vec![] };
+        let running = Record::new("web").start_rollout(release_snap("r1", "a"), l.clone(), false, 10).rolled_out(20);
+        let rolling = running.start_rollout(release_snap("r2", "b"), l.clone(), false, 30);
+        let failed = rolling.rollout_failed("CrashLoopBackOff", false, 40).rolled_back(50);
+        use crate::report::{Gated, State};
+        let none = Gated::No;
+        assert_eq!(report_state_of(&running, "r1", &none, 99), (State::Healthy, 20, None));
+        assert_eq!(report_state_of(&rolling, "r2", &none, 99), (State::Rolling, 30, Some("r1".into())));
+        let (state, _, runs) = report_state_of(&failed, "r2", &none, 99);
+        assert_eq!((state.word(), runs), ("rolledBack", Some("r1".into())));
+        assert!(state.reason().is_some_and(|r| r.contains("CrashLoopBackOff")), "{state:?}");
+        let waiting = Gated::Waiting("wave canary: waits".into());
+        assert_eq!(
+            report_state_of(&running, "r2", &waiting, 99),
+            (State::Waiting { reason: "wave canary: waits".into() }, 99, Some("r1".into()))
+        );
+        assert_eq!(report_state_of(&running, "r2", &none, 99).0, State::Pending);
+    }
+
+    fn report_state_of(
+        r: &Record,
+        release: &str,
+        gated: &crate::report::Gated,
+        now: Time,
+    ) -> (crate::report::State, Time, Option<String>) {
+        r.report_state(release, gated, now)
+    }
+
     const L: Limits = Limits { progress_deadline: 60, verify_window: 0, probes: Vec::new(), drains: Vec::new() };
 
     fn snap(commit: &str, objects: Vec<Value>) -> Snapshot {
         let hash = rendered_hash(&objects);
         Snapshot {
-            revision: Revision { commit: commit.into(), hash, images: vec![], verified: Default::default() },
+            revision: Revision {
+                commit: commit.into(),
+                hash,
+                images: vec![],
+                verified: Default::default(),
+                release: None,
+            },
             objects,
             at: 0,
         }

@@ -52,6 +52,8 @@ pub struct BundleStatus {
     /// One word an operator can grep: `synced`, `rolling-out`, `rolling-back`, `rolled-back`,
     /// `quarantined`, `failed`, `rollback-failed`, `new`, `paused`, `retrying` (an environment
     /// fault, tried again by itself), `blocked`, `deferred` (outside its rollout windows),
+    /// `waiting` (its wave gate: the wave before is not healthy and soaked yet, or a stagger
+    /// slot), `held` (an earlier wave failed on the release, or the node is in no wave),
     /// `removed` (left Git; its record is history), `removal-held` (left Git; nothing deleted
     /// until confirmed).
     pub state: &'static str,
@@ -68,6 +70,12 @@ pub struct BundleStatus {
     /// The bundle left Git: held, or removed (objects deleted or kept).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub removal: Option<Removal>,
+    /// The release Git wants is held by its wave gate (`crate::waves`): why, since when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wave_held: Option<crate::state::WaveHold>,
+    /// `agent retry` overrode a wave hold: who, when, what held it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wave_override: Option<crate::state::WaveOverride>,
     /// What the running agent's last reconcile of this bundle found (absent when the agent is
     /// down: the records alone do not know what Git wants now).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -286,6 +294,8 @@ pub fn bundle_status(record: &Record, now: Time) -> BundleStatus {
         paused: record.paused.clone(),
         retrying: record.retrying.clone(),
         removal: record.removal.clone(),
+        wave_held: record.wave_held.clone(),
+        wave_override: record.wave_override.clone(),
         desired: None,
         next,
     }
@@ -332,11 +342,19 @@ fn removal_line(r: &Removal, bundle: &str) -> (&'static str, String) {
 pub fn with_cycle(mut status: BundleStatus, cycle: CycleView) -> BundleStatus {
     let quiet = matches!(status.state, "synced" | "new" | "rolled-back" | "quarantined");
     if cycle.result == crate::outcome::Outcome::Blocked.word() && quiet {
-        let deferred = cycle.message.starts_with("deferred:");
-        status.next =
-            format!("{} at {}: {}", if deferred { "waits" } else { "blocked" }, short(&cycle.commit), cycle.message);
+        // The wave gate's reasons read "wave canary: waits for ..." and "held: ...".
+        let (word, state) = if cycle.message.starts_with("deferred:") {
+            ("waits", "deferred")
+        } else if cycle.message.starts_with("wave ") {
+            ("waits", "waiting")
+        } else if cycle.message.starts_with("held:") {
+            ("held", "held")
+        } else {
+            ("blocked", "blocked")
+        };
+        status.next = format!("{word} at {}: {}", short(&cycle.commit), cycle.message);
         if status.state == "new" || status.state == "synced" {
-            status.state = if deferred { "deferred" } else { "blocked" };
+            status.state = state;
         }
     }
     status.desired = Some(cycle);
@@ -519,6 +537,18 @@ pub fn explain(s: &BundleStatus, now: Time) -> String {
             q.reason
         ));
     }
+    if let Some(h) = &s.wave_held {
+        out.push_str(&format!("wave: release {} held since {}: {}\n", short(&h.release), rfc3339(h.since), h.reason));
+    }
+    if let Some(o) = &s.wave_override {
+        out.push_str(&format!(
+            "wave: release {} started over its hold by `agent retry` ({} at {}): {}\n",
+            short(&o.release),
+            o.by,
+            rfc3339(o.at),
+            o.held
+        ));
+    }
     if let Some(w) = &s.retrying {
         out.push_str(&format!(
             "retrying: hash {} after {} environment fault(s) in a row, the last at {}, again at {}: {}\n",
@@ -565,6 +595,7 @@ mod tests {
                 hash: rendered_hash(&objects),
                 images: vec![format!("harbor.example/library/web:{tag}@sha256:0123")],
                 verified: Default::default(),
+                release: None,
             },
             objects,
             at: 0,
@@ -848,6 +879,30 @@ brand-new   new      -             -    rolls out at the next reconcile
         );
         assert_eq!(deferred.state, "deferred");
         assert!(deferred.next.starts_with("waits at 666666666666: deferred: inside deny window"), "{}", deferred.next);
+        let cycle = |message: &str| CycleView {
+            commit: "7777777777777777ffff".into(),
+            images: Vec::new(),
+            verified: Default::default(),
+            result: "blocked".into(),
+            message: message.into(),
+            at: NOW,
+            planned_at: None,
+        };
+        let waiting = with_cycle(
+            bundle_status(&recs[0], NOW),
+            cycle("wave canary: waits for wave qa: 1/1 healthy, soak 4m left"),
+        );
+        assert_eq!(waiting.state, "waiting");
+        assert_eq!(waiting.next, "waits at 777777777777: wave canary: waits for wave qa: 1/1 healthy, soak 4m left");
+        let held_record =
+            recs[0].hold_wave("r2abcdef", "held: wave qa failed at store7: CrashLoopBackOff", NOW - 60).expect("new");
+        let held =
+            with_cycle(bundle_status(&held_record, NOW), cycle("held: wave qa failed at store7: CrashLoopBackOff"));
+        assert_eq!(held.state, "held");
+        assert!(explain(&held, NOW).contains("wave: release r2abcdef held since "), "{}", explain(&held, NOW));
+        let overridden = held_record.override_wave("alice (uid 1000)", NOW).expect("held");
+        let text = explain(&bundle_status(&overridden, NOW), NOW);
+        assert!(text.contains("started over its hold by `agent retry` (alice (uid 1000) at "), "{text}");
         let text = explain(&report.bundles[1], NOW);
         assert!(
             text.contains(

@@ -25,6 +25,8 @@ use crate::tools::{self, GoTools};
 pub const NODE_NAME: &str = "store-node-1";
 /// The registry's `service` (Harbor's value, so payloads and challenges look the same).
 pub const REGISTRY_SERVICE: &str = "harbor-registry";
+/// The registry namespace kept for waves' health reports: the store robot may push there only.
+pub const REPORTS_PREFIX: &str = "gitops-reports/";
 const TOKEN_ISSUER: &str = "gitops-agent-testenv-token-issuer";
 
 /// The order `up` starts components in; `down` stops them in reverse.
@@ -267,7 +269,11 @@ fn write_configs(
             Account {
                 username: c.registry_agent.username.clone(),
                 password: c.registry_agent.password.clone(),
-                grants: vec![Grant { repository_prefix: String::new(), actions: vec!["pull".into()] }],
+                // Pull anything; push only reports (waves: docs/waves.md), never an app image.
+                grants: vec![
+                    Grant { repository_prefix: String::new(), actions: vec!["pull".into()] },
+                    Grant { repository_prefix: REPORTS_PREFIX.into(), actions: vec!["pull".into(), "push".into()] },
+                ],
             },
             Account {
                 username: c.registry_ci.username.clone(),

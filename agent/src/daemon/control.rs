@@ -42,6 +42,9 @@ pub enum Command {
     },
     Retry {
         bundle: String,
+        /// Who asked, as the command line knows it (recorded when it overrides a wave hold).
+        #[serde(default)]
+        by: Option<String>,
     },
     Pause {
         bundle: String,

@@ -519,7 +519,9 @@ async fn by_hand(setup: &Setup, command: control::Command) -> Result<crate::answ
         Command::Rollback { bundle, to } => {
             driver.rollback(&bundle, to.as_deref(), setup.defaults.clone()).await.map(|r| Answer::rolled_back(&r))
         }
-        Command::Retry { bundle } => driver.retry(&bundle).await.map(Answer::said),
+        Command::Retry { bundle, by } => {
+            driver.retry(&bundle, by.as_deref().unwrap_or("an unnamed user")).await.map(Answer::said)
+        }
         Command::Pause { bundle, reason } => driver.pause(&bundle, Some(&reason)).await.map(Answer::said),
         Command::Resume { bundle } => {
             driver.pause(&bundle, None).await.map(|s| Answer::said(format!("{s}; the running agent reconciles it now")))

@@ -63,6 +63,7 @@ impl Driver<'_> {
                 hash: rendered_hash(&objects),
                 images,
                 verified: Default::default(),
+                release: None,
             },
             objects,
             at: unix_now(),

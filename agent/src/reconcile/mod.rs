@@ -15,6 +15,9 @@ mod removal;
 mod resume;
 mod rollback;
 mod rollout;
+mod waves;
+
+pub use waves::WavesCtx;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -85,6 +88,9 @@ pub struct Driver<'a> {
     pub ignore_windows: bool,
     /// Hears progress lines (verdict changes, steps), for the log.
     pub progress: &'a (dyn Fn(&str, &str) + Sync),
+    /// Waves across stores: set once the session is known (its registries, the node's labels)
+    /// and the node config has `waves`.
+    pub waves: Option<WavesCtx<'a>>,
 }
 
 impl Driver<'_> {
@@ -124,8 +130,21 @@ impl Driver<'_> {
     }
 
     /// One bundle's reconcile from its desired objects at `commit`: preflight, plan, the gate
-    /// chain's decision (`shared::gate`), then the I/O of the arm it chose.
+    /// chain's decision (`shared::gate`), then the I/O of the arm it chose; then this store's
+    /// report on it when it has waves.
     pub async fn bundle(&self, desired: &DesiredBundle, commit: &str) -> BundleResult {
+        let mut gated = shared::report::Gated::No;
+        let result = self.bundle_gated(desired, commit, &mut gated).await;
+        self.publish(desired, commit, &gated, unix_now()).await;
+        result
+    }
+
+    async fn bundle_gated(
+        &self,
+        desired: &DesiredBundle,
+        commit: &str,
+        gated: &mut shared::report::Gated,
+    ) -> BundleResult {
         let name = desired.name.as_str();
         let policy = &desired.spec.policy;
         let (limits, manifests) = match self.preflight(desired).await {
@@ -147,7 +166,13 @@ impl Driver<'_> {
         images.dedup();
         let verified = desired.verified_images();
         let candidate = Snapshot {
-            revision: Revision { commit: commit.to_owned(), hash: rendered_hash(&objects), images, verified },
+            revision: Revision {
+                commit: commit.to_owned(),
+                hash: rendered_hash(&objects),
+                images,
+                verified,
+                release: desired.release.clone(),
+            },
             objects,
             at: unix_now(),
         };
@@ -184,7 +209,15 @@ impl Driver<'_> {
         };
 
         let now = unix_now();
-        let seen = Observed {
+        let (wave_list, release) = match self.wave_inputs(desired) {
+            waves::Prepared::NoWaves => (None, ""),
+            waves::Prepared::Held(reason) => {
+                *gated = shared::report::Gated::Held(reason.clone());
+                return with(BundleResult::new(name, Outcome::Blocked, reason));
+            }
+            waves::Prepared::Check { waves, release } => (Some(waves), release),
+        };
+        let mut seen = Observed {
             refused: &refused,
             record: &record,
             hash: &candidate.revision.hash,
@@ -194,10 +227,19 @@ impl Driver<'_> {
             change: if self.ignore_windows { Change::EmergencyRollout } else { Change::Rollout },
             drains: &limits.drains,
             dry_run: if self.dry_run { DryRun::Yes } else { DryRun::No },
+            waves: wave_list.and_then(|w| self.wave_check(w, release, None)),
             now,
         };
-        let decision = match shared::gate::before_idle(&seen) {
+        let read;
+        let mut chain = shared::gate::before_idle(&seen);
+        if let (Chain::ReadReports, Some(check)) = (&chain, &seen.waves) {
+            read = self.read_reports(name, check, now).await;
+            seen.waves = wave_list.and_then(|w| self.wave_check(w, release, Some(&read)));
+            chain = shared::gate::before_idle(&seen);
+        }
+        let decision = match chain {
             Chain::Decided(d) => d,
+            Chain::ReadReports => unreachable!("the reports were read"),
             Chain::ReadIdle { notes } => {
                 for n in &notes {
                     self.say(name, n);
@@ -210,6 +252,7 @@ impl Driver<'_> {
         for n in &decision.notes {
             self.say(name, n);
         }
+        *gated = decision.wave.clone();
         let record = match decision.save {
             None => record,
             Some(saved) => {

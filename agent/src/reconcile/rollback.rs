@@ -19,10 +19,20 @@ impl Driver<'_> {
     }
 
     /// `agent retry BUNDLE`: lifts the quarantine; the next reconcile tries the revision again.
-    pub async fn retry(&self, bundle: &str) -> anyhow::Result<String> {
+    /// A release held by its wave gate is started anyway: a deliberate override, recorded with
+    /// `by` and the time.
+    pub async fn retry(&self, bundle: &str, by: &str) -> anyhow::Result<String> {
         let record = self.store.load(bundle).await?.ok_or_else(|| anyhow::anyhow!("no record of bundle {bundle}"))?;
+        if let Some(overridden) = record.override_wave(by, unix_now()) {
+            let held = record.wave_held.as_ref().map(|h| h.reason.clone()).unwrap_or_default();
+            let overridden = if overridden.quarantine.is_some() { overridden.retry() } else { overridden };
+            self.save(&overridden).await?;
+            return Ok(format!(
+                "overrode the wave gate of {bundle} ({held}), recorded as by {by}; the next reconcile starts the release"
+            ));
+        }
         let Some(q) = record.quarantine.clone() else {
-            return Ok(format!("bundle {bundle} has no quarantined revision"));
+            return Ok(format!("bundle {bundle} has no quarantined revision and no release held by its wave"));
         };
         self.save(&record.retry()).await?;
         Ok(format!("lifted the quarantine of {} ({}); the next reconcile tries it again", q.revision.short(), q.reason))

@@ -314,6 +314,13 @@ impl GitSource {
         if verdict.is_signed() { Ok(line) } else { Err(line) }
     }
 
+    /// The id of the tree `dir` at `commit`: the same for every store that reads the same
+    /// content (a bundle's release, `shared::waves::release_id`).
+    pub fn tree_id(&self, commit: &str, dir: &str) -> Result<String, GitError> {
+        let repo = self.open_cache()?;
+        Ok(subtree(&repo, commit, dir)?.id.to_string())
+    }
+
     /// The content of one file at `commit`, following symlinks that stay inside `root`.
     pub fn read(&self, commit: &str, path: &str, root: &str) -> Result<Vec<u8>, GitError> {
         let repo = self.open_cache()?;

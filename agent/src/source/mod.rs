@@ -2,6 +2,7 @@
 
 pub mod git;
 pub mod registry;
+pub mod reports;
 pub mod secret;
 
 use std::collections::BTreeMap;

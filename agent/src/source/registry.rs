@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use backon::{ExponentialBuilder, Retryable};
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -121,7 +121,7 @@ struct CachedToken {
 /// One registry.
 pub struct Registry {
     opts: RegistryOptions,
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
     tokens: Mutex<HashMap<String, CachedToken>>,
     secret: Option<Secret>,
     limit: tokio::sync::Semaphore,
@@ -186,6 +186,11 @@ impl Registries {
             .ok_or_else(|| RegistryError::NoRegistry { image: image.to_string(), host: image.registry.clone() })
     }
 
+    /// The configured registry whose host is `host` (the reports' registry).
+    pub fn by_host(&self, host: &str) -> Option<&Registry> {
+        self.registries.iter().find(|r| r.opts.host.eq_ignore_ascii_case(host))
+    }
+
     /// Every registry's requests so far and its last error (status and metrics).
     pub fn stats(&self) -> Vec<RegistryStats> {
         self.registries
@@ -219,20 +224,40 @@ pub struct RegistryStats {
 
 /// One registry request, as the retry and auth layers see it.
 #[derive(Clone, Copy)]
-struct Req<'a> {
-    /// The request kind, as counted: `manifest_head` or `tag_list`.
-    kind: &'static str,
-    method: &'a str,
-    url: &'a str,
-    /// The token scope is `repository:<repository>:pull`.
-    repository: &'a str,
-    accept: Option<&'a str>,
+pub(super) struct Req<'a> {
+    /// The request kind, as counted: `manifest_head`, `tag_list`, `report_head`, ...
+    pub(super) kind: &'static str,
+    pub(super) method: &'a str,
+    pub(super) url: &'a str,
+    /// The token scope is `repository:<repository>:<access>`.
+    pub(super) repository: &'a str,
+    pub(super) accept: Option<&'a str>,
+    pub(super) access: Access,
+    /// A request body with its content type (uploads, manifest pushes).
+    pub(super) body: Option<(&'a [u8], &'a str)>,
 }
 
-struct Reply {
-    status: u16,
-    headers: hyper::HeaderMap,
-    body: Bytes,
+/// What a request needs of the repository: the token scope it asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Pull,
+    /// Pull and push: only the reports repository (`waves.reports`) is ever written.
+    Push,
+}
+
+impl Access {
+    fn actions(self) -> &'static str {
+        match self {
+            Access::Pull => "pull",
+            Access::Push => "pull,push",
+        }
+    }
+}
+
+pub(super) struct Reply {
+    pub(super) status: u16,
+    pub(super) headers: hyper::HeaderMap,
+    pub(super) body: Bytes,
 }
 
 impl Registry {
@@ -274,6 +299,8 @@ impl Registry {
                 url: &url,
                 repository,
                 accept: Some(SIGNATURE_ACCEPT),
+                access: Access::Pull,
+                body: None,
             })
             .await?;
         match reply.status {
@@ -286,7 +313,15 @@ impl Registry {
         let mut out = Vec::with_capacity(layers.len());
         for layer in layers {
             let url = format!("{base}/blobs/{}", layer.digest);
-            let req = Req { kind: "signature_blob", method: "GET", url: &url, repository, accept: None };
+            let req = Req {
+                kind: "signature_blob",
+                method: "GET",
+                url: &url,
+                repository,
+                accept: None,
+                access: Access::Pull,
+                body: None,
+            };
             let mut reply = self.with_retries(req).await?;
             // A registry may hand blobs out from its storage: one redirect, without our credentials.
             if matches!(reply.status, 301 | 302 | 303 | 307 | 308)
@@ -319,6 +354,8 @@ impl Registry {
                 url: &url,
                 repository: &image.repository,
                 accept: Some(MANIFEST_ACCEPT),
+                access: Access::Pull,
+                body: None,
             })
             .await?;
         match reply.status {
@@ -333,9 +370,20 @@ impl Registry {
         }
     }
 
+    /// `https://<host>`.
+    pub fn base_url(&self) -> String {
+        format!("https://{}", self.opts.host)
+    }
+
     /// Every tag of a repository, following the `Link: <...>; rel="next"` pages the registry
     /// offers (Harbor pages; distribution 2.x answers in one page).
     pub async fn list_tags(&self, repository: &str) -> Result<Vec<String>, RegistryError> {
+        self.list_tags_with(repository, Access::Pull).await
+    }
+
+    /// [`Registry::list_tags`] under the token scope `access` asks for (the reports adapter
+    /// reads and writes with one pull-and-push token).
+    pub async fn list_tags_with(&self, repository: &str, access: Access) -> Result<Vec<String>, RegistryError> {
         /// Tags asked for per page; Harbor's own UI asks for at most 100, its API allows more.
         const PAGE: usize = 200;
         /// More pages than this is a registry that keeps answering "next": stop rather than loop.
@@ -344,8 +392,7 @@ impl Registry {
         let mut url = format!("{base}/v2/{repository}/tags/list?n={PAGE}");
         let mut tags: Vec<String> = Vec::new();
         for _ in 0..MAX_PAGES {
-            let reply =
-                self.with_retries(Req { kind: "tag_list", method: "GET", url: &url, repository, accept: None }).await?;
+            let reply = self.tag_page(&url, repository, access).await?;
             if reply.status == 404 {
                 return Err(RegistryError::NotFound { image: format!("{}/{repository}", self.opts.host) });
             }
@@ -367,7 +414,12 @@ impl Registry {
         Err(RegistryError::Protocol { url, reason: format!("tag list: more than {MAX_PAGES} pages") })
     }
 
-    fn status_error(&self, url: &str, status: u16, reply: &Reply) -> RegistryError {
+    pub(super) async fn tag_page(&self, url: &str, repository: &str, access: Access) -> Result<Reply, RegistryError> {
+        let req = Req { kind: "tag_list", method: "GET", url, repository, accept: None, access, body: None };
+        self.with_retries(req).await
+    }
+
+    pub(super) fn status_error(&self, url: &str, status: u16, reply: &Reply) -> RegistryError {
         if status == 401 || status == 403 {
             return RegistryError::Unauthorized { url: url.to_owned(), account: self.account(), status };
         }
@@ -384,7 +436,7 @@ impl Registry {
 
     /// One logical request: throttled and transient failures are retried with exponential
     /// backoff and jitter, waiting at least what `Retry-After` asks.
-    async fn with_retries(&self, req: Req<'_>) -> Result<Reply, RegistryError> {
+    pub(super) async fn with_retries(&self, req: Req<'_>) -> Result<Reply, RegistryError> {
         let _permit = self.limit.acquire().await.expect("semaphore never closed");
         let attempt = || async {
             let reply = self.authed(req).await?;
@@ -408,8 +460,8 @@ impl Registry {
     /// Sends with a cached token; on a Bearer challenge, gets a token for the challenge's scope
     /// and sends once more.
     async fn authed(&self, req: Req<'_>) -> Result<Reply, RegistryError> {
-        let Req { kind, method, url, repository, accept } = req;
-        let scope_key = format!("repository:{repository}:pull");
+        let Req { kind, method, url, repository, accept, access, body } = req;
+        let scope_key = format!("repository:{repository}:{}", access.actions());
         let cached = self.cached_token(&scope_key);
         let auth = match (&cached, &self.opts.auth) {
             (Some(t), _) => Some(format!("Bearer {t}")),
@@ -417,7 +469,7 @@ impl Registry {
             (None, Auth::Basic { .. }) if self.uses_basic.load(Ordering::Relaxed) => Some(self.basic()?),
             _ => None,
         };
-        let reply = self.send(kind, method, url, accept, auth.as_deref()).await?;
+        let reply = self.send_body(kind, method, url, accept, auth.as_deref(), body).await?;
         if reply.status != 401 {
             return Ok(reply);
         }
@@ -434,7 +486,7 @@ impl Registry {
             }
             _ => return Ok(reply),
         };
-        self.send(kind, method, url, accept, Some(&auth)).await
+        self.send_body(kind, method, url, accept, Some(&auth), body).await
     }
 
     fn cached_token(&self, scope: &str) -> Option<String> {
@@ -454,7 +506,13 @@ impl Registry {
             if let Some(service) = challenge.param("service") {
                 q.append_pair("service", service);
             }
-            q.append_pair("scope", challenge.param("scope").unwrap_or(scope_key));
+            // Our own scope when it asks for more than the challenge's (a push first met as a
+            // pull's challenge); the challenge's otherwise.
+            let scope = match challenge.param("scope") {
+                Some(asked) if !scope_key.ends_with(":pull,push") || asked.ends_with(",push") => asked,
+                _ => scope_key,
+            };
+            q.append_pair("scope", scope);
         }
         let auth = match &self.opts.auth {
             Auth::Anonymous => None,
@@ -510,7 +568,7 @@ impl Registry {
         Ok(read.value)
     }
 
-    /// One HTTP exchange, counted by kind and outcome.
+    /// One HTTP exchange without a body, counted by kind and outcome.
     async fn send(
         &self,
         kind: &'static str,
@@ -519,8 +577,24 @@ impl Registry {
         accept: Option<&str>,
         auth: Option<&str>,
     ) -> Result<Reply, RegistryError> {
+        self.send_body(kind, method, url, accept, auth, None).await
+    }
+
+    /// One HTTP exchange, counted by kind and outcome.
+    async fn send_body(
+        &self,
+        kind: &'static str,
+        method: &str,
+        url: &str,
+        accept: Option<&str>,
+        auth: Option<&str>,
+        body: Option<(&[u8], &str)>,
+    ) -> Result<Reply, RegistryError> {
         let shown = shared::redact::url(url);
         let mut req = hyper::Request::builder().method(method).uri(url).header("user-agent", "gitops-agent");
+        if let Some((_, content_type)) = body {
+            req = req.header("content-type", content_type);
+        }
         if let Some(a) = accept {
             req = req.header("accept", a);
         }
@@ -528,7 +602,7 @@ impl Registry {
             req = req.header("authorization", a);
         }
         let req = req
-            .body(Empty::new())
+            .body(Full::new(Bytes::copy_from_slice(body.map_or(&[][..], |(b, _)| b))))
             .map_err(|e| RegistryError::Protocol { url: shown.clone(), reason: e.to_string() })?;
         let fut = async {
             let resp = self
@@ -568,7 +642,12 @@ impl Registry {
 
 /// The HTTP method a request kind uses, for error lines.
 fn req_method(kind: &str) -> &'static str {
-    if kind == "manifest_head" { "HEAD" } else { "GET" }
+    match kind {
+        "manifest_head" | "report_head" | "report_blob_head" => "HEAD",
+        "report_upload" => "POST",
+        "report_blob_put" | "report_manifest_put" => "PUT",
+        _ => "GET",
+    }
 }
 
 /// Trusted keys from their PEM files (relative to `base`); the error names the key and its file.

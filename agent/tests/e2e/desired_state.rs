@@ -298,7 +298,7 @@ impl Store {
         let git = Arc::new(GitSource::new(GitOptions::from_config(&config, base)).unwrap());
         let g = git.clone();
         let poll = tokio::task::spawn_blocking(move || g.poll()).await.unwrap().unwrap();
-        let checkout = Checkout { git, commit: poll.commit.id, root: "stack-b".into() };
+        let checkout = Checkout { git, commit: poll.commit.id, root: "stack-b".into(), waves: Default::default() };
         let cluster = Cluster::connect(&config.kube, base).await.unwrap();
         let registries = Registries::from_config(&config.registries, base).unwrap();
         let node = Node { agent_id: config.identity.agent_id.clone(), labels: config.identity.labels.clone() };
@@ -329,6 +329,7 @@ impl Store {
                 hash: shared::state::rendered_hash(&objects),
                 images: Vec::new(),
                 verified: Default::default(),
+                release: None,
             };
             let snapshot = shared::state::Snapshot { revision, objects, at: 0 };
             let record = shared::state::Record::new(&b.dir).adopted(snapshot, "applied by the test", 0);
