@@ -6,7 +6,9 @@
 //!   `templates/`, `charts/` and `values-*.yaml` belong to the chart);
 //! - a folder with `*.yaml`, `*.yml` or `*.json` files directly in it, outside every such subtree,
 //!   is a raw-manifest bundle;
-//! - folders whose name starts with `.` are skipped (`.git`, `.github`).
+//! - folders whose name starts with `.` are skipped (`.git`, `.github`);
+//! - the repository's waves file (`waves.yaml` at the scanned root, `shared::waves`) is no
+//!   manifest.
 //!
 //! Pure: it sees the list of file paths of a commit's tree, never a filesystem.
 
@@ -56,6 +58,9 @@ pub fn discover<'a>(files: impl IntoIterator<Item = &'a str>) -> Vec<Bundle> {
             None => (".", path),
         };
         if dir.split('/').any(|c| c.starts_with('.') && c != ".") {
+            continue;
+        }
+        if dir == "." && name == crate::waves::REPO_FILE {
             continue;
         }
         let entry = dirs.entry(dir.to_owned()).or_default();
@@ -110,6 +115,12 @@ mod tests {
             "README.md",
         ];
         assert_eq!(found(&files), vec![("stack-b/helm".into(), Marker::Fleet)]);
+    }
+
+    #[test]
+    fn the_repository_s_waves_file_is_no_bundle_but_one_in_a_folder_is_a_manifest() {
+        assert_eq!(found(&["waves.yaml", "web/fleet.yaml"]), vec![("web".into(), Marker::Fleet)]);
+        assert_eq!(found(&["raw/waves.yaml"]), vec![("raw".into(), Marker::Raw)]);
     }
 
     /// files in the tree -> bundles expected

@@ -112,6 +112,7 @@ pub fn bundle_spec(
         .clone()
         .or_else(|| fleet.default_namespace.clone())
         .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+    let namespace = crate::fleet::expand_cluster_labels(&namespace, labels)?;
     let chart = fleet.helm.as_ref().and_then(|h| h.chart.as_deref());
     let kustomize_dir = target
         .and_then(|t| t.kustomize.as_ref())

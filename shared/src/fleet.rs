@@ -365,6 +365,29 @@ impl FleetYaml {
     }
 }
 
+/// Fleet's templating of `defaultNamespace`/`namespace` by the node's labels: each
+/// `${ .ClusterLabels.<key> }` becomes that label's value (so one bundle gives each store its own
+/// namespace). Any other `${ ... }`, or a label the node lacks, is an error naming it.
+pub fn expand_cluster_labels(text: &str, labels: &BTreeMap<String, String>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| format!("{text:?}: `${{` without a closing `}}`"))?;
+        let expr = after[..end].trim();
+        let key = expr
+            .strip_prefix(".ClusterLabels.")
+            .filter(|k| !k.is_empty() && !k.contains(char::is_whitespace))
+            .ok_or_else(|| format!("{text:?}: only `${{ .ClusterLabels.<key> }}` is evaluated, not {expr:?}"))?;
+        let value = labels.get(key).ok_or_else(|| format!("{text:?}: this node has no label {key:?}"))?;
+        out.push_str(value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// Deep-merges `overlay` into `base`: maps merge key by key, anything else replaces, and a
 /// `null` in the overlay removes the key.
 pub fn merge(base: &mut Value, overlay: Value) {
@@ -478,6 +501,15 @@ targetCustomizations:
         let p = parse(bad).unwrap_err();
         assert_eq!((p.path.as_str(), p.line), ("gitopsAgent.waves[0].soak", Some(6)), "{p}");
         assert_eq!(parse("gitopsAgent: {}\n").unwrap().0.gitops_agent.waves, None);
+    }
+
+    #[test]
+    fn a_namespace_is_templated_by_the_node_s_labels() {
+        let l = labels(&[("store", "store7")]);
+        assert_eq!(expand_cluster_labels("kiosk-${ .ClusterLabels.store }", &l), Ok("kiosk-store7".into()));
+        assert_eq!(expand_cluster_labels("kiosk", &l), Ok("kiosk".into()));
+        assert!(expand_cluster_labels("${ .ClusterLabels.ring }", &l).unwrap_err().contains("no label \"ring\""));
+        assert!(expand_cluster_labels("${ .Values.x }", &l).unwrap_err().contains("only `${ .ClusterLabels"));
     }
 
     #[test]

@@ -333,6 +333,75 @@ pub fn read_tagged(bytes: &[u8], tag: &str, bundle: &str) -> Result<Report, Stri
     Ok(r)
 }
 
+/// `agent fleet status` for one bundle: per wave in Git's order (stores in no known wave
+/// last), per store, what runs, its state and how old its report is; within 100 columns.
+pub fn fleet_table(bundle: &str, waves: &[String], reports: &[Report], now: Time) -> String {
+    let mut rows: Vec<&Report> = reports.iter().collect();
+    let order = |r: &Report| waves.iter().position(|w| *w == r.wave).unwrap_or(waves.len());
+    rows.sort_by(|a, b| (order(a), &a.store).cmp(&(order(b), &b.store)));
+    let mut out = format!("bundle {bundle}: {} report(s)\n", rows.len());
+    out.push_str(&format!(
+        "{:<10} {:<22} {:<12} {:<10} {:>6}  {}\n",
+        "WAVE", "STORE", "RELEASE", "STATE", "AGE", "WHY"
+    ));
+    for r in rows {
+        let mut why = r.state.reason().unwrap_or_default().to_owned();
+        if let Some(running) = &r.running {
+            why = format!("runs {}; {why}", &running[..running.len().min(12)]);
+        }
+        let line = format!(
+            "{:<10} {:<22} {:<12} {:<10} {:>6}  {}",
+            r.wave,
+            r.store,
+            &r.release[..r.release.len().min(12)],
+            r.state.word(),
+            human(now - r.published),
+            why
+        );
+        let line: String = line.chars().take(100).collect();
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The JSON of `agent fleet status`: stable keys, one object per report.
+pub fn fleet_json(bundle: &str, reports: &[Report], now: Time) -> serde_json::Value {
+    let stores: Vec<serde_json::Value> = reports
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "wave": r.wave, "store": r.store, "release": r.release, "commit": r.commit,
+                "state": r.state.word(), "reason": r.state.reason(), "since": r.since,
+                "published": r.published, "ageSeconds": now - r.published, "running": r.running,
+            })
+        })
+        .collect();
+    serde_json::json!({"bundle": bundle, "stores": stores})
+}
+
+/// `4m`, `1h5m`, `30s`: a short remaining time for reasons and ages.
+pub fn human(secs: i64) -> String {
+    let s = secs.max(0);
+    match (s / 3600, (s % 3600) / 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, 0, _) => format!("{h}h"),
+        (h, m, _) => format!("{h}h{m}m"),
+    }
+}
+
+/// What this reconcile found running, for `state::Record::report_state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Live {
+    /// The live objects are what the release renders on this store (in sync, verified, or
+    /// just rolled out).
+    AsReleased,
+    /// Anything else (waiting, blocked, rolled back, not planned).
+    Other,
+}
+
 /// How the wave gate left a bundle this cycle, for `state::Record::report_state`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Gated {
@@ -435,6 +504,24 @@ mod tests {
         assert_eq!(read_tagged(&doc, "qa.store7", "kiosk").map(|r| r.store), Ok("store7".into()));
         assert_eq!(read_tagged(&doc, "qa.store8", "kiosk"), Err("tag qa.store8 holds a report of qa.store7".into()));
         assert!(read_tagged(&doc, "qa.store7", "other").is_err());
+    }
+
+    #[test]
+    fn the_fleet_screen_lists_stores_by_wave_within_100_columns() {
+        let qa = sample();
+        let last =
+            Report { store: "store9".into(), wave: "all".into(), state: State::Healthy, running: None, ..sample() };
+        let waves = vec!["qa".to_owned(), "all".to_owned()];
+        let text = fleet_table("kiosk", &waves, &[last.clone(), qa.clone()], 1060);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "bundle kiosk: 2 report(s)");
+        assert!(lines[2].starts_with("qa         store7") && lines[2].contains("rolledBack"), "{text}");
+        assert!(lines[2].contains("runs old; CrashLoopBackOff"), "{text}");
+        assert!(lines[3].starts_with("all        store9") && lines[3].contains("healthy"), "{text}");
+        assert!(lines.iter().all(|l| l.chars().count() <= 100));
+        let doc = fleet_json("kiosk", &[qa], 1060);
+        assert_eq!(doc["stores"][0]["state"], "rolledBack");
+        assert_eq!(doc["stores"][0]["ageSeconds"], 60);
     }
 
     #[test]

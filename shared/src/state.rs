@@ -306,13 +306,16 @@ impl Record {
 
     /// What this store's record says about `release`: rolling, healthy since, rolled back and why,
     /// or waiting/held at its gate (`gated`). `running` is named when another release runs.
+    /// `live`: this reconcile found what runs equal to what the release renders here (a release
+    /// that changed nothing for this store is healthy at once, since its last-known-good).
     pub fn report_state(
         &self,
         release: &str,
         gated: &crate::report::Gated,
+        live: crate::report::Live,
         now: Time,
     ) -> (crate::report::State, Time, Option<String>) {
-        use crate::report::{Gated, State};
+        use crate::report::{Gated, Live, State};
         let record = self;
         let lkg_release = record.lkg.as_ref().and_then(|s| s.revision.release.clone());
         let running = lkg_release.clone().filter(|r| r != release);
@@ -335,6 +338,9 @@ impl Record {
         if let (Some(lkg), Some(r)) = (&record.lkg, &lkg_release)
             && r == release
         {
+            return (State::Healthy, lkg.at, None);
+        }
+        if let (Some(lkg), Live::AsReleased) = (&record.lkg, live) {
             return (State::Healthy, lkg.at, None);
         }
         match gated {
@@ -447,7 +453,13 @@ impl Record {
 
     /// Before the first apply of `candidate`.
     pub fn start_rollout(&self, candidate: Snapshot, limits: Limits, force: bool, now: Time) -> Record {
-        Record { phase: Phase::RollingOut { candidate, started: now, limits, force }, idle_wait: None, ..self.next() }
+        // A release that starts is no longer held (a hold of another release is moot).
+        Record {
+            phase: Phase::RollingOut { candidate, started: now, limits, force },
+            idle_wait: None,
+            wave_held: None,
+            ..self.next()
+        }
     }
 
     /// The candidate became healthy (and stayed so through the verification window): it is
@@ -926,6 +938,10 @@ mod tests {
             (State::Waiting { reason: "wave canary: waits".into() }, 99, Some("r1".into()))
         );
         assert_eq!(report_state_of(&running, "r2", &none, 99).0, State::Pending);
+        let same_render = running.report_state("r2", &none, crate::report::Live::AsReleased, 99);
+        assert_eq!(same_render, (State::Healthy, 20, None), "a release that renders the same here is healthy");
+        let same_render = running.report_state("r2", &none, crate::report::Live::AsReleased, 99);
+        assert_eq!(same_render, (State::Healthy, 20, None), "a release that renders the same here is healthy");
     }
 
     fn report_state_of(
@@ -934,7 +950,7 @@ mod tests {
         gated: &crate::report::Gated,
         now: Time,
     ) -> (crate::report::State, Time, Option<String>) {
-        r.report_state(release, gated, now)
+        r.report_state(release, gated, crate::report::Live::Other, now)
     }
 
     const L: Limits = Limits { progress_deadline: 60, verify_window: 0, probes: Vec::new(), drains: Vec::new() };

@@ -450,17 +450,8 @@ pub fn stable_hash(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
-/// `4m`, `1h5m`, `30s`: a short remaining time for reasons.
-pub fn human(secs: i64) -> String {
-    let s = secs.max(0);
-    match (s / 3600, (s % 3600) / 60, s % 60) {
-        (0, 0, s) => format!("{s}s"),
-        (0, m, 0) => format!("{m}m"),
-        (0, m, s) => format!("{m}m{s}s"),
-        (h, 0, _) => format!("{h}h"),
-        (h, m, _) => format!("{h}h{m}m"),
-    }
-}
+/// `4m`, `1h5m`, `30s`: a short remaining time for reasons (`report::human`).
+pub use crate::report::human;
 
 #[cfg(test)]
 mod tests {

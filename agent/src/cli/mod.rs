@@ -3,6 +3,7 @@
 
 pub mod diff;
 mod fetch;
+mod fleet;
 mod local;
 mod pause;
 mod policy;
@@ -45,6 +46,10 @@ enum Cmd {
         /// The agent's YAML config file.
         #[arg(long, short, env = "GITOPS_AGENT_CONFIG")]
         config: PathBuf,
+        /// Also check a waves file (the repository's `waves.yaml`) and which wave this node's
+        /// configured labels put it in; a node in no wave is a problem.
+        #[arg(long)]
+        waves: Option<PathBuf>,
         #[arg(long, short, value_enum, default_value_t = Output::Human)]
         output: Output,
     },
@@ -171,6 +176,11 @@ enum Cmd {
         #[arg(long, short, env = "GITOPS_AGENT_CONFIG")]
         config: PathBuf,
     },
+    /// The fleet seen from the health reports of waves (docs/waves.md).
+    Fleet {
+        #[command(subcommand)]
+        cmd: FleetCmd,
+    },
     /// Image tag policies (Flux's ImagePolicy language).
     Policy {
         #[command(subcommand)]
@@ -186,6 +196,20 @@ enum Cmd {
     },
     /// Prints the version and the git commit it was built from.
     Version {
+        #[arg(long, short, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FleetCmd {
+    /// Per bundle, wave and store: the release it is on, its state and the age of its report.
+    Status {
+        #[arg(long, short, env = "GITOPS_AGENT_CONFIG")]
+        config: PathBuf,
+        /// One bundle only.
+        #[arg(long)]
+        bundle: Option<String>,
         #[arg(long, short, value_enum, default_value_t = Output::Human)]
         output: Output,
     },
@@ -222,7 +246,9 @@ pub enum Output {
 
 pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     match cli.cmd {
-        Cmd::Validate { config, output } => validate::run(&config, output, &|k| std::env::var(k).ok(), out),
+        Cmd::Validate { config, waves, output } => {
+            validate::run(&config, waves.as_deref(), output, &|k| std::env::var(k).ok(), out)
+        }
         Cmd::Fetch { config, output } => fetch::run(&config, output, out),
         Cmd::Render { bundle, config, labels, kube_version, no_resolve, output } => render::run(
             render::Args {
@@ -259,6 +285,9 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
         }
         Cmd::Policy { cmd: PolicyCmd::Test { policy, image: Some(image), config, output, .. } } => {
             policy::test_image(&policy, &image, config.as_deref(), output, out)
+        }
+        Cmd::Fleet { cmd: FleetCmd::Status { config, bundle, output } } => {
+            fleet::status(&config, bundle.as_deref(), output, out)
         }
         Cmd::StateDir { path, owner } => state_dir::run(&path, &owner, out),
         Cmd::Version { output } => {

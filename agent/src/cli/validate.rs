@@ -16,6 +16,7 @@ const EXIT_INVALID: u8 = 1;
 
 pub fn run(
     file: &Path,
+    waves: Option<&Path>,
     output: Output,
     env: &dyn Fn(&str) -> Option<String>,
     out: &mut dyn Write,
@@ -26,6 +27,9 @@ pub fn run(
         Ok(loaded) => {
             let mut all = loaded.validate();
             all.extend(machine_checks(&loaded, file, env));
+            if let Some(w) = waves {
+                all.extend(wave_checks(&loaded, w));
+            }
             all
         }
     };
@@ -52,6 +56,26 @@ pub fn run(
         }
     }
     Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_INVALID) })
+}
+
+/// A waves file checked, and this node's place in it: a node in no wave would hold every
+/// release, so it is a problem here rather than a surprise at the first release.
+fn wave_checks(l: &Loaded, waves: &Path) -> Vec<Problem> {
+    let shown = waves.display();
+    let text = match std::fs::read_to_string(waves) {
+        Ok(t) => t,
+        Err(e) => return vec![Problem::new(shown.to_string(), format!("cannot read: {e}"))],
+    };
+    let list = match shared::waves::parse_file(&text) {
+        Ok(w) => w,
+        Err(p) => return vec![Problem { path: format!("{shown}: {}", p.path), ..p }],
+    };
+    let labels = &l.config.identity.labels;
+    match shared::waves::place(&list, labels) {
+        Some(_) => Vec::new(),
+        None if l.config.identity.labels_from_node => Vec::new(),
+        None => vec![l.problem("identity.labels", format!("{shown}: {}", shared::waves::unplaced(&list, labels)))],
+    }
 }
 
 /// Checks that need files and the environment; relative paths are relative to the config file.

@@ -135,7 +135,11 @@ impl Driver<'_> {
     pub async fn bundle(&self, desired: &DesiredBundle, commit: &str) -> BundleResult {
         let mut gated = shared::report::Gated::No;
         let result = self.bundle_gated(desired, commit, &mut gated).await;
-        self.publish(desired, commit, &gated, unix_now()).await;
+        let live = match result.result {
+            Outcome::InSync | Outcome::Verified | Outcome::RolledOut => shared::report::Live::AsReleased,
+            _ => shared::report::Live::Other,
+        };
+        self.publish(desired, commit, &gated, live, unix_now()).await;
         result
     }
 

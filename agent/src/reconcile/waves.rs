@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use shared::gate::{Reports as Read, WaveCheck};
 use shared::k8s::Time;
-use shared::report::{Gated, Report, SCHEMA};
+use shared::report::{Gated, Live, Report, SCHEMA};
 use shared::state::Record;
 
 use super::Driver;
@@ -85,7 +85,7 @@ impl Driver<'_> {
     /// Publishes this store's report on the bundle from its record, when `shared::report::due`
     /// says so. Stores of the last wave refresh nothing (no gate reads them); the others
     /// republish an unchanged report every `waves.refresh`.
-    pub(super) async fn publish(&self, desired: &DesiredBundle, commit: &str, gated: &Gated, now: Time) {
+    pub(super) async fn publish(&self, desired: &DesiredBundle, commit: &str, gated: &Gated, live: Live, now: Time) {
         let (Some(ctx), Some(Ok(waves)), Some(release)) = (self.waves, &desired.waves, &desired.release) else {
             return;
         };
@@ -100,7 +100,7 @@ impl Driver<'_> {
                 return;
             }
         };
-        let (state, since, running) = record.report_state(release, gated, now);
+        let (state, since, running) = record.report_state(release, gated, live, now);
         let report = Report {
             schema: SCHEMA,
             store: self.agent_id.to_owned(),

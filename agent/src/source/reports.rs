@@ -162,6 +162,28 @@ impl Reports {
         out
     }
 
+    /// Every report on `bundle`, of every wave (`agent fleet status`), with what could not be
+    /// read.
+    pub async fn read_all(&self, registries: &Registries, bundle: &str) -> (Vec<Report>, Vec<String>) {
+        let (registry, repository) =
+            match self.registry(registries).and_then(|r| Ok((r, report::repository(&self.prefix, bundle)?))) {
+                Ok(v) => v,
+                Err(e) => return (Vec::new(), vec![e]),
+            };
+        let tags = match self.tags(registry, &repository).await {
+            Ok(t) => t,
+            Err(e) => return (Vec::new(), vec![format!("listing the reports of {repository}: {e}")]),
+        };
+        let (mut all, mut problems) = (Vec::new(), Vec::new());
+        for tag in &tags {
+            match self.one(registry, &repository, tag, bundle).await {
+                Ok(r) => all.push(r),
+                Err(e) => problems.push(format!("report {repository}:{tag}: {e}")),
+            }
+        }
+        (all, problems)
+    }
+
     /// Every tag of the repository; none yet when nobody published.
     async fn tags(&self, registry: &Registry, repository: &str) -> Result<Vec<String>, String> {
         match registry.list_tags_with(repository, Access::Push).await {

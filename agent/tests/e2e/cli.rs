@@ -172,6 +172,7 @@ fn help_lists_only_commands_that_work() {
             "run",
             "pause",
             "resume",
+            "fleet",
             "policy",
             "state-dir",
             "version",

@@ -26,5 +26,6 @@ mod stack_b_fixture;
 mod testenv_is_real;
 mod util;
 mod verification;
+mod waves;
 mod webhook_load;
 mod windows;
