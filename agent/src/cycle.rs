@@ -224,6 +224,8 @@ impl Setup {
             windows: &self.config.rollout.windows,
             ignore_windows: self.ignore_windows,
             progress,
+            prepull: self.config.prepull.as_ref().filter(|p| p.enabled),
+            node_name: &self.config.identity.node_name,
         }
     }
 }

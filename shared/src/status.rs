@@ -94,6 +94,10 @@ pub struct CycleView {
     /// that finds nothing changed skips both, `crate::replan`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planned_at: Option<Time>,
+    /// A waiting bundle's new images pulled onto the node ahead of its rollout
+    /// (`crate::prepull`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepull: Option<crate::prepull::Progress>,
 }
 
 /// One source as the running agent last saw it. The URL carries no credentials.
@@ -335,6 +339,10 @@ pub fn with_cycle(mut status: BundleStatus, cycle: CycleView) -> BundleStatus {
         let deferred = cycle.message.starts_with("deferred:");
         status.next =
             format!("{} at {}: {}", if deferred { "waits" } else { "blocked" }, short(&cycle.commit), cycle.message);
+        if let Some(p) = cycle.prepull.as_ref().filter(|_| deferred) {
+            // First, so the one-screen table's cut keeps it.
+            status.next = format!("waits at {}: {p}; {}", short(&cycle.commit), cycle.message);
+        }
         if status.state == "new" || status.state == "synced" {
             status.state = if deferred { "deferred" } else { "blocked" };
         }
@@ -497,6 +505,9 @@ pub fn explain(s: &BundleStatus, now: Time) -> String {
         }
         if let Some(at) = c.planned_at {
             out.push_str(&format!("  last full resync (render and plan) {} ago\n", ago(now - at)));
+        }
+        if let Some(p) = &c.prepull {
+            out.push_str(&format!("  {p}\n"));
         }
     }
     if let Some(l) = &s.last {
@@ -778,6 +789,7 @@ next: keeps 222222222222 off until Git renders the bundle differently, or `agent
                 message: "preflight failed: image harbor.example/library/web:1.4.0 is not in the registry".into(),
                 at: NOW - 5,
                 planned_at: Some(NOW - 65),
+                prepull: None,
             },
         );
         let report = Report {
@@ -844,10 +856,38 @@ brand-new   new      -             -    rolls out at the next reconcile
                 message: "deferred: inside deny window `0 9 * * *` for 12h (UTC); opens at 2026-09-21T21:00:00Z".into(),
                 at: NOW,
                 planned_at: None,
+                prepull: None,
             },
         );
         assert_eq!(deferred.state, "deferred");
         assert!(deferred.next.starts_with("waits at 666666666666: deferred: inside deny window"), "{}", deferred.next);
+        let progress = crate::prepull::Progress {
+            images: 3,
+            pulled: 2,
+            pulling: 0,
+            queued: 0,
+            failed: vec![crate::prepull::Failure {
+                image: "harbor.example/web:2@sha256:ab".into(),
+                reason: "ErrImagePull".into(),
+            }],
+        };
+        let mut cycle = deferred.desired.clone().expect("the cycle");
+        cycle.prepull = Some(progress.clone());
+        let pulling = with_cycle(bundle_status(&recs[0], NOW), cycle.clone());
+        assert_eq!(
+            pulling.next,
+            "waits at 666666666666: pre-pulled 2/3 images; harbor.example/web:2@sha256:ab failed: ErrImagePull; \
+             deferred: inside deny window `0 9 * * *` for 12h (UTC); opens at 2026-09-21T21:00:00Z"
+        );
+        let doc = serde_json::to_value(&pulling).unwrap();
+        assert_eq!(doc["desired"]["prepull"]["pulled"], 2);
+        assert_eq!(doc["desired"]["prepull"]["failed"][0]["reason"], "ErrImagePull");
+        assert!(
+            explain(&pulling, NOW)
+                .contains("\n  pre-pulled 2/3 images; harbor.example/web:2@sha256:ab failed: ErrImagePull\n")
+        );
+        cycle.message = "quarantined".into();
+        assert!(!with_cycle(bundle_status(&recs[0], NOW), cycle).next.contains("pre-pulled"), "only while it waits");
         let text = explain(&report.bundles[1], NOW);
         assert!(
             text.contains(

@@ -699,6 +699,7 @@ fn record(d: &Daemon, report: &Report, now: shared::k8s::Time) {
                     message: b.message.clone(),
                     at: now,
                     planned_at: report.planned_at.get(&b.bundle).copied(),
+                    prepull: b.prepull.clone(),
                 },
             );
         }

@@ -174,6 +174,7 @@ fn help_lists_only_commands_that_work() {
             "resume",
             "policy",
             "state-dir",
+            "prepull-helper",
             "version",
             "help"
         ]
