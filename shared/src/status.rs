@@ -331,6 +331,14 @@ fn removal_line(r: &Removal, bundle: &str) -> (&'static str, String) {
 /// urgent things (a rollout under way, a person needed, a pause).
 pub fn with_cycle(mut status: BundleStatus, cycle: CycleView) -> BundleStatus {
     let quiet = matches!(status.state, "synced" | "new" | "rolled-back" | "quarantined");
+    // A cycle that met an environment fault before any record was written (the registry did
+    // not answer during preflight): retrying, as for an API server fault.
+    if cycle.result == crate::outcome::Outcome::Retrying.word() && quiet {
+        status.next = format!("retrying at {}: {}", short(&cycle.commit), cycle.message);
+        if status.state == "new" || status.state == "synced" {
+            status.state = "retrying";
+        }
+    }
     if cycle.result == crate::outcome::Outcome::Blocked.word() && quiet {
         let deferred = cycle.message.starts_with("deferred:");
         status.next =
@@ -847,6 +855,27 @@ brand-new   new      -             -    rolls out at the next reconcile
             },
         );
         assert_eq!(deferred.state, "deferred");
+        let unanswered = with_cycle(
+            bundle_status(&recs[0], NOW),
+            CycleView {
+                commit: "7777777777777777aaaa".into(),
+                images: vec!["harbor.example/library/web:1.4.0".into()],
+                verified: Default::default(),
+                result: "retrying".into(),
+                message: "preflight failed (server-error): preflight: harbor.example/library/web:1.4.0: HTTP 503; \
+                          the registry is not ready, tried again at the next poll"
+                    .into(),
+                at: NOW,
+                planned_at: None,
+            },
+        );
+        assert_eq!(unanswered.state, "retrying", "a registry outage is no block: {unanswered:?}");
+        assert!(
+            unanswered.next.starts_with("retrying at 777777777777: preflight failed (server-error)"),
+            "{}",
+            unanswered.next
+        );
+        assert_eq!(bundle_status(&recs[0], NOW).state, "synced", "the record itself is unchanged");
         assert!(deferred.next.starts_with("waits at 666666666666: deferred: inside deny window"), "{}", deferred.next);
         let text = explain(&report.bundles[1], NOW);
         assert!(
