@@ -7,7 +7,7 @@ use std::path::Path;
 
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::core::GroupVersionKind;
+use kube::core::{GroupVersionKind, PartialObjectMeta};
 use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope};
 use kube::{Client, Config};
 use serde_json::Value;
@@ -120,9 +120,14 @@ impl Cluster {
         }
     }
 
-    /// An API for a served kind in one namespace, or over the cluster for `None` (drift
-    /// watches), if the API server serves it.
-    pub fn api_in(&self, api_version: &str, kind: &str, namespace: Option<&str>) -> Option<Api<DynamicObject>> {
+    /// A metadata-only API for a served kind in one namespace, or over the cluster for `None`
+    /// (drift watches: `managedFields` and labels are all they read), if the API server serves it.
+    pub fn metadata_api_in(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+    ) -> Option<Api<PartialObjectMeta<DynamicObject>>> {
         let (ar, _) = self.kinds.get(&(api_version.to_owned(), kind.to_owned()))?;
         Some(match namespace {
             Some(ns) => Api::namespaced_with(self.client.clone(), ns, ar),
