@@ -73,6 +73,11 @@ impl Cluster {
             })?,
         };
         let url = shared::redact::url(&config.cluster_url.to_string());
+        // kube's own retry of 429/503/504 waits up to minutes without a word (15 tries, delays
+        // doubling up to 1000 s): off, so the agent's backoff retries them and says so (the
+        // step's log line and status), and a fault that lasts becomes `retrying` in the record.
+        let mut config = config;
+        config.default_retry = false;
         let client = Client::try_from(config)
             .map_err(|e| ClusterError::Unreachable { url: url.clone(), reason: crate::source::error_chain(&e) })?;
         let unreachable =

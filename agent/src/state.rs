@@ -9,7 +9,7 @@
 //! is read again and `shared::state::after_conflict` decides: write again, done, or
 //! [`Superseded`] (the caller re-reads and decides again; no transition is lost).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -39,6 +39,8 @@ pub struct StateStore {
     secrets: Option<Api<Secret>>,
     /// What this store last knew of each bundle's Secret (shared by its clones).
     seen: Arc<Mutex<BTreeMap<String, Seen>>>,
+    /// Bundles whose Secret copy the last [`StateStore::all`] found behind this node's file.
+    behind: Arc<Mutex<BTreeSet<String>>>,
 }
 
 /// One bundle's Secret as this store last knew it.
@@ -82,6 +84,7 @@ impl StateStore {
             namespace: namespace.to_owned(),
             secrets: client.map(|c| Api::namespaced(c, namespace)),
             seen: Arc::default(),
+            behind: Arc::default(),
         }
     }
 
@@ -227,11 +230,39 @@ impl StateStore {
                 },
                 None => self.load_secret(&b).await,
             };
-            if let Some(r) = newest_of(self.load_file(&b), remote)? {
+            let local = self.load_file(&b);
+            if self.secrets.is_some() && is_behind(&local, &remote) {
+                self.behind.lock().expect("behind lock").insert(b.clone());
+            }
+            if let Some(r) = newest_of(local, remote)? {
                 out.push(r);
             }
         }
         Ok(out)
+    }
+
+    /// Writes again the Secret copy of each record the last [`StateStore::all`] found behind
+    /// this node's file: a save whose Secret write failed (the API server did not answer) and
+    /// after which nothing changed would leave the Secret stale for good. Returns, per bundle
+    /// tried, whether it was written.
+    pub async fn write_behind(&self) -> Vec<(String, Result<(), String>)> {
+        let bundles = std::mem::take(&mut *self.behind.lock().expect("behind lock"));
+        let mut out = Vec::new();
+        for b in bundles {
+            let written = match (self.load_file(&b), &self.secrets) {
+                (Ok(Some(record)), Some(api)) => match self.save_secret(api, &record).await {
+                    Ok(()) => Ok(()),
+                    Err(SecretWrite::Superseded(stored)) => {
+                        Err(format!("another writer recorded version {} meanwhile; kept", stored.seq))
+                    }
+                    Err(SecretWrite::Failed(e)) => Err(e),
+                },
+                (Ok(_), _) => continue,
+                (Err(e), _) => Err(format!("{e:#}")),
+            };
+            out.push((b, written));
+        }
+        out
     }
 
     /// Writes both copies: the Secret first, over the `resourceVersion` last seen, then the file
@@ -366,6 +397,16 @@ impl StateStore {
         value["apiVersion"] = "v1".into();
         value["kind"] = "Secret".into();
         Ok(value)
+    }
+}
+
+/// Whether the Secret copy lags the file: the file holds a record and the Secret none, or an
+/// older one. A Secret that cannot be decoded is replaced too (the file holds the record).
+fn is_behind(local: &anyhow::Result<Option<Record>>, remote: &anyhow::Result<Option<Record>>) -> bool {
+    match (local, remote) {
+        (Ok(Some(l)), Ok(Some(r))) => l.seq > r.seq,
+        (Ok(Some(_)), Ok(None) | Err(_)) => true,
+        _ => false,
     }
 }
 

@@ -72,8 +72,20 @@ pub struct BundleStatus {
     /// down: the records alone do not know what Git wants now).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub desired: Option<CycleView>,
+    /// What the running agent is doing with the bundle right now (its last progress line of a
+    /// reconcile still running: a step retried while the API server fails, a drain, a watch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activity: Option<Activity>,
     /// What happens next, and why.
     pub next: String,
+}
+
+/// The last progress line of a reconcile still running, and when it was said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Activity {
+    pub line: String,
+    pub at: Time,
 }
 
 /// The running agent's last reconcile of a bundle: the commit, the desired images (pinned to
@@ -287,8 +299,20 @@ pub fn bundle_status(record: &Record, now: Time) -> BundleStatus {
         retrying: record.retrying.clone(),
         removal: record.removal.clone(),
         desired: None,
+        activity: None,
         next,
     }
+}
+
+/// The status with what the running agent is doing now: a bundle rolling out or back says its
+/// latest step (e.g. an apply retried while the API server answers 500) instead of what a
+/// restarted agent would do.
+pub fn with_activity(mut status: BundleStatus, activity: Activity, now: Time) -> BundleStatus {
+    if let ("rolling-out" | "rolling-back", Some(cut)) = (status.state, status.next.find("; an agent restarted")) {
+        status.next = format!("{}; now: {} ({} ago)", &status.next[..cut], activity.line, ago(now - activity.at));
+    }
+    status.activity = Some(activity);
+    status
 }
 
 /// The state word and next line of a bundle that left Git.
@@ -885,6 +909,25 @@ brand-new   new      -             -    rolls out at the next reconcile
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_bundle_rolling_out_says_what_the_running_agent_does_now() {
+        let rolling = records()
+            .into_iter()
+            .map(|r| bundle_status(&r, NOW))
+            .find(|s| s.state == "rolling-out")
+            .expect("a record rolling out");
+        assert!(rolling.next.ends_with("an agent restarted meanwhile finishes it first"), "{}", rolling.next);
+        let line = "ConfigMap/store-1/web-config: HTTP 500; retrying in 13.0s";
+        let now = with_activity(rolling.clone(), Activity { line: line.into(), at: NOW - 4 }, NOW);
+        assert!(now.next.ends_with(&format!("; now: {line} (4s ago)")), "{}", now.next);
+        assert!(!now.next.contains("restarted"), "{}", now.next);
+        assert_eq!(serde_json::to_value(&now).unwrap()["activity"]["line"], line);
+        // A bundle at rest keeps its line; the activity is there for --output json.
+        let synced = bundle_status(&records()[0], NOW);
+        let kept = with_activity(synced.clone(), Activity { line: "watching".into(), at: NOW }, NOW);
+        assert_eq!(kept.next, synced.next);
     }
 
     #[test]

@@ -33,6 +33,27 @@ pub enum Fault {
     /// Answer requests with `status` (and `Retry-After: secs` when set) instead of forwarding.
     /// With `times`, only that many requests are answered so; then the proxy passes again.
     Respond { status: u16, retry_after: Option<u64>, times: Option<u32> },
+    /// Answer `status` to the applies of a bundle's objects only: server-side apply `PATCH`es
+    /// that are no dry run (`dryRun=All` absent), except those of Secrets, Leases and Events
+    /// (the agent's own records and bookkeeping). Everything else passes: the plan's dry runs
+    /// succeed and the apply that follows meets the fault.
+    RejectApplies { status: u16 },
+}
+
+impl Fault {
+    /// Whether this fault answers the request itself.
+    fn answers(&self, method: &str, target: &str) -> Option<(u16, Option<u64>)> {
+        match self {
+            Fault::Respond { status, retry_after, .. } => Some((*status, *retry_after)),
+            Fault::RejectApplies { status } => {
+                let path = target.split('?').next().unwrap_or_default();
+                let own = ["/secrets/", "/leases/", "/events/"].iter().any(|k| path.contains(k));
+                let apply = method == "PATCH" && target.contains("fieldManager=") && !target.contains("dryRun=All");
+                (apply && !own).then_some((*status, None))
+            }
+            Fault::Pass | Fault::Cut | Fault::Delay(_) => None,
+        }
+    }
 }
 
 /// One request the proxy saw.
@@ -220,8 +241,8 @@ async fn forward_counted(shared: &Shared, req: Request<hyper::body::Incoming>) -
             body_head: body_head.clone(),
         });
     };
-    match fault {
-        Fault::Respond { status, retry_after, .. } => {
+    if let Some((status, retry_after)) = fault.answers(&method, &target) {
+        {
             let code = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             let body = format!(
                 "{{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"status\":\"Failure\",\"message\":\"injected by fault proxy\",\"code\":{status}}}"
@@ -235,8 +256,9 @@ async fn forward_counted(shared: &Shared, req: Request<hyper::body::Incoming>) -
             record(status, true);
             return resp;
         }
-        Fault::Delay(d) => tokio::time::sleep(d).await,
-        Fault::Pass | Fault::Cut => {}
+    }
+    if let Fault::Delay(d) = fault {
+        tokio::time::sleep(d).await;
     }
     let uri = format!("{}{}", shared.upstream, target);
     parts.uri = match uri.parse() {

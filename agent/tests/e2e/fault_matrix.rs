@@ -70,6 +70,10 @@ fn rows() -> Vec<Row> {
         Row { target: ApiServer, fault: cut(), phase: Poll, names: Some("API server: ") },
         Row { target: ApiServer, fault: status(500), phase: Poll, names: Some("code: 500") },
         Row { target: ApiServer, fault: slow(), phase: Poll, names: None },
+        // The plan's dry runs pass; the apply of the bundle's objects meets the fault.
+        Row { target: ApiServer, fault: Fault::RejectApplies { status: 500 }, phase: Poll, names: Some("retrying in") },
+        Row { target: ApiServer, fault: Fault::RejectApplies { status: 409 }, phase: Poll, names: Some("retrying in") },
+        Row { target: ApiServer, fault: Fault::RejectApplies { status: 429 }, phase: Poll, names: Some("retrying in") },
         Row { target: ApiServer, fault: cut(), phase: Watch, names: None },
         Row { target: ApiServer, fault: status(500), phase: Watch, names: None },
         Row { target: ApiServer, fault: cut(), phase: Rollback, names: None },
@@ -290,7 +294,14 @@ async fn run_row(env: &'static TestEnv, row: Row) -> Outcome {
     if row.phase != Phase::Rollback {
         assert_eq!(end["quarantined"], Value::Null, "{label}: nothing quarantined: {end:#}");
     }
-    let record = app.secret_record(env).await;
+    // The state Secret catches up by itself (a write that failed during the fault is done again
+    // at a later cycle): it ends holding the record status shows.
+    let status_seq = state_file_seq(&app.state_dir);
+    let record = wait_for(&format!("{label}: the state Secret caught up"), Duration::from_secs(60), || async {
+        let record = app.secret_record(env).await;
+        if record["seq"].as_u64() >= status_seq { Ok(record) } else { Err(format!("{record:#}")) }
+    })
+    .await;
     let history: Vec<&str> =
         record["history"].as_array().unwrap().iter().filter_map(|h| h["revision"]["commit"].as_str()).collect();
     if row.phase != Phase::Rollback {
@@ -317,12 +328,21 @@ fn fault_fields(s: &Value) -> Vec<String> {
     out
 }
 
+/// The `seq` of the one record in the node's state folder (the copy the agent wrote last).
+fn state_file_seq(state_dir: &Path) -> Option<u64> {
+    let files: Vec<_> = std::fs::read_dir(state_dir.join("state")).ok()?.flatten().collect();
+    let file = files.iter().find(|e| e.path().extension().is_some_and(|x| x == "json"))?;
+    let record: Value = serde_json::from_slice(&std::fs::read(file.path()).ok()?).ok()?;
+    record["seq"].as_u64()
+}
+
 fn fault_name(f: &Fault) -> String {
     match f {
         Fault::Pass => "fault".into(),
         Fault::Cut => "cut".into(),
         Fault::Delay(d) => format!("slow ({}s per request)", d.as_secs()),
         Fault::Respond { status, .. } => format!("{status}"),
+        Fault::RejectApplies { status } => format!("{status} to every apply"),
     }
 }
 
@@ -333,6 +353,7 @@ fn row_hint(row: &Row) -> String {
         Fault::Cut => "cut".to_owned(),
         Fault::Delay(_) => "slow".to_owned(),
         Fault::Respond { status, .. } => status.to_string(),
+        Fault::RejectApplies { status } => format!("apply{status}"),
     };
     format!("{}-{f}-{:?}", &t[..t.len().min(10)], row.phase).to_lowercase()
 }
