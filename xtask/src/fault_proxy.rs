@@ -83,6 +83,9 @@ struct Shared {
     max_in_flight: AtomicUsize,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, BoxBody<Bytes, hyper::Error>>,
     upstream: String,
+    /// In the upstream's answers, `(from, to)` replaced in every header value (e.g. the
+    /// registry's token realm pointed at another proxy).
+    rewrite: Mutex<Option<(String, String)>>,
 }
 
 /// A running proxy; it stops when dropped.
@@ -120,6 +123,7 @@ impl FaultProxy {
             max_in_flight: AtomicUsize::new(0),
             client,
             upstream: upstream.trim_end_matches('/').to_owned(),
+            rewrite: Mutex::new(None),
         });
         let task = tokio::spawn(accept_loop(listener, acceptor, shared.clone()));
         Ok(FaultProxy { addr, shared, task })
@@ -157,6 +161,13 @@ impl FaultProxy {
     /// from the server side).
     pub fn max_in_flight(&self) -> usize {
         self.shared.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Replaces `from` by `to` in every header value of the upstream's answers, e.g. the token
+    /// realm in a registry's `WWW-Authenticate`, so its clients meet a proxy of the test's own
+    /// in front of the token service.
+    pub fn rewrite_headers(&self, from: &str, to: &str) {
+        *self.shared.rewrite.lock().expect("rewrite lock poisoned") = Some((from.to_owned(), to.to_owned()));
     }
 
     /// Forgets the requests seen so far.
@@ -268,8 +279,18 @@ async fn forward_counted(shared: &Shared, req: Request<hyper::body::Incoming>) -
     parts.version = hyper::Version::HTTP_11;
     let up_req = Request::from_parts(parts, Full::new(body).map_err(|never| match never {}).boxed());
     match shared.client.request(up_req).await {
-        Ok(resp) => {
+        Ok(mut resp) => {
             record(resp.status().as_u16(), false);
+            if let Some((from, to)) = shared.rewrite.lock().expect("rewrite lock poisoned").as_ref() {
+                for value in resp.headers_mut().values_mut() {
+                    if let Ok(text) = value.to_str()
+                        && text.contains(from.as_str())
+                        && let Ok(v) = text.replace(from.as_str(), to).parse()
+                    {
+                        *value = v;
+                    }
+                }
+            }
             resp.map(BodyExt::boxed)
         }
         Err(e) => bad_gateway(&record, &format!("upstream: {e}")),

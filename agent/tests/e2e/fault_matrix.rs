@@ -28,6 +28,10 @@ enum Target {
     Git,
     Registry,
     ApiServer,
+    /// The registry's token service (behind a proxy of its own: the registry proxy points its
+    /// `WWW-Authenticate` realm there). The release's image is in a repository the agent holds
+    /// no token for yet, so its resolve needs the token service.
+    TokenService,
     StateDirReadOnly,
     StateDirFull,
     StateSecretDeleted,
@@ -67,6 +71,8 @@ fn rows() -> Vec<Row> {
         Row { target: Registry, fault: cut(), phase: Poll, names: Some("cannot connect") },
         Row { target: Registry, fault: status(429), phase: Poll, names: Some("HTTP 429") },
         Row { target: Registry, fault: status(500), phase: Poll, names: Some("HTTP 500") },
+        Row { target: TokenService, fault: cut(), phase: Poll, names: Some("retrying at") },
+        Row { target: TokenService, fault: status(500), phase: Poll, names: Some("HTTP 500") },
         Row { target: ApiServer, fault: cut(), phase: Poll, names: Some("API server: ") },
         Row { target: ApiServer, fault: status(500), phase: Poll, names: Some("code: 500") },
         Row { target: ApiServer, fault: slow(), phase: Poll, names: None },
@@ -129,12 +135,13 @@ async fn run_row(env: &'static TestEnv, row: Row) -> Outcome {
     let label = format!("{:?} {} during {:?}", row.target, fault_name(&row.fault), row.phase);
     let app = App::new(env, &format!("matrix-{}", row_hint(&row))).await;
     let digest = |tag: &str| env.push_image(&app.image_repo, tag);
-    let (good_digest, next_digest) = (digest("1.0.0"), digest("1.1.0"));
+    let (good_digest, mut next_digest) = (digest("1.0.0"), digest("1.1.0"));
     let broken_digest = digest("1.2.0-broken");
 
     // The service the row breaks sits behind a fault proxy of the row's own.
     let mut proxy: Option<FaultProxy> = None;
     let mut _kubeconfig_dir = None;
+    let mut _registry_proxy: Option<FaultProxy> = None;
     let mut image = app.image.clone();
     match row.target {
         Target::Git => {
@@ -149,6 +156,16 @@ async fn run_row(env: &'static TestEnv, row: Row) -> Outcome {
             image = format!("{host}/{}", app.image_repo);
             proxy = Some(p);
         }
+        Target::TokenService => {
+            let token = env.fault_proxy(Upstream::TokenService).await;
+            let registry = env.fault_proxy(Upstream::Registry).await;
+            registry.rewrite_headers(&env.url(Upstream::TokenService), &token.url());
+            let host = registry.addr().to_string();
+            app.edit_config(&format!("- host: {}\n", env.info.registry), &format!("- host: {host}\n"));
+            image = format!("{host}/{}", app.image_repo);
+            proxy = Some(token);
+            _registry_proxy = Some(registry);
+        }
         Target::ApiServer => {
             let (p, dir) = app.through_api_proxy(env).await;
             proxy = Some(p);
@@ -159,10 +176,16 @@ async fn run_row(env: &'static TestEnv, row: Row) -> Outcome {
     let _full = (row.target == Target::StateDirFull).then(|| Mount::tmpfs(&app.state_dir, "8m"));
     let set_tag =
         |tag: &str| app.write("apps/web/deployment.yaml", &DEPLOYMENT.replace("IMAGE", &format!("{image}:{tag}")));
-    if row.target == Target::Registry {
+    if matches!(row.target, Target::Registry | Target::TokenService) {
         // The image through the row's proxy (App committed it at the registry's own address).
         set_tag("1.0.0");
         app.commit(env, "1.0.0 through the proxy");
+    }
+    // The token service row's release: an image in another repository (a token for the first
+    // one is kept between polls, so only a new scope needs the token service).
+    let next_repo = format!("{}-next", app.image_repo);
+    if row.target == Target::TokenService {
+        next_digest = env.push_image(&next_repo, "1.1.0");
     }
     let first = app.head();
     let port = serve(&app, "", "5s", "15s");
@@ -177,7 +200,7 @@ async fn run_row(env: &'static TestEnv, row: Row) -> Outcome {
         if row.phase == Phase::Rollback { ("1.2.0-broken", &broken_digest) } else { ("1.1.0", &next_digest) };
     let mut holds: Vec<Mount> = Vec::new();
     let start_fault = |holds: &mut Vec<Mount>| match row.target {
-        Target::Git | Target::Registry | Target::ApiServer => {
+        Target::Git | Target::Registry | Target::TokenService | Target::ApiServer => {
             let p = proxy.as_ref().unwrap();
             p.reset_seen();
             p.set(row.fault.clone());
@@ -211,7 +234,12 @@ async fn run_row(env: &'static TestEnv, row: Row) -> Outcome {
         }
         _ => {}
     }
-    set_tag(tag);
+    if row.target == Target::TokenService {
+        let host = image.split('/').next().expect("a host").to_owned();
+        app.write("apps/web/deployment.yaml", &DEPLOYMENT.replace("IMAGE", &format!("{host}/{next_repo}:{tag}")));
+    } else {
+        set_tag(tag);
+    }
     app.commit(env, tag);
     let release = app.head();
     if row.phase != Phase::Poll {
@@ -234,7 +262,8 @@ async fn run_row(env: &'static TestEnv, row: Row) -> Outcome {
             let s = d.status().await;
             // A registry that does not answer is the environment's fault, as an API server's
             // is: the bundle is retrying, never blocked for what it is.
-            let state_ok = row.target != Target::Registry || web(&s)["state"] == "retrying";
+            let registry = matches!(row.target, Target::Registry | Target::TokenService);
+            let state_ok = !registry || web(&s)["state"] == "retrying";
             match fault_fields(&s).into_iter().find(|t| t.contains(needle)) {
                 Some(t) if state_ok => Ok(t),
                 _ => Err(format!("{s:#}\nlog: {}", tail(&d.logs()))),
