@@ -72,8 +72,20 @@ pub struct BundleStatus {
     /// down: the records alone do not know what Git wants now).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub desired: Option<CycleView>,
+    /// What the running agent is doing with the bundle right now (its last progress line of a
+    /// reconcile still running: a step retried while the API server fails, a drain, a watch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activity: Option<Activity>,
     /// What happens next, and why.
     pub next: String,
+}
+
+/// The last progress line of a reconcile still running, and when it was said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Activity {
+    pub line: String,
+    pub at: Time,
 }
 
 /// The running agent's last reconcile of a bundle: the commit, the desired images (pinned to
@@ -291,8 +303,20 @@ pub fn bundle_status(record: &Record, now: Time) -> BundleStatus {
         retrying: record.retrying.clone(),
         removal: record.removal.clone(),
         desired: None,
+        activity: None,
         next,
     }
+}
+
+/// The status with what the running agent is doing now: a bundle rolling out or back says its
+/// latest step (e.g. an apply retried while the API server answers 500) instead of what a
+/// restarted agent would do.
+pub fn with_activity(mut status: BundleStatus, activity: Activity, now: Time) -> BundleStatus {
+    if let ("rolling-out" | "rolling-back", Some(cut)) = (status.state, status.next.find("; an agent restarted")) {
+        status.next = format!("{}; now: {} ({} ago)", &status.next[..cut], activity.line, ago(now - activity.at));
+    }
+    status.activity = Some(activity);
+    status
 }
 
 /// The state word and next line of a bundle that left Git.
@@ -335,6 +359,14 @@ fn removal_line(r: &Removal, bundle: &str) -> (&'static str, String) {
 /// urgent things (a rollout under way, a person needed, a pause).
 pub fn with_cycle(mut status: BundleStatus, cycle: CycleView) -> BundleStatus {
     let quiet = matches!(status.state, "synced" | "new" | "rolled-back" | "quarantined");
+    // A cycle that met an environment fault before any record was written (the registry did
+    // not answer during preflight): retrying, as for an API server fault.
+    if cycle.result == crate::outcome::Outcome::Retrying.word() && quiet {
+        status.next = format!("retrying at {}: {}", short(&cycle.commit), cycle.message);
+        if status.state == "new" || status.state == "synced" {
+            status.state = "retrying";
+        }
+    }
     if cycle.result == crate::outcome::Outcome::Blocked.word() && quiet {
         let deferred = cycle.message.starts_with("deferred:");
         status.next =
@@ -860,6 +892,27 @@ brand-new   new      -             -    rolls out at the next reconcile
             },
         );
         assert_eq!(deferred.state, "deferred");
+        let unanswered = with_cycle(
+            bundle_status(&recs[0], NOW),
+            CycleView {
+                commit: "7777777777777777aaaa".into(),
+                images: vec!["harbor.example/library/web:1.4.0".into()],
+                verified: Default::default(),
+                result: "retrying".into(),
+                message: "preflight failed (server-error): preflight: harbor.example/library/web:1.4.0: HTTP 503; \
+                          the registry is not ready, tried again at the next poll"
+                    .into(),
+                at: NOW,
+                planned_at: None,
+            },
+        );
+        assert_eq!(unanswered.state, "retrying", "a registry outage is no block: {unanswered:?}");
+        assert!(
+            unanswered.next.starts_with("retrying at 777777777777: preflight failed (server-error)"),
+            "{}",
+            unanswered.next
+        );
+        assert_eq!(bundle_status(&recs[0], NOW).state, "synced", "the record itself is unchanged");
         assert!(deferred.next.starts_with("waits at 666666666666: deferred: inside deny window"), "{}", deferred.next);
         let progress = crate::prepull::Progress {
             images: 3,
@@ -896,6 +949,25 @@ brand-new   new      -             -    rolls out at the next reconcile
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_bundle_rolling_out_says_what_the_running_agent_does_now() {
+        let rolling = records()
+            .into_iter()
+            .map(|r| bundle_status(&r, NOW))
+            .find(|s| s.state == "rolling-out")
+            .expect("a record rolling out");
+        assert!(rolling.next.ends_with("an agent restarted meanwhile finishes it first"), "{}", rolling.next);
+        let line = "ConfigMap/store-1/web-config: HTTP 500; retrying in 13.0s";
+        let now = with_activity(rolling.clone(), Activity { line: line.into(), at: NOW - 4 }, NOW);
+        assert!(now.next.ends_with(&format!("; now: {line} (4s ago)")), "{}", now.next);
+        assert!(!now.next.contains("restarted"), "{}", now.next);
+        assert_eq!(serde_json::to_value(&now).unwrap()["activity"]["line"], line);
+        // A bundle at rest keeps its line; the activity is there for --output json.
+        let synced = bundle_status(&records()[0], NOW);
+        let kept = with_activity(synced.clone(), Activity { line: "watching".into(), at: NOW }, NOW);
+        assert_eq!(kept.next, synced.next);
     }
 
     #[test]
