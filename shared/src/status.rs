@@ -904,6 +904,7 @@ brand-new   new      -             -    rolls out at the next reconcile
                     .into(),
                 at: NOW,
                 planned_at: None,
+                prepull: None,
             },
         );
         assert_eq!(unanswered.state, "retrying", "a registry outage is no block: {unanswered:?}");
