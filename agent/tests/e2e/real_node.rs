@@ -579,9 +579,15 @@ async fn on_the_real_node_a_pre_pulled_image_is_there_before_the_window_opens_an
 
     // The pre-pull pod: on the real node, ended Succeeded (the app never started), and the
     // kubelet reports the pinned digest as its image.
+    // (The kubelet reports the container's image as soon as it exists; the pod's phase follows
+    // when the no-op has exited.)
     let pods: Api<Pod> = Api::namespaced(env.client().await, &k.app.ns.name);
-    let pp = pods.list(&ListParams::default().labels("gitops-agent.io/prepull=true")).await.unwrap().items;
-    assert_eq!(pp.len(), 1, "{:?}", pp.iter().map(summary).collect::<Vec<_>>());
+    let pp = wait_for("the pre-pull pod Succeeded", Duration::from_secs(60), || async {
+        let pp = pods.list(&ListParams::default().labels("gitops-agent.io/prepull=true")).await.unwrap().items;
+        let done = pp.len() == 1 && pp[0].status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded");
+        if done { Ok(pp) } else { Err(format!("{:?}", pp.iter().map(summary).collect::<Vec<_>>())) }
+    })
+    .await;
     let spec = pp[0].spec.as_ref().unwrap();
     let wanted = spec.containers[0].image.clone().unwrap();
     assert!(wanted.starts_with(&format!("{}:1.1.0@sha256:", k.image)), "{wanted}");
