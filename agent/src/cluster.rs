@@ -7,7 +7,7 @@ use std::path::Path;
 
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::core::GroupVersionKind;
+use kube::core::{GroupVersionKind, PartialObjectMeta};
 use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope};
 use kube::{Client, Config};
 use serde_json::Value;
@@ -73,6 +73,11 @@ impl Cluster {
             })?,
         };
         let url = shared::redact::url(&config.cluster_url.to_string());
+        // kube's own retry of 429/503/504 waits up to minutes without a word (15 tries, delays
+        // doubling up to 1000 s): off, so the agent's backoff retries them and says so (the
+        // step's log line and status), and a fault that lasts becomes `retrying` in the record.
+        let mut config = config;
+        config.default_retry = false;
         let client = Client::try_from(config)
             .map_err(|e| ClusterError::Unreachable { url: url.clone(), reason: crate::source::error_chain(&e) })?;
         let unreachable =
@@ -120,9 +125,14 @@ impl Cluster {
         }
     }
 
-    /// An API for a served kind in one namespace, or over the cluster for `None` (drift
-    /// watches), if the API server serves it.
-    pub fn api_in(&self, api_version: &str, kind: &str, namespace: Option<&str>) -> Option<Api<DynamicObject>> {
+    /// A metadata-only API for a served kind in one namespace, or over the cluster for `None`
+    /// (drift watches: `managedFields` and labels are all they read), if the API server serves it.
+    pub fn metadata_api_in(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+    ) -> Option<Api<PartialObjectMeta<DynamicObject>>> {
         let (ar, _) = self.kinds.get(&(api_version.to_owned(), kind.to_owned()))?;
         Some(match namespace {
             Some(ns) => Api::namespaced_with(self.client.clone(), ns, ar),

@@ -229,6 +229,8 @@ impl Setup {
             ignore_windows: self.ignore_windows,
             progress,
             waves: None,
+            prepull: self.config.prepull.as_ref().filter(|p| p.enabled),
+            node_name: &self.config.identity.node_name,
         }
     }
 }
@@ -420,6 +422,18 @@ pub async fn run(
                             ),
                         )
                     }
+                    // The registry did not answer: nothing is wrong with the bundle, and what
+                    // runs stays; the next poll tries again by itself.
+                    (Built::Full(Err(e)), _) if e.fault.is_some() => BundleResult::new(
+                        &name,
+                        Outcome::Retrying,
+                        format!(
+                            "{} failed ({}): {}; the registry is not ready, tried again at the next poll",
+                            e.stage,
+                            e.fault.map(|f| f.reason()).unwrap_or_default(),
+                            e.reasons.join("; ")
+                        ),
+                    ),
                     (Built::Full(Err(e)), _) => BundleResult::new(
                         &name,
                         Outcome::Blocked,

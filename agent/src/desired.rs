@@ -140,6 +140,10 @@ pub struct BundleError {
     /// The images the bundle renders, as written, when it got as far as rendering (a preflight
     /// failure: a tag not pushed yet): a registry push of one of them concerns this agent.
     pub wanted: Vec<String>,
+    /// The environment fault behind a preflight failure when nothing else was wrong (the
+    /// registry did not answer, or answered 429/5xx): the bundle is retried, not blocked.
+    #[serde(skip)]
+    pub fault: Option<shared::fault::Environment>,
 }
 
 /// An image as rendered and as it will run.
@@ -199,6 +203,7 @@ impl Build<'_> {
             stage,
             reasons,
             wanted: Vec::new(),
+            fault: None,
         };
         let export = tempfile::tempdir().map_err(|e| fail(Stage::Source, vec![e.to_string()]))?;
         let dest = export.path().join("bundle");
@@ -269,7 +274,8 @@ impl Build<'_> {
                 let same = |a: &str, b: &str| registries.same_registry(a, b);
                 let requests = decide::image_requests(&uses, &spec.policy, &same).map_err(blocked)?;
                 let resolutions = futures::future::join_all(requests.iter().map(|r| resolve(registries, r))).await;
-                let map = decide::pin_images(&requests, &resolutions, spec.policy.pin_digests()).map_err(blocked)?;
+                let map = decide::pin_images(&requests, &resolutions, spec.policy.pin_digests())
+                    .map_err(|r| BundleError { fault: r.fault, ..blocked(r.problems) })?;
                 // Signatures before anything is written: an image that fails blocks the bundle.
                 let bundle_keys = match spec.policy.verify.as_ref().and_then(|v| v.cosign.as_ref()) {
                     None => None,
@@ -437,6 +443,7 @@ async fn resolve(registries: &Registries, req: &ImageRequest) -> Resolution {
 fn failed(e: RegistryError) -> Resolution {
     match e {
         RegistryError::NotFound { image } => Resolution::Missing { reference: image },
+        other if other.is_transient() => Resolution::Unavailable { message: other.to_string(), status: other.status() },
         other => Resolution::Failed { message: other.to_string() },
     }
 }

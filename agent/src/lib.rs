@@ -9,6 +9,7 @@ pub mod cycle;
 pub mod daemon;
 pub mod desired;
 pub mod drain;
+pub mod prepull;
 pub mod reconcile;
 pub mod render;
 pub mod session;

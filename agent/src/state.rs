@@ -9,7 +9,7 @@
 //! is read again and `shared::state::after_conflict` decides: write again, done, or
 //! [`Superseded`] (the caller re-reads and decides again; no transition is lost).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -39,6 +39,8 @@ pub struct StateStore {
     secrets: Option<Api<Secret>>,
     /// What this store last knew of each bundle's Secret (shared by its clones).
     seen: Arc<Mutex<BTreeMap<String, Seen>>>,
+    /// Bundles whose Secret copy the last [`StateStore::all`] found behind this node's file.
+    behind: Arc<Mutex<BTreeSet<String>>>,
 }
 
 /// One bundle's Secret as this store last knew it.
@@ -82,6 +84,7 @@ impl StateStore {
             namespace: namespace.to_owned(),
             secrets: client.map(|c| Api::namespaced(c, namespace)),
             seen: Arc::default(),
+            behind: Arc::default(),
         }
     }
 
@@ -106,13 +109,7 @@ impl StateStore {
     /// The newest of the two copies of `bundle`'s record. A copy that cannot be read is an error
     /// only when the other one is missing too.
     pub async fn load(&self, bundle: &str) -> anyhow::Result<Option<Record>> {
-        let local = self.load_file(bundle);
-        let remote = self.load_secret(bundle).await;
-        match (local, remote) {
-            (Ok(a), Ok(b)) => Ok(newer(a, b)),
-            (Ok(Some(a)), Err(_)) | (Err(_), Ok(Some(a))) => Ok(Some(a)),
-            (Err(e), _) | (_, Err(e)) => Err(e),
-        }
+        newest_of(self.load_file(bundle), self.load_secret(bundle).await)
     }
 
     fn load_file(&self, bundle: &str) -> anyhow::Result<Option<Record>> {
@@ -142,8 +139,14 @@ impl StateStore {
         let name = self.secret_name(bundle);
         let what = || format!("state Secret {}/{name}", self.namespace);
         let secret = api.get_opt(&name).await.with_context(what)?;
-        let resource_version = secret.as_ref().and_then(|s| s.metadata.resource_version.clone());
-        let copy = match &secret {
+        Ok(self.remember(bundle, secret.as_ref()))
+    }
+
+    /// The record in `secret` (as read, or as listed), its resourceVersion remembered.
+    fn remember(&self, bundle: &str, secret: Option<&Secret>) -> StoredCopy {
+        let what = || format!("state Secret {}/{}", self.namespace, self.secret_name(bundle));
+        let resource_version = secret.and_then(|s| s.metadata.resource_version.clone());
+        let copy = match secret {
             None => StoredCopy::Missing,
             Some(secret) => match secret.data.as_ref().and_then(|d| d.get(KEY)) {
                 None => StoredCopy::Unreadable(anyhow::anyhow!("{}: no {KEY}", what())),
@@ -159,7 +162,7 @@ impl StateStore {
         if let StoredCopy::Record(r) = &copy {
             entry.seq = entry.seq.max(Some(r.seq));
         }
-        Ok(copy)
+        copy
     }
 
     fn seen(&self, bundle: &str) -> Option<Seen> {
@@ -200,24 +203,66 @@ impl StateStore {
                 }
             }
         }
+        // One list answers for every Secret copy (their data included): no read per bundle.
+        let mut listed = BTreeMap::new();
         if let Some(api) = &self.secrets {
             let list = api
                 .list(&ListParams::default().labels(&format!("{STATE_LABEL}={}", self.agent_id)))
                 .await
                 .with_context(|| format!("listing state Secrets in {}", self.namespace))?;
             for s in list.items {
-                if let Some(b) = s.metadata.annotations.as_ref().and_then(|a| a.get(STATE_BUNDLE_ANNOTATION)) {
+                if let Some(b) = s.metadata.annotations.as_ref().and_then(|a| a.get(STATE_BUNDLE_ANNOTATION)).cloned() {
                     bundles.insert(b.clone());
+                    if s.metadata.name.as_deref() == Some(self.secret_name(&b).as_str()) {
+                        listed.insert(b, s);
+                    }
                 }
             }
         }
         let mut out = Vec::new();
         for b in bundles {
-            if let Some(r) = self.load(&b).await? {
+            // A bundle the list did not answer for (on this node's disk only) is read alone.
+            let remote = match listed.get(&b) {
+                Some(secret) => match self.remember(&b, Some(secret)) {
+                    StoredCopy::Missing => Ok(None),
+                    StoredCopy::Record(r) => Ok(Some(*r)),
+                    StoredCopy::Unreadable(e) => Err(e),
+                },
+                None => self.load_secret(&b).await,
+            };
+            let local = self.load_file(&b);
+            if self.secrets.is_some() && is_behind(&local, &remote) {
+                self.behind.lock().expect("behind lock").insert(b.clone());
+            }
+            if let Some(r) = newest_of(local, remote)? {
                 out.push(r);
             }
         }
         Ok(out)
+    }
+
+    /// Writes again the Secret copy of each record the last [`StateStore::all`] found behind
+    /// this node's file: a save whose Secret write failed (the API server did not answer) and
+    /// after which nothing changed would leave the Secret stale for good. Returns, per bundle
+    /// tried, whether it was written.
+    pub async fn write_behind(&self) -> Vec<(String, Result<(), String>)> {
+        let bundles = std::mem::take(&mut *self.behind.lock().expect("behind lock"));
+        let mut out = Vec::new();
+        for b in bundles {
+            let written = match (self.load_file(&b), &self.secrets) {
+                (Ok(Some(record)), Some(api)) => match self.save_secret(api, &record).await {
+                    Ok(()) => Ok(()),
+                    Err(SecretWrite::Superseded(stored)) => {
+                        Err(format!("another writer recorded version {} meanwhile; kept", stored.seq))
+                    }
+                    Err(SecretWrite::Failed(e)) => Err(e),
+                },
+                (Ok(_), _) => continue,
+                (Err(e), _) => Err(format!("{e:#}")),
+            };
+            out.push((b, written));
+        }
+        out
     }
 
     /// Writes both copies: the Secret first, over the `resourceVersion` last seen, then the file
@@ -352,6 +397,29 @@ impl StateStore {
         value["apiVersion"] = "v1".into();
         value["kind"] = "Secret".into();
         Ok(value)
+    }
+}
+
+/// Whether the Secret copy lags the file: the file holds a record and the Secret none, or an
+/// older one. A Secret that cannot be decoded is replaced too (the file holds the record).
+fn is_behind(local: &anyhow::Result<Option<Record>>, remote: &anyhow::Result<Option<Record>>) -> bool {
+    match (local, remote) {
+        (Ok(Some(l)), Ok(Some(r))) => l.seq > r.seq,
+        (Ok(Some(_)), Ok(None) | Err(_)) => true,
+        _ => false,
+    }
+}
+
+/// The newer of a bundle's two copies; one that cannot be read is an error only when the other
+/// is missing too.
+fn newest_of(
+    local: anyhow::Result<Option<Record>>,
+    remote: anyhow::Result<Option<Record>>,
+) -> anyhow::Result<Option<Record>> {
+    match (local, remote) {
+        (Ok(a), Ok(b)) => Ok(newer(a, b)),
+        (Ok(Some(a)), Err(_)) | (Err(_), Ok(Some(a))) => Ok(Some(a)),
+        (Err(e), _) | (_, Err(e)) => Err(e),
     }
 }
 

@@ -39,6 +39,10 @@ pub struct AgentConfig {
     /// wave gate with nowhere to read is never silently open).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waves: Option<Waves>,
+    /// Images of a waiting bundle pulled onto the node ahead of its rollout (`shared::prepull`);
+    /// absent: off.
+    #[serde(default)]
+    pub prepull: Option<Prepull>,
     /// Local state (last-known-good records, caches).
     #[serde(default = "defaults::state_dir")]
     pub state_dir: String,
@@ -320,6 +324,25 @@ pub struct ReportsRepository {
     pub repository: String,
 }
 
+/// Pre-pull (`shared::prepull`, docs/prepull.md): while a bundle waits for its rollout (a
+/// window, `waitForIdle`, a gate), one short-lived pod per new image on this node pulls it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Prepull {
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// The image whose `/agent` copies itself into the pod (the agent's own image): the app
+    /// image's container runs that copy, so the app's entrypoint never runs.
+    #[serde(default)]
+    pub helper_image: String,
+    /// At most this many pulls at once on the node, so a store's link is not saturated.
+    #[serde(default = "defaults::prepull_max_concurrent")]
+    pub max_concurrent: u32,
+    /// A pull not done by then is stopped (the pod's `activeDeadlineSeconds`) and reported.
+    #[serde(default = "defaults::prepull_timeout")]
+    pub timeout: HumanDuration,
+}
+
 /// What is done with the objects of a bundle that left Git.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -358,6 +381,12 @@ mod defaults {
         HumanDuration::from_secs(300)
     }
 
+    pub fn prepull_max_concurrent() -> u32 {
+        2
+    }
+    pub fn prepull_timeout() -> HumanDuration {
+        HumanDuration::from_secs(30 * 60)
+    }
     pub fn agent_id() -> String {
         "gitops-agent".into()
     }
@@ -492,6 +521,7 @@ const DURATIONS: &[&str] = &[
     "render.timeout",
     "waves.interval",
     "waves.refresh",
+    "prepull.timeout",
 ];
 
 /// A parsed config with what is needed to explain it.
@@ -785,6 +815,18 @@ impl Loaded {
         v.check(c.prune.max_removed_percent > 100, "prune.maxRemovedPercent", || {
             format!("{} is not a percentage (0 to 100)", c.prune.max_removed_percent)
         });
+        if let Some(p) = c.prepull.as_ref().filter(|p| p.enabled) {
+            match crate::image::ImageRef::parse(&p.helper_image) {
+                _ if p.helper_image.trim().is_empty() => v.push(
+                    "prepull.helperImage",
+                    "must name the helper image (the agent's own image) while prepull.enabled is true".into(),
+                ),
+                Err(e) => v.push("prepull.helperImage", e.to_string()),
+                Ok(_) => {}
+            }
+            v.check(p.max_concurrent == 0, "prepull.maxConcurrent", || "must be at least 1".into());
+            v.duration("prepull.timeout", p.timeout, Some(Duration::from_secs(10)));
+        }
         v.check(c.render.helm.trim().is_empty(), "render.helm", || "must not be empty".into());
         v.check(c.render.kustomize.trim().is_empty(), "render.kustomize", || "must not be empty".into());
         v.duration("render.timeout", c.render.timeout, Some(Duration::from_secs(1)));
@@ -985,6 +1027,42 @@ registries:
         match load(text, &no_env) {
             Ok(_) => vec![],
             Err(p) => p.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn prepull_is_off_when_absent_and_checked_field_by_field_with_its_line_when_on() {
+        assert_eq!(load(GOOD, &no_env).expect("valid").config.prepull, None, "absent: off");
+        let on = load(&format!("{GOOD}prepull:\n  helperImage: harbor.example/platform/gitops-agent:0.1.0\n"), &no_env)
+            .expect("valid");
+        let p = on.config.prepull.expect("present");
+        assert!(p.enabled, "present: on unless it says otherwise");
+        assert_eq!((p.max_concurrent, p.timeout.secs()), (2, 1800), "the defaults");
+        let rows = [
+            (
+                "prepull: {}\n",
+                vec![
+                    "prepull.helperImage: line 15: must name the helper image (the agent's own image) while prepull.enabled is true",
+                ],
+            ),
+            ("prepull: {enabled: false}\n", vec![]),
+            (
+                "prepull:\n  helperImage: \"Not An Image\"\n  maxConcurrent: 0\n  timeout: 1s\n",
+                vec![
+                    "prepull.helperImage: line 16: ",
+                    "prepull.maxConcurrent: line 17: must be at least 1",
+                    "prepull.timeout: line 18: 1s is shorter than the minimum 10s",
+                ],
+            ),
+            ("prepull:\n  helperImage: a/b:1\n  timeout: soon\n", vec!["prepull.timeout: line 17: "]),
+            ("prepull:\n  helperImage: a/b:1\n  bogus: 1\n", vec!["prepull.bogus: line 17: unknown field `bogus`"]),
+        ];
+        for (section, expected) in rows {
+            let got = problems(&format!("{GOOD}{section}"));
+            assert_eq!(got.len(), expected.len(), "{section}: {got:#?}");
+            for (g, e) in got.iter().zip(&expected) {
+                assert!(g.starts_with(e), "{section}: {g} should start with {e}");
+            }
         }
     }
 
@@ -1219,8 +1297,9 @@ registries:
 
     #[test]
     fn every_duration_path_names_a_duration_field() {
-        let json =
-            serde_json::to_value(&load(&format!("{GOOD}{WAVES}"), &no_env).expect("valid").config).expect("serialises");
+        // With every optional section that holds one present.
+        let text = format!("{GOOD}{WAVES}prepull:\n  helperImage: harbor.example/platform/gitops-agent:0.1.0\n");
+        let json = serde_json::to_value(&load(&text, &no_env).expect("valid").config).expect("serialises");
         for path in DURATIONS {
             let field = path.split('.').fold(&json, |v, k| &v[k]);
             let text = field.as_str().unwrap_or_else(|| panic!("{path} is no text: {field}"));

@@ -350,8 +350,20 @@ pub enum Resolution {
     Missing { reference: String },
     /// The policy chose nothing from the repository's tags.
     NoTagMatches { tags: usize },
-    /// Any other failure (unreachable, auth), as a message that names the URL.
+    /// The registry did not answer, or answered with a fault of its own (429, 5xx), after the
+    /// client's retries: says nothing about the bundle. `status` is its HTTP status, if any.
+    Unavailable { message: String, status: Option<u16> },
+    /// Any other failure (authentication, a protocol error), as a message that names the URL.
     Failed { message: String },
+}
+
+/// Why preflight stopped a bundle: the problems, one per image, and the environment fault
+/// behind them when that is all there is (every image not resolved met an unavailable
+/// registry, nothing else was wrong): then the bundle is retried, not blocked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub problems: Vec<String>,
+    pub fault: Option<crate::fault::Environment>,
 }
 
 /// The image written into desired objects, per written reference, or why the bundle is blocked.
@@ -360,15 +372,19 @@ pub fn pin_images(
     requests: &[ImageRequest],
     resolutions: &[Resolution],
     pin: bool,
-) -> Result<BTreeMap<String, String>, Vec<String>> {
+) -> Result<BTreeMap<String, String>, Refused> {
     let mut map = BTreeMap::new();
     let mut blocked = Vec::new();
+    // The first environment fault met, and whether anything else was wrong.
+    let mut fault = None;
+    let mut other = false;
     for (req, res) in requests.iter().zip(resolutions) {
         let users = req.used_by.join(", ");
         match res {
             Resolution::Found { tag, digest }
                 if tag.is_none() && req.image.digest.as_ref().is_some_and(|d| d != digest) =>
             {
+                other = true;
                 blocked.push(format!(
                     "preflight: the registry answers digest {digest} for {} (used by {users})",
                     req.written
@@ -383,16 +399,33 @@ pub fn pin_images(
                 }
             }
             Resolution::Missing { reference } => {
+                other = true;
                 blocked.push(format!("preflight: image {reference} is not in the registry (used by {users})"));
             }
-            Resolution::NoTagMatches { tags } => blocked.push(format!(
-                "preflight: no tag of {} matches its policy ({tags} tags considered; used by {users})",
-                req.image.name()
-            )),
-            Resolution::Failed { message } => blocked.push(format!("preflight: {}: {message}", req.written)),
+            Resolution::NoTagMatches { tags } => {
+                other = true;
+                blocked.push(format!(
+                    "preflight: no tag of {} matches its policy ({tags} tags considered; used by {users})",
+                    req.image.name()
+                ));
+            }
+            Resolution::Unavailable { message, status } => {
+                blocked.push(format!("preflight: {}: {message}", req.written));
+                match crate::fault::classify(*status, message) {
+                    crate::fault::Cause::Environment(e) => fault = fault.or(Some(e)),
+                    crate::fault::Cause::Revision => other = true,
+                }
+            }
+            Resolution::Failed { message } => {
+                other = true;
+                blocked.push(format!("preflight: {}: {message}", req.written));
+            }
         }
     }
-    if blocked.is_empty() { Ok(map) } else { Err(blocked) }
+    if blocked.is_empty() {
+        return Ok(map);
+    }
+    Err(Refused { problems: blocked, fault: if other { None } else { fault } })
 }
 
 /// Ids of objects that differ between two renders of the same input (or exist in only one):
@@ -819,8 +852,9 @@ apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n";
         let other = "sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
         let mismatch =
             pin_images(&reqs[1..], &[Resolution::Found { tag: None, digest: other.into() }], true).unwrap_err();
+        assert_eq!(mismatch.fault, None, "a digest the registry contradicts is the bundle's problem");
         assert_eq!(
-            mismatch,
+            mismatch.problems,
             [format!(
                 "preflight: the registry answers digest {other} for h.example/b@{DIGEST} (used by Deployment/ns/d1 container c)"
             )]
@@ -833,12 +867,60 @@ apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n";
         )
         .unwrap_err();
         assert_eq!(
-            blocked,
+            blocked.problems,
             [
                 "preflight: image h.example/a:1.0 is not in the registry (used by Deployment/ns/d0 container c)",
                 "preflight: no tag of h.example/b matches its policy (7 tags considered; used by Deployment/ns/d1 container c)"
             ]
         );
+        assert_eq!(blocked.fault, None);
+    }
+
+    #[test]
+    fn a_registry_that_does_not_answer_is_an_environment_fault_unless_something_else_is_wrong() {
+        use crate::fault::Environment::*;
+        let reqs = image_requests(
+            &uses(&[("h.example/a:1.0", false), ("h.example/b:2.0", false)]),
+            &BundlePolicy::default(),
+            &|a, b| a == b,
+        )
+        .unwrap();
+        let found = || Resolution::Found { tag: None, digest: DIGEST.into() };
+        let down = |status: Option<u16>, message: &str| Resolution::Unavailable { message: message.into(), status };
+        let refused =
+            || Resolution::Failed { message: "h.example: authentication failed for \"store\" (HTTP 401)".into() };
+        let missing = || Resolution::Missing { reference: "h.example/b:2.0".into() };
+        // (case, resolutions, the fault behind the refusal: None = blocked for what it is)
+        let table: Vec<(&str, Vec<Resolution>, Option<crate::fault::Environment>)> = vec![
+            (
+                "connection refused",
+                vec![found(), down(None, "https://h.example/v2/: cannot connect: refused")],
+                Some(Unreachable),
+            ),
+            (
+                "timed out",
+                vec![down(None, "https://h.example/v2/: cannot connect: operation timed out"), found()],
+                Some(Timeout),
+            ),
+            (
+                "HTTP 503",
+                vec![down(Some(503), "https://h.example/v2/a/manifests/1.0: HTTP 503"), found()],
+                Some(ServerError),
+            ),
+            (
+                "HTTP 429",
+                vec![found(), down(Some(429), "https://h.example/v2/b/manifests/2.0: HTTP 429")],
+                Some(RateLimited),
+            ),
+            ("both down", vec![down(Some(502), "HTTP 502"), down(None, "cannot connect")], Some(ServerError)),
+            ("down and a tag not pushed", vec![down(Some(503), "HTTP 503"), missing()], None),
+            ("down and refused credentials", vec![refused(), down(Some(503), "HTTP 503")], None),
+        ];
+        for (case, resolutions, want) in table {
+            let err = pin_images(&reqs, &resolutions, true).expect_err(case);
+            assert_eq!(err.fault, want, "{case}: {err:?}");
+            assert!(err.problems.iter().all(|p| p.starts_with("preflight: ")), "{case}: {err:?}");
+        }
     }
 
     #[test]

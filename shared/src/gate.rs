@@ -150,7 +150,7 @@ impl Gate {
 }
 
 impl Decision {
-    fn only(gate: Gate) -> Decision {
+    pub(crate) fn only(gate: Gate) -> Decision {
         Decision { gate, notes: Vec::new(), save: None, wave: Gated::No }
     }
 }

@@ -21,6 +21,7 @@ pub mod kustomize;
 pub mod outcome;
 pub mod plan;
 pub mod policy;
+pub mod prepull;
 pub mod probe;
 pub mod problem;
 pub mod redact;

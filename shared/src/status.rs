@@ -80,8 +80,20 @@ pub struct BundleStatus {
     /// down: the records alone do not know what Git wants now).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub desired: Option<CycleView>,
+    /// What the running agent is doing with the bundle right now (its last progress line of a
+    /// reconcile still running: a step retried while the API server fails, a drain, a watch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activity: Option<Activity>,
     /// What happens next, and why.
     pub next: String,
+}
+
+/// The last progress line of a reconcile still running, and when it was said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Activity {
+    pub line: String,
+    pub at: Time,
 }
 
 /// The running agent's last reconcile of a bundle: the commit, the desired images (pinned to
@@ -102,6 +114,10 @@ pub struct CycleView {
     /// that finds nothing changed skips both, `crate::replan`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planned_at: Option<Time>,
+    /// A waiting bundle's new images pulled onto the node ahead of its rollout
+    /// (`crate::prepull`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepull: Option<crate::prepull::Progress>,
 }
 
 /// One source as the running agent last saw it. The URL carries no credentials.
@@ -297,8 +313,20 @@ pub fn bundle_status(record: &Record, now: Time) -> BundleStatus {
         wave_held: record.wave_held.clone(),
         wave_override: record.wave_override.clone(),
         desired: None,
+        activity: None,
         next,
     }
+}
+
+/// The status with what the running agent is doing now: a bundle rolling out or back says its
+/// latest step (e.g. an apply retried while the API server answers 500) instead of what a
+/// restarted agent would do.
+pub fn with_activity(mut status: BundleStatus, activity: Activity, now: Time) -> BundleStatus {
+    if let ("rolling-out" | "rolling-back", Some(cut)) = (status.state, status.next.find("; an agent restarted")) {
+        status.next = format!("{}; now: {} ({} ago)", &status.next[..cut], activity.line, ago(now - activity.at));
+    }
+    status.activity = Some(activity);
+    status
 }
 
 /// The state word and next line of a bundle that left Git.
@@ -341,6 +369,14 @@ fn removal_line(r: &Removal, bundle: &str) -> (&'static str, String) {
 /// urgent things (a rollout under way, a person needed, a pause).
 pub fn with_cycle(mut status: BundleStatus, cycle: CycleView) -> BundleStatus {
     let quiet = matches!(status.state, "synced" | "new" | "rolled-back" | "quarantined");
+    // A cycle that met an environment fault before any record was written (the registry did
+    // not answer during preflight): retrying, as for an API server fault.
+    if cycle.result == crate::outcome::Outcome::Retrying.word() && quiet {
+        status.next = format!("retrying at {}: {}", short(&cycle.commit), cycle.message);
+        if status.state == "new" || status.state == "synced" {
+            status.state = "retrying";
+        }
+    }
     if cycle.result == crate::outcome::Outcome::Blocked.word() && quiet {
         // The wave gate's reasons read "wave canary: waits for ..." and "held: ...".
         let (word, state) = if cycle.message.starts_with("deferred:") {
@@ -353,6 +389,10 @@ pub fn with_cycle(mut status: BundleStatus, cycle: CycleView) -> BundleStatus {
             ("blocked", "blocked")
         };
         status.next = format!("{word} at {}: {}", short(&cycle.commit), cycle.message);
+        if let Some(p) = cycle.prepull.as_ref().filter(|_| word == "waits") {
+            // First, so the one-screen table's cut keeps it.
+            status.next = format!("waits at {}: {p}; {}", short(&cycle.commit), cycle.message);
+        }
         if status.state == "new" || status.state == "synced" {
             status.state = state;
         }
@@ -515,6 +555,9 @@ pub fn explain(s: &BundleStatus, now: Time) -> String {
         }
         if let Some(at) = c.planned_at {
             out.push_str(&format!("  last full resync (render and plan) {} ago\n", ago(now - at)));
+        }
+        if let Some(p) = &c.prepull {
+            out.push_str(&format!("  {p}\n"));
         }
     }
     if let Some(l) = &s.last {
@@ -809,6 +852,7 @@ next: keeps 222222222222 off until Git renders the bundle differently, or `agent
                 message: "preflight failed: image harbor.example/library/web:1.4.0 is not in the registry".into(),
                 at: NOW - 5,
                 planned_at: Some(NOW - 65),
+                prepull: None,
             },
         );
         let report = Report {
@@ -875,9 +919,32 @@ brand-new   new      -             -    rolls out at the next reconcile
                 message: "deferred: inside deny window `0 9 * * *` for 12h (UTC); opens at 2026-09-21T21:00:00Z".into(),
                 at: NOW,
                 planned_at: None,
+                prepull: None,
             },
         );
         assert_eq!(deferred.state, "deferred");
+        let unanswered = with_cycle(
+            bundle_status(&recs[0], NOW),
+            CycleView {
+                commit: "7777777777777777aaaa".into(),
+                images: vec!["harbor.example/library/web:1.4.0".into()],
+                verified: Default::default(),
+                result: "retrying".into(),
+                message: "preflight failed (server-error): preflight: harbor.example/library/web:1.4.0: HTTP 503; \
+                          the registry is not ready, tried again at the next poll"
+                    .into(),
+                at: NOW,
+                planned_at: None,
+                prepull: None,
+            },
+        );
+        assert_eq!(unanswered.state, "retrying", "a registry outage is no block: {unanswered:?}");
+        assert!(
+            unanswered.next.starts_with("retrying at 777777777777: preflight failed (server-error)"),
+            "{}",
+            unanswered.next
+        );
+        assert_eq!(bundle_status(&recs[0], NOW).state, "synced", "the record itself is unchanged");
         assert!(deferred.next.starts_with("waits at 666666666666: deferred: inside deny window"), "{}", deferred.next);
         let cycle = |message: &str| CycleView {
             commit: "7777777777777777ffff".into(),
@@ -887,6 +954,7 @@ brand-new   new      -             -    rolls out at the next reconcile
             message: message.into(),
             at: NOW,
             planned_at: None,
+            prepull: None,
         };
         let waiting = with_cycle(
             bundle_status(&recs[0], NOW),
@@ -903,6 +971,33 @@ brand-new   new      -             -    rolls out at the next reconcile
         let overridden = held_record.override_wave("alice (uid 1000)", NOW).expect("held");
         let text = explain(&bundle_status(&overridden, NOW), NOW);
         assert!(text.contains("started over its hold by `agent retry` (alice (uid 1000) at "), "{text}");
+        let progress = crate::prepull::Progress {
+            images: 3,
+            pulled: 2,
+            pulling: 0,
+            queued: 0,
+            failed: vec![crate::prepull::Failure {
+                image: "harbor.example/web:2@sha256:ab".into(),
+                reason: "ErrImagePull".into(),
+            }],
+        };
+        let mut cycle = deferred.desired.clone().expect("the cycle");
+        cycle.prepull = Some(progress.clone());
+        let pulling = with_cycle(bundle_status(&recs[0], NOW), cycle.clone());
+        assert_eq!(
+            pulling.next,
+            "waits at 666666666666: pre-pulled 2/3 images; harbor.example/web:2@sha256:ab failed: ErrImagePull; \
+             deferred: inside deny window `0 9 * * *` for 12h (UTC); opens at 2026-09-21T21:00:00Z"
+        );
+        let doc = serde_json::to_value(&pulling).unwrap();
+        assert_eq!(doc["desired"]["prepull"]["pulled"], 2);
+        assert_eq!(doc["desired"]["prepull"]["failed"][0]["reason"], "ErrImagePull");
+        assert!(
+            explain(&pulling, NOW)
+                .contains("\n  pre-pulled 2/3 images; harbor.example/web:2@sha256:ab failed: ErrImagePull\n")
+        );
+        cycle.message = "quarantined".into();
+        assert!(!with_cycle(bundle_status(&recs[0], NOW), cycle).next.contains("pre-pulled"), "only while it waits");
         let text = explain(&report.bundles[1], NOW);
         assert!(
             text.contains(
@@ -911,6 +1006,25 @@ brand-new   new      -             -    rolls out at the next reconcile
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_bundle_rolling_out_says_what_the_running_agent_does_now() {
+        let rolling = records()
+            .into_iter()
+            .map(|r| bundle_status(&r, NOW))
+            .find(|s| s.state == "rolling-out")
+            .expect("a record rolling out");
+        assert!(rolling.next.ends_with("an agent restarted meanwhile finishes it first"), "{}", rolling.next);
+        let line = "ConfigMap/store-1/web-config: HTTP 500; retrying in 13.0s";
+        let now = with_activity(rolling.clone(), Activity { line: line.into(), at: NOW - 4 }, NOW);
+        assert!(now.next.ends_with(&format!("; now: {line} (4s ago)")), "{}", now.next);
+        assert!(!now.next.contains("restarted"), "{}", now.next);
+        assert_eq!(serde_json::to_value(&now).unwrap()["activity"]["line"], line);
+        // A bundle at rest keeps its line; the activity is there for --output json.
+        let synced = bundle_status(&records()[0], NOW);
+        let kept = with_activity(synced.clone(), Activity { line: "watching".into(), at: NOW }, NOW);
+        assert_eq!(kept.next, synced.next);
     }
 
     #[test]

@@ -232,6 +232,42 @@ mod tests {
     }
 
     #[test]
+    fn pre_pull_is_off_by_default_and_on_grants_pods_create_and_delete_in_the_managed_namespaces_only() {
+        let pods = |docs: &[Value], ns: &str| -> Vec<String> {
+            let role = of_kind(docs, "Role").into_iter().find(|r| r["metadata"]["namespace"] == ns).unwrap().clone();
+            let rule = rules(&role).into_iter().find(|r| strings(&r["resources"]) == ["pods"]).unwrap().clone();
+            strings(&rule["verbs"]).into_iter().map(str::to_owned).collect()
+        };
+        let off = render(BASE);
+        assert_eq!(pods(&off, "kiosk"), ["get", "list", "watch"], "least privilege: no pod writes");
+        assert!(config_of(&off).get("prepull").is_none(), "off: the agent's config has no prepull");
+
+        let on = render(&format!("{BASE}prepull:\n  enabled: true\n  maxConcurrent: 3\n"));
+        for ns in ["kiosk", "kiosk-qa"] {
+            assert_eq!(pods(&on, ns), ["get", "list", "watch", "create", "delete"], "{ns}");
+        }
+        let own = of_kind(&on, "Role").into_iter().find(|r| r["metadata"]["namespace"] == "gitops-agent").unwrap();
+        assert!(rules(own).iter().all(|r| !strings(&r["resources"]).contains(&"pods")), "none in its own namespace");
+        for r in rules(of_kind(&on, "ClusterRole")[0]) {
+            assert!(
+                strings(&r["verbs"]).iter().all(|v| ["get", "list", "watch"].contains(v)),
+                "cluster-wide reads: {r}"
+            );
+        }
+        let config = config_of(&on);
+        let version = env!("CARGO_PKG_VERSION");
+        assert_eq!(
+            config["prepull"],
+            serde_json::json!({"enabled": true, "helperImage": format!("registry.example.internal/platform/gitops-agent:{version}"),
+                               "maxConcurrent": 3, "timeout": "30m"}),
+            "the helper is the agent's own image unless set"
+        );
+        let mine =
+            render(&format!("{BASE}prepull:\n  enabled: true\n  helperImage: harbor.example.internal/p/helper:1\n"));
+        assert_eq!(config_of(&mine)["prepull"]["helperImage"], "harbor.example.internal/p/helper:1");
+    }
+
+    #[test]
     fn cluster_mode_is_a_deployment_with_leader_election_an_empty_dir_and_the_lease_by_name() {
         let values = BASE.replace("config:\n", "mode: cluster\nconfig:\n  identity: {nodeName: store-42}\n");
         let docs = render(&values);

@@ -33,6 +33,27 @@ pub enum Fault {
     /// Answer requests with `status` (and `Retry-After: secs` when set) instead of forwarding.
     /// With `times`, only that many requests are answered so; then the proxy passes again.
     Respond { status: u16, retry_after: Option<u64>, times: Option<u32> },
+    /// Answer `status` to the applies of a bundle's objects only: server-side apply `PATCH`es
+    /// that are no dry run (`dryRun=All` absent), except those of Secrets, Leases and Events
+    /// (the agent's own records and bookkeeping). Everything else passes: the plan's dry runs
+    /// succeed and the apply that follows meets the fault.
+    RejectApplies { status: u16 },
+}
+
+impl Fault {
+    /// Whether this fault answers the request itself.
+    fn answers(&self, method: &str, target: &str) -> Option<(u16, Option<u64>)> {
+        match self {
+            Fault::Respond { status, retry_after, .. } => Some((*status, *retry_after)),
+            Fault::RejectApplies { status } => {
+                let path = target.split('?').next().unwrap_or_default();
+                let own = ["/secrets/", "/leases/", "/events/"].iter().any(|k| path.contains(k));
+                let apply = method == "PATCH" && target.contains("fieldManager=") && !target.contains("dryRun=All");
+                (apply && !own).then_some((*status, None))
+            }
+            Fault::Pass | Fault::Cut | Fault::Delay(_) => None,
+        }
+    }
 }
 
 /// One request the proxy saw.
@@ -62,6 +83,9 @@ struct Shared {
     max_in_flight: AtomicUsize,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, BoxBody<Bytes, hyper::Error>>,
     upstream: String,
+    /// In the upstream's answers, `(from, to)` replaced in every header value (e.g. the
+    /// registry's token realm pointed at another proxy).
+    rewrite: Mutex<Option<(String, String)>>,
 }
 
 /// A running proxy; it stops when dropped.
@@ -99,6 +123,7 @@ impl FaultProxy {
             max_in_flight: AtomicUsize::new(0),
             client,
             upstream: upstream.trim_end_matches('/').to_owned(),
+            rewrite: Mutex::new(None),
         });
         let task = tokio::spawn(accept_loop(listener, acceptor, shared.clone()));
         Ok(FaultProxy { addr, shared, task })
@@ -136,6 +161,13 @@ impl FaultProxy {
     /// from the server side).
     pub fn max_in_flight(&self) -> usize {
         self.shared.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Replaces `from` by `to` in every header value of the upstream's answers, e.g. the token
+    /// realm in a registry's `WWW-Authenticate`, so its clients meet a proxy of the test's own
+    /// in front of the token service.
+    pub fn rewrite_headers(&self, from: &str, to: &str) {
+        *self.shared.rewrite.lock().expect("rewrite lock poisoned") = Some((from.to_owned(), to.to_owned()));
     }
 
     /// Forgets the requests seen so far.
@@ -220,8 +252,8 @@ async fn forward_counted(shared: &Shared, req: Request<hyper::body::Incoming>) -
             body_head: body_head.clone(),
         });
     };
-    match fault {
-        Fault::Respond { status, retry_after, .. } => {
+    if let Some((status, retry_after)) = fault.answers(&method, &target) {
+        {
             let code = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             let body = format!(
                 "{{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"status\":\"Failure\",\"message\":\"injected by fault proxy\",\"code\":{status}}}"
@@ -235,8 +267,9 @@ async fn forward_counted(shared: &Shared, req: Request<hyper::body::Incoming>) -
             record(status, true);
             return resp;
         }
-        Fault::Delay(d) => tokio::time::sleep(d).await,
-        Fault::Pass | Fault::Cut => {}
+    }
+    if let Fault::Delay(d) = fault {
+        tokio::time::sleep(d).await;
     }
     let uri = format!("{}{}", shared.upstream, target);
     parts.uri = match uri.parse() {
@@ -246,8 +279,18 @@ async fn forward_counted(shared: &Shared, req: Request<hyper::body::Incoming>) -
     parts.version = hyper::Version::HTTP_11;
     let up_req = Request::from_parts(parts, Full::new(body).map_err(|never| match never {}).boxed());
     match shared.client.request(up_req).await {
-        Ok(resp) => {
+        Ok(mut resp) => {
             record(resp.status().as_u16(), false);
+            if let Some((from, to)) = shared.rewrite.lock().expect("rewrite lock poisoned").as_ref() {
+                for value in resp.headers_mut().values_mut() {
+                    if let Ok(text) = value.to_str()
+                        && text.contains(from.as_str())
+                        && let Ok(v) = text.replace(from.as_str(), to).parse()
+                    {
+                        *value = v;
+                    }
+                }
+            }
             resp.map(BodyExt::boxed)
         }
         Err(e) => bad_gateway(&record, &format!("upstream: {e}")),

@@ -111,6 +111,7 @@ pub async fn report(config: &Path, only: Option<&str>) -> anyhow::Result<Report>
                             stage: Stage::Render,
                             reasons: vec![e],
                             wanted: Vec::new(),
+                            fault: None,
                         });
                         out.push(d);
                         continue;
@@ -124,6 +125,7 @@ pub async fn report(config: &Path, only: Option<&str>) -> anyhow::Result<Report>
                     stage: Stage::Plan,
                     reasons: vec![e.to_string()],
                     wanted: Vec::new(),
+                    fault: None,
                 };
                 let record = match store.load(&b.dir).await {
                     Ok(r) => r.unwrap_or_else(|| shared::state::Record::new(&b.dir)),
@@ -133,6 +135,7 @@ pub async fn report(config: &Path, only: Option<&str>) -> anyhow::Result<Report>
                             stage: Stage::Plan,
                             reasons: vec![format!("reading the record: {e:#}")],
                             wanted: Vec::new(),
+                            fault: None,
                         });
                         out.push(d);
                         continue;

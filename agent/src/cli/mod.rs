@@ -194,6 +194,12 @@ enum Cmd {
         #[arg(long)]
         owner: String,
     },
+    /// Runs inside a pre-pull pod (docs/prepull.md): with --install PATH copies itself there
+    /// (the helper image's init container); alone exits 0 (the app image's container).
+    PrepullHelper {
+        #[arg(long)]
+        install: Option<PathBuf>,
+    },
     /// Prints the version and the git commit it was built from.
     Version {
         #[arg(long, short, value_enum, default_value_t = Output::Human)]
@@ -290,6 +296,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
             fleet::status(&config, bundle.as_deref(), output, out)
         }
         Cmd::StateDir { path, owner } => state_dir::run(&path, &owner, out),
+        Cmd::PrepullHelper { install } => crate::prepull::helper(install.as_deref(), out),
         Cmd::Version { output } => {
             match output {
                 Output::Human => writeln!(out, "agent {}", version_line())?,

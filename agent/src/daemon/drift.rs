@@ -1,4 +1,4 @@
-//! Drift watches: one Kubernetes watch per kind and namespace the agent has applied to (cluster
+//! Drift watches: one metadata-only Kubernetes watch per kind and namespace the agent has applied to (cluster
 //! scoped kinds: one per kind), filtered by its owner label. Per namespace, because the chart's
 //! RBAC grants list and watch in the managed namespaces only, never cluster-wide. When someone else changes such an object (`shared::drift` decides from its
 //! `managedFields`) or deletes it, its bundle is queued for a reconcile, which puts back what
@@ -39,16 +39,23 @@ impl Watches {
             if kinds.contains(&key) {
                 continue;
             }
-            let Some(api) = cluster.api_in(api_version, kind, key.2.as_deref()) else { continue };
+            let Some(api) = cluster.metadata_api_in(api_version, kind, key.2.as_deref()) else { continue };
             kinds.insert(key.clone());
             tokio::spawn(watch_kind(d.clone(), api, key.1));
         }
     }
 }
 
-async fn watch_kind(d: Arc<Daemon>, api: kube::Api<kube::api::DynamicObject>, kind: String) {
+async fn watch_kind(
+    d: Arc<Daemon>,
+    api: kube::Api<kube::core::PartialObjectMeta<kube::api::DynamicObject>>,
+    kind: String,
+) {
     let config = watcher::Config::default().labels(&format!("{OWNER_LABEL}={}", d.config.identity.agent_id));
     let mut seen: HashMap<String, (String, String)> = HashMap::new();
+    // Metadata only: drift is decided from `managedFields` and the ownership labels, so the
+    // objects' specs (a ConfigMap's data, a Deployment's template) never cross the wire or sit in
+    // memory, not even during the initial list.
     let mut events = watcher(api, config).default_backoff().boxed();
     while let Some(event) = events.next().await {
         let (object, deleted, initial) = match event {

@@ -93,6 +93,8 @@ pub struct View {
     pub registries: BTreeMap<String, SourceView>,
     /// The last reconcile of each bundle.
     pub cycles: BTreeMap<String, CycleView>,
+    /// The last progress line of each bundle whose reconcile is running now.
+    pub activity: BTreeMap<String, shared::status::Activity>,
     /// `host/repository` of every image the bundles want (to match image webhooks).
     pub known_images: Vec<String>,
     /// The API server answered the last time it was asked.
@@ -106,6 +108,7 @@ impl View {
             git: None,
             registries: BTreeMap::new(),
             cycles: BTreeMap::new(),
+            activity: BTreeMap::new(),
             known_images: Vec::new(),
             api: Err("not connected yet".into()),
             leader: None,
@@ -637,7 +640,17 @@ async fn cycle(
         };
         info!("reconcile started");
         let replan = shared::replan::Replan::for_causes(&causes);
-        let report = crate::cycle::run(setup, &progress, session, only.as_deref(), false, replan).await;
+        // Each line is logged, and kept as the bundle's activity until its reconcile ends, so
+        // status says what a long step (an apply retried for minutes) is doing now.
+        let noted = |bundle: &str, line: &str| {
+            progress(bundle, line);
+            if !bundle.is_empty() {
+                let activity = shared::status::Activity { line: line.to_owned(), at: crate::watch::unix_now() };
+                d.view.lock().expect("view lock").activity.insert(bundle.to_owned(), activity);
+            }
+        };
+        let report = crate::cycle::run(setup, &noted, session, only.as_deref(), false, replan).await;
+        d.view.lock().expect("view lock").activity.clear();
         d.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
         let mut retries = Vec::new();
         let report = match report {
@@ -701,6 +714,7 @@ fn record(d: &Daemon, report: &Report, now: shared::k8s::Time) {
                     message: b.message.clone(),
                     at: now,
                     planned_at: report.planned_at.get(&b.bundle).copied(),
+                    prepull: b.prepull.clone(),
                 },
             );
         }

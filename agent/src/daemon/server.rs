@@ -72,8 +72,12 @@ pub async fn report(d: &Daemon) -> Report {
         .iter()
         .map(|r| {
             let s = shared::status::bundle_status(r, now);
-            match view.cycles.get(&r.bundle) {
+            let s = match view.cycles.get(&r.bundle) {
                 Some(c) => shared::status::with_cycle(s, c.clone()),
+                None => s,
+            };
+            match view.activity.get(&r.bundle) {
+                Some(a) => shared::status::with_activity(s, a.clone(), now),
                 None => s,
             }
         })

@@ -11,6 +11,7 @@
 
 mod adopt;
 mod plan;
+mod prepull;
 mod removal;
 mod resume;
 mod rollback;
@@ -56,6 +57,9 @@ pub struct BundleResult {
     /// How the old pods of each drained workload ended (drained cleanly, sessions cut).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub drains: Vec<shared::drain::Report>,
+    /// A waiting bundle's new images pulled onto the node ahead (`shared::prepull`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prepull: Option<shared::prepull::Progress>,
 }
 
 impl BundleResult {
@@ -69,6 +73,7 @@ impl BundleResult {
             objects: Vec::new(),
             retry_at: None,
             drains: Vec::new(),
+            prepull: None,
         }
     }
 }
@@ -91,6 +96,10 @@ pub struct Driver<'a> {
     /// Waves across stores: set once the session is known (its registries, the node's labels)
     /// and the node config has `waves`.
     pub waves: Option<WavesCtx<'a>>,
+    /// `prepull` when enabled: a waiting bundle's new images are pulled onto the node ahead.
+    pub prepull: Option<&'a shared::config::Prepull>,
+    /// `identity.nodeName`: the node pre-pull pods are pinned to.
+    pub node_name: &'a str,
 }
 
 impl Driver<'_> {
@@ -257,6 +266,9 @@ impl Driver<'_> {
             self.say(name, n);
         }
         *gated = decision.wave.clone();
+        // Pre-pull serves a bundle that waits; any other answer ends it (a rollout starting
+        // among them, before its apply).
+        let waits = shared::prepull::waits(&decision);
         let record = match decision.save {
             None => record,
             Some(saved) => {
@@ -267,6 +279,9 @@ impl Driver<'_> {
             }
         };
 
+        if !waits {
+            self.prepull_cleanup(name, &candidate.objects).await;
+        }
         match decision.gate {
             Gate::InSync => {
                 // Git went back to what runs: an environment retry of another revision is moot.
@@ -286,6 +301,13 @@ impl Driver<'_> {
             Gate::Blocked { reason, retry_at } => {
                 let mut r = with(BundleResult::new(name, Outcome::Blocked, reason));
                 r.retry_at = retry_at;
+                if waits && let Some((progress, recheck_at)) = self.prepull_step(name, &candidate, &record).await {
+                    r.retry_at = match (retry_at, recheck_at) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    r.prepull = Some(progress);
+                }
                 r
             }
             Gate::WouldVerify => {

@@ -24,7 +24,15 @@ impl Driver<'_> {
             object: serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
         };
         let Some(live) = self.cluster.get(&m).await.map_err(|e| e.to_string())? else { return Ok(false) };
-        let contents = self.cluster.namespace_contents(ns).await.map_err(|e| format!("Namespace/{ns}: {e}"))?;
+        let contents = self.cluster.namespace_contents(ns).await.map_err(|e| match e {
+            // Deleting a namespace deletes everything in it, also what the agent may not see:
+            // a kind it may not list keeps the namespace (the chart grants only `rbac.kinds`).
+            crate::cluster::ClusterError::Object { status: Some(403), object, .. } => format!(
+                "the agent may not list everything in it ({object}: forbidden), so it cannot tell that it is \
+                 empty; delete it by hand if it is"
+            ),
+            e => format!("Namespace/{ns}: {e}"),
+        })?;
         shared::removal::namespace_removable(&live, &contents, self.agent_id, bundle)?;
         self.cluster.delete(&m).await.map_err(|e| e.to_string())?;
         self.say(bundle, &format!("deleted Namespace/{ns}: made for this bundle, and nothing else is in it"));

@@ -1,5 +1,6 @@
-//! Unfinished work first: rollouts and rollbacks a previous run left in its records are finished
-//! from the records alone (no git, no registry); and the test seam that stops after a step.
+//! Unfinished work first: state Secrets left behind their node's record are written again,
+//! rollouts and rollbacks a previous run left in its records are finished from the records
+//! alone (no git, no registry); and the test seam that stops after a step.
 
 use std::time::Duration;
 
@@ -11,7 +12,18 @@ impl Driver<'_> {
     /// Finishes every rollout or rollback a previous run left in its records.
     pub async fn resume(&self) -> anyhow::Result<Vec<BundleResult>> {
         let mut out = Vec::new();
-        for record in self.store.all().await? {
+        let records = self.store.all().await?;
+        if !self.dry_run {
+            for (bundle, written) in self.store.write_behind().await {
+                match written {
+                    Ok(()) => self.say(&bundle, "wrote the state Secret again: it was behind this node's record"),
+                    Err(e) => {
+                        self.say(&bundle, &format!("warning: the state Secret is behind this node's record: {e}"))
+                    }
+                }
+            }
+        }
+        for record in records {
             if record.phase == Phase::Idle || self.dry_run {
                 continue;
             }

@@ -105,6 +105,14 @@ impl RegistryError {
         }
     }
 
+    /// The registry's HTTP status, when it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            RegistryError::Unauthorized { status, .. } | RegistryError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
     fn retry_after(&self) -> Option<Duration> {
         match self {
             RegistryError::Status { retry, .. } => *retry,

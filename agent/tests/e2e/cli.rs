@@ -175,6 +175,7 @@ fn help_lists_only_commands_that_work() {
             "fleet",
             "policy",
             "state-dir",
+            "prepull-helper",
             "version",
             "help"
         ]

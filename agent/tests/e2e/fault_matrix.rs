@@ -28,6 +28,10 @@ enum Target {
     Git,
     Registry,
     ApiServer,
+    /// The registry's token service (behind a proxy of its own: the registry proxy points its
+    /// `WWW-Authenticate` realm there). The release's image is in a repository the agent holds
+    /// no token for yet, so its resolve needs the token service.
+    TokenService,
     StateDirReadOnly,
     StateDirFull,
     StateSecretDeleted,
@@ -67,12 +71,21 @@ fn rows() -> Vec<Row> {
         Row { target: Registry, fault: cut(), phase: Poll, names: Some("cannot connect") },
         Row { target: Registry, fault: status(429), phase: Poll, names: Some("HTTP 429") },
         Row { target: Registry, fault: status(500), phase: Poll, names: Some("HTTP 500") },
+        Row { target: TokenService, fault: cut(), phase: Poll, names: Some("retrying at") },
+        Row { target: TokenService, fault: status(500), phase: Poll, names: Some("HTTP 500") },
         Row { target: ApiServer, fault: cut(), phase: Poll, names: Some("API server: ") },
         Row { target: ApiServer, fault: status(500), phase: Poll, names: Some("code: 500") },
         Row { target: ApiServer, fault: slow(), phase: Poll, names: None },
+        // The plan's dry runs pass; the apply of the bundle's objects meets the fault.
+        Row { target: ApiServer, fault: Fault::RejectApplies { status: 500 }, phase: Poll, names: Some("retrying in") },
+        Row { target: ApiServer, fault: Fault::RejectApplies { status: 409 }, phase: Poll, names: Some("retrying in") },
+        Row { target: ApiServer, fault: Fault::RejectApplies { status: 429 }, phase: Poll, names: Some("retrying in") },
         Row { target: ApiServer, fault: cut(), phase: Watch, names: None },
         Row { target: ApiServer, fault: status(500), phase: Watch, names: None },
+        Row { target: ApiServer, fault: slow(), phase: Watch, names: None },
         Row { target: ApiServer, fault: cut(), phase: Rollback, names: None },
+        Row { target: ApiServer, fault: status(500), phase: Rollback, names: None },
+        Row { target: ApiServer, fault: slow(), phase: Rollback, names: None },
         Row { target: StateDirReadOnly, fault: Fault::Pass, phase: Poll, names: Some("Read-only file system") },
         Row { target: StateDirFull, fault: Fault::Pass, phase: Poll, names: Some("No space left") },
         Row { target: StateSecretDeleted, fault: Fault::Pass, phase: Poll, names: None },
@@ -125,12 +138,13 @@ async fn run_row(env: &'static TestEnv, row: Row) -> Outcome {
     let label = format!("{:?} {} during {:?}", row.target, fault_name(&row.fault), row.phase);
     let app = App::new(env, &format!("matrix-{}", row_hint(&row))).await;
     let digest = |tag: &str| env.push_image(&app.image_repo, tag);
-    let (good_digest, next_digest) = (digest("1.0.0"), digest("1.1.0"));
+    let (good_digest, mut next_digest) = (digest("1.0.0"), digest("1.1.0"));
     let broken_digest = digest("1.2.0-broken");
 
     // The service the row breaks sits behind a fault proxy of the row's own.
     let mut proxy: Option<FaultProxy> = None;
     let mut _kubeconfig_dir = None;
+    let mut _registry_proxy: Option<FaultProxy> = None;
     let mut image = app.image.clone();
     match row.target {
         Target::Git => {
@@ -145,6 +159,16 @@ async fn run_row(env: &'static TestEnv, row: Row) -> Outcome {
             image = format!("{host}/{}", app.image_repo);
             proxy = Some(p);
         }
+        Target::TokenService => {
+            let token = env.fault_proxy(Upstream::TokenService).await;
+            let registry = env.fault_proxy(Upstream::Registry).await;
+            registry.rewrite_headers(&env.url(Upstream::TokenService), &token.url());
+            let host = registry.addr().to_string();
+            app.edit_config(&format!("- host: {}\n", env.info.registry), &format!("- host: {host}\n"));
+            image = format!("{host}/{}", app.image_repo);
+            proxy = Some(token);
+            _registry_proxy = Some(registry);
+        }
         Target::ApiServer => {
             let (p, dir) = app.through_api_proxy(env).await;
             proxy = Some(p);
@@ -155,10 +179,16 @@ async fn run_row(env: &'static TestEnv, row: Row) -> Outcome {
     let _full = (row.target == Target::StateDirFull).then(|| Mount::tmpfs(&app.state_dir, "8m"));
     let set_tag =
         |tag: &str| app.write("apps/web/deployment.yaml", &DEPLOYMENT.replace("IMAGE", &format!("{image}:{tag}")));
-    if row.target == Target::Registry {
+    if matches!(row.target, Target::Registry | Target::TokenService) {
         // The image through the row's proxy (App committed it at the registry's own address).
         set_tag("1.0.0");
         app.commit(env, "1.0.0 through the proxy");
+    }
+    // The token service row's release: an image in another repository (a token for the first
+    // one is kept between polls, so only a new scope needs the token service).
+    let next_repo = format!("{}-next", app.image_repo);
+    if row.target == Target::TokenService {
+        next_digest = env.push_image(&next_repo, "1.1.0");
     }
     let first = app.head();
     let port = serve(&app, "", "5s", "15s");
@@ -173,7 +203,7 @@ async fn run_row(env: &'static TestEnv, row: Row) -> Outcome {
         if row.phase == Phase::Rollback { ("1.2.0-broken", &broken_digest) } else { ("1.1.0", &next_digest) };
     let mut holds: Vec<Mount> = Vec::new();
     let start_fault = |holds: &mut Vec<Mount>| match row.target {
-        Target::Git | Target::Registry | Target::ApiServer => {
+        Target::Git | Target::Registry | Target::TokenService | Target::ApiServer => {
             let p = proxy.as_ref().unwrap();
             p.reset_seen();
             p.set(row.fault.clone());
@@ -207,7 +237,12 @@ async fn run_row(env: &'static TestEnv, row: Row) -> Outcome {
         }
         _ => {}
     }
-    set_tag(tag);
+    if row.target == Target::TokenService {
+        let host = image.split('/').next().expect("a host").to_owned();
+        app.write("apps/web/deployment.yaml", &DEPLOYMENT.replace("IMAGE", &format!("{host}/{next_repo}:{tag}")));
+    } else {
+        set_tag(tag);
+    }
     app.commit(env, tag);
     let release = app.head();
     if row.phase != Phase::Poll {
@@ -228,9 +263,13 @@ async fn run_row(env: &'static TestEnv, row: Row) -> Outcome {
         // kind, which are there when all is well).
         named = wait_for(&format!("{label}: status names the fault ({needle})"), Duration::from_secs(90), || async {
             let s = d.status().await;
+            // A registry that does not answer is the environment's fault, as an API server's
+            // is: the bundle is retrying, never blocked for what it is.
+            let registry = matches!(row.target, Target::Registry | Target::TokenService);
+            let state_ok = !registry || web(&s)["state"] == "retrying";
             match fault_fields(&s).into_iter().find(|t| t.contains(needle)) {
-                Some(t) => Ok(t),
-                None => Err(format!("{s:#}\nlog: {}", tail(&d.logs()))),
+                Some(t) if state_ok => Ok(t),
+                _ => Err(format!("{s:#}\nlog: {}", tail(&d.logs()))),
             }
         })
         .await;
@@ -287,7 +326,14 @@ async fn run_row(env: &'static TestEnv, row: Row) -> Outcome {
     if row.phase != Phase::Rollback {
         assert_eq!(end["quarantined"], Value::Null, "{label}: nothing quarantined: {end:#}");
     }
-    let record = app.secret_record(env).await;
+    // The state Secret catches up by itself (a write that failed during the fault is done again
+    // at a later cycle): it ends holding the record status shows.
+    let status_seq = state_file_seq(&app.state_dir);
+    let record = wait_for(&format!("{label}: the state Secret caught up"), Duration::from_secs(60), || async {
+        let record = app.secret_record(env).await;
+        if record["seq"].as_u64() >= status_seq { Ok(record) } else { Err(format!("{record:#}")) }
+    })
+    .await;
     let history: Vec<&str> =
         record["history"].as_array().unwrap().iter().filter_map(|h| h["revision"]["commit"].as_str()).collect();
     if row.phase != Phase::Rollback {
@@ -314,12 +360,21 @@ fn fault_fields(s: &Value) -> Vec<String> {
     out
 }
 
+/// The `seq` of the one record in the node's state folder (the copy the agent wrote last).
+fn state_file_seq(state_dir: &Path) -> Option<u64> {
+    let files: Vec<_> = std::fs::read_dir(state_dir.join("state")).ok()?.flatten().collect();
+    let file = files.iter().find(|e| e.path().extension().is_some_and(|x| x == "json"))?;
+    let record: Value = serde_json::from_slice(&std::fs::read(file.path()).ok()?).ok()?;
+    record["seq"].as_u64()
+}
+
 fn fault_name(f: &Fault) -> String {
     match f {
         Fault::Pass => "fault".into(),
         Fault::Cut => "cut".into(),
         Fault::Delay(d) => format!("slow ({}s per request)", d.as_secs()),
         Fault::Respond { status, .. } => format!("{status}"),
+        Fault::RejectApplies { status } => format!("{status} to every apply"),
     }
 }
 
@@ -330,6 +385,7 @@ fn row_hint(row: &Row) -> String {
         Fault::Cut => "cut".to_owned(),
         Fault::Delay(_) => "slow".to_owned(),
         Fault::Respond { status, .. } => status.to_string(),
+        Fault::RejectApplies { status } => format!("apply{status}"),
     };
     format!("{}-{f}-{:?}", &t[..t.len().min(10)], row.phase).to_lowercase()
 }

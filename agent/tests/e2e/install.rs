@@ -397,7 +397,7 @@ impl Store {
 
     fn commit(&self, message: &str) -> String {
         git(&self.work, &["add", "-A"]);
-        git(&self.work, &["-c", "user.name=ci", "-c", "user.email=ci@example.invalid", "commit", "-qm", message]);
+        git(&self.work, &["commit", "-qm", message]);
         xtask::seed::git_push(&self.env.info, &self.env.info.git_ci, &self.work, &self.repo.name, "main").unwrap();
         git(&self.work, &["rev-parse", "HEAD"]).trim().to_owned()
     }

@@ -16,6 +16,7 @@ mod git_source;
 mod hostile;
 mod install;
 mod no_change;
+mod prepull;
 mod real_node;
 mod records;
 mod registry_source;

@@ -535,3 +535,101 @@ async fn down_undoes_every_host_change_of_the_real_node_and_a_second_up_works() 
     let (ok, out) = crate::util::xtask(&["testenv", "status"], &[]);
     assert!(ok && out.contains(&format!("{} Ready", node.name)), "{out}");
 }
+
+/// Pre-pull on the real node (docs/prepull.md): while a closed window holds `1.1.0`, the agent's
+/// pre-pull pod (helper: the agent's own image, built and pushed as CI does) pulls it with the
+/// bundle's pull secret; containerd holds the image before the window opens, and the rollout's
+/// pod then starts without pulling (kubelet: "already present on machine", no `Pulling`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_real_node_a_pre_pulled_image_is_there_before_the_window_opens_and_the_rollout_pulls_nothing() {
+    let env = TestEnv::get();
+    let k = KioskApp::new(env, "real-prepull").await;
+    k.release(env, "", &Release::good("1.0.0"), "the kiosk 1.0.0");
+    let (code, doc, human) = k.app.reconcile(&[]);
+    assert_eq!((code, bundle(&doc, "web")["result"].as_str()), (Some(0), Some("rolledOut")), "{human}");
+    let (old, _) = k.ready_pod(env, &[]).await;
+
+    // CI: the agent's image, the helper of the pre-pull pods.
+    let home = tempfile::tempdir().unwrap();
+    let inputs = xtask::agent_image::inputs(Some("https://git.example.invalid/gitops-agent")).unwrap();
+    let built = xtask::agent_image::build(&inputs, &home.path().join("image")).unwrap();
+    let helper_repo = format!("{}-agent", k.app.image_repo);
+    xtask::images::push_layout(&env.info, &built.dir, &built.tag, &format!("{helper_repo}:{}", built.tag)).unwrap();
+    let helper = format!("{}/{helper_repo}:{}", env.info.registry, built.tag);
+
+    // The agent is the real node's, the window closes, pre-pull is on.
+    let always_deny = "rollout:\n  windows:\n  - kind: deny\n    schedule: \"0 0 * * *\"\n    duration: 24h\n ";
+    k.app.edit_config(&format!("nodeName: {}\n", env.info.node_name), &format!("nodeName: {}\n", k.node.name));
+    k.app.edit_config("rollout:\n ", always_deny);
+    let mut config = std::fs::read_to_string(&k.app.config).unwrap();
+    config.push_str(&format!("prepull:\n  helperImage: {helper}\n  timeout: 5m\n"));
+    std::fs::write(&k.app.config, config).unwrap();
+    k.release(env, "", &Release::good("1.1.0"), "the kiosk 1.1.0");
+
+    // Each reconcile is one pre-pull step: until the image is pulled.
+    let pulled = wait_for("1.1.0 pre-pulled", Duration::from_secs(180), || async {
+        let (code, doc, human) = k.app.reconcile(&[]);
+        let web = bundle(&doc, "web").clone();
+        assert_eq!((code, web["result"].as_str()), (Some(3), Some("blocked")), "{human}");
+        if web["prepull"]["pulled"] == 1 && web["prepull"]["images"] == 1 { Ok(web) } else { Err(human) }
+    })
+    .await;
+    assert!(pulled["message"].as_str().unwrap().starts_with("deferred: inside deny window"), "{pulled:#}");
+    assert!(k.app.deployment_image(env).await.starts_with(&format!("{}:1.0.0@sha256:", k.image)), "still 1.0.0");
+
+    // The pre-pull pod: on the real node, ended Succeeded (the app never started), and the
+    // kubelet reports the pinned digest as its image.
+    // (The kubelet reports the container's image as soon as it exists; the pod's phase follows
+    // when the no-op has exited.)
+    let pods: Api<Pod> = Api::namespaced(env.client().await, &k.app.ns.name);
+    let pp = wait_for("the pre-pull pod Succeeded", Duration::from_secs(60), || async {
+        let pp = pods.list(&ListParams::default().labels("gitops-agent.io/prepull=true")).await.unwrap().items;
+        let done = pp.len() == 1 && pp[0].status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded");
+        if done { Ok(pp) } else { Err(format!("{:?}", pp.iter().map(summary).collect::<Vec<_>>())) }
+    })
+    .await;
+    let spec = pp[0].spec.as_ref().unwrap();
+    let wanted = spec.containers[0].image.clone().unwrap();
+    assert!(wanted.starts_with(&format!("{}:1.1.0@sha256:", k.image)), "{wanted}");
+    assert_eq!(spec.node_name.as_deref(), Some(k.node.name.as_str()));
+    let status = pp[0].status.as_ref().unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Succeeded"), "{:#}", summary(&pp[0]));
+    let digest = wanted.split_once('@').unwrap().1;
+    let image_id = status.container_statuses.as_ref().unwrap()[0].image_id.clone();
+    assert!(image_id.ends_with(digest), "{image_id} is {digest}");
+
+    // containerd holds it before the window opens.
+    let by_digest = format!("{}@{digest}", k.image);
+    let out = std::process::Command::new("ctr")
+        .args(["--address", k.node.containerd_socket.to_str().unwrap(), "-n", "k8s.io", "images", "ls", "-q"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(listed.lines().any(|l| l == by_digest), "{by_digest} in containerd:\n{listed}");
+
+    // The window opens: the rollout starts, the pre-pull pod goes, and the new pod pulls nothing.
+    k.app.edit_config(always_deny, "rollout:\n ");
+    let (code, doc, human) = k.app.reconcile(&[]);
+    assert_eq!((code, bundle(&doc, "web")["result"].as_str()), (Some(0), Some("rolledOut")), "{human}");
+    assert!(human.contains("pre-pull: 1 pod(s) deleted"), "{human}");
+    let (new, _) = k.ready_pod(env, std::slice::from_ref(&old)).await;
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(env.client().await, &k.app.ns.name);
+    let about = ListParams::default().fields(&format!("involvedObject.name={new}"));
+    let seen = wait_for("the new pod's Pulled event", Duration::from_secs(30), || async {
+        let list = events.list(&about).await.unwrap().items;
+        let lines: Vec<(String, String)> = list
+            .iter()
+            .map(|e| (e.reason.clone().unwrap_or_default(), e.message.clone().unwrap_or_default()))
+            .collect();
+        if lines.iter().any(|(r, _)| r == "Pulled") { Ok(lines) } else { Err(format!("{lines:?}")) }
+    })
+    .await;
+    assert!(!seen.iter().any(|(r, _)| r == "Pulling"), "no pull at the rollout: {seen:?}");
+    let pulled = seen.iter().find(|(r, _)| r == "Pulled").unwrap();
+    assert!(pulled.1.contains("already present on machine"), "{seen:?}");
+    wait_for("the pre-pull pod gone", Duration::from_secs(30), || async {
+        let left = pods.list(&ListParams::default().labels("gitops-agent.io/prepull=true")).await.unwrap().items;
+        if left.is_empty() { Ok(()) } else { Err(format!("{}", left.len())) }
+    })
+    .await;
+}

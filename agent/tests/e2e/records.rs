@@ -53,6 +53,40 @@ async fn two_state_store_writers_with_a_stale_resource_version_get_a_conflict_an
     assert_eq!(secret.metadata.annotations.unwrap()["gitops-agent.io/seq"], "3");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_secret_corrupted_or_deleted_by_hand_is_written_again_by_the_next_save() {
+    let env = TestEnv::get();
+    let ns = env.namespace("records-heal").await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::new(dir.path(), &ns.name, &ns.name, Some(env.client().await));
+    let api: Api<Secret> = Api::namespaced(env.client().await, &ns.name);
+    let name = store.secret_name("web");
+    let stored = || async { decode_secret_data(&api.get(&name).await.unwrap().data.unwrap()["record.json.gz"].0) };
+
+    let first = Record::new("web").retry();
+    assert!(store.save(&first).await.unwrap().secret_error.is_none());
+    assert_eq!(stored().await.unwrap(), first);
+
+    // Someone edits the Secret by hand: its record no longer decodes. The node's file still
+    // holds it, so loading works; the next save replaces the corrupt copy (its resourceVersion
+    // is the one read, not a version never seen, so the precondition holds).
+    let corrupt = serde_json::json!({"data": {"record.json.gz": "bm90IGd6aXA="}});
+    api.patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&corrupt)).await.unwrap();
+    assert!(stored().await.is_err(), "the copy in the Secret is corrupt now");
+    assert_eq!(store.load("web").await.unwrap(), Some(first.clone()), "the file copy answers");
+    let second = first.pause("by hand", 10);
+    let saved = store.save(&second).await.unwrap();
+    assert!(saved.secret_error.is_none(), "{:?}", saved.secret_error);
+    assert_eq!(stored().await.unwrap(), second, "the corrupt copy was replaced");
+
+    // Someone deletes it: the next save (over the resourceVersion it knew) creates it anew.
+    api.delete(&name, &Default::default()).await.unwrap();
+    let third = second.resume();
+    let saved = store.save(&third).await.unwrap();
+    assert!(saved.secret_error.is_none(), "{:?}", saved.secret_error);
+    assert_eq!(stored().await.unwrap(), third, "the deleted copy was written again");
+}
+
 /// Every version the state Secret of `ns` went through, as a watch saw them, in order.
 async fn watch_versions(env: &TestEnv, ns: &str) -> tokio::sync::mpsc::UnboundedReceiver<Record> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

@@ -91,6 +91,11 @@ fn rand_u16() -> u16 {
 
 /// Runs `git -C dir ARGS` as the CI user; panics with git's stderr on failure; returns stdout.
 pub fn git(dir: &Path, args: &[&str]) -> String {
+    git_with_env(dir, args, &[])
+}
+
+/// [`git`] with more environment (e.g. `GNUPGHOME` for a signing key).
+pub fn git_with_env(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> String {
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -99,6 +104,7 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
         .env("GIT_AUTHOR_EMAIL", "ci@example.test")
         .env("GIT_COMMITTER_NAME", "CI")
         .env("GIT_COMMITTER_EMAIL", "ci@example.test")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));

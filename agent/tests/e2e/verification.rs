@@ -451,18 +451,11 @@ impl Drop for Gpg {
 fn commit_gpg_signed(app: &App, env: &TestEnv, gpg: &Gpg, key: &str, message: &str) {
     crate::util::git(&app.work, &["add", "-A"]);
     let signing = format!("user.signingKey={key}");
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(&app.work)
-        .args(["-c", "gpg.format=openpgp", "-c", "gpg.program=gpg", "-c", &signing, "commit", "-S", "-qm", message])
-        .env("GNUPGHOME", gpg.home.path())
-        .env("GIT_AUTHOR_NAME", "CI")
-        .env("GIT_AUTHOR_EMAIL", "ci@example.test")
-        .env("GIT_COMMITTER_NAME", "CI")
-        .env("GIT_COMMITTER_EMAIL", "ci@example.test")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git commit -S (gpg): {}", String::from_utf8_lossy(&out.stderr));
+    crate::util::git_with_env(
+        &app.work,
+        &["-c", "gpg.format=openpgp", "-c", "gpg.program=gpg", "-c", &signing, "commit", "-S", "-qm", message],
+        &[("GNUPGHOME", gpg.home.path())],
+    );
     xtask::seed::git_push(&env.info, &env.info.git_ci, &app.work, &app.repo.name, "main").unwrap();
 }
 

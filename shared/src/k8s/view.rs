@@ -80,6 +80,9 @@ pub struct Meta {
     pub deletion_timestamp: Option<String>,
     #[serde(deserialize_with = "list")]
     pub owner_references: Vec<OwnerReference>,
+    /// RFC 3339, as the API server wrote it.
+    #[serde(deserialize_with = "lenient")]
+    pub creation_timestamp: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -206,6 +209,9 @@ pub struct Pod {
 pub struct PodStatus {
     #[serde(deserialize_with = "lenient")]
     pub phase: Option<String>,
+    /// Why the pod ended, e.g. `DeadlineExceeded` (`activeDeadlineSeconds`).
+    #[serde(deserialize_with = "lenient")]
+    pub reason: Option<String>,
     #[serde(deserialize_with = "list")]
     pub init_container_statuses: Vec<ContainerStatus>,
     #[serde(deserialize_with = "list")]
@@ -219,6 +225,9 @@ pub struct ContainerStatus {
     pub name: Option<String>,
     #[serde(deserialize_with = "object")]
     pub state: ContainerState,
+    /// The image's digest reference once the kubelet pulled it (or found it on the node).
+    #[serde(rename = "imageID", deserialize_with = "lenient")]
+    pub image_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -227,6 +236,26 @@ pub struct ContainerState {
     /// `None` when the container is not waiting.
     #[serde(deserialize_with = "object_opt")]
     pub waiting: Option<Waiting>,
+    /// `None` when the container is not running.
+    #[serde(deserialize_with = "object_opt")]
+    pub running: Option<Running>,
+    /// `None` when the container has not ended.
+    #[serde(deserialize_with = "object_opt")]
+    pub terminated: Option<Terminated>,
+}
+
+/// A running container's state (its fields are not read, only that it runs).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Running {}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Terminated {
+    #[serde(deserialize_with = "lenient")]
+    pub exit_code: Option<i64>,
+    #[serde(deserialize_with = "lenient")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -259,6 +288,16 @@ pub struct PodSpec {
     pub host_network: bool,
     #[serde(deserialize_with = "lenient")]
     pub node_name: Option<String>,
+    #[serde(deserialize_with = "list")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+}
+
+/// A reference by name to an object of the same namespace (`imagePullSecrets[]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct LocalObjectReference {
+    #[serde(deserialize_with = "lenient")]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -266,6 +305,8 @@ pub struct PodSpec {
 pub struct Container {
     #[serde(deserialize_with = "lenient")]
     pub name: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    pub image: Option<String>,
     #[serde(deserialize_with = "object")]
     pub resources: Resources,
     /// `Always` for a sidecar (a restartable init container).
@@ -409,6 +450,18 @@ pub struct NodeStatus {
     /// Resource name -> quantity as the API server wrote it.
     #[serde(deserialize_with = "lenient")]
     pub allocatable: Map<String, Value>,
+    /// The images the kubelet reports on the node (it lists at most 50 by default, largest
+    /// first: absence proves nothing).
+    #[serde(deserialize_with = "list")]
+    pub images: Vec<NodeImage>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct NodeImage {
+    /// `repo@sha256:...` and `repo:tag` forms of one image.
+    #[serde(deserialize_with = "strings")]
+    pub names: Vec<String>,
 }
 
 /// Parsing once: every view reads any JSON value (one that is no object reads as empty).
@@ -421,7 +474,7 @@ macro_rules! view {
         }
     )*};
 }
-view!(Workload, ReplicaSet, Pod, Node);
+view!(Workload, ReplicaSet, Pod, PodSpec, Node);
 
 #[cfg(test)]
 mod tests {

@@ -117,5 +117,12 @@ The Secrets and ConfigMaps the config refers to, as a JSON object {"secrets": [.
 {{- $_ := set $kube "namespace" .Release.Namespace -}}
 {{- $_ := set $c "kube" $kube -}}
 {{- $_ := set $c "stateDir" "/var/lib/gitops-agent" -}}
+{{- $pp := .Values.prepull | default dict -}}
+{{- if $pp.enabled -}}
+{{- $helper := $pp.helperImage | default (include "gitops-agent.image" .) -}}
+{{- $_ := set $c "prepull" (dict "enabled" true "helperImage" $helper "maxConcurrent" ($pp.maxConcurrent | default 2) "timeout" ($pp.timeout | default "30m")) -}}
+{{- else -}}
+{{- $_ := unset $c "prepull" -}}
+{{- end -}}
 {{- toYaml $c -}}
 {{- end -}}
