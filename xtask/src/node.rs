@@ -195,6 +195,18 @@ struct Claim {
     run_dir: PathBuf,
 }
 
+/// Whether the testenv at `run` holds the host's real node: the claim names it, or its record
+/// of the host before `up` is there. Only then may its `down` touch the node's processes: the
+/// pods' processes are found by the host's `kubepods` cgroups, which belong to whichever
+/// instance holds the node.
+fn holds_node(run: &Path) -> bool {
+    record_path(run).exists()
+        || fs::read_to_string(CLAIM)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Claim>(&t).ok())
+            .is_some_and(|c| c.run_dir == run)
+}
+
 /// Fails, naming the holder, when another live instance holds the real node.
 fn check_claim(run: &Path) -> Result<Option<Claim>> {
     if let Ok(text) = fs::read_to_string(CLAIM)
@@ -639,6 +651,15 @@ pub fn stop(run: &Path) -> Result<Vec<&'static str>> {
     let mut stopped = Vec::new();
     if stop_pid_file(&l, "kubelet") {
         stopped.push("kubelet");
+    }
+    if !holds_node(run) {
+        // Another instance's node (or none): its pods are not this testenv's to kill. (They
+        // were: every `up` or `down` of a second testenv, such as the suite's throwaway ones,
+        // killed all of the real node's pods, which the kubelet then made anew with new IPs.)
+        if stop_pid_file(&l, "containerd") {
+            stopped.push("containerd");
+        }
+        return Ok(stopped);
     }
     // Containers and shims, by pid: SIGKILL (their pods are gone with the node anyway).
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -633,3 +633,40 @@ async fn on_the_real_node_a_pre_pulled_image_is_there_before_the_window_opens_an
     })
     .await;
 }
+
+/// A second testenv on the host (the suite starts throwaway ones; so does every engineer's own)
+/// leaves the real node's pods alone: its `up` and `down` never kill the processes of a node it
+/// does not hold. The kiosk's pod keeps its container, its IP and its open session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_testenv_s_up_and_down_leave_the_real_node_s_pods_running() {
+    let env = TestEnv::get();
+    let k = KioskApp::new(env, "real-second-env").await;
+    k.release(env, "", &Release::good("1.0.0"), "the kiosk 1.0.0");
+    let (code, doc, human) = k.app.reconcile(&[]);
+    assert_eq!((code, bundle(&doc, "web")["result"].as_str()), (Some(0), Some("rolledOut")), "{human}");
+    let (name, ip) = k.ready_pod(env, &[]).await;
+    let container = |p: &Pod| {
+        let s = p.status.as_ref().and_then(|s| s.container_statuses.clone()).unwrap_or_default();
+        s.first().map(|c| (c.container_id.clone(), c.restart_count)).unwrap_or_default()
+    };
+    let pods: Api<Pod> = Api::namespaced(env.client().await, &k.app.ns.name);
+    let before = container(&pods.get(&name).await.unwrap());
+    let mut session = Session::open(&format!("ws://{ip}:8080/ws")).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let base = crate::util::free_port_block(9).to_string();
+    let second = [
+        ("GITOPS_TESTENV_DIR", dir.path().to_str().unwrap()),
+        ("GITOPS_TESTENV_PORT_BASE", base.as_str()),
+        ("GITOPS_TESTENV_REAL_NODE", "0"),
+    ];
+    for verb in ["up", "down"] {
+        let (ok, out) = crate::util::xtask(&["testenv", verb], &second);
+        assert!(ok, "the second testenv's {verb}: {out}");
+    }
+
+    let after = pods.get(&name).await.unwrap();
+    assert_eq!(container(&after), before, "the same container, never restarted");
+    assert_eq!(after.status.as_ref().and_then(|s| s.pod_ip.clone()), Some(ip), "the same sandbox and IP");
+    assert!(session.ping().await, "the customer's session is untouched");
+}
