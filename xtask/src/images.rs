@@ -199,6 +199,13 @@ pub fn pause_archive(work: &Path) -> Result<PathBuf> {
 /// and its layer in `work` (with `/bin/check-config` from `fixtures/images/check-config.c`, the
 /// init container of Stack B's signalling pods), reused while the binary is unchanged.
 pub fn kiosk_layer(work: &Path) -> Result<Layer> {
+    let root = kiosk_root(work)?;
+    let short = root.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("kiosk-root-")).unwrap_or("x");
+    layer(&root, &work.join(format!("kiosk-layer-{short}")))
+}
+
+/// The kiosk image's files (the app, `/bin/check-config`) under `work`, built once per input.
+fn kiosk_root(work: &Path) -> Result<PathBuf> {
     ensure_musl_target()?;
     let status = paths::cargo()
         .args(["build", "--quiet", "--package", "kiosk-app", "--target", MUSL_TARGET])
@@ -227,7 +234,7 @@ pub fn kiosk_layer(work: &Path) -> Result<Layer> {
         )?;
         fs::copy(&bin, root.join("kiosk-app"))?;
     }
-    layer(&root, &work.join(format!("kiosk-layer-{short}")))
+    Ok(root)
 }
 
 pub(crate) fn ensure_musl_target() -> Result<()> {
@@ -257,6 +264,38 @@ pub fn push_kiosk_on_port(info: &EnvInfo, repo: &str, tag: &str, kind: Kiosk, po
     let config = simple_config(&kind.entrypoint(port), "65534:65534", tag);
     let res = layout(&dir, &node.kiosk_layer, config, None, tag, &format!("{repo}:{tag}"))
         .and_then(|_| push_layout(info, &dir, tag, &format!("{repo}:{tag}")));
+    let _ = fs::remove_dir_all(&work);
+    res
+}
+
+/// [`push_kiosk`] of a large image: the app's layer with `mib` MiB of random bytes beside it
+/// (incompressible, so the registry stores and the node pulls that much), as a GPU app's image
+/// is large. Each tag gets its own bytes; returns the manifest digest.
+pub fn push_large_kiosk(info: &EnvInfo, repo: &str, tag: &str, mib: usize) -> Result<String> {
+    use std::io::Write;
+    info.real_node.as_ref().context("the testenv runs no real node (see docs/testenv.md)")?;
+    let images = info.run_dir.join("images");
+    let small = kiosk_root(&images)?;
+    let work = tempfile_dir(&info.run_dir)?;
+    let res = (|| {
+        let root = work.join("root");
+        fs::create_dir_all(root.join("bin"))?;
+        for file in ["kiosk-app", "bin/check-config"] {
+            fs::copy(small.join(file), root.join(file))?;
+        }
+        let mut ballast = fs::File::create(root.join("ballast"))?;
+        let mut chunk = vec![0u8; 1 << 20];
+        for _ in 0..mib {
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut chunk);
+            ballast.write_all(&chunk)?;
+        }
+        drop(ballast);
+        let layer = layer(&root, &work.join("layer"))?;
+        let dir = work.join("layout");
+        let config = simple_config(&Kiosk::App.entrypoint(KIOSK_PORT), "65534:65534", tag);
+        layout(&dir, &layer, config, None, tag, &format!("{repo}:{tag}"))?;
+        push_layout(info, &dir, tag, &format!("{repo}:{tag}"))
+    })();
     let _ = fs::remove_dir_all(&work);
     res
 }

@@ -536,10 +536,11 @@ async fn down_undoes_every_host_change_of_the_real_node_and_a_second_up_works() 
     assert!(ok && out.contains(&format!("{} Ready", node.name)), "{out}");
 }
 
-/// Pre-pull on the real node (docs/prepull.md): while a closed window holds `1.1.0`, the agent's
-/// pre-pull pod (helper: the agent's own image, built and pushed as CI does) pulls it with the
-/// bundle's pull secret; containerd holds the image before the window opens, and the rollout's
-/// pod then starts without pulling (kubelet: "already present on machine", no `Pulling`).
+/// Pre-pull on the real node (docs/prepull.md): while a closed window holds a large release
+/// (256 MiB), the agent's pre-pull pod (helper: the agent's own image, built and pushed as CI
+/// does) pulls it with the bundle's pull secret; containerd holds the image before the window
+/// opens, and the rollout's pod then starts without pulling (kubelet: "already present on
+/// machine", no `Pulling`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_the_real_node_a_pre_pulled_image_is_there_before_the_window_opens_and_the_rollout_pulls_nothing() {
     let env = TestEnv::get();
@@ -564,10 +565,13 @@ async fn on_the_real_node_a_pre_pulled_image_is_there_before_the_window_opens_an
     let mut config = std::fs::read_to_string(&k.app.config).unwrap();
     config.push_str(&format!("prepull:\n  helperImage: {helper}\n  timeout: 5m\n"));
     std::fs::write(&k.app.config, config).unwrap();
-    k.release(env, "", &Release::good("1.1.0"), "the kiosk 1.1.0");
+    // The new release is a large image (as a GPU app's is): 256 MiB that cannot be compressed.
+    let large = "2.0.0-large";
+    xtask::images::push_large_kiosk(&env.info, &format!("{}-kiosk", k.app.image_repo), large, 256).unwrap();
+    k.release(env, "", &Release::good(large), "the kiosk 2.0.0, a large image");
 
     // Each reconcile is one pre-pull step: until the image is pulled.
-    let pulled = wait_for("1.1.0 pre-pulled", Duration::from_secs(180), || async {
+    let pulled = wait_for("2.0.0-large pre-pulled", Duration::from_secs(300), || async {
         let (code, doc, human) = k.app.reconcile(&[]);
         let web = bundle(&doc, "web").clone();
         assert_eq!((code, web["result"].as_str()), (Some(3), Some("blocked")), "{human}");
@@ -590,7 +594,7 @@ async fn on_the_real_node_a_pre_pulled_image_is_there_before_the_window_opens_an
     .await;
     let spec = pp[0].spec.as_ref().unwrap();
     let wanted = spec.containers[0].image.clone().unwrap();
-    assert!(wanted.starts_with(&format!("{}:1.1.0@sha256:", k.image)), "{wanted}");
+    assert!(wanted.starts_with(&format!("{}:{large}@sha256:", k.image)), "{wanted}");
     assert_eq!(spec.node_name.as_deref(), Some(k.node.name.as_str()));
     let status = pp[0].status.as_ref().unwrap();
     assert_eq!(status.phase.as_deref(), Some("Succeeded"), "{:#}", summary(&pp[0]));
