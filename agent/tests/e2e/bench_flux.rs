@@ -302,7 +302,7 @@ pub(crate) fn print_rows(f: &Map<String, Value>, r: &Value) {
     let agent_rss = r["rssAfterFirstSyncMiB"].as_f64().unwrap_or(0.0);
     let flux_rss = f["total"]["rssMiB"].as_f64().unwrap_or(0.0);
     println!(
-        "| RSS: agent vs Flux's 3 controllers | {agent_rss} MiB | {flux_rss} MiB | {} |",
+        "| RSS: agent vs Flux's controllers together | {agent_rss} MiB | {flux_rss} MiB | {} |",
         ratio(agent_rss, flux_rss)
     );
     let agent_cpu = p["cpuMs"].as_f64().unwrap_or(0.0) / 1000.0;
