@@ -69,6 +69,10 @@ pub struct Seen {
     /// The first bytes of the request body (lossy UTF-8), e.g. to tell a git `ls-refs` from a
     /// `fetch` command, which share one URL.
     pub body_head: String,
+    /// When the request arrived, and how long until its answer's head went back (the bench's
+    /// wall times of a poll, measured where the server is).
+    pub at: std::time::Instant,
+    pub took: std::time::Duration,
 }
 
 /// How much of a request body `Seen::body_head` keeps.
@@ -221,6 +225,7 @@ async fn forward(shared: &Shared, req: Request<hyper::body::Incoming>) -> Respon
 }
 
 async fn forward_counted(shared: &Shared, req: Request<hyper::body::Incoming>) -> Response<ProxyBody> {
+    let at = std::time::Instant::now();
     let method = req.method().to_string();
     let target = req.uri().path_and_query().map_or("/".to_owned(), |p| p.to_string());
     // Bodies through the proxy are small (API objects, git negotiation): buffer them to record
@@ -250,6 +255,8 @@ async fn forward_counted(shared: &Shared, req: Request<hyper::body::Incoming>) -
             status,
             injected,
             body_head: body_head.clone(),
+            at,
+            took: at.elapsed(),
         });
     };
     if let Some((status, retry_after)) = fault.answers(&method, &target) {

@@ -75,11 +75,12 @@ enum Cmd {
     /// A bounded burst of webhooks (10,000 in 10 s, good and bad signatures) against `agent run`
     /// on the testenv: prints `/healthz` latency, RSS and the reconciles it caused.
     WebhookLoad,
-    /// Requests per no-change poll (at the server side, against the floor), first sync time, RSS
-    /// and binary size with 50 bundles (release build); prints a table, writes
-    /// target/bench/report.json.
+    /// One table of what a poll, a change and a first sync cost (requests at the server side
+    /// against the floor, wall times against curl, skopeo and git, CPU, RSS and its slope,
+    /// webhook → apply, plan CPU, binary and image size) with 50 bundles (release build) and
+    /// Flux's controllers side by side; writes target/bench/report.json.
     Bench {
-        /// 10 bundles and the debug build (what `cargo xtask test` runs).
+        /// 10 bundles, small history, no Flux, the debug build (what `cargo xtask test` runs).
         #[arg(long)]
         quick: bool,
     },

@@ -119,6 +119,59 @@ pub fn ensure_cosign() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The Flux controllers the full bench runs beside the agent, with their versions and the extra
+/// `replace` edits each needs to build here: v1.10 of source- and kustomize-controller needs Go
+/// 1.27; helm-controller 1.6.4 is the release that pairs with them (source-controller api 1.9)
+/// and the newest the module proxy serves here (1.6.5 and 1.7.x are refused).
+pub const FLUX_CONTROLLERS: &[(&str, &str, &[&str])] = &[
+    // The proxy refuses github.com/fluxcd/pkg/artifact v0.18.2 and v0.18.3.
+    ("source-controller", "v1.9.6", &["github.com/fluxcd/pkg/artifact=github.com/fluxcd/pkg/artifact@v0.18.1"]),
+    ("kustomize-controller", "v1.9.6", &[]),
+    ("helm-controller", "v1.6.4", &[]),
+];
+
+/// Builds the Flux controllers that are missing from the cache (xtask/go/build-flux.sh), each
+/// into `flux-<name>-<version>/bin/` with its CRDs in `bin/crds/`. Returns the folder the bench
+/// reads (one link per controller: `<dir>/<name>/{<name>,crds/}`) and, per controller that did
+/// not build, why (the build's last lines); the bench runs the others.
+pub fn ensure_flux() -> Result<(PathBuf, Vec<(String, String)>)> {
+    let c = paths::cache_dir();
+    let links = c.join("flux-bench");
+    fs::create_dir_all(&links)?;
+    let script = paths::workspace_root().join("xtask/go/build-flux.sh");
+    let mut failed = Vec::new();
+    for (name, version, replaces) in FLUX_CONTROLLERS {
+        let dir = c.join(format!("flux-{name}-{version}"));
+        let bin = dir.join("bin");
+        if !bin.join(name).exists() || !bin.join("crds").exists() {
+            eprintln!("bench: building Flux {name} {version} with Go (first time: several minutes on 2 cores)");
+            let out = Command::new("bash")
+                .arg(&script)
+                .args([*version])
+                .arg(&bin)
+                .arg(dir.join("src"))
+                .arg(name)
+                .args(replaces.iter())
+                .stdout(std::process::Stdio::inherit())
+                .stderr(std::process::Stdio::piped())
+                .output()
+                .with_context(|| format!("running {}", script.display()))?;
+            let err = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = err.lines().filter(|l| !l.starts_with("go: downloading")).collect();
+            let tail = tail[tail.len().saturating_sub(12)..].join("\n");
+            if !out.status.success() {
+                eprintln!("bench: Flux {name} {version} did not build:\n{tail}");
+                failed.push((format!("{name} {version}"), tail));
+                continue;
+            }
+        }
+        let link = links.join(name);
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&bin, &link).with_context(|| format!("linking {}", link.display()))?;
+    }
+    Ok((links, failed))
+}
+
 /// Cross-builds `helm` and `kustomize` for `linux/GOARCH` (static, like [`ensure_renderers`]) into
 /// their own cache folders, keyed by version and architecture; returns their paths.
 pub fn ensure_renderers_for(goarch: &str) -> Result<(PathBuf, PathBuf)> {

@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod bench;
+mod bench_flux;
+mod bench_peers;
 mod cli;
 mod daemon;
 mod desired_state;
