@@ -255,6 +255,21 @@ pub(crate) async fn run(env: &TestEnv, dir: &Path, size: usize, repo_url: &str) 
         let dry = if s.target.contains("dryRun") { " (dry run)" } else { "" };
         *by_kind.entry(format!("{} {kind}{sub}{dry}", s.method)).or_default() += 1;
     }
+    // Flux's finalizers would keep the namespace terminating once its controllers are gone.
+    drop(controllers);
+    let unfinalize = PatchParams::default();
+    let patch = Patch::Merge(json!({"metadata": {"finalizers": null}}));
+    // helm-controller's HelmReleases make source-controller HelmCharts, with finalizers too.
+    let charts = Api::<DynamicObject>::namespaced_with(
+        client.clone(),
+        &ns.name,
+        &resource("source.toolkit.fluxcd.io", "v1", "HelmChart", "helmcharts"),
+    );
+    for api in [&kustomizations, &releases, &gitrepos, &charts] {
+        for o in api.list(&Default::default()).await.map(|l| l.items).unwrap_or_default() {
+            let _ = api.patch(&o.metadata.name.unwrap_or_default(), &unfinalize, &patch).await;
+        }
+    }
     let git = git_proxy.seen();
     let ref_checks = git.iter().filter(|s| s.target.contains("/info/refs")).count();
     let fetches = git.iter().filter(|s| s.method == "POST").count();
