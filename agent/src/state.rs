@@ -124,11 +124,7 @@ impl StateStore {
     }
 
     async fn load_secret(&self, bundle: &str) -> anyhow::Result<Option<Record>> {
-        match self.read_secret(bundle).await? {
-            StoredCopy::Missing => Ok(None),
-            StoredCopy::Record(r) => Ok(Some(*r)),
-            StoredCopy::Unreadable(e) => Err(e),
-        }
+        self.read_secret(bundle).await?.record()
     }
 
     /// The Secret copy of `bundle`'s record. Its resourceVersion is remembered whether or not the
@@ -223,11 +219,7 @@ impl StateStore {
         for b in bundles {
             // A bundle the list did not answer for (on this node's disk only) is read alone.
             let remote = match listed.get(&b) {
-                Some(secret) => match self.remember(&b, Some(secret)) {
-                    StoredCopy::Missing => Ok(None),
-                    StoredCopy::Record(r) => Ok(Some(*r)),
-                    StoredCopy::Unreadable(e) => Err(e),
-                },
+                Some(secret) => self.remember(&b, Some(secret)).record(),
                 None => self.load_secret(&b).await,
             };
             let local = self.load_file(&b);
@@ -429,6 +421,17 @@ enum StoredCopy {
     Record(Box<Record>),
     /// Present, but its record cannot be decoded (truncated, edited by hand, ...).
     Unreadable(anyhow::Error),
+}
+
+impl StoredCopy {
+    /// The record it holds, if any; a copy that cannot be decoded is the error.
+    fn record(self) -> anyhow::Result<Option<Record>> {
+        match self {
+            StoredCopy::Missing => Ok(None),
+            StoredCopy::Record(r) => Ok(Some(*r)),
+            StoredCopy::Unreadable(e) => Err(e),
+        }
+    }
 }
 
 /// Why the Secret copy was not written.

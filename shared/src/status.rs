@@ -229,19 +229,11 @@ pub fn bundle_status(record: &Record, now: Time) -> BundleStatus {
     let (state, next) = match (&record.phase, &record.quarantine, last_kind) {
         (Phase::RollingOut { candidate, started, .. }, _, _) => (
             "rolling-out",
-            format!(
-                "rolling out {} since {} ago; an agent restarted meanwhile finishes it first",
-                short(&candidate.revision.commit),
-                ago(now - started)
-            ),
+            format!("rolling out {} since {} ago{RESTARTED}", short(&candidate.revision.commit), ago(now - started)),
         ),
         (Phase::RollingBack { failed, target, .. }, _, _) => (
             "rolling-back",
-            format!(
-                "rolling back {} to {}; an agent restarted meanwhile finishes it first",
-                short(&failed.revision.commit),
-                short(&target.revision.commit)
-            ),
+            format!("rolling back {} to {}{RESTARTED}", short(&failed.revision.commit), short(&target.revision.commit)),
         ),
         (Phase::Idle, _, Some(OutcomeKind::RollbackFailed)) => {
             ("rollback-failed", "needs a person: the rollback did not become healthy (see last)".to_owned())
@@ -318,11 +310,15 @@ pub fn bundle_status(record: &Record, now: Time) -> BundleStatus {
     }
 }
 
+/// What a record rolling out or back says happens next when no agent is working on it now
+/// ([`with_activity`] replaces it with what the running one does).
+const RESTARTED: &str = "; an agent restarted meanwhile finishes it first";
+
 /// The status with what the running agent is doing now: a bundle rolling out or back says its
 /// latest step (e.g. an apply retried while the API server answers 500) instead of what a
 /// restarted agent would do.
 pub fn with_activity(mut status: BundleStatus, activity: Activity, now: Time) -> BundleStatus {
-    if let ("rolling-out" | "rolling-back", Some(cut)) = (status.state, status.next.find("; an agent restarted")) {
+    if let ("rolling-out" | "rolling-back", Some(cut)) = (status.state, status.next.find(RESTARTED)) {
         status.next = format!("{}; now: {} ({} ago)", &status.next[..cut], activity.line, ago(now - activity.at));
     }
     status.activity = Some(activity);

@@ -13,7 +13,7 @@ use kube::api::Api;
 use serde_json::Value;
 use xtask::support::{GitRepo, TestEnv};
 
-use crate::rollout::{agent, bundle, text};
+use crate::rollout::{DEPLOYMENT, agent, bundle, text};
 use crate::util::{git, wait_for};
 
 struct Store {
@@ -30,23 +30,6 @@ struct Fleet {
     image: String,
     _dir: tempfile::TempDir,
 }
-
-const DEPLOYMENT: &str = "apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-spec:
-  replicas: 1
-  selector:
-    matchLabels: {app: web}
-  template:
-    metadata:
-      labels: {app: web}
-    spec:
-      containers:
-      - name: web
-        image: IMAGE
-";
 
 /// qa, then canary, then everyone else; `last_share` is the last wave's gate on canary.
 fn waves(last_share: &str) -> String {

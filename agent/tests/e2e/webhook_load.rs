@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use xtask::support::TestEnv;
 
+use crate::bench_peers::rss_kib;
 use crate::daemon::{Daemon, gitea_push, metrics, sample, serve, signed};
 use crate::rollout::App;
 use crate::util::wait_for;
@@ -36,15 +37,6 @@ enum Kind {
 }
 
 const KINDS: [Kind; 5] = [Kind::GiteaGood, Kind::GiteaBad, Kind::HarborGood, Kind::HarborBad, Kind::GenericBad];
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
