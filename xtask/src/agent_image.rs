@@ -43,6 +43,10 @@ const ARM64_GCC: &[(&str, &str)] = &[
     ("libc6-dev-arm64-cross", "/usr/aarch64-linux-gnu/include/stdint.h"),
 ];
 
+/// The Debian package that compiles `ring`'s C for the amd64 musl target (`musl-gcc`): the host's
+/// `gcc` is not what cc-rs looks for there (`x86_64-linux-musl-gcc`), so a fresh machine fails.
+const MUSL_GCC: &[(&str, &str)] = &[("musl-tools", "musl-gcc")];
+
 /// A platform the image is built for (always `linux`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
@@ -214,14 +218,19 @@ pub fn build_agent() -> Result<PathBuf> {
     build_agent_for(Arch::Amd64)
 }
 
-/// [`build_agent`] for `arch`. arm64 is cross-built: the Rust target added and Debian's
+/// [`build_agent`] for `arch`. amd64 compiles `ring`'s C with Debian's `musl-gcc` (installed on
+/// first use). arm64 is cross-built: the Rust target added and Debian's
 /// `aarch64-linux-gnu-gcc` installed on first use, and set as the C compiler (`ring`) and linker
 /// for this cargo invocation only; the musl target brings its own libc and start files.
 pub fn build_agent_for(arch: Arch) -> Result<PathBuf> {
     let target = arch.rust_target();
     let mut cross: Vec<(String, &str)> = Vec::new();
     match arch {
-        Arch::Amd64 => images::ensure_musl_target()?,
+        Arch::Amd64 => {
+            images::ensure_musl_target()?;
+            tools::ensure_packages(MUSL_GCC)?;
+            cross.push((format!("CC_{}", target.replace('-', "_")), MUSL_GCC[0].1));
+        }
         Arch::Arm64 => {
             ensure_rust_target(target)?;
             tools::ensure_packages(ARM64_GCC)?;

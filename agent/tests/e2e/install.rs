@@ -423,11 +423,21 @@ async fn the_chart_installed_from_the_registry_runs_the_agent_on_the_real_node_u
     let node = real_node(info).clone();
     let client = store.client.clone();
 
-    // Stack B, its signalling image from the test's own registry repository.
-    let signalling_repo = format!("tests/{}/signalling", store.hint);
-    for tag in ["1.0.0", "1.1.0", "1.2.0-broken"] {
-        env.push_image(&signalling_repo, tag);
-    }
+    // Stack B, every image from the test's own registry repositories (pushed as CI would), so
+    // the test depends on no other's pushes and on no `testenv seed`: the signalling image that
+    // the test moves, and the chart's others (`library/...` in the fixture).
+    let prefix = format!("tests/{}", store.hint);
+    let signalling_repo = format!("{prefix}/signalling");
+    std::thread::scope(|s| {
+        for tag in ["1.0.0", "1.1.0", "1.2.0-broken"] {
+            let repo = &signalling_repo;
+            s.spawn(move || env.push_image(repo, tag));
+        }
+        for name in ["u5-orchestrator", "u5-signalling", "session-store"] {
+            let repo = format!("{prefix}/{name}");
+            s.spawn(move || env.push_image(&repo, "1.0.0"));
+        }
+    });
     let made = Command::new("bash")
         .arg(xtask::paths::workspace_root().join("fixtures/stack-b/make-repo.sh"))
         .args([store.work.to_str().unwrap(), &info.registry, &store.app_ns.name])
@@ -443,6 +453,9 @@ async fn the_chart_installed_from_the_registry_runs_the_agent_on_the_real_node_u
         let block = format!("signalling:\n  image:\n    repository: {signalling_repo}\n    tag: \"{tag}\"\n");
         std::fs::write(&values_file, format!("{head}{block}{}", &rest[end..])).unwrap();
     };
+    let text = std::fs::read_to_string(&values_file).unwrap();
+    assert!(text.contains("repository: library/"), "the fixture's images in values.yaml");
+    std::fs::write(&values_file, text.replace("repository: library/", &format!("repository: {prefix}/"))).unwrap();
     set_signalling("1.0.0");
     // The KWOK node has one GPU, which the orchestrator of any other Stack B in the cluster may
     // hold: this one asks for none, so parallel tests do not queue for it.
