@@ -38,6 +38,23 @@ pub enum Fault {
     /// (the agent's own records and bookkeeping). Everything else passes: the plan's dry runs
     /// succeed and the apply that follows meets the fault.
     RejectApplies { status: u16 },
+    /// The link dies in the middle of an apply: the first apply of a bundle's object (as
+    /// [`is_apply`]) reaches the upstream, and its answer is lost: the proxy cuts every
+    /// connection instead of answering and is [`Fault::Cut`] from then on, until set otherwise.
+    /// Until that apply, everything passes (the plan's dry runs succeed).
+    CutAtApply,
+    /// Wait this long before forwarding each apply of a bundle's object ([`is_apply`]);
+    /// everything else passes at once.
+    DelayApplies(Duration),
+}
+
+/// Whether a request is the apply of a bundle's object: a server-side apply `PATCH` that is no
+/// dry run (`dryRun=All` absent), except those of Secrets, Leases and Events (the agent's own
+/// records and bookkeeping).
+pub fn is_apply(method: &str, target: &str) -> bool {
+    let path = target.split('?').next().unwrap_or_default();
+    let own = ["/secrets/", "/leases/", "/events/"].iter().any(|k| path.contains(k));
+    method == "PATCH" && target.contains("fieldManager=") && !target.contains("dryRun=All") && !own
 }
 
 impl Fault {
@@ -45,13 +62,8 @@ impl Fault {
     fn answers(&self, method: &str, target: &str) -> Option<(u16, Option<u64>)> {
         match self {
             Fault::Respond { status, retry_after, .. } => Some((*status, *retry_after)),
-            Fault::RejectApplies { status } => {
-                let path = target.split('?').next().unwrap_or_default();
-                let own = ["/secrets/", "/leases/", "/events/"].iter().any(|k| path.contains(k));
-                let apply = method == "PATCH" && target.contains("fieldManager=") && !target.contains("dryRun=All");
-                (apply && !own).then_some((*status, None))
-            }
-            Fault::Pass | Fault::Cut | Fault::Delay(_) => None,
+            Fault::RejectApplies { status } => is_apply(method, target).then_some((*status, None)),
+            Fault::Pass | Fault::Cut | Fault::Delay(_) | Fault::CutAtApply | Fault::DelayApplies(_) => None,
         }
     }
 }
@@ -275,9 +287,12 @@ async fn forward_counted(shared: &Shared, req: Request<hyper::body::Incoming>) -
             return resp;
         }
     }
-    if let Fault::Delay(d) = fault {
-        tokio::time::sleep(d).await;
+    match fault {
+        Fault::Delay(d) => tokio::time::sleep(d).await,
+        Fault::DelayApplies(d) if is_apply(&method, &target) => tokio::time::sleep(d).await,
+        _ => {}
     }
+    let cut_after = fault == Fault::CutAtApply && is_apply(&method, &target);
     let uri = format!("{}{}", shared.upstream, target);
     parts.uri = match uri.parse() {
         Ok(u) => u,
@@ -286,6 +301,14 @@ async fn forward_counted(shared: &Shared, req: Request<hyper::body::Incoming>) -
     parts.version = hyper::Version::HTTP_11;
     let up_req = Request::from_parts(parts, Full::new(body).map_err(|never| match never {}).boxed());
     match shared.client.request(up_req).await {
+        Ok(_) if cut_after => {
+            // The upstream applied it; the client never hears so. Cut everything (this
+            // connection too: its serve future ends with the cut) and refuse new connections.
+            record(0, true);
+            *shared.fault.lock().expect("fault lock poisoned") = Fault::Cut;
+            shared.cut.send_modify(|g| *g += 1);
+            std::future::pending().await
+        }
         Ok(mut resp) => {
             record(resp.status().as_u16(), false);
             if let Some((from, to)) = shared.rewrite.lock().expect("rewrite lock poisoned").as_ref() {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
-use xtask::fault_proxy::{Fault, FaultProxy};
+use xtask::fault_proxy::{Fault, FaultProxy, Seen, is_apply};
 use xtask::support::{TestEnv, Upstream};
 
 use crate::daemon::{Daemon, serve, tail};
@@ -80,6 +80,11 @@ fn rows() -> Vec<Row> {
         Row { target: ApiServer, fault: Fault::RejectApplies { status: 500 }, phase: Poll, names: Some("retrying in") },
         Row { target: ApiServer, fault: Fault::RejectApplies { status: 409 }, phase: Poll, names: Some("retrying in") },
         Row { target: ApiServer, fault: Fault::RejectApplies { status: 429 }, phase: Poll, names: Some("retrying in") },
+        // The link dies during the apply alone: the first apply reaches the API server and its
+        // answer is lost, then nothing gets through until the fault ends; or only the applies
+        // are slow.
+        Row { target: ApiServer, fault: Fault::CutAtApply, phase: Poll, names: Some("retrying in") },
+        Row { target: ApiServer, fault: Fault::DelayApplies(Duration::from_secs(2)), phase: Poll, names: None },
         Row { target: ApiServer, fault: cut(), phase: Watch, names: None },
         Row { target: ApiServer, fault: status(500), phase: Watch, names: None },
         Row { target: ApiServer, fault: slow(), phase: Watch, names: None },
@@ -283,9 +288,8 @@ async fn run_row(env: &'static TestEnv, row: Row) -> Outcome {
         // proves nothing; a slow service is no error, so this is all such a row waits for). A
         // cut refuses connections before any request is read, so it is not counted: its rows
         // show it in status, or cut the watch the agent holds open.
-        let delayed = matches!(row.fault, Fault::Delay(_));
         wait_for(&format!("{label}: a request of the agent meets the fault"), Duration::from_secs(90), || async {
-            let n = p.count(|s| delayed || s.injected || s.status == 0);
+            let n = p.count(|s| met_by(&row.fault, s));
             if n > 0 { Ok(()) } else { Err(format!("{:?}", p.seen())) }
         })
         .await;
@@ -295,8 +299,7 @@ async fn run_row(env: &'static TestEnv, row: Row) -> Outcome {
     let healed = Instant::now();
     let mut met = 0;
     if let Some(p) = &proxy {
-        let delayed = matches!(row.fault, Fault::Delay(_));
-        met = p.count(|s| delayed || s.injected || s.status == 0);
+        met = p.count(|s| met_by(&row.fault, s));
         p.set(Fault::Pass);
     }
     holds.clear();
@@ -360,6 +363,15 @@ fn fault_fields(s: &Value) -> Vec<String> {
     out
 }
 
+/// Whether `fault` met request `s`: delayed it, answered it itself, or cut it before its answer.
+fn met_by(fault: &Fault, s: &Seen) -> bool {
+    match fault {
+        Fault::Delay(_) => true,
+        Fault::DelayApplies(_) => is_apply(&s.method, &s.target),
+        _ => s.injected || s.status == 0,
+    }
+}
+
 /// The `seq` of the one record in the node's state folder (the copy the agent wrote last).
 fn state_file_seq(state_dir: &Path) -> Option<u64> {
     let files: Vec<_> = std::fs::read_dir(state_dir.join("state")).ok()?.flatten().collect();
@@ -375,6 +387,8 @@ fn fault_name(f: &Fault) -> String {
         Fault::Delay(d) => format!("slow ({}s per request)", d.as_secs()),
         Fault::Respond { status, .. } => format!("{status}"),
         Fault::RejectApplies { status } => format!("{status} to every apply"),
+        Fault::CutAtApply => "cut at the first apply (applied, its answer lost)".into(),
+        Fault::DelayApplies(d) => format!("slow applies ({}s each)", d.as_secs()),
     }
 }
 
@@ -386,6 +400,8 @@ fn row_hint(row: &Row) -> String {
         Fault::Delay(_) => "slow".to_owned(),
         Fault::Respond { status, .. } => status.to_string(),
         Fault::RejectApplies { status } => format!("apply{status}"),
+        Fault::CutAtApply => "applycut".to_owned(),
+        Fault::DelayApplies(_) => "applyslow".to_owned(),
     };
     format!("{}-{f}-{:?}", &t[..t.len().min(10)], row.phase).to_lowercase()
 }
