@@ -3,8 +3,9 @@
 //! (ignored in the suite, so it runs alone); this sets its sizes: quick (CI) 10 bundles, a
 //! history of 500 files and 50 commits, RSS at 2 and 5 bundles, 3 webhook → apply samples, the
 //! debug build, no Flux; full 50 bundles, 10,000 files and 2,000 commits, RSS at 10, 50 and 200
-//! bundles, 20 samples, the release build, and Flux's source-, kustomize- and helm-controller
-//! (built from the Go module proxy, cached). It prints one table and writes
+//! bundles, 20 samples, the agent as it ships (the static musl `release-image` build of the image
+//! and the host unit), and Flux's source-, kustomize- and helm-controller (built from the Go
+//! module proxy, cached; `--without-flux` leaves them out). It prints one table and writes
 //! target/bench/report.json; docs/performance.md keeps the last table.
 
 use anyhow::{Result, bail};
@@ -18,15 +19,15 @@ const TEST: &str = "bench::bench_first_sync_and_no_change_polls";
 pub enum Size {
     /// Small sizes, the debug build, no Flux: CI runs it so the bench keeps working.
     Quick,
-    /// 50 bundles, the release build, Flux side by side.
-    Full,
+    /// 50 bundles, the agent as it ships, Flux side by side unless `without_flux`.
+    Full { without_flux: bool },
 }
 
 /// The test's environment for `size`: (variable, value).
 fn settings(size: Size) -> Vec<(&'static str, String)> {
     let (bundles, slope, history, samples) = match size {
         Size::Quick => (10, "2,5", "500x50", 3),
-        Size::Full => (50, "10,50,200", "10000x2000", 20),
+        Size::Full { .. } => (50, "10,50,200", "10000x2000", 20),
     };
     vec![
         ("GITOPS_BENCH_BUNDLES", bundles.to_string()),
@@ -42,12 +43,16 @@ pub async fn bench(size: Size) -> Result<()> {
     let target = paths::workspace_root().join("target");
     let mut env = settings(size);
     let started = std::time::Instant::now();
-    if size == Size::Full {
-        eprintln!("xtask bench: cargo build --release -p agent");
-        if !paths::cargo().args(["build", "--release", "-p", "agent"]).status()?.success() {
-            bail!("the release build of the agent failed");
+    if let Size::Full { without_flux } = size {
+        // The binary that ships (the image's and the host unit's), so its size and memory are
+        // the product's.
+        let agent = xtask::agent_image::build_agent()?;
+        env.push(("GITOPS_BENCH_AGENT", agent.display().to_string()));
+        if without_flux {
+            eprintln!("xtask bench: --without-flux: Flux's controllers are not built or run");
         }
-        env.push(("GITOPS_BENCH_AGENT", target.join("release/agent").display().to_string()));
+    }
+    if let Size::Full { without_flux: false } = size {
         let (dir, failed) = tools::ensure_flux()?;
         env.push(("GITOPS_BENCH_FLUX", dir.display().to_string()));
         let errors: serde_json::Map<String, serde_json::Value> =
@@ -84,7 +89,7 @@ mod tests {
         assert_eq!(get("GITOPS_BENCH_BUNDLES").as_deref(), Some("10"));
         assert_eq!(get("GITOPS_BENCH_HISTORY").as_deref(), Some("500x50"));
         assert_eq!(get("GITOPS_BENCH_FLUX"), None);
-        let full = settings(Size::Full);
+        let full = settings(Size::Full { without_flux: false });
         assert!(full.iter().any(|(k, v)| *k == "GITOPS_BENCH_SLOPE" && v == "10,50,200"), "{full:?}");
         assert!(full.iter().any(|(k, v)| *k == "GITOPS_BENCH_HISTORY" && v == "10000x2000"), "{full:?}");
     }

@@ -77,12 +77,15 @@ enum Cmd {
     WebhookLoad,
     /// One table of what a poll, a change and a first sync cost (requests at the server side
     /// against the floor, wall times against curl, skopeo and git, CPU, RSS and its slope,
-    /// webhook → apply, plan CPU, binary and image size) with 50 bundles (release build) and
-    /// Flux's controllers side by side; writes target/bench/report.json.
+    /// webhook → apply, plan CPU, binary and image size) with 50 bundles (the agent as it ships:
+    /// static musl, profile release-image) and Flux's controllers side by side; writes target/bench/report.json.
     Bench {
         /// 10 bundles, small history, no Flux, the debug build (what `cargo xtask test` runs).
         #[arg(long)]
         quick: bool,
+        /// The full sizes without Flux's controllers (their first build takes most of an hour).
+        #[arg(long, conflicts_with = "quick")]
+        without_flux: bool,
     },
 }
 
@@ -161,7 +164,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             fuzz::fuzz(&fuzz::Options { time: time.map(Duration::from_secs), runs, targets })?;
         }
         Cmd::WebhookLoad => webhook_load::webhook_load().await?,
-        Cmd::Bench { quick } => bench::bench(if quick { bench::Size::Quick } else { bench::Size::Full }).await?,
+        Cmd::Bench { quick, without_flux } => {
+            bench::bench(if quick { bench::Size::Quick } else { bench::Size::Full { without_flux } }).await?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -327,7 +327,8 @@ async fn bench_first_sync_and_no_change_polls() {
     };
 
     let binary = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
-    let image_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/image/a");
+    // `cargo xtask image`'s amd64 OCI layout (its blobs: the layer, config and manifest).
+    let image_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/image/a/layout");
     let image = image_dir.join("index.json").exists().then(|| dir_bytes(&image_dir));
     let floor = 1 + size;
     let floor_requests = per(ref_checks) + per(registry_requests);
@@ -343,7 +344,7 @@ async fn bench_first_sync_and_no_change_polls() {
         "distinctImages": size,
         "history": {"files": sizes.history_files, "commits": sizes.history_commits},
         "agent": bin.file_name().map(|f| f.to_string_lossy().into_owned()),
-        "build": if bin.components().any(|c| c.as_os_str() == "release") { "release" } else { "debug" },
+        "build": build_name(&bin),
         "noChangePolls": polls,
         "perNoChangePoll": {
             "floor": floor,
@@ -469,5 +470,18 @@ fn print_table(r: &Value, api_by_kind: &[(String, usize)], polls: f64) {
     }
     if let Some(f) = r["flux"].as_object() {
         crate::bench_flux::print_rows(f, r);
+    }
+}
+
+/// Which build `bin` is, by its folder under `target/`: `release-image` is the static musl
+/// binary that ships in the image and the host unit.
+fn build_name(bin: &std::path::Path) -> &'static str {
+    let has = |name: &str| bin.components().any(|c| c.as_os_str() == name);
+    if has("release-image") {
+        "release-image, musl, as shipped"
+    } else if has("release") {
+        "release"
+    } else {
+        "debug"
     }
 }
