@@ -77,9 +77,10 @@ enum Built {
     Unchanged(Kept),
 }
 
-/// The key of a bundle's render and pins as this session sees it; `None` when an image did
-/// not resolve (nothing to compare: plan in full).
-fn plan_key(session: &Session, resolved: &[(&ImageRequest, &Resolution)]) -> Option<PlanKey> {
+/// The key of a bundle's render and pins as this session sees it, `content` what it renders
+/// from in Git ([`crate::desired::Checkout::content_id`]); `None` when an image did not resolve
+/// (nothing to compare: plan in full).
+fn plan_key(session: &Session, content: &str, resolved: &[(&ImageRequest, &Resolution)]) -> Option<PlanKey> {
     let images = resolved
         .iter()
         .map(|(req, res)| match res {
@@ -90,7 +91,7 @@ fn plan_key(session: &Session, resolved: &[(&ImageRequest, &Resolution)]) -> Opt
         })
         .collect::<Option<Vec<_>>>()?;
     Some(PlanKey {
-        commit: session.poll.commit.id.clone(),
+        content: content.to_owned(),
         agent_id: session.node.agent_id.clone(),
         labels: session.node.labels.clone(),
         kube_version: session.caps.kube_version.clone(),
@@ -104,7 +105,7 @@ fn plan_key(session: &Session, resolved: &[(&ImageRequest, &Resolution)]) -> Opt
 fn keep(s: &Setup, session: &Session, desired: &DesiredBundle, outcome: Outcome, now: shared::k8s::Time) {
     let mut kept = s.kept.lock().expect("kept plans lock");
     let pairs: Vec<_> = desired.resolved.iter().map(|(q, r)| (q, r)).collect();
-    match plan_key(session, &pairs).filter(|_| shared::replan::keeps(outcome)) {
+    match plan_key(session, &desired.content, &pairs).filter(|_| shared::replan::keeps(outcome)) {
         Some(key) => {
             let mut images: Vec<String> = desired.images.iter().map(|i| i.running.clone()).collect();
             images.sort();
@@ -323,9 +324,12 @@ pub async fn run(
                 // listed only for a policy that needs them).
                 let answers = crate::desired::resolve_again(&session.registries, &kept.requests).await;
                 let pairs: Vec<_> = kept.requests.iter().zip(&answers).collect();
-                let decision = match plan_key(session, &pairs) {
-                    Some(key) => shared::replan::decide(Some(&kept.last), &key, replan, now, resync),
-                    None => Decision::Plan(shared::replan::Why::Changed("image digests")),
+                let decision = match session.checkout.content_id(&dir).await {
+                    None => Decision::Plan(shared::replan::Why::Changed("bundle content in Git")),
+                    Some(content) => match plan_key(session, &content, &pairs) {
+                        Some(key) => shared::replan::decide(Some(&kept.last), &key, replan, now, resync),
+                        None => Decision::Plan(shared::replan::Why::Changed("image digests")),
+                    },
                 };
                 match decision {
                     Decision::Unchanged { planned_at } => {
@@ -417,7 +421,7 @@ pub async fn run(
                             &name,
                             Outcome::InSync,
                             format!(
-                                "unchanged since its last full plan {} ago (commit, digests, node and cluster the same)",
+                                "unchanged since its last full plan {} ago (its content in Git, digests, node and cluster the same)",
                                 shared::status::ago(now - kept.last.at)
                             ),
                         )

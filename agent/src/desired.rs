@@ -62,6 +62,25 @@ pub struct BundleWaves {
 
 impl Checkout {
     /// The repository path of a bundle folder.
+    /// What `bundle_dir` renders from at this commit, as one id (`shared::replan::PlanKey`'s
+    /// `content`): its folder's tree and the repository's waves file (its hash, or why it is
+    /// broken). `None` when the tree cannot be read (the bundle is then planned in full).
+    pub async fn content_id(&self, bundle_dir: &str) -> Option<String> {
+        let (git, commit, path) = (self.git.clone(), self.commit.clone(), self.repo_path(bundle_dir));
+        let tree = tokio::task::spawn_blocking(move || git.tree_id(&commit, &path)).await.ok()?.ok()?;
+        Some(self.content_of(&tree))
+    }
+
+    /// [`Checkout::content_id`] of a bundle whose tree is `tree`.
+    fn content_of(&self, tree: &str) -> String {
+        let waves = match &self.waves {
+            RepoWaves::None => "",
+            RepoWaves::Some { hash, .. } => hash.as_str(),
+            RepoWaves::Broken(why) => why.as_str(),
+        };
+        format!("{tree} {waves}")
+    }
+
     pub fn repo_path(&self, bundle_dir: &str) -> String {
         match (self.root.as_str(), bundle_dir) {
             ("" | ".", d) => d.to_owned(),
@@ -171,6 +190,8 @@ pub struct DesiredBundle {
     pub warnings: Vec<String>,
     /// The release (`shared::waves::release_id`): the bundle's tree and the repository's waves.
     pub release: Option<String>,
+    /// What it rendered from ([`Checkout::content_id`]), the key of its kept plan.
+    pub content: String,
     /// The waves that govern the bundle (its own, else the repository's); `Err`: the
     /// repository's file is broken and the bundle has none of its own, so it is held.
     pub waves: Option<Result<BundleWaves, String>>,
@@ -331,7 +352,8 @@ impl Build<'_> {
         };
         let inputs: Vec<(&str, &str)> = repo_hash.map(|h| (shared::waves::REPO_FILE, h)).into_iter().collect();
         let release = Some(shared::waves::release_id(&tree, &inputs));
-        Ok(DesiredBundle { name, spec, manifests, images, resolved, warnings, release, waves })
+        let content = self.checkout.content_of(&tree);
+        Ok(DesiredBundle { name, spec, manifests, images, resolved, warnings, release, content, waves })
     }
 }
 

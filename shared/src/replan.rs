@@ -9,11 +9,13 @@ use crate::k8s::Time;
 use crate::outcome::Outcome;
 use crate::trigger::Cause;
 
-/// Everything a render and its image pins depend on, as one poll saw it. The bundle's tree,
-/// its values files and `fleet.yaml` are all inside the commit.
+/// Everything a render and its image pins depend on, as one poll saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanKey {
-    pub commit: String,
+    /// What the bundle renders from in Git: its folder's tree (its values files, `fleet.yaml`
+    /// and charts are inside it; nothing outside is read) and the repository's waves file. A
+    /// commit that changes another bundle, or files of no bundle, leaves it as it was.
+    pub content: String,
     /// The owner label's value: objects are labelled with it.
     pub agent_id: String,
     /// Target matching and Fleet's `global.fleet.clusterLabels` read them.
@@ -98,7 +100,7 @@ pub fn decide(last: Option<&LastPlan>, key: &PlanKey, replan: Replan, now: Time,
 /// The first part of the key that differs, by its name in messages.
 fn changed(a: &PlanKey, b: &PlanKey) -> Option<&'static str> {
     let parts = [
-        (a.commit != b.commit, "commit"),
+        (a.content != b.content, "bundle content in Git"),
         (a.images != b.images, "image digests"),
         (a.agent_id != b.agent_id, "agent identity"),
         (a.labels != b.labels, "node labels"),
@@ -133,7 +135,7 @@ mod tests {
 
     fn key() -> PlanKey {
         PlanKey {
-            commit: "c1".into(),
+            content: "tree1 waves1".into(),
             agent_id: "store-1".into(),
             labels: BTreeMap::from([("zone".into(), "eu".into())]),
             kube_version: Some("v1.33.1".into()),
@@ -162,12 +164,20 @@ mod tests {
             ("resync due", Some(&last), key(), Replan::IfChanged, 1600, Decision::Plan(Why::ResyncDue)),
             ("clock set back", Some(&last), key(), Replan::IfChanged, 900, Decision::Plan(Why::ResyncDue)),
             (
-                "new commit",
+                "a commit that changed the bundle's folder",
                 Some(&last),
-                with(|k| k.commit = "c2".into()),
+                with(|k| k.content = "tree2 waves1".into()),
                 Replan::IfChanged,
                 1020,
-                Decision::Plan(Why::Changed("commit")),
+                Decision::Plan(Why::Changed("bundle content in Git")),
+            ),
+            (
+                "a commit that changed the repository's waves",
+                Some(&last),
+                with(|k| k.content = "tree1 waves2".into()),
+                Replan::IfChanged,
+                1020,
+                Decision::Plan(Why::Changed("bundle content in Git")),
             ),
             (
                 "a tag moved to a new digest",
@@ -254,7 +264,7 @@ mod tests {
 
     #[test]
     fn reasons_read_as_words() {
-        assert_eq!(Why::Changed("commit").describe(), "commit changed");
+        assert_eq!(Why::Changed("bundle content in Git").describe(), "bundle content in Git changed");
         assert_eq!(Why::ResyncDue.describe(), "full resync due");
     }
 }

@@ -160,6 +160,25 @@ async fn a_no_change_poll_renders_nothing_and_plans_nothing_and_a_forced_one_doe
         assert!(planned <= at, "the last full resync is shown, before this poll: {s}");
     }
 
+    // A commit that changes the raw bundle alone, and a file of no bundle: the raw bundle is
+    // planned and rolled out, the chart is neither rendered nor planned (its kept plan holds).
+    app.write("README.md", "# the store's repository\n");
+    app.write(
+        "apps/web/extra.yaml",
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web-extra\n  namespace: {}\ndata:\n  k: v\n",
+            app.ns.name
+        ),
+    );
+    app.commit(env, "one object more in web, and a README");
+    poll_once(&d, &app, None).await;
+    d.wait_running("web", &app.head(), Duration::from_secs(60)).await;
+    assert_eq!(helm_runs(), renders, "a commit that left the chart's folder alone ran no helm");
+    let status = d.status().await;
+    let chart = status["bundles"].as_array().unwrap().iter().find(|s| s["bundle"] == "chart").unwrap();
+    let message = chart["desired"]["message"].as_str().unwrap();
+    assert!(message.starts_with("unchanged since its last full plan"), "{chart}");
+
     // The command line forces a full plan: the same counters move, so they can.
     settled_cycles(&d).await;
     // `agent reconcile --once` beside the running agent: sent over its control socket.
