@@ -61,7 +61,6 @@ pub struct BundleWaves {
 }
 
 impl Checkout {
-    /// The repository path of a bundle folder.
     /// What `bundle_dir` renders from at this commit, as one id (`shared::replan::PlanKey`'s
     /// `content`): its folder's tree and the repository's waves file (its hash, or why it is
     /// broken). `None` when the tree cannot be read (the bundle is then planned in full).
@@ -81,6 +80,7 @@ impl Checkout {
         format!("{tree} {waves}")
     }
 
+    /// The repository path of a bundle folder.
     pub fn repo_path(&self, bundle_dir: &str) -> String {
         match (self.root.as_str(), bundle_dir) {
             ("" | ".", d) => d.to_owned(),

@@ -152,6 +152,18 @@ pub struct RealNode {
     pub kiosk_layer: Layer,
 }
 
+impl RealNode {
+    /// The host's address on the pods' bridge (the first address of the pod subnet, the gateway
+    /// the bridge plugin gives it: the only host address a pod has a route to), with the
+    /// subnet's prefix length.
+    pub fn host_address(&self) -> Result<(std::net::Ipv4Addr, u8)> {
+        let (net, len) = self.pod_subnet.split_once('/').context("the pod subnet has no prefix length")?;
+        let net: std::net::Ipv4Addr = net.parse().with_context(|| format!("pod subnet {}", self.pod_subnet))?;
+        let len: u8 = len.parse().with_context(|| format!("pod subnet {}", self.pod_subnet))?;
+        Ok((std::net::Ipv4Addr::from(u32::from(net) + 1), len))
+    }
+}
+
 /// One gzipped layer blob and what a manifest and config say of it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Layer {

@@ -465,15 +465,14 @@ fn version(prog: &Path, args: &[&str]) -> String {
 
 /// The pods' bridge with the host's gateway address on it, as the bridge plugin makes it with
 /// the first pod: made at `up`, so the host's side of the pod network
-/// ([`crate::node_support::host_address`], where test relays listen) is there before any pod
-/// runs. The plugin takes an existing bridge and address as they are.
-fn ensure_bridge() -> Result<()> {
+/// ([`RealNode::host_address`], where test relays listen) is there before any pod runs. The
+/// plugin takes an existing bridge and address as they are.
+fn ensure_bridge(node: &RealNode) -> Result<()> {
     if !has_bridge() {
         ip(&["link", "add", "name", BRIDGE, "type", "bridge"])?;
     }
-    let (net, len) = POD_SUBNET.split_once('/').context("POD_SUBNET has a prefix length")?;
-    let net: std::net::Ipv4Addr = net.parse().context("POD_SUBNET")?;
-    let gateway = format!("{}/{len}", std::net::Ipv4Addr::from(u32::from(net) + 1));
+    let (address, len) = node.host_address()?;
+    let gateway = format!("{address}/{len}");
     let out = Command::new("ip").args(["-o", "addr", "show", "dev", BRIDGE]).output()?;
     if !String::from_utf8_lossy(&out.stdout).contains(&format!("inet {gateway}")) {
         ip(&["addr", "add", &gateway, "dev", BRIDGE])?;
@@ -515,7 +514,7 @@ pub(crate) async fn start(l: &Layout, info: &EnvInfo, node: &RealNode, kubelet: 
     if !has_lo_alias() {
         ip(&["addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"])?;
     }
-    ensure_bridge()?;
+    ensure_bridge(node)?;
     let dir = node_dir(run);
     proc::spawn(
         l,

@@ -149,12 +149,10 @@ pub fn pod_routes(pod_ip: &str) -> Result<Vec<String>> {
     bail!("no network namespace in /run/netns holds {pod_ip}")
 }
 
-/// The host's address on the pods' bridge (the first address of the pod subnet, the gateway
-/// the bridge plugin gives it): the only host address a pod has a route to.
+/// The host's address on the pods' bridge ([`RealNode::host_address`]): the only host address a
+/// pod has a route to.
 pub fn host_address(node: &RealNode) -> Result<std::net::Ipv4Addr> {
-    let (net, _) = node.pod_subnet.split_once('/').context("the pod subnet has no prefix length")?;
-    let net: std::net::Ipv4Addr = net.parse().with_context(|| format!("pod subnet {}", node.pod_subnet))?;
-    Ok(std::net::Ipv4Addr::from(u32::from(net) + 1))
+    Ok(node.host_address()?.0)
 }
 
 /// Relays from the host's side of the pod network to services on the host's loopback: one
