@@ -363,11 +363,12 @@ fn fault_fields(s: &Value) -> Vec<String> {
     out
 }
 
-/// Whether `fault` met request `s`: delayed it, answered it itself, or cut it before its answer.
+/// Whether `fault` met request `s`: delayed it (its answer took at least the delay), answered it
+/// itself, or cut it before its answer.
 fn met_by(fault: &Fault, s: &Seen) -> bool {
     match fault {
-        Fault::Delay(_) => true,
-        Fault::DelayApplies(_) => is_apply(&s.method, &s.target),
+        Fault::Delay(d) => s.took >= *d,
+        Fault::DelayApplies(d) => is_apply(&s.method, &s.target) && s.took >= *d,
         _ => s.injected || s.status == 0,
     }
 }
