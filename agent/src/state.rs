@@ -8,6 +8,12 @@
 //! old record gets a 409 Conflict instead of overwriting a newer one. On a conflict the Secret
 //! is read again and `shared::state::after_conflict` decides: write again, done, or
 //! [`Superseded`] (the caller re-reads and decides again; no transition is lost).
+//!
+//! The daemon keeps a watch on its state Secrets ([`StateStore::watch`]), so the records of a
+//! cycle are read from what the watch last saw, not listed again: a poll that changes nothing
+//! makes no API request. Until the watch's first list ends, and after any error of it until a
+//! list succeeds again, [`StateStore::all`] lists as before. A stale copy can cost a conflict,
+//! never a record: every write is still made over the `resourceVersion` last seen.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -41,6 +47,41 @@ pub struct StateStore {
     seen: Arc<Mutex<BTreeMap<String, Seen>>>,
     /// Bundles whose Secret copy the last [`StateStore::all`] found behind this node's file.
     behind: Arc<Mutex<BTreeSet<String>>>,
+    /// The state Secrets as the daemon's watch sees them ([`StateStore::watch`]); `None`: no watch
+    /// (a command run once), every [`StateStore::all`] lists them.
+    watched: Option<Arc<Mutex<Watched>>>,
+}
+
+/// The state Secrets as a watch last saw them, by bundle.
+#[derive(Default)]
+struct Watched {
+    /// Whether `secrets` is the API server's set: the watch's first list has ended (or a list
+    /// of [`StateStore::all`] since its last error), and no error since.
+    current: bool,
+    secrets: BTreeMap<String, Secret>,
+    /// The copies of a list the watch is making (its `Init` .. `InitDone`).
+    listing: Option<BTreeMap<String, Secret>>,
+}
+
+impl Watched {
+    /// Takes `secret` unless it holds an older record than the copy kept (an event of an older
+    /// write that arrives after this store's own write was kept); one that cannot be decoded is
+    /// always taken (it is what the API server holds, and is to be replaced).
+    fn offer(copies: &mut BTreeMap<String, Secret>, bundle: String, secret: Secret) {
+        let seq = |s: &Secret| record_seq(s);
+        if let (Some(kept), Some(new)) = (copies.get(&bundle).and_then(seq), seq(&secret))
+            && new < kept
+        {
+            return;
+        }
+        copies.insert(bundle, secret);
+    }
+}
+
+/// The sequence number a state Secret carries, when its record can be decoded.
+fn record_seq(secret: &Secret) -> Option<u64> {
+    let data = secret.data.as_ref()?.get(KEY)?;
+    decode_secret_data(&data.0).ok().map(|r| r.seq)
 }
 
 /// One bundle's Secret as this store last knew it.
@@ -85,7 +126,65 @@ impl StateStore {
             secrets: client.map(|c| Api::namespaced(c, namespace)),
             seen: Arc::default(),
             behind: Arc::default(),
+            watched: None,
         }
+    }
+
+    /// Starts watching this store's state Secrets (the daemon, once connected): from then on
+    /// [`StateStore::all`] reads what the watch saw instead of listing. Its clones share the
+    /// watch. Without a client, nothing to watch.
+    pub fn watch(&mut self) {
+        use futures::StreamExt;
+        use kube::runtime::WatchStreamExt;
+        use kube::runtime::watcher::{self, Event, watcher};
+        let Some(api) = self.secrets.clone() else { return };
+        let watched = Arc::new(Mutex::new(Watched::default()));
+        self.watched = Some(watched.clone());
+        let store = self.clone();
+        let config = watcher::Config::default().labels(&format!("{STATE_LABEL}={}", self.agent_id));
+        tokio::spawn(async move {
+            let mut events = watcher(api, config).default_backoff().boxed();
+            while let Some(event) = events.next().await {
+                let mut w = watched.lock().expect("watched lock");
+                match event {
+                    Ok(Event::Init) => w.listing = Some(BTreeMap::new()),
+                    Ok(Event::InitApply(secret)) => {
+                        if let (Some(bundle), Some(listing)) = (store.bundle_of(&secret), w.listing.as_mut()) {
+                            listing.insert(bundle, secret);
+                        }
+                    }
+                    Ok(Event::InitDone) => {
+                        if let Some(listed) = w.listing.take() {
+                            w.secrets = listed;
+                        }
+                        w.current = true;
+                    }
+                    Ok(Event::Apply(secret)) => {
+                        if let Some(bundle) = store.bundle_of(&secret) {
+                            Watched::offer(&mut w.secrets, bundle, secret);
+                        }
+                    }
+                    Ok(Event::Delete(secret)) => {
+                        if let Some(bundle) = store.bundle_of(&secret) {
+                            w.secrets.remove(&bundle);
+                        }
+                    }
+                    Err(e) => {
+                        if w.current {
+                            tracing::warn!(error = %e, "state Secret watch interrupted: records are listed until it is back");
+                        }
+                        w.current = false;
+                    }
+                }
+            }
+        });
+    }
+
+    /// The bundle a state Secret of this agent records (its annotation, and the name this store
+    /// gives that bundle's Secret); `None` for any other Secret.
+    fn bundle_of(&self, secret: &Secret) -> Option<String> {
+        let bundle = secret.metadata.annotations.as_ref()?.get(STATE_BUNDLE_ANNOTATION)?;
+        (secret.metadata.name.as_deref() == Some(self.secret_name(bundle).as_str())).then(|| bundle.clone())
     }
 
     /// The Secret holding `bundle`'s record: readable, unique per agent identity and bundle.
@@ -199,23 +298,10 @@ impl StateStore {
                 }
             }
         }
-        // One list answers for every Secret copy (their data included): no read per bundle.
-        let mut listed = BTreeMap::new();
-        if let Some(api) = &self.secrets {
-            let list = api
-                .list(&ListParams::default().labels(&format!("{STATE_LABEL}={}", self.agent_id)))
-                .await
-                .with_context(|| format!("listing state Secrets in {}", self.namespace))?;
-            for s in list.items {
-                if let Some(b) = s.metadata.annotations.as_ref().and_then(|a| a.get(STATE_BUNDLE_ANNOTATION)).cloned() {
-                    bundles.insert(b.clone());
-                    if s.metadata.name.as_deref() == Some(self.secret_name(&b).as_str()) {
-                        listed.insert(b, s);
-                    }
-                }
-            }
-        }
+        let listed = self.secrets_now().await?;
+        bundles.extend(listed.keys().cloned());
         let mut out = Vec::new();
+        let mut behind = BTreeSet::new();
         for b in bundles {
             // A bundle the list did not answer for (on this node's disk only) is read alone.
             let remote = match listed.get(&b) {
@@ -224,13 +310,39 @@ impl StateStore {
             };
             let local = self.load_file(&b);
             if self.secrets.is_some() && is_behind(&local, &remote) {
-                self.behind.lock().expect("behind lock").insert(b.clone());
+                behind.insert(b.clone());
             }
             if let Some(r) = newest_of(local, remote)? {
                 out.push(r);
             }
         }
+        *self.behind.lock().expect("behind lock") = behind;
         Ok(out)
+    }
+
+    /// Every state Secret of this agent, by bundle: what the watch saw when it is current, else
+    /// one list (which, with a watch, makes the watch's copy current again).
+    async fn secrets_now(&self) -> anyhow::Result<BTreeMap<String, Secret>> {
+        let Some(api) = &self.secrets else { return Ok(BTreeMap::new()) };
+        if let Some(watched) = &self.watched {
+            let w = watched.lock().expect("watched lock");
+            if w.current {
+                return Ok(w.secrets.clone());
+            }
+        }
+        // One list answers for every Secret copy (their data included): no read per bundle.
+        let list = api
+            .list(&ListParams::default().labels(&format!("{STATE_LABEL}={}", self.agent_id)))
+            .await
+            .with_context(|| format!("listing state Secrets in {}", self.namespace))?;
+        let listed: BTreeMap<String, Secret> =
+            list.items.into_iter().filter_map(|s| self.bundle_of(&s).map(|b| (b, s))).collect();
+        if let Some(watched) = &self.watched {
+            let mut w = watched.lock().expect("watched lock");
+            w.secrets = listed.clone();
+            w.current = true;
+        }
+        Ok(listed)
     }
 
     /// Writes again the Secret copy of each record the last [`StateStore::all`] found behind
@@ -323,10 +435,17 @@ impl StateStore {
             };
             match written {
                 Ok(s) => {
-                    let mut all = self.seen.lock().expect("seen lock");
-                    let entry = all.entry(record.bundle.clone()).or_default();
-                    entry.resource_version = s.metadata.resource_version;
-                    entry.seq = entry.seq.max(Some(record.seq));
+                    {
+                        let mut all = self.seen.lock().expect("seen lock");
+                        let entry = all.entry(record.bundle.clone()).or_default();
+                        entry.resource_version = s.metadata.resource_version.clone();
+                        entry.seq = entry.seq.max(Some(record.seq));
+                    }
+                    // What was written is what the API server holds now: the watch's event of it
+                    // may come later than the next read.
+                    if let Some(watched) = &self.watched {
+                        Watched::offer(&mut watched.lock().expect("watched lock").secrets, record.bundle.clone(), s);
+                    }
                     return Ok(());
                 }
                 Err(kube::Error::Api(e)) if e.code == 409 => {
@@ -478,5 +597,27 @@ mod tests {
         assert!(n.len() <= 253 && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
         assert_ne!(n, b.secret_name("stack-b/helm"));
         assert_ne!(a.secret_name("a/b"), a.secret_name("a-b"));
+    }
+
+    #[test]
+    fn a_watched_copy_gives_way_only_to_a_newer_record_or_to_one_that_cannot_be_read() {
+        let store = StateStore::new(Path::new("/x"), "store-1", "ns", None);
+        let secret = |r: &Record| -> Secret { serde_json::from_value(store.secret_value(r).unwrap()).unwrap() };
+        let (one, two) = (Record::new("web").retry(), Record::new("web").retry().retry());
+        let seq = |copies: &BTreeMap<String, Secret>| copies.get("web").and_then(record_seq);
+        let mut copies = BTreeMap::new();
+        Watched::offer(&mut copies, "web".into(), secret(&two));
+        assert_eq!(seq(&copies), Some(2));
+        // The event of an older write, arriving after this store's own newer write was kept.
+        Watched::offer(&mut copies, "web".into(), secret(&one));
+        assert_eq!(seq(&copies), Some(2), "an older record does not replace a newer one");
+        Watched::offer(&mut copies, "web".into(), secret(&two.retry()));
+        assert_eq!(seq(&copies), Some(3));
+        // Edited by hand into something that does not decode: that is what the server holds.
+        let mut corrupt = secret(&two);
+        corrupt.data = Some(BTreeMap::from([(KEY.to_owned(), ByteString(b"not gzip".to_vec()))]));
+        Watched::offer(&mut copies, "web".into(), corrupt);
+        assert_eq!(seq(&copies), None, "a copy that cannot be read is taken, to be replaced");
+        assert!(copies.contains_key("web"));
     }
 }

@@ -205,13 +205,10 @@ async fn serve(config: AgentConfig, base: PathBuf) -> anyhow::Result<()> {
         let _ = control.await;
         return Ok(());
     };
-    *d.store.write().expect("store lock") = StateStore::new(
-        &d.base.join(&d.config.state_dir),
-        &d.config.identity.agent_id,
-        &d.config.kube.namespace,
-        Some(cluster.client().clone()),
-    );
-    let setup = Setup::new(d.config.clone(), &d.base, cluster.clone());
+    let mut setup = Setup::new(d.config.clone(), &d.base, cluster.clone());
+    // One store for the cycles and the status server, its records read from one watch.
+    setup.store.watch();
+    *d.store.write().expect("store lock") = setup.store.clone();
     // Keep the sender alive as long as the worker runs: a dropped sender would wake
     // `changed()` in a loop.
     let (leader, _lease_guard) = elect(&d, &cluster).await;

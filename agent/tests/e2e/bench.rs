@@ -407,6 +407,8 @@ async fn bench_first_sync_and_no_change_polls() {
     assert_eq!(tokens, 0, "tokens reused across polls");
     assert_eq!(dry_runs, 0, "no plan against the API server when nothing changed; the agent said: {planned:#?}");
     assert_eq!(ref_checks, polls as usize, "one git ref check per poll");
+    // The records are read from the state Secret watch, the live objects watched: nothing to ask.
+    assert_eq!(api_requests, 0, "no API request besides watches when nothing changed: {api_by_kind:?}");
     // Every figure was measured (a zero would be a measurement that did not happen).
     assert!(cpu_per_poll > 0.0 || polls > 0.0, "CPU read from /proc");
     assert_eq!(plan_unchanged, 2 * PLAN_BUNDLES, "the synthetic plan found every object unchanged");

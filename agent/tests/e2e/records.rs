@@ -232,3 +232,69 @@ async fn with_no_agent_on_this_node_commands_are_refused_while_another_replica_h
     assert_eq!(stored["phase"]["phase"], "idle", "{stored:#}");
     assert!(stored["quarantine"].is_null(), "no rollback happened: {stored:#}");
 }
+
+/// The daemon reads its records from a watch of its state Secrets, not a list per poll: a
+/// state Secret deleted by hand while nothing changes is seen gone, and the next cycle writes it
+/// again from this node's file, without a list in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_sees_its_state_secret_deleted_through_its_watch_and_writes_it_again() {
+    let env = TestEnv::get();
+    let app = App::new(env, "records-watch").await;
+    let (api_proxy, _kubeconfig_dir) = app.through_api_proxy(env).await;
+    let port = serve(&app, "", "1h", "15s");
+    let d = Daemon::start(&app.config, app.config.with_file_name("agent.log"), port, &[]);
+    d.wait_ready().await;
+    let first = app.head();
+    d.wait_running("web", &first, Duration::from_secs(90)).await;
+    let stored = app.secret_record(env).await;
+    assert_eq!(stored["lkg"]["revision"]["commit"], first.as_str(), "{stored:#}");
+
+    // A poll that changes nothing: no list of the state Secrets (the watch answers).
+    let lists =
+        || api_proxy.count(|s| s.method == "GET" && s.target.contains("/secrets?") && !s.target.contains("watch=true"));
+    let (lists_before, cycles_before) = (lists(), d.cycles().await);
+    let push = || {
+        let body = gitea_push(&app);
+        ([("x-gitea-event", "push".to_owned()), ("x-gitea-signature", signed(&body))], body)
+    };
+    let (headers, body) = push();
+    let (code, answer) = post(&d, "gitea", &headers, body).await;
+    assert_eq!(code, 202, "{answer}");
+    wait_for("a cycle after the webhook", Duration::from_secs(30), || async {
+        if d.cycles().await > cycles_before { Ok(()) } else { Err(tail(&d.logs())) }
+    })
+    .await;
+    assert_eq!(lists(), lists_before, "records read from the watch, not listed: {:?}", api_proxy.seen());
+
+    // Deleted by hand: the watch sees it gone, and the next cycle writes it again.
+    let secrets: Api<Secret> = Api::namespaced(env.client().await, &app.ns.name);
+    let name = secrets
+        .list(&kube::api::ListParams::default().labels(&format!("gitops-agent.io/state-of={}", app.ns.name)))
+        .await
+        .unwrap()
+        .items
+        .remove(0)
+        .metadata
+        .name
+        .unwrap();
+    secrets.delete(&name, &Default::default()).await.unwrap();
+    let (headers, body) = push();
+    let (code, answer) = post(&d, "gitea", &headers, body).await;
+    assert_eq!(code, 202, "{answer}");
+    wait_for("the state Secret written again", Duration::from_secs(30), || async {
+        match secrets.get_opt(&name).await {
+            Ok(Some(s)) => {
+                let record = decode_secret_data(&s.data.unwrap()["record.json.gz"].0).unwrap();
+                if record.lkg.as_ref().map(|l| l.revision.commit.as_str()) == Some(first.as_str()) {
+                    Ok(())
+                } else {
+                    Err(format!("{record:?}"))
+                }
+            }
+            other => Err(format!("{other:?}\n{}", tail(&d.logs()))),
+        }
+    })
+    .await;
+    assert!(d.logs().contains("wrote the state Secret again"), "{}", tail(&d.logs()));
+    assert_eq!(lists(), lists_before, "the delete was seen by the watch, not by a list: {:?}", api_proxy.seen());
+}
