@@ -295,13 +295,17 @@ impl Build<'_> {
                 let same = |a: &str, b: &str| registries.same_registry(a, b);
                 let requests = decide::image_requests(&uses, &spec.policy, &same).map_err(blocked)?;
                 let resolutions = futures::future::join_all(requests.iter().map(|r| resolve(registries, r))).await;
-                let map = decide::pin_images(&requests, &resolutions, spec.policy.pin_digests())
-                    .map_err(|r| BundleError { fault: r.fault, ..blocked(r.problems) })?;
-                // Signatures before anything is written: an image that fails blocks the bundle.
                 let bundle_keys = match spec.policy.verify.as_ref().and_then(|v| v.cosign.as_ref()) {
                     None => None,
                     Some(c) => Some(bundle_keys(&dest, &c.public_keys).map_err(|e| blocked(vec![e]))?),
                 };
+                let checked = |r: &ImageRequest| {
+                    bundle_keys.is_some() || registries.for_image(&r.image).is_ok_and(|g| g.keys.is_some())
+                };
+                let pin = |r: &ImageRequest| decide::must_pin(spec.policy.pin_digests(), checked(r));
+                let map = decide::pin_images(&requests, &resolutions, pin)
+                    .map_err(|r| BundleError { fault: r.fault, ..blocked(r.problems) })?;
+                // Signatures before anything is written: an image that fails blocks the bundle.
                 let checks = requests
                     .iter()
                     .zip(&resolutions)

@@ -2,10 +2,13 @@
 //! (ECDSA P-256, Ed25519), the layers of a `sha256-<hex>.sig` manifest, the simple-signing payload,
 //! the verdict for one digest and the cache of verified digests. The agent fetches; this decides.
 //!
-//! Only cosign's "classic" form is read: an OCI manifest at the tag `sha256-<hex>.sig` whose
-//! layers are simple-signing payloads, each with its base64 signature in the layer annotation
-//! `dev.cosignproject.cosign/signature` (what `cosign sign --key` writes in v2, and in v3 with
-//! `--new-bundle-format=false`). docs/verification.md has the rest.
+//! Two forms are read, both of simple-signing payloads, each with its base64 signature in the
+//! layer annotation `dev.cosignproject.cosign/signature`: cosign's "classic" form, an OCI
+//! manifest at the tag `sha256-<hex>.sig` (what `cosign sign --key` writes in v2, and in v3 with
+//! `--new-bundle-format=false`), and the OCI 1.1 referrers form (`--registry-referrers-mode=oci-1-1`):
+//! manifests of artifact type [`SIGNATURE_ARTIFACT`] whose `subject` is the image, listed by the
+//! registry's referrers API or, where it has none, by the index at the tag `sha256-<hex>`.
+//! docs/verification.md has the rest.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -24,6 +27,12 @@ pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 pub const MAX_PAYLOAD: u64 = 64 * 1024;
 /// Signature layers read per digest (cosign appends one per `cosign sign`).
 pub const MAX_LAYERS: usize = 32;
+/// The artifact type of a cosign signature stored as an OCI 1.1 referrer.
+pub const SIGNATURE_ARTIFACT: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
+/// The media type of a referrers index (the referrers API's answer, the fallback tag's manifest).
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// Referrer signature manifests read per digest (one per `cosign sign`).
+pub const MAX_REFERRERS: usize = 16;
 /// Verified digests remembered by the agent; a node runs ~100 distinct images.
 pub const CACHE_CAPACITY: usize = 4096;
 
@@ -83,6 +92,42 @@ impl VerifySpec {
 pub fn signature_tag(digest: &str) -> Result<String, String> {
     let hex = sha256_hex(digest).ok_or_else(|| format!("{digest:?} is not a sha256 digest"))?;
     Ok(format!("sha256-{hex}.sig"))
+}
+
+/// The tag of the referrers tag schema (OCI distribution 1.1) for `digest`, where a registry
+/// without the referrers API keeps the index of its referrers: `sha256:<hex>` → `sha256-<hex>`.
+pub fn referrers_tag(digest: &str) -> Result<String, String> {
+    let hex = sha256_hex(digest).ok_or_else(|| format!("{digest:?} is not a sha256 digest"))?;
+    Ok(format!("sha256-{hex}"))
+}
+
+/// The digests of the cosign signature manifests a referrers index lists (entries of artifact
+/// type [`SIGNATURE_ARTIFACT`]; others, and more than [`MAX_REFERRERS`], are left alone). The
+/// registry may ignore an `artifactType` filter: it is applied here.
+pub fn signature_referrers(index: &[u8]) -> Result<Vec<String>, String> {
+    let i: Value = serde_json::from_slice(index).map_err(|e| format!("referrers index is not JSON: {e}"))?;
+    let manifests = i["manifests"].as_array().ok_or("referrers index has no manifests list")?;
+    Ok(manifests
+        .iter()
+        .filter(|m| m["artifactType"].as_str() == Some(SIGNATURE_ARTIFACT))
+        .filter_map(|m| m["digest"].as_str().filter(|d| sha256_hex(d).is_some()))
+        .take(MAX_REFERRERS)
+        .map(str::to_owned)
+        .collect())
+}
+
+/// The signature layers of a referrer manifest fetched by `digest`, once it is known to be that
+/// manifest (its bytes hash to it) and a signature of `image` (its `subject`).
+pub fn referrer_layers(manifest: &[u8], digest: &str, image: &str) -> Result<Vec<SignatureLayer>, String> {
+    let hex = Sha256::digest(manifest).iter().map(|b| format!("{b:02x}")).collect::<String>();
+    if sha256_hex(digest) != Some(hex.as_str()) {
+        return Err(format!("referrer manifest {digest} does not match its digest"));
+    }
+    let m: Value = serde_json::from_slice(manifest).map_err(|e| format!("referrer manifest is not JSON: {e}"))?;
+    match m["subject"]["digest"].as_str() {
+        Some(subject) if subject == image => signature_layers(manifest),
+        other => Err(format!("referrer manifest {digest} is of {}, not of {image}", other.unwrap_or("no subject"))),
+    }
 }
 
 fn sha256_hex(digest: &str) -> Option<&str> {
@@ -586,5 +631,42 @@ mod tests {
         let p = spec(vec![("ci", "a.pub"), ("ci", ""), ("", "b.pub")]).problems();
         let paths: Vec<&str> = p.iter().map(|(path, _)| path.as_str()).collect();
         assert_eq!(paths, ["cosign.publicKeys[1].name", "cosign.publicKeys[1].file", "cosign.publicKeys[2].name"]);
+    }
+
+    /// The index and a referrer manifest as cosign v2.6.5 stores them with
+    /// `--registry-referrers-mode=oci-1-1` in a registry without the referrers API.
+    #[test]
+    fn a_referrers_index_lists_signature_manifests_and_a_referrer_must_be_what_it_was_asked_for() {
+        let subject = "sha256:4c902e33baeac1c997d7aeace8ae61f61123ac95bf4d04476d79ff3b9f6a1b93";
+        assert_eq!(referrers_tag(subject).unwrap(), format!("sha256-{}", &subject[7..]));
+        assert!(referrers_tag("latest").is_err());
+        let index = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[
+              {{"mediaType":"application/vnd.oci.image.manifest.v1+json","size":793,"digest":"{OTHER}","artifactType":"{SIGNATURE_ARTIFACT}"}},
+              {{"mediaType":"application/vnd.oci.image.manifest.v1+json","size":500,"digest":"{DIGEST}","artifactType":"application/spdx+json"}},
+              {{"mediaType":"application/vnd.oci.image.manifest.v1+json","size":500,"digest":"md5:abc","artifactType":"{SIGNATURE_ARTIFACT}"}}]}}"#
+        );
+        assert_eq!(signature_referrers(index.as_bytes()).unwrap(), [OTHER], "signatures only, sha256 only");
+        assert!(signature_referrers(b"{}").is_err());
+        let many: Vec<String> = (0..40)
+            .map(|i| format!(r#"{{"digest":"sha256:{i:064x}","artifactType":"{SIGNATURE_ARTIFACT}"}}"#))
+            .collect();
+        let many = format!(r#"{{"manifests":[{}]}}"#, many.join(","));
+        assert_eq!(signature_referrers(many.as_bytes()).unwrap().len(), MAX_REFERRERS);
+
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"{SIGNATURE_ARTIFACT}","size":233,"digest":"sha256:511ec76656cc0104b135d3426c4f029f5b351859aa793a02ab3690872ff5cefa"}},"layers":[{{"mediaType":"{SIMPLE_SIGNING}","size":260,"digest":"sha256:9032660498c7ceb5d2246b9f52ba81a8a70e8208884f042c8b1bdb480d85e072","annotations":{{"{SIGNATURE_ANNOTATION}":"MEYCIQD3"}}}}],"subject":{{"mediaType":"application/vnd.oci.image.manifest.v1+json","size":400,"digest":"{subject}"}},"artifactType":"{SIGNATURE_ARTIFACT}"}}"#
+        );
+        let digest = format!(
+            "sha256:{}",
+            Sha256::digest(manifest.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        let layers = referrer_layers(manifest.as_bytes(), &digest, subject).unwrap();
+        assert_eq!(layers.len(), 1);
+        assert_eq!(layers[0].signature.as_deref(), Some("MEYCIQD3"));
+        let wrong_bytes = referrer_layers(manifest.as_bytes(), OTHER, subject).unwrap_err();
+        assert!(wrong_bytes.contains("does not match its digest"), "{wrong_bytes}");
+        let of_another = referrer_layers(manifest.as_bytes(), &digest, DIGEST).unwrap_err();
+        assert!(of_another.contains(&format!("is of {subject}, not of {DIGEST}")), "{of_another}");
     }
 }

@@ -357,6 +357,14 @@ pub enum Resolution {
     Failed { message: String },
 }
 
+/// Whether an image is written with the digest resolved for it: as the bundle's `pinDigests`
+/// says, except that an image whose signatures a policy checks is always pinned. A tag alone
+/// would let the kubelet pull whatever the tag points at when it pulls, signed or not: the digest
+/// verified is the one that runs, whatever a commit sets.
+pub fn must_pin(pin_digests: bool, signatures_checked: bool) -> bool {
+    pin_digests || signatures_checked
+}
+
 /// Why preflight stopped a bundle: the problems, one per image, and the environment fault
 /// behind them when that is all there is (every image not resolved met an unavailable
 /// registry, nothing else was wrong): then the bundle is retried, not blocked.
@@ -367,11 +375,12 @@ pub struct Refused {
 }
 
 /// The image written into desired objects, per written reference, or why the bundle is blocked.
-/// An image that already carries a digest keeps it (after the registry confirmed it exists).
+/// An image that already carries a digest keeps it (after the registry confirmed it exists);
+/// `pin` says which others are written with their digest (see [`must_pin`]).
 pub fn pin_images(
     requests: &[ImageRequest],
     resolutions: &[Resolution],
-    pin: bool,
+    pin: impl Fn(&ImageRequest) -> bool,
 ) -> Result<BTreeMap<String, String>, Refused> {
     let mut map = BTreeMap::new();
     let mut blocked = Vec::new();
@@ -392,7 +401,7 @@ pub fn pin_images(
             }
             Resolution::Found { tag, digest } => {
                 let mut image = ImageRef { tag: tag.clone().or_else(|| req.image.tag.clone()), ..req.image.clone() };
-                image.digest = if pin || req.image.digest.is_some() { Some(digest.clone()) } else { None };
+                image.digest = if pin(req) || req.image.digest.is_some() { Some(digest.clone()) } else { None };
                 let text = image.to_string();
                 if text != req.written {
                     map.insert(req.written.clone(), text);
@@ -843,15 +852,30 @@ apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n";
             Resolution::Found { tag: Some("1.1".into()), digest: DIGEST.into() },
             Resolution::Found { tag: None, digest: DIGEST.into() },
         ];
-        let map = pin_images(&reqs, &found, true).unwrap();
+        let map = pin_images(&reqs, &found, |_| true).unwrap();
         assert_eq!(map.get("h.example/a:1.0").map(String::as_str), Some(format!("h.example/a:1.1@{DIGEST}").as_str()));
         assert!(!map.contains_key(&format!("h.example/b@{DIGEST}")), "already pinned: unchanged");
-        let unpinned = pin_images(&reqs, &found, false).unwrap();
+        let unpinned = pin_images(&reqs, &found, |_| false).unwrap();
         assert_eq!(unpinned.get("h.example/a:1.0").map(String::as_str), Some("h.example/a:1.1"));
+        // `pinDigests: false`, but a policy checks a's signatures: the verified digest is written.
+        let verified = pin_images(&reqs, &found, |r| must_pin(false, r.image.repository == "a")).unwrap();
+        assert_eq!(
+            verified.get("h.example/a:1.0").map(String::as_str),
+            Some(format!("h.example/a:1.1@{DIGEST}").as_str())
+        );
+        for (pin_digests, checked, pinned) in
+            [(true, false, true), (false, true, true), (true, true, true), (false, false, false)]
+        {
+            assert_eq!(
+                must_pin(pin_digests, checked),
+                pinned,
+                "pinDigests {pin_digests}, signatures checked {checked}"
+            );
+        }
 
         let other = "sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
         let mismatch =
-            pin_images(&reqs[1..], &[Resolution::Found { tag: None, digest: other.into() }], true).unwrap_err();
+            pin_images(&reqs[1..], &[Resolution::Found { tag: None, digest: other.into() }], |_| true).unwrap_err();
         assert_eq!(mismatch.fault, None, "a digest the registry contradicts is the bundle's problem");
         assert_eq!(
             mismatch.problems,
@@ -863,7 +887,7 @@ apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n";
         let blocked = pin_images(
             &reqs,
             &[Resolution::Missing { reference: "h.example/a:1.0".into() }, Resolution::NoTagMatches { tags: 7 }],
-            true,
+            |_| true,
         )
         .unwrap_err();
         assert_eq!(
@@ -917,7 +941,7 @@ apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n";
             ("down and refused credentials", vec![refused(), down(Some(503), "HTTP 503")], None),
         ];
         for (case, resolutions, want) in table {
-            let err = pin_images(&reqs, &resolutions, true).expect_err(case);
+            let err = pin_images(&reqs, &resolutions, |_| true).expect_err(case);
             assert_eq!(err.fault, want, "{case}: {err:?}");
             assert!(err.problems.iter().all(|p| p.starts_with("preflight: ")), "{case}: {err:?}");
         }

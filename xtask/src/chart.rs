@@ -373,6 +373,48 @@ mod tests {
     }
 
     #[test]
+    fn trusted_keys_come_from_existing_secrets_as_files_the_agent_reads() {
+        let values = BASE
+            .replace(
+                "      secretRef: {name: harbor-robot, key: password}\n",
+                "      secretRef: {name: harbor-robot, key: password}\n    verify:\n      cosign:\n        publicKeys:\n        \
+                 - {name: ci-2026, secretRef: {name: signing-keys, key: ci-2026.pub}}\n        \
+                 - {name: ci-2025, file: /etc/ssl/ci-2025.pub}\n",
+            )
+            .replace(
+                "secretRef: {name: git-credentials, key: token}\n",
+                "secretRef: {name: git-credentials, key: token}\n    verify:\n      mode: head\n      \
+                 sshAllowedSigners: {secretRef: {name: signing-keys, key: allowed_signers}}\n      \
+                 openpgpKeys: /etc/ssl/release.asc\n",
+            );
+        assert!(values.contains("ci-2026.pub") && values.contains("allowed_signers"), "{values}");
+        let docs = render(&values);
+        let config = config_of(&docs);
+        let keys = &config["registries"][0]["verify"]["cosign"]["publicKeys"];
+        assert_eq!(
+            keys[0],
+            serde_json::json!({"name": "ci-2026", "file": "/run/secrets/gitops-agent/signing-keys/ci-2026.pub"})
+        );
+        assert_eq!(
+            keys[1],
+            serde_json::json!({"name": "ci-2025", "file": "/etc/ssl/ci-2025.pub"}),
+            "a file stays a file"
+        );
+        let verify = &config["git"]["verify"];
+        assert_eq!(verify["sshAllowedSigners"], "/run/secrets/gitops-agent/signing-keys/allowed_signers");
+        assert_eq!(verify["openpgpKeys"], "/etc/ssl/release.asc");
+        let spec = &of_kind(&docs, "DaemonSet")[0]["spec"]["template"]["spec"];
+        let secrets: Vec<&str> =
+            spec["volumes"].as_array().unwrap().iter().filter_map(|v| v["secret"]["secretName"].as_str()).collect();
+        assert_eq!(secrets, ["git-credentials", "signing-keys", "harbor-robot", "webhooks"], "the Secret mounted once");
+        let home = tempfile::tempdir().unwrap();
+        let e = template(home.path(), "gitops-agent", &values.replace("key: ci-2026.pub", "kee: ci-2026.pub"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("publicKeys"), "the schema names a bad key reference: {e}");
+    }
+
+    #[test]
     fn the_k3s_helmchart_example_installs_this_chart_with_values_that_render() {
         let text = std::fs::read_to_string(paths::workspace_root().join("deploy/k3s/gitops-agent.yaml")).unwrap();
         let docs = documents(&text).unwrap();

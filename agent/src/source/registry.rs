@@ -293,33 +293,34 @@ impl Registry {
         })
     }
 
-    /// The cosign signatures stored for `digest` at its `sha256-<hex>.sig` tag, each with the
-    /// payload blob it signs (checked against its layer digest); none when the tag is absent.
+    /// The cosign signatures stored for `digest`, each with the payload blob it signs (checked
+    /// against its layer digest): at its `sha256-<hex>.sig` tag, and as OCI 1.1 referrers (the
+    /// registry's referrers API, or the index at the fallback tag `sha256-<hex>` where it has
+    /// none); none when neither holds any.
     pub async fn signatures(&self, repository: &str, digest: &str) -> Result<Vec<Signed>, RegistryError> {
         let base = format!("https://{}/v2/{repository}", self.opts.host);
-        let tag = shared::cosign::signature_tag(digest)
-            .map_err(|reason| RegistryError::Protocol { url: base.clone(), reason })?;
+        let protocol = |url: &str| {
+            let url = url.to_owned();
+            move |reason: String| RegistryError::Protocol { url, reason }
+        };
+        let tag = shared::cosign::signature_tag(digest).map_err(protocol(&base))?;
         let url = format!("{base}/manifests/{tag}");
-        let reply = self
-            .with_retries(Req {
-                kind: "signature_manifest",
-                method: "GET",
-                url: &url,
-                repository,
-                accept: Some(SIGNATURE_ACCEPT),
-                access: Access::Pull,
-                body: None,
-            })
-            .await?;
-        match reply.status {
-            200 => {}
-            404 => return Ok(Vec::new()),
+        let reply = self.get_manifest("signature_manifest", &url, repository, SIGNATURE_ACCEPT).await?;
+        let mut layers = match reply.status {
+            200 => shared::cosign::signature_layers(&reply.body).map_err(protocol(&url))?,
+            404 => Vec::new(),
             status => return Err(self.status_error(&url, status, &reply)),
+        };
+        for referrer in self.signature_referrers(&base, repository, digest).await? {
+            let url = format!("{base}/manifests/{referrer}");
+            let reply = self.get_manifest("signature_manifest", &url, repository, SIGNATURE_ACCEPT).await?;
+            if reply.status != 200 {
+                return Err(self.status_error(&url, reply.status, &reply));
+            }
+            layers.extend(shared::cosign::referrer_layers(&reply.body, &referrer, digest).map_err(protocol(&url))?);
         }
-        let layers = shared::cosign::signature_layers(&reply.body)
-            .map_err(|reason| RegistryError::Protocol { url: url.clone(), reason })?;
         let mut out = Vec::with_capacity(layers.len());
-        for layer in layers {
+        for layer in layers.into_iter().take(shared::cosign::MAX_LAYERS) {
             let url = format!("{base}/blobs/{}", layer.digest);
             let req = Req {
                 kind: "signature_blob",
@@ -349,6 +350,55 @@ impl Registry {
             out.push(Signed { payload: reply.body.to_vec(), signature: layer.signature });
         }
         Ok(out)
+    }
+
+    /// The digests of the cosign signature manifests whose subject is `digest`: the referrers
+    /// API's index when the registry serves one (OCI distribution 1.1), else the index at the
+    /// fallback tag; none when there is neither.
+    async fn signature_referrers(
+        &self,
+        base: &str,
+        repository: &str,
+        digest: &str,
+    ) -> Result<Vec<String>, RegistryError> {
+        let index_of = |url: &str, body: &[u8]| {
+            shared::cosign::signature_referrers(body)
+                .map_err(|reason| RegistryError::Protocol { url: url.to_owned(), reason })
+        };
+        let artifact =
+            url::form_urlencoded::byte_serialize(shared::cosign::SIGNATURE_ARTIFACT.as_bytes()).collect::<String>();
+        let url = format!("{base}/referrers/{digest}?artifactType={artifact}");
+        let reply = self.get_manifest("signature_referrers", &url, repository, shared::cosign::OCI_INDEX).await?;
+        let is_index = reply
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.split(';').next().map(str::trim) == Some(shared::cosign::OCI_INDEX));
+        if reply.status == 200 && is_index {
+            return index_of(&url, &reply.body);
+        }
+        // No referrers API (distribution 2.8 answers 404): the referrers tag schema.
+        let tag = shared::cosign::referrers_tag(digest)
+            .map_err(|reason| RegistryError::Protocol { url: base.to_owned(), reason })?;
+        let url = format!("{base}/manifests/{tag}");
+        let reply = self.get_manifest("signature_referrers", &url, repository, shared::cosign::OCI_INDEX).await?;
+        match reply.status {
+            200 => index_of(&url, &reply.body),
+            404 => Ok(Vec::new()),
+            status => Err(self.status_error(&url, status, &reply)),
+        }
+    }
+
+    /// One GET of a manifest or index with a pull token, retried as every request is.
+    async fn get_manifest(
+        &self,
+        kind: &'static str,
+        url: &str,
+        repository: &str,
+        accept: &'static str,
+    ) -> Result<Reply, RegistryError> {
+        let req = Req { kind, method: "GET", url, repository, accept: Some(accept), access: Access::Pull, body: None };
+        self.with_retries(req).await
     }
 
     /// The digest a tag points at now (one HEAD request when a token is cached).

@@ -39,8 +39,13 @@ impl Cosign {
 
     /// Runs cosign in its own folder; panics with its output when it fails.
     fn run(&self, args: &[&str]) -> String {
+        self.run_with(args, &[])
+    }
+
+    fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> String {
         let out = Command::new(&self.bin)
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(self.dir.path())
             .env("DOCKER_CONFIG", self.dir.path())
             .env("SSL_CERT_FILE", &self.ca)
@@ -75,6 +80,15 @@ impl Cosign {
     fn sign(&self, prefix: &str, image: &str) {
         let key = format!("{prefix}.key");
         self.run(&["sign", "--key", &key, "--tlog-upload=false", "-y", image]);
+    }
+
+    /// `cosign sign` storing the signature as an OCI 1.1 referrer of `image@digest` (on a
+    /// registry without the referrers API, in the index at the tag `sha256-<hex>`), not at the
+    /// classic `.sig` tag.
+    fn sign_as_referrer(&self, prefix: &str, image: &str) {
+        let key = format!("{prefix}.key");
+        let args = ["sign", "--key", &key, "--tlog-upload=false", "--registry-referrers-mode=oci-1-1", "-y", image];
+        self.run_with(&args, &[("COSIGN_EXPERIMENTAL", "1")]);
     }
 
     /// A payload for `image@digest` signed with `<prefix>.key`, then changed before cosign attaches
@@ -413,6 +427,82 @@ async fn a_bundle_s_own_cosign_policy_with_a_key_file_in_the_bundle_blocks_until
     let record = app.secret_record(env).await;
     let pinned = format!("{}:1.0.0@{digest}", app.image);
     assert_eq!(record["lkg"]["revision"]["verified"][pinned.as_str()][0], "kiosk-team", "{record}");
+
+    // A commit cannot turn the pin off: with `pinDigests: false` the tag alone would let the
+    // kubelet pull whatever it points at later, signed or not. The verified digest still runs,
+    // and a new unsigned push to the same tag is blocked, not run.
+    app.write("apps/web/fleet.yaml", &format!("{}  pinDigests: false\n", fleet("keys/team.pub")));
+    app.set_tag("1.1.0");
+    app.commit(env, "1.1.0, pinning off");
+    let unsigned = env.repush_image(&app.image_repo, "1.1.0", "pinning off");
+    assert_ne!(unsigned, digest, "1.1.0 is another image than the signed 1.0.0");
+    let message = blocked_message(&app, "unsigned 1.1.0, pinning off");
+    assert!(message.contains(&format!("image {}:1.1.0", app.image)) && message.contains("unsigned"), "{message}");
+    assert_eq!(app.deployment_image(env).await, pinned, "the verified 1.0.0 keeps running");
+    cosign.sign("team", &format!("{}@{unsigned}", app.image));
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!((code, bundle(&doc, "web")["result"].as_str()), (Some(0), Some("rolledOut")), "{human}");
+    assert_eq!(
+        app.deployment_image(env).await,
+        format!("{}:1.1.0@{unsigned}", app.image),
+        "signatures checked: pinned to the verified digest though pinDigests is false"
+    );
+}
+
+/// The answer status of a GET of `reference`'s manifest in `repo`, as the CI robot (any of
+/// `accept`).
+async fn manifest_status(env: &TestEnv, repo: &str, reference: &str, accept: &str) -> u16 {
+    let ca = &env.info.ca_cert;
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", env.info.registry_ci.username, env.info.registry_ci.password));
+    let token_url =
+        format!("{}?service={}&scope=repository:{repo}:pull", env.info.token_realm, env.info.registry_service);
+    let reply = xtask::http::get(&token_url, ca, &[("authorization", &format!("Basic {basic}"))]).await.unwrap();
+    let token: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    let bearer = format!("Bearer {}", token["token"].as_str().unwrap());
+    let url = format!("https://{}/v2/{repo}/manifests/{reference}", env.info.registry);
+    xtask::http::get(&url, ca, &[("authorization", &bearer), ("accept", accept)]).await.unwrap().status
+}
+
+/// Signatures stored as OCI 1.1 referrers (`cosign sign --registry-referrers-mode=oci-1-1`,
+/// where a registry's CI is set up so): the testenv's registry has no referrers API, so cosign
+/// keeps them in the index at the fallback tag `sha256-<hex>`, which the agent reads after the
+/// referrers API answers 404. A stranger's referrer is an unknown key, the trusted one verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signature_stored_as_an_oci_1_1_referrer_verifies_and_a_strangers_does_not() {
+    let env = TestEnv::get();
+    let cosign = Cosign::new(env);
+    let trusted = cosign.key_pair("ci");
+    cosign.key_pair("stranger");
+    let app = App::new(env, "sig-referrer").await;
+    let config = std::fs::read_to_string(&app.config).unwrap();
+    require_signatures(&app, &config, &[("ci-2026", &trusted)]);
+    let digest = env.push_image(&app.image_repo, "1.0.0");
+    let at = format!("{}@{digest}", app.image);
+    let hex = digest.trim_start_matches("sha256:");
+
+    cosign.sign_as_referrer("stranger", &at);
+    let index = "application/vnd.oci.image.index.v1+json";
+    assert_eq!(
+        manifest_status(env, &app.image_repo, &format!("sha256-{hex}"), index).await,
+        200,
+        "the referrers index"
+    );
+    let classic = "application/vnd.oci.image.manifest.v1+json";
+    assert_eq!(manifest_status(env, &app.image_repo, &format!("sha256-{hex}.sig"), classic).await, 404, "no .sig tag");
+    let message = blocked_message(&app, "a stranger's referrer");
+    assert!(message.contains(&format!("image {}:1.0.0 ({digest})", app.image)), "{message}");
+    assert!(message.contains("signed by an unknown key"), "{message}");
+    assert_eq!(app.writes(env).await, Vec::<String>::new(), "nothing applied");
+
+    cosign.sign_as_referrer("ci", &at);
+    assert_eq!(manifest_status(env, &app.image_repo, &format!("sha256-{hex}.sig"), classic).await, 404, "still none");
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!((code, bundle(&doc, "web")["result"].as_str()), (Some(0), Some("rolledOut")), "{human}");
+    let pinned = format!("{}:1.0.0@{digest}", app.image);
+    assert_eq!(app.deployment_image(env).await, pinned);
+    let record = app.secret_record(env).await;
+    assert_eq!(record["lkg"]["revision"]["verified"][pinned.as_str()][0], "ci-2026", "{record}");
 }
 
 /// A throw-away gpg home; its agent is stopped when the test ends.

@@ -63,9 +63,19 @@ The Secrets and ConfigMaps the config refers to, as a JSON object {"secrets": [.
 {{- $git := $c.git | default dict -}}
 {{- with $git.auth }}{{ with .secretRef }}{{ $secrets = append $secrets .name }}{{ end }}{{ end -}}
 {{- with $git.caConfigMapRef }}{{ $cms = append $cms .name }}{{ end -}}
+{{- with $git.verify -}}
+{{- $verify := . -}}
+{{- range $f := list "sshAllowedSigners" "openpgpKeys" -}}
+{{- $v := index $verify $f | default "" -}}
+{{- if kindIs "map" $v }}{{ with $v.secretRef }}{{ $secrets = append $secrets .name }}{{ end }}{{ end -}}
+{{- end -}}
+{{- end -}}
 {{- range $c.registries | default list -}}
 {{- with .auth }}{{ with .secretRef }}{{ $secrets = append $secrets .name }}{{ end }}{{ end -}}
 {{- with .caConfigMapRef }}{{ $cms = append $cms .name }}{{ end -}}
+{{- with .verify }}{{ with .cosign }}{{ range .publicKeys | default list -}}
+{{- with .secretRef }}{{ $secrets = append $secrets .name }}{{ end -}}
+{{- end }}{{ end }}{{ end -}}
 {{- end -}}
 {{- $server := $c.server | default dict -}}
 {{- range $server.webhooks | default list -}}
@@ -87,6 +97,28 @@ The Secrets and ConfigMaps the config refers to, as a JSON object {"secrets": [.
 {{- $_ := unset $m "caConfigMapRef" -}}
 {{- end -}}
 
+{{/*
+Trusted keys from existing Secrets: a cosign public key `{name, secretRef}` becomes `{name, file}`,
+and `git.verify`'s `sshAllowedSigners` or `openpgpKeys` given as `{secretRef}` becomes the path.
+*/}}
+{{- define "gitops-agent.resolveKeys" -}}
+{{- $c := . -}}
+{{- $git := $c.git | default dict -}}
+{{- with $git.verify -}}
+{{- $verify := . -}}
+{{- range $f := list "sshAllowedSigners" "openpgpKeys" -}}
+{{- $v := index $verify $f | default "" -}}
+{{- if kindIs "map" $v }}{{ with $v.secretRef }}{{ $_ := set $verify $f (include "gitops-agent.secretPath" .) }}{{ end }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- range $c.registries | default list -}}
+{{- with .verify }}{{ with .cosign }}{{ range $k := .publicKeys | default list -}}
+{{- with $k.secretRef }}{{ $_ := set $k "file" (include "gitops-agent.secretPath" .) }}{{ end -}}
+{{- $_ := unset $k "secretRef" -}}
+{{- end }}{{ end }}{{ end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The agent's config file: the values' `config` with what the chart decides. */}}
 {{- define "gitops-agent.config" -}}
 {{- $c := deepCopy (.Values.config | default dict) -}}
@@ -100,6 +132,7 @@ The Secrets and ConfigMaps the config refers to, as a JSON object {"secrets": [.
 {{- $_ := set $c "identity" $id -}}
 {{- $git := $c.git | default dict -}}
 {{- if not $git.url }}{{ fail "config.git.url is required" }}{{ end -}}
+{{- include "gitops-agent.resolveKeys" $c -}}
 {{- include "gitops-agent.resolveRefs" $git -}}
 {{- with $git.auth }}{{ include "gitops-agent.resolveRefs" . }}{{ end -}}
 {{- range $c.registries | default list -}}
