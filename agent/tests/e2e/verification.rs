@@ -287,6 +287,18 @@ async fn only_a_tip_commit_signed_by_an_allowed_ssh_key_is_applied() {
     std::fs::write(&app.config, config.replacen("registries:\n", &verify, 1)).unwrap();
     let error = |doc: &serde_json::Value| doc["error"].as_str().unwrap_or_default().to_owned();
 
+    // A file that is not an allowed-signers file is refused by `agent validate`, naming the field.
+    let good = std::fs::read_to_string(&allowed).unwrap();
+    std::fs::write(&allowed, "ci@example.test ssh-ed25519 not-base64!\n").unwrap();
+    let out = agent(&["validate", "-c", app.config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("git.verify.sshAllowedSigners: line "), "the config's field and line: {said}");
+    assert!(said.contains(&format!("{}: line 1: not an SSH public key", allowed.display())), "{said}");
+    std::fs::write(&allowed, good).unwrap();
+    let out = agent(&["validate", "-c", app.config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+
     // 1. The tip App pushed is unsigned: nothing of it is applied.
     let (code, doc, human) = app.reconcile(&[]);
     assert_eq!(code, Some(2), "{human}");
@@ -323,6 +335,36 @@ async fn only_a_tip_commit_signed_by_an_allowed_ssh_key_is_applied() {
     assert!(error(&doc).starts_with(&format!("commit {} unsigned", &app.head()[..12])), "{human}");
     assert_eq!(app.deployment_image(env).await, running, "what runs is kept");
     assert_eq!(app.writes(env).await, applied, "nothing of the unsigned commit was applied");
+
+    // 5. CI signs 1.1.0; someone rewrites that commit object to name 1.2.0-broken, keeping CI's
+    //    signature header (a new object id, the same `gpgsig`): its signature no longer verifies.
+    commit_signed(&app, env, Some(&ci), "bump to 1.1.0, signed", true);
+    let object = crate::util::git(&app.work, &["cat-file", "commit", "HEAD"]);
+    let tree_of = |tag: &str| {
+        app.set_tag(tag);
+        crate::util::git(&app.work, &["add", "-A"]);
+        crate::util::git(&app.work, &["write-tree"]).trim().to_owned()
+    };
+    let (signed_tree, forged_tree) = (tree_of("1.1.0"), tree_of("1.2.0-broken"));
+    assert!(object.starts_with(&format!("tree {signed_tree}\n")) && object.contains("gpgsig "), "{object}");
+    let forged = object.replacen(&signed_tree, &forged_tree, 1);
+    let path = keys.path().join("forged-commit");
+    std::fs::write(&path, &forged).unwrap();
+    let id = crate::util::git(&app.work, &["hash-object", "-t", "commit", "-w", path.to_str().unwrap()]);
+    crate::util::git(&app.work, &["update-ref", "refs/heads/main", id.trim()]);
+    crate::util::git(&app.work, &["reset", "-q", "--hard"]);
+    xtask::seed::git_push(&env.info, &env.info.git_ci, &app.work, &app.repo.name, "main").unwrap();
+    assert_eq!(app.head(), id.trim());
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!(code, Some(2), "{human}");
+    let want = format!(
+        "commit {}: its signature by {} does not verify (changed after signing)",
+        &id.trim()[..12],
+        ssh_fingerprint(&ci)
+    );
+    assert!(error(&doc).starts_with(&want), "{want:?}: {human}");
+    assert_eq!(app.deployment_image(env).await, running, "what runs is kept");
+    assert_eq!(app.writes(env).await, applied, "nothing of the forged commit was applied");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,6 +433,93 @@ async fn the_daemon_applies_once_commit_and_image_are_signed_and_its_status_says
         explain.contains(&format!("image {}:1.0.0@{digest}  verified: cosign key ci-2026", app.image)),
         "{explain}"
     );
+
+    // Verified digests are cached: a signed commit that changes the bundle but not its image is
+    // rendered and planned again, and reads no signature again.
+    let signature_reads = || async {
+        let (_, body) = d.get("/metrics").await;
+        let scrape = crate::daemon::metrics(&body);
+        let kinds = ["signature_manifest", "signature_referrers", "signature_blob"];
+        let of = |s: &&prometheus_parse::Sample| {
+            s.metric == "gitops_agent_source_requests_total" && s.labels.get("kind").is_some_and(|k| kinds.contains(&k))
+        };
+        let value = |s: &prometheus_parse::Sample| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        };
+        scrape.samples.iter().filter(of).map(value).sum::<f64>()
+    };
+    let reads = signature_reads().await;
+    assert!(reads >= 3.0, "the signatures were read (manifest, referrers, blob): {reads}");
+    let deployment = std::fs::read_to_string(app.work.join("apps/web/deployment.yaml")).unwrap();
+    let annotated = deployment.replace("  name: web\n", "  name: web\n  annotations: {team: kiosk}\n");
+    assert_ne!(annotated, deployment);
+    app.write("apps/web/deployment.yaml", &annotated);
+    commit_signed(&app, env, Some(&ci), "an annotation, same image", false);
+    d.wait_running("web", &app.head(), Duration::from_secs(90)).await;
+    assert_eq!(signature_reads().await, reads, "a verified digest is not read again");
+
+    // A webhook only makes the agent read its sources again: a signed Gitea push for an
+    // unsigned tip (its image signed, so only the commit is wrong) applies nothing.
+    let d110 = env.push_image(&app.image_repo, "1.1.0");
+    cosign.sign("ci", &format!("{}@{d110}", app.image));
+    app.set_tag("1.1.0");
+    app.commit(env, "1.1.0, commit unsigned");
+    let writes = app.writes(env).await;
+    let body = crate::daemon::gitea_push(&app);
+    let headers = [("x-gitea-event", "push".to_owned()), ("x-gitea-signature", crate::daemon::signed(&body))];
+    let (code, answer) = crate::daemon::post(&d, "gitea", &headers, body).await;
+    assert_eq!(code, 202, "{answer}");
+    let unsigned = format!("commit {} unsigned", &app.head()[..12]);
+    wait_for("the unsigned tip reported after the webhook", Duration::from_secs(60), || async {
+        let got = git_signature().await;
+        if got == unsigned { Ok(()) } else { Err(format!("{got:?}\nlog: {}", tail(&d.logs()))) }
+    })
+    .await;
+    assert_eq!(app.deployment_image(env).await, format!("{}:1.0.0@{digest}", app.image), "1.0.0 keeps running");
+    assert_eq!(app.writes(env).await, writes, "nothing of the unsigned tip applied");
+}
+
+/// A rollback re-applies a last-known-good that was verified when it was applied: it needs no
+/// new verification, so it works with the registry unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_to_a_verified_last_known_good_needs_no_registry() {
+    use xtask::fault_proxy::Fault;
+    use xtask::support::Upstream;
+    let env = TestEnv::get();
+    let cosign = Cosign::new(env);
+    let trusted = cosign.key_pair("ci");
+    let app = App::new(env, "sig-rollback").await;
+    let config = std::fs::read_to_string(&app.config).unwrap();
+    require_signatures(&app, &config, &[("ci-2026", &trusted)]);
+    // The agent reaches the registry through a proxy of the test's own.
+    let proxy = env.fault_proxy(Upstream::Registry).await;
+    let host = proxy.addr().to_string();
+    app.edit_config(&format!("- host: {}\n", env.info.registry), &format!("- host: {host}\n"));
+    let image = format!("{host}/{}", app.image_repo);
+    let release = |tag: &str| {
+        let digest = env.push_image(&app.image_repo, tag);
+        cosign.sign("ci", &format!("{}@{digest}", app.image));
+        app.write("apps/web/deployment.yaml", &crate::rollout::DEPLOYMENT.replace("IMAGE", &format!("{image}:{tag}")));
+        app.commit(env, &format!("{tag}, signed"));
+        digest
+    };
+    let d100 = release("1.0.0");
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!((code, bundle(&doc, "web")["result"].as_str()), (Some(0), Some("rolledOut")), "{human}");
+    let d110 = release("1.1.0");
+    let (code, doc, human) = app.reconcile(&[]);
+    assert_eq!((code, bundle(&doc, "web")["result"].as_str()), (Some(0), Some("rolledOut")), "{human}");
+    assert_eq!(app.deployment_image(env).await, format!("{image}:1.1.0@{d110}"));
+
+    proxy.set(Fault::Cut);
+    proxy.reset_seen();
+    let out = agent(&["rollback", "web", "-c", app.config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(app.deployment_image(env).await, format!("{image}:1.0.0@{d100}"), "back on the verified 1.0.0");
+    let record = app.secret_record(env).await;
+    assert_eq!(record["lkg"]["revision"]["verified"][format!("{image}:1.0.0@{d100}")][0], "ci-2026", "{record}");
+    assert_eq!(proxy.count(|s| s.status != 0), 0, "no registry request was answered during the rollback");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
