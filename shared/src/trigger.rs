@@ -62,6 +62,8 @@ pub struct Trigger {
 struct Pending {
     first: Instant,
     last: Instant,
+    /// Due at `first`: it opened a burst while the queue was idle ([`Queue::leading`]).
+    at_once: bool,
     /// Distinct causes, each with the sequence number of its first arrival.
     causes: Vec<(u64, Cause)>,
 }
@@ -77,6 +79,11 @@ impl Pending {
 /// Pending triggers, at most one entry per target, each due once its burst has been quiet for
 /// `debounce` or once it has waited `max_delay`, whichever comes first.
 ///
+/// A [`Queue::leading`] queue runs the first trigger of a burst at once instead: when nothing is
+/// pending and nothing was popped in the last `debounce`, the new entry is due when pushed, and
+/// what follows it within `debounce` of that pop is coalesced as before. A webhook on a quiet
+/// agent starts its reconcile without waiting; a burst still makes at most two.
+///
 /// A pending [`Target::All`] absorbs every bundle: a bundle pushed while `All` is pending joins
 /// `All` (its cause too), and pushing `All` merges the pending bundles into it, keeping their
 /// causes and their earliest first push. Causes are kept once each (by equality), in order of
@@ -88,13 +95,36 @@ pub struct Queue {
     pending: BTreeMap<Target, Pending>,
     /// Arrival counter: orders causes merged from several entries.
     seq: u64,
+    /// Whether the first trigger of a burst on an idle queue is due at once.
+    leading: bool,
+    /// When an entry was last popped.
+    last_pop: Option<Instant>,
 }
 
 impl Queue {
     /// A queue waiting `debounce` after the last push of a target, and at most `max_delay` after
     /// its first (both clamped to a year).
     pub fn new(debounce: Duration, max_delay: Duration) -> Queue {
-        Queue { debounce: debounce.min(MAX_WAIT), max_delay: max_delay.min(MAX_WAIT), pending: BTreeMap::new(), seq: 0 }
+        Queue {
+            debounce: debounce.min(MAX_WAIT),
+            max_delay: max_delay.min(MAX_WAIT),
+            pending: BTreeMap::new(),
+            seq: 0,
+            leading: false,
+            last_pop: None,
+        }
+    }
+
+    /// [`Queue::new`], but the first trigger on an idle queue is due at once (the daemon's).
+    pub fn leading(debounce: Duration, max_delay: Duration) -> Queue {
+        Queue { leading: true, ..Queue::new(debounce, max_delay) }
+    }
+
+    /// Whether an entry pushed at `now` opens a burst on an idle queue (a leading queue only).
+    fn idle_at(&self, now: Instant) -> bool {
+        self.leading
+            && self.pending.is_empty()
+            && self.last_pop.is_none_or(|t| t.checked_add(self.debounce).is_none_or(|quiet| now >= quiet))
     }
 
     /// Records a trigger pushed at `now`: a new entry for its target, or one more push (and
@@ -102,16 +132,22 @@ impl Queue {
     pub fn push(&mut self, t: Trigger, now: Instant) {
         self.seq += 1;
         let seq = self.seq;
+        let at_once = self.idle_at(now);
         let target = match t.target {
             Target::Bundle(_) if self.pending.contains_key(&Target::All) => Target::All,
             Target::All => {
                 // Fold the pending bundles into `All`, causes in order of first arrival.
-                let mut merged =
-                    self.pending.remove(&Target::All).unwrap_or(Pending { first: now, last: now, causes: Vec::new() });
+                let mut merged = self.pending.remove(&Target::All).unwrap_or(Pending {
+                    first: now,
+                    last: now,
+                    at_once,
+                    causes: Vec::new(),
+                });
                 let mut causes = std::mem::take(&mut merged.causes);
                 for (_, p) in std::mem::take(&mut self.pending) {
                     merged.first = merged.first.min(p.first);
                     merged.last = merged.last.max(p.last);
+                    merged.at_once |= p.at_once;
                     causes.extend(p.causes);
                 }
                 causes.sort_by_key(|(s, _)| *s);
@@ -123,13 +159,17 @@ impl Queue {
             }
             bundle => bundle,
         };
-        let entry = self.pending.entry(target).or_insert(Pending { first: now, last: now, causes: Vec::new() });
+        let entry =
+            self.pending.entry(target).or_insert(Pending { first: now, last: now, at_once, causes: Vec::new() });
         entry.first = entry.first.min(now);
         entry.last = entry.last.max(now);
         entry.add(seq, t.cause);
     }
 
     fn due(&self, p: &Pending) -> Instant {
+        if p.at_once {
+            return p.first;
+        }
         let quiet = p.last.checked_add(self.debounce);
         let bound = p.first.checked_add(self.max_delay);
         // Both are `Some` with the clamped durations; a failed addition leaves the other bound.
@@ -156,6 +196,7 @@ impl Queue {
             .min()
             .map(|(_, t)| t.clone())?;
         let p = self.pending.remove(&target)?;
+        self.last_pop = Some(now);
         Some((target, p.causes.into_iter().map(|(_, c)| c).collect()))
     }
 
@@ -374,6 +415,42 @@ mod tests {
         assert_eq!(causes, vec![hook("harbor-0"), hook("harbor-200"), hook("harbor-400"), hook("harbor-600")]);
         assert!(q.is_empty());
         assert_eq!(q.next_due(), None);
+    }
+
+    #[test]
+    fn a_leading_queue_runs_the_first_trigger_on_an_idle_queue_at_once_and_coalesces_the_rest() {
+        let t0 = Instant::now();
+        let mut q = Queue::leading(ms(1000), ms(5000));
+        let push =
+            |q: &mut Queue, at: u64, target: Target| q.push(trigger(target, hook(&format!("at-{at}"))), t0 + ms(at));
+        // A quiet queue: the first push is due when pushed.
+        push(&mut q, 0, bundle("web"));
+        assert_eq!(q.next_due(), Some(t0));
+        assert_eq!(q.pop_due(t0), Some((bundle("web"), vec![hook("at-0")])));
+        // Within 1 s of that pop: the burst's tail, debounced as before (and All absorbs it).
+        push(&mut q, 100, bundle("web"));
+        assert_eq!(q.next_due(), Some(t0 + ms(1100)));
+        push(&mut q, 300, Target::All);
+        assert_eq!(q.next_due(), Some(t0 + ms(1300)));
+        assert_eq!(q.pop_due(t0 + ms(1299)), None);
+        assert_eq!(q.pop_due(t0 + ms(1300)), Some((Target::All, vec![hook("at-100"), hook("at-300")])));
+        // 900 ms after that pop: still debounced.
+        push(&mut q, 2200, bundle("db"));
+        assert_eq!(q.next_due(), Some(t0 + ms(3200)));
+        // Something pending: a new target is not at once either.
+        push(&mut q, 3100, bundle("web"));
+        assert_eq!(q.pop_due(t0 + ms(3200)).map(|(t, _)| t), Some(bundle("db")));
+        assert_eq!(q.pop_due(t0 + ms(4100)).map(|(t, _)| t), Some(bundle("web")));
+        // Quiet for 1 s since the last pop (4100): at once again.
+        push(&mut q, 5099, bundle("db"));
+        assert_eq!(q.next_due(), Some(t0 + ms(6099)), "999 ms after a pop is not quiet yet");
+        assert!(q.pop_due(t0 + ms(6099)).is_some());
+        push(&mut q, 7099, bundle("db"));
+        assert_eq!(q.next_due(), Some(t0 + ms(7099)), "1 s after a pop is");
+        // A trailing queue never runs at once.
+        let mut q = queue();
+        q.push(trigger(bundle("web"), hook("harbor")), t0);
+        assert_eq!(q.next_due(), Some(t0 + ms(1000)));
     }
 
     #[test]

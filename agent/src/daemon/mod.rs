@@ -46,7 +46,8 @@ use crate::watch::unix_now;
 use metrics::Metrics;
 use shared::outcome::Outcome;
 
-/// Triggers closer together than this make one reconcile.
+/// Triggers closer together than this make one reconcile; the first on a quiet agent starts
+/// its reconcile at once (`Queue::leading`).
 const DEBOUNCE: Duration = Duration::from_millis(300);
 /// A steady stream of triggers still reconciles at least this often.
 const MAX_DELAY: Duration = Duration::from_secs(3);
@@ -332,7 +333,7 @@ async fn worker(
     setup: Setup,
     sources: Sources,
 ) {
-    let mut queue = Queue::new(DEBOUNCE, MAX_DELAY);
+    let mut queue = Queue::leading(DEBOUNCE, MAX_DELAY);
     let watches = drift::Watches::default();
     let interval = d.config.git.poll_interval.get();
     let mut failures: u32 = 0;
