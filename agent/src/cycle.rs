@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 use tracing::Instrument;
 
-use shared::desired::{ImageRequest, Resolution};
+use shared::desired::ImageRequest;
 use shared::outcome::Outcome;
 use shared::removal::Listing;
 use shared::replan::{Decision, LastPlan, PlanKey, Replan};
@@ -77,27 +77,14 @@ enum Built {
     Unchanged(Kept),
 }
 
-/// The key of a bundle's render and pins as this session sees it, `content` what it renders
-/// from in Git ([`crate::desired::Checkout::content_id`]); `None` when an image did not resolve
-/// (nothing to compare: plan in full).
-fn plan_key(session: &Session, content: &str, resolved: &[(&ImageRequest, &Resolution)]) -> Option<PlanKey> {
-    let images = resolved
-        .iter()
-        .map(|(req, res)| match res {
-            Resolution::Found { tag, digest } => {
-                Some((req.written.clone(), format!("{}@{digest}", tag.as_deref().unwrap_or(""))))
-            }
-            _ => None,
-        })
-        .collect::<Option<Vec<_>>>()?;
-    Some(PlanKey {
-        content: content.to_owned(),
+/// What the session knows of the node and the agent, for plan keys.
+fn key_context(session: &Session) -> shared::replan::Context {
+    shared::replan::Context {
         agent_id: session.node.agent_id.clone(),
         labels: session.node.labels.clone(),
         kube_version: session.caps.kube_version.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        images,
-    })
+    }
 }
 
 /// Keeps a fully planned bundle's plan when it found nothing to do (`shared::replan::keeps`);
@@ -105,7 +92,10 @@ fn plan_key(session: &Session, content: &str, resolved: &[(&ImageRequest, &Resol
 fn keep(s: &Setup, session: &Session, desired: &DesiredBundle, outcome: Outcome, now: shared::k8s::Time) {
     let mut kept = s.kept.lock().expect("kept plans lock");
     let pairs: Vec<_> = desired.resolved.iter().map(|(q, r)| (q, r)).collect();
-    match plan_key(session, &desired.content, &pairs).filter(|_| shared::replan::keeps(outcome)) {
+    match PlanKey::of(Some(&desired.content), &pairs, &key_context(session))
+        .ok()
+        .filter(|_| shared::replan::keeps(outcome))
+    {
         Some(key) => {
             let mut images: Vec<String> = desired.images.iter().map(|i| i.running.clone()).collect();
             images.sort();
@@ -128,10 +118,17 @@ fn keep(s: &Setup, session: &Session, desired: &DesiredBundle, outcome: Outcome,
     }
 }
 
+/// How many bundles are rendered at once: a renderer is a process (helm: tens of MiB and a core
+/// while it runs), and a store node's CPU belongs to its kiosk services.
+const RENDERS_AT_ONCE: usize = 4;
+/// How many bundles are prepared at once (a kept plan checked: its images asked again, each
+/// registry bounding its own requests; or a render, bounded by [`RENDERS_AT_ONCE`]).
+const PREPARES_AT_ONCE: usize = 16;
 /// How many bundles are planned, applied and watched at once: independent bundles roll out side
-/// by side (a first sync of many is bounded by the slowest, not their sum), while a store's API
-/// server and its node see a handful of rollouts at a time.
-const BUNDLES_AT_ONCE: usize = 4;
+/// by side (a first sync of many is bounded by the slowest, not their sum). Most of a rollout
+/// is waiting for pods to become ready, which costs the agent nothing; the API server sees a
+/// dry run and an apply per object of each.
+const ROLLOUTS_AT_ONCE: usize = 16;
 
 /// Each registry's requests made after `before` was taken (counters only grow).
 fn since(now: Vec<RegistryStats>, before: &[RegistryStats]) -> Vec<RegistryStats> {
@@ -313,8 +310,17 @@ pub async fn run(
     let resync = s.config.git.resync_interval.get();
     // Renders and image resolutions of different bundles do not depend on each other: a few at
     // once, results kept in the repository's order.
+    // What each bundle with a kept plan renders from at this commit, read in one go.
+    let with_kept: Vec<String> = if dry_run {
+        Vec::new()
+    } else {
+        let kept = s.kept.lock().expect("kept plans lock");
+        bundles.iter().filter(|b| kept.contains_key(&b.dir)).map(|b| b.dir.clone()).collect()
+    };
+    let contents = session.checkout.content_ids(&with_kept).await;
+    let renders = tokio::sync::Semaphore::new(RENDERS_AT_ONCE);
     let prepare = |b: &'_ shared::bundle::Bundle| {
-        let (session, build) = (&session, &build);
+        let (session, build, renders, contents) = (&session, &build, &renders, &contents);
         let dir = b.dir.clone();
         let b = b.clone();
         async move {
@@ -324,13 +330,10 @@ pub async fn run(
                 // listed only for a policy that needs them).
                 let answers = crate::desired::resolve_again(&session.registries, &kept.requests).await;
                 let pairs: Vec<_> = kept.requests.iter().zip(&answers).collect();
-                let decision = match session.checkout.content_id(&dir).await {
-                    None => Decision::Plan(shared::replan::Why::Changed("bundle content in Git")),
-                    Some(content) => match plan_key(session, &content, &pairs) {
-                        Some(key) => shared::replan::decide(Some(&kept.last), &key, replan, now, resync),
-                        None => Decision::Plan(shared::replan::Why::Changed("image digests")),
-                    },
-                };
+                let content = contents.get(&dir).cloned().flatten();
+                let key = PlanKey::of(content.as_deref(), &pairs, &key_context(session));
+                let decision =
+                    shared::replan::decide(Some(&kept.last), key.as_ref().map_err(|u| *u), replan, now, resync);
                 match decision {
                     Decision::Unchanged { planned_at } => {
                         let images = Some(kept.images.clone());
@@ -339,7 +342,10 @@ pub async fn run(
                     Decision::Plan(why) => progress(&dir, &format!("rendering and planning: {}", why.describe())),
                 }
             }
-            let d = build.bundle(&b).await;
+            let d = {
+                let _slot = renders.acquire().await.expect("the render slots are never closed");
+                build.bundle(&b).await
+            };
             // The images a bundle wants count whether or not it is blocked: a preflight-blocked
             // bundle waits for a push of exactly these (`shared::webhook::known_repositories`).
             let mut images: Vec<String> = match &d {
@@ -354,7 +360,7 @@ pub async fn run(
     };
     let prepared: Vec<_> = futures::StreamExt::collect(futures::StreamExt::buffered(
         futures::stream::iter(bundles.iter().map(prepare)),
-        BUNDLES_AT_ONCE,
+        PREPARES_AT_ONCE,
     ))
     .await;
     let mut built = Vec::new();
@@ -399,7 +405,7 @@ pub async fn run(
     let mut running = futures::stream::FuturesUnordered::new();
     loop {
         let mut k = 0;
-        while running.len() < BUNDLES_AT_ONCE && k < pending.len() {
+        while running.len() < ROLLOUTS_AT_ONCE && k < pending.len() {
             let i = pending[k];
             if !depends_on[i].iter().all(|&d| done.contains_key(&bundles[d].dir)) {
                 k += 1;

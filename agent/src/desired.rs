@@ -61,16 +61,22 @@ pub struct BundleWaves {
 }
 
 impl Checkout {
-    /// What `bundle_dir` renders from at this commit, as one id (`shared::replan::PlanKey`'s
-    /// `content`): its folder's tree and the repository's waves file (its hash, or why it is
-    /// broken). `None` when the tree cannot be read (the bundle is then planned in full).
-    pub async fn content_id(&self, bundle_dir: &str) -> Option<String> {
-        let (git, commit, path) = (self.git.clone(), self.commit.clone(), self.repo_path(bundle_dir));
-        let tree = tokio::task::spawn_blocking(move || git.tree_id(&commit, &path)).await.ok()?.ok()?;
-        Some(self.content_of(&tree))
+    /// What each of `bundle_dirs` renders from at this commit, as one id
+    /// (`shared::replan::PlanKey`'s `content`): its folder's tree and the repository's waves file
+    /// (its hash, or why it is broken). Read together (one open of the git cache); `None` for a
+    /// tree that cannot be read (that bundle is then planned in full).
+    pub async fn content_ids(&self, bundle_dirs: &[String]) -> BTreeMap<String, Option<String>> {
+        let paths: Vec<String> = bundle_dirs.iter().map(|d| self.repo_path(d)).collect();
+        let (git, commit) = (self.git.clone(), self.commit.clone());
+        let trees = tokio::task::spawn_blocking(move || git.tree_ids(&commit, &paths)).await;
+        let trees = match trees {
+            Ok(Ok(t)) => t,
+            _ => vec![None; bundle_dirs.len()],
+        };
+        bundle_dirs.iter().cloned().zip(trees.into_iter().map(|t| t.map(|t| self.content_of(&t)))).collect()
     }
 
-    /// [`Checkout::content_id`] of a bundle whose tree is `tree`.
+    /// [`Checkout::content_ids`] of a bundle whose tree is `tree`.
     fn content_of(&self, tree: &str) -> String {
         let waves = match &self.waves {
             RepoWaves::None => "",
@@ -190,7 +196,7 @@ pub struct DesiredBundle {
     pub warnings: Vec<String>,
     /// The release (`shared::waves::release_id`): the bundle's tree and the repository's waves.
     pub release: Option<String>,
-    /// What it rendered from ([`Checkout::content_id`]), the key of its kept plan.
+    /// What it rendered from ([`Checkout::content_ids`]), the key of its kept plan.
     pub content: String,
     /// The waves that govern the bundle (its own, else the repository's); `Err`: the
     /// repository's file is broken and the bundle has none of its own, so it is held.

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::desired::{ImageRequest, Resolution};
 use crate::k8s::Time;
 use crate::outcome::Outcome;
 use crate::trigger::Cause;
@@ -26,6 +27,55 @@ pub struct PlanKey {
     pub agent_version: String,
     /// Per image as written: the tag chosen and its digest (`tag@digest`), in request order.
     pub images: Vec<(String, String)>,
+}
+
+/// What the agent knows of its node and itself, the parts of a [`PlanKey`] that are not the
+/// bundle's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Context {
+    pub agent_id: String,
+    pub labels: BTreeMap<String, String>,
+    pub kube_version: Option<String>,
+    pub agent_version: String,
+}
+
+/// A part of the key this poll could not read: the bundle is planned in full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unknown {
+    /// Its folder's tree in the git cache.
+    Content,
+    /// An image the registry did not resolve (missing, no tag matching, unreachable).
+    Images,
+}
+
+impl PlanKey {
+    /// The key of a bundle whose content in Git is `content` (`None`: not readable) and whose
+    /// images resolved as `resolved` (in request order), or the part that is unknown.
+    pub fn of(
+        content: Option<&str>,
+        resolved: &[(&ImageRequest, &Resolution)],
+        context: &Context,
+    ) -> Result<PlanKey, Unknown> {
+        let content = content.ok_or(Unknown::Content)?;
+        let images = resolved
+            .iter()
+            .map(|(req, res)| match res {
+                Resolution::Found { tag, digest } => {
+                    Some((req.written.clone(), format!("{}@{digest}", tag.as_deref().unwrap_or(""))))
+                }
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or(Unknown::Images)?;
+        Ok(PlanKey {
+            content: content.to_owned(),
+            agent_id: context.agent_id.clone(),
+            labels: context.labels.clone(),
+            kube_version: context.kube_version.clone(),
+            agent_version: context.agent_version.clone(),
+            images,
+        })
+    }
 }
 
 /// A bundle's last plan that found nothing to do.
@@ -68,6 +118,8 @@ pub enum Why {
     ResyncDue,
     /// This part of the key changed.
     Changed(&'static str),
+    /// This part of the key could not be read this poll.
+    Unknown(Unknown),
 }
 
 /// The decision for one bundle.
@@ -80,12 +132,23 @@ pub enum Decision {
     Plan(Why),
 }
 
-/// Decides for one bundle at `now`; `resync` is the full resync interval.
-pub fn decide(last: Option<&LastPlan>, key: &PlanKey, replan: Replan, now: Time, resync: Duration) -> Decision {
+/// Decides for one bundle at `now`; `resync` is the full resync interval. A key with a part
+/// unknown ([`PlanKey::of`]) cannot show that nothing changed: the bundle is planned in full.
+pub fn decide(
+    last: Option<&LastPlan>,
+    key: Result<&PlanKey, Unknown>,
+    replan: Replan,
+    now: Time,
+    resync: Duration,
+) -> Decision {
     let Some(last) = last else { return Decision::Plan(Why::NoPlanKept) };
     if replan == Replan::Always {
         return Decision::Plan(Why::Forced);
     }
+    let key = match key {
+        Ok(k) => k,
+        Err(part) => return Decision::Plan(Why::Unknown(part)),
+    };
     let resync = i64::try_from(resync.as_secs()).unwrap_or(i64::MAX);
     // A clock set back counts as due too: a plan "from the future" is not trusted.
     if now.saturating_sub(last.at) >= resync || now < last.at {
@@ -125,6 +188,8 @@ impl Why {
             Why::Forced => "asked for".into(),
             Why::ResyncDue => "full resync due".into(),
             Why::Changed(field) => format!("{field} changed"),
+            Why::Unknown(Unknown::Content) => "its content in Git could not be read from the cache".into(),
+            Why::Unknown(Unknown::Images) => "an image did not resolve".into(),
         }
     }
 }
@@ -231,8 +296,50 @@ mod tests {
             ),
         ];
         for (case, last, now_key, replan, now, want) in cases {
-            assert_eq!(decide(last, &now_key, replan, now, TEN_MIN), want, "{case}");
+            assert_eq!(decide(last, Ok(&now_key), replan, now, TEN_MIN), want, "{case}");
         }
+        // A part of the key unknown this poll: planned in full (unless never planned or forced,
+        // which say so first).
+        let unknown = [
+            (Some(&last), Unknown::Content, Replan::IfChanged, Decision::Plan(Why::Unknown(Unknown::Content))),
+            (Some(&last), Unknown::Images, Replan::IfChanged, Decision::Plan(Why::Unknown(Unknown::Images))),
+            (None, Unknown::Images, Replan::IfChanged, Decision::Plan(Why::NoPlanKept)),
+            (Some(&last), Unknown::Content, Replan::Always, Decision::Plan(Why::Forced)),
+        ];
+        for (last, part, replan, want) in unknown {
+            assert_eq!(decide(last, Err(part), replan, 1020, TEN_MIN), want, "{part:?} unknown");
+        }
+    }
+
+    #[test]
+    fn a_key_is_known_only_when_the_content_and_every_image_were_read() {
+        use crate::image::ImageRef;
+        let context = Context {
+            agent_id: "store-1".into(),
+            labels: BTreeMap::from([("zone".into(), "eu".into())]),
+            kube_version: Some("v1.33.1".into()),
+            agent_version: "0.1.0".into(),
+        };
+        let req = |written: &str| ImageRequest {
+            image: ImageRef::parse(written).unwrap(),
+            written: written.into(),
+            used_by: vec!["Deployment/ns/web container web".into()],
+            policy: None,
+        };
+        let pinned = format!("r/db@sha256:{}", "a".repeat(64));
+        let (web, db) = (req("r/web:1.0"), req(&pinned));
+        let found =
+            |tag: Option<&str>, digest: &str| Resolution::Found { tag: tag.map(str::to_owned), digest: digest.into() };
+        let (a, b) = (found(Some("1.0"), "sha256:aa"), found(None, "sha256:aa"));
+        let key = PlanKey::of(Some("tree1 waves1"), &[(&web, &a), (&db, &b)], &context).unwrap();
+        assert_eq!(
+            key.images,
+            vec![("r/web:1.0".into(), "1.0@sha256:aa".into()), (pinned.clone(), "@sha256:aa".into())]
+        );
+        assert_eq!((key.content.as_str(), key.agent_id.as_str()), ("tree1 waves1", "store-1"));
+        assert_eq!(PlanKey::of(None, &[(&web, &a)], &context), Err(Unknown::Content));
+        let missing = Resolution::Missing { reference: "r/db:2".into() };
+        assert_eq!(PlanKey::of(Some("t"), &[(&web, &a), (&db, &missing)], &context), Err(Unknown::Images));
     }
 
     #[test]

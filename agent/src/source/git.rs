@@ -321,6 +321,13 @@ impl GitSource {
         Ok(subtree(&repo, commit, dir)?.id.to_string())
     }
 
+    /// [`Git::tree_id`] of each of `dirs`, the cache opened once (a poll asks it of every bundle
+    /// with a kept plan); `None` for a folder that cannot be read.
+    pub fn tree_ids(&self, commit: &str, dirs: &[String]) -> Result<Vec<Option<String>>, GitError> {
+        let repo = self.open_cache()?;
+        Ok(dirs.iter().map(|d| subtree(&repo, commit, d).ok().map(|t| t.id.to_string())).collect())
+    }
+
     /// The content of one file at `commit`, following symlinks that stay inside `root`.
     pub fn read(&self, commit: &str, path: &str, root: &str) -> Result<Vec<u8>, GitError> {
         let repo = self.open_cache()?;
