@@ -229,6 +229,7 @@ impl Setup {
             waves: None,
             prepull: self.config.prepull.as_ref().filter(|p| p.enabled),
             node_name: &self.config.identity.node_name,
+            surge_room: None,
         }
     }
 }
@@ -295,7 +296,9 @@ pub async fn run(
             Err(e) => return Err(e),
         },
     };
+    let surge_room = tokio::sync::Mutex::new(());
     let driver = crate::reconcile::Driver {
+        surge_room: Some(&surge_room),
         waves: s.reports.as_deref().zip(s.config.waves.as_ref()).map(|(reports, config)| crate::reconcile::WavesCtx {
             reports,
             registries: &session.registries,

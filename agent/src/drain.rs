@@ -47,14 +47,21 @@ pub async fn for_bundle(
     Ok(shape(cluster, manifests, &drains).await)
 }
 
+/// Whether the bundle's drains estimate the room for a surge pod (`shared::drain::estimates_room`);
+/// a policy that does not compile estimates nothing (its preflight blocks the bundle).
+pub fn estimates_room(policy: &shared::fleet::BundlePolicy, node_window: i64, manifests: &[Manifest]) -> bool {
+    let Ok(drains) = shared::drain::compile(policy.drain_window, &policy.drain, node_window) else { return false };
+    let objects: Vec<Value> = manifests.iter().map(|m| m.object.clone()).collect();
+    shared::drain::estimates_room(&drains, &objects)
+}
+
 /// Shapes the bundle's workloads for their drain (`shared::drain::shape`) and returns the
 /// plans. Room for a surge pod is estimated from every Node and Pod, listed once and only when
 /// a drain asks for it; when they cannot be listed the estimate says so and the plan surges
 /// (the rollout then fails at its progress deadline rather than cutting sessions).
 pub async fn shape(cluster: &Cluster, manifests: &mut [Manifest], drains: &[Drain]) -> Vec<Plan> {
-    let needs_room = manifests
-        .iter()
-        .any(|m| shared::drain::drain_for(drains, &m.object).is_some_and(|d| d.replace == Replace::Auto));
+    let objects: Vec<Value> = manifests.iter().map(|m| m.object.clone()).collect();
+    let needs_room = shared::drain::estimates_room(drains, &objects);
     let listed = if needs_room {
         let nodes = cluster.list_core("Node", None).await;
         let pods = cluster.list_core("Pod", None).await;

@@ -100,6 +100,10 @@ pub struct Driver<'a> {
     pub prepull: Option<&'a shared::config::Prepull>,
     /// `identity.nodeName`: the node pre-pull pods are pinned to.
     pub node_name: &'a str,
+    /// Held by a bundle whose drains estimate the room for a surge pod, from its preflight to
+    /// the end of its rollout: two at once could each count the room the other's surge pod is
+    /// about to take (`shared::drain::estimates_room`). The cycle's, shared by its bundles.
+    pub surge_room: Option<&'a tokio::sync::Mutex<()>>,
 }
 
 impl Driver<'_> {
@@ -142,6 +146,11 @@ impl Driver<'_> {
     /// chain's decision (`shared::gate`), then the I/O of the arm it chose; then this store's
     /// report on it when it has waves.
     pub async fn bundle(&self, desired: &DesiredBundle, commit: &str) -> BundleResult {
+        let estimates = || crate::drain::estimates_room(&desired.spec.policy, self.drain_window, &desired.manifests);
+        let _room = match self.surge_room {
+            Some(room) if estimates() => Some(room.lock().await),
+            _ => None,
+        };
         let mut gated = shared::report::Gated::No;
         let result = self.bundle_gated(desired, commit, &mut gated).await;
         let live = match result.result {

@@ -64,8 +64,8 @@ use crate::k8s::Workload;
 
 pub use idle::{Idle, idle, idle_for, waiting_for_idle};
 pub use policy::{
-    DrainSpec, HttpGetSpec, PreStopSpec, SessionsSpec, WaitForIdleSpec, check, compile, drain_for, unknown_key,
-    unmatched,
+    DrainSpec, HttpGetSpec, PreStopSpec, SessionsSpec, WaitForIdleSpec, check, compile, drain_for, estimates_room,
+    unknown_key, unmatched,
 };
 pub use report::{Ended, PodDrain, Report, ended, progress, report, terminating};
 pub use room::room;

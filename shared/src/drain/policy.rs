@@ -393,6 +393,13 @@ pub fn drain_for<'a>(drains: &'a [Drain], object: &Value) -> Option<&'a Drain> {
         .or_else(|| drains.iter().find(|d| d.workload.is_none()))
 }
 
+/// Whether shaping `objects` for `drains` estimates the room for a surge pod (a drain of one
+/// of them replaces `auto`). Two such bundles rolling out at once could each count the room the
+/// other's surge pod is about to take, so the agent runs them one after the other.
+pub fn estimates_room(drains: &[Drain], objects: &[Value]) -> bool {
+    objects.iter().any(|o| drain_for(drains, o).is_some_and(|d| d.replace == Replace::Auto))
+}
+
 /// Drains whose `workload` names nothing in `objects`, and preStop containers a matched workload
 /// does not have: typos that would silently drain nothing.
 pub fn unmatched(drains: &[Drain], objects: &[Value]) -> Vec<String> {
@@ -534,6 +541,26 @@ mod tests {
             let err = compile(*bundle, &specs(yaml), 30).unwrap_err();
             assert!(err.starts_with(want), "{yaml}:\n got  {err}\n want {want}");
             assert!(!err.contains(":p@"), "{err}");
+        }
+    }
+
+    #[test]
+    fn only_a_drain_that_replaces_auto_estimates_the_room_of_a_surge_pod() {
+        let deployment =
+            |name: &str| json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}});
+        let config = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web"}});
+        let implicit = compile(Some(HumanDuration::from_secs(45)), &[], 30).unwrap();
+        let named = compile(None, &specs("- workload: web\n  replace: surge\n- workload: api\n"), 30).unwrap();
+        // (case, drains, objects, estimates)
+        let cases: Vec<(&str, &[Drain], Vec<Value>, bool)> = vec![
+            ("no drain", &[], vec![deployment("web")], false),
+            ("drainWindow alone: every workload, auto", &implicit, vec![deployment("web")], true),
+            ("no workload to drain", &implicit, vec![config.clone()], false),
+            ("replace surge: no estimate", &named, vec![deployment("web"), config], false),
+            ("a workload whose drain is auto", &named, vec![deployment("web"), deployment("api")], true),
+        ];
+        for (case, drains, objects, want) in cases {
+            assert_eq!(estimates_room(drains, &objects), want, "{case}");
         }
     }
 
