@@ -84,6 +84,19 @@ async fn apply(api: &Api<DynamicObject>, object: Value) {
         .unwrap_or_else(|e| panic!("applying {name}: {e}"));
 }
 
+/// What keeps an object from Ready: its kind, name and Ready condition (reason: message).
+fn not_ready(o: &DynamicObject) -> String {
+    let kind = o.types.as_ref().map_or("?", |t| t.kind.as_str());
+    let name = o.metadata.name.as_deref().unwrap_or_default();
+    let conditions = o.data["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    let why = conditions
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .map(|c| format!("{}: {}", c["reason"].as_str().unwrap_or("-"), c["message"].as_str().unwrap_or("-")))
+        .unwrap_or_else(|| "no Ready condition yet".into());
+    format!("{kind}/{name}: {why}")
+}
+
 fn ready(o: &DynamicObject) -> bool {
     o.data["status"]["conditions"]
         .as_array()
@@ -208,14 +221,22 @@ pub(crate) async fn run(env: &TestEnv, dir: &Path, size: usize, repo_url: &str) 
         controllers.push(Controller { name, child, log });
     }
     let logs = |cs: &[Controller]| {
-        cs.iter().map(|c| format!("{}:\n{}", c.name, log_tail(&c.log))).collect::<Vec<_>>().join("\n")
+        cs.iter()
+            .map(|c| format!("{}:\n{}\n{}", c.name, log_tail(&c.log), log_tail(&c.log.with_extension("err"))))
+            .collect::<Vec<_>>()
+            .join("\n")
     };
     wait_for("every Kustomization and HelmRelease Ready", Duration::from_secs(120 + 10 * size as u64), || async {
         let k = kustomizations.list(&Default::default()).await.map_err(|e| e.to_string())?;
         let h =
             if helm { releases.list(&Default::default()).await.map_err(|e| e.to_string())?.items } else { Vec::new() };
         let n = k.items.iter().filter(|o| ready(o)).count() + h.iter().filter(|o| ready(o)).count();
-        if n == expected { Ok(()) } else { Err(format!("{n}/{expected} Ready\n{}", logs(&controllers))) }
+        let waiting: Vec<String> = k.items.iter().chain(&h).filter(|o| !ready(o)).map(not_ready).collect();
+        if n == expected {
+            Ok(())
+        } else {
+            Err(format!("{n}/{expected} Ready; not Ready: {}\n{}", waiting.join("; "), logs(&controllers)))
+        }
     })
     .await;
     let all_ready = started.elapsed();
