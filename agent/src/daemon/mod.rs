@@ -118,17 +118,36 @@ impl View {
 }
 
 /// The tracing subscriber: JSON lines on stderr (`GITOPS_AGENT_LOG=text` for people),
-/// filtered by `RUST_LOG` (default `info`).
+/// filtered by `RUST_LOG` (default `info`): a level, and `target=level` directives
+/// (`info,kube=warn`); a value that does not parse keeps the default and says so.
 fn init_logs() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let (filter, bad) = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let text = std::env::var("GITOPS_AGENT_LOG").is_ok_and(|v| v == "text");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let _ = if text {
-        builder.with_ansi(false).try_init()
+        tracing_subscriber::registry().with(fmt.with_ansi(false)).with(filter).try_init()
     } else {
-        builder.json().flatten_event(true).with_current_span(true).with_span_list(true).try_init()
+        let json = fmt.json().flatten_event(true).with_current_span(true).with_span_list(true);
+        tracing_subscriber::registry().with(json).with(filter).try_init()
     };
+    if let Some(bad) = bad {
+        warn!("{bad}");
+    }
+}
+
+/// The log filter `RUST_LOG` asks for (default `info`), and what to say when it does not parse.
+fn log_filter(value: Option<&str>) -> (tracing_subscriber::filter::Targets, Option<String>) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    let default = || Targets::new().with_default(LevelFilter::INFO);
+    match value {
+        Some(v) if !v.trim().is_empty() => match v.parse::<Targets>() {
+            Ok(t) => (t, None),
+            Err(e) => (default(), Some(format!("RUST_LOG={v:?}: {e}; logging at info"))),
+        },
+        _ => (default(), None),
+    }
 }
 
 /// `agent run`: until SIGTERM or SIGINT. Exit 0 after a clean shutdown, 2 when it cannot start
@@ -733,5 +752,36 @@ fn record(d: &Daemon, report: &Report, now: shared::k8s::Time) {
     let all_good = report.error.is_none() && report.bundles.iter().all(|b| b.result.satisfies_dependents());
     if all_good {
         d.metrics.last_sync.set(now as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+
+    use super::log_filter;
+
+    #[test]
+    fn rust_log_takes_a_level_and_target_directives_and_a_bad_value_keeps_info_and_says_so() {
+        // (RUST_LOG, target, level, enabled)
+        let cases: &[(Option<&str>, &str, Level, bool)] = &[
+            (None, "agent", Level::INFO, true),
+            (None, "agent", Level::DEBUG, false),
+            (Some(""), "kube_client", Level::INFO, true),
+            (Some("debug"), "agent", Level::DEBUG, true),
+            (Some("info,kube=warn"), "kube_client::client", Level::INFO, false),
+            (Some("info,kube=warn"), "kube", Level::WARN, true),
+            (Some("info,kube=warn"), "agent::cycle", Level::INFO, true),
+            (Some("warn,agent=debug"), "agent::daemon", Level::DEBUG, true),
+            (Some("warn,agent=debug"), "gix", Level::INFO, false),
+        ];
+        for (value, target, level, enabled) in cases {
+            let (filter, bad) = log_filter(*value);
+            assert_eq!(bad, None, "{value:?}");
+            assert_eq!(filter.would_enable(target, level), *enabled, "RUST_LOG={value:?}: {target} at {level}");
+        }
+        let (filter, bad) = log_filter(Some("agent=loudest"));
+        assert!(bad.as_deref().is_some_and(|b| b.starts_with("RUST_LOG=\"agent=loudest\": ")), "{bad:?}");
+        assert!(filter.would_enable("agent", &Level::INFO) && !filter.would_enable("agent", &Level::DEBUG));
     }
 }
