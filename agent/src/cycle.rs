@@ -311,8 +311,6 @@ pub async fn run(
     let build = session.build(&namespaced, true);
     let now = unix_now();
     let resync = s.config.git.resync_interval.get();
-    // Renders and image resolutions of different bundles do not depend on each other: a few at
-    // once, results kept in the repository's order.
     // What each bundle with a kept plan renders from at this commit, read in one go.
     let with_kept: Vec<String> = if dry_run {
         Vec::new()
@@ -321,6 +319,8 @@ pub async fn run(
         bundles.iter().filter(|b| kept.contains_key(&b.dir)).map(|b| b.dir.clone()).collect()
     };
     let contents = session.checkout.content_ids(&with_kept).await;
+    // Renders and image resolutions of different bundles do not depend on each other: several at
+    // once, results kept in the repository's order.
     let renders = tokio::sync::Semaphore::new(RENDERS_AT_ONCE);
     let prepare = |b: &'_ shared::bundle::Bundle| {
         let (session, build, renders, contents) = (&session, &build, &renders, &contents);
