@@ -314,10 +314,18 @@ impl Registry {
         for referrer in self.signature_referrers(&base, repository, digest).await? {
             let url = format!("{base}/manifests/{referrer}");
             let reply = self.get_manifest("signature_manifest", &url, repository, SIGNATURE_ACCEPT).await?;
-            if reply.status != 200 {
-                return Err(self.status_error(&url, reply.status, &reply));
+            match reply.status {
+                200 => {}
+                // Listed but gone (deleted since the index was written): no signature of it.
+                404 => continue,
+                status => return Err(self.status_error(&url, status, &reply)),
             }
-            layers.extend(shared::cosign::referrer_layers(&reply.body, &referrer, digest).map_err(protocol(&url))?);
+            // One that is not what it was listed as (another digest, another subject) signs
+            // nothing here: skipped, so it cannot hide a good signature beside it.
+            match shared::cosign::referrer_layers(&reply.body, &referrer, digest) {
+                Ok(found) => layers.extend(found),
+                Err(reason) => tracing::warn!(url = %shared::redact::url(&url), "signature referrer skipped: {reason}"),
+            }
         }
         let mut out = Vec::with_capacity(layers.len());
         for layer in layers.into_iter().take(shared::cosign::MAX_LAYERS) {

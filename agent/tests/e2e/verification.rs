@@ -578,19 +578,27 @@ async fn a_bundle_s_own_cosign_policy_with_a_key_file_in_the_bundle_blocks_until
     );
 }
 
-/// The answer status of a GET of `reference`'s manifest in `repo`, as the CI robot (any of
-/// `accept`).
-async fn manifest_status(env: &TestEnv, repo: &str, reference: &str, accept: &str) -> u16 {
-    let ca = &env.info.ca_cert;
+/// The CI robot's Bearer header for `repo` (pull and push).
+async fn ci_bearer(env: &TestEnv, repo: &str) -> String {
     let basic = base64::engine::general_purpose::STANDARD
         .encode(format!("{}:{}", env.info.registry_ci.username, env.info.registry_ci.password));
     let token_url =
-        format!("{}?service={}&scope=repository:{repo}:pull", env.info.token_realm, env.info.registry_service);
-    let reply = xtask::http::get(&token_url, ca, &[("authorization", &format!("Basic {basic}"))]).await.unwrap();
+        format!("{}?service={}&scope=repository:{repo}:pull,push", env.info.token_realm, env.info.registry_service);
+    let basic = format!("Basic {basic}");
+    let reply = xtask::http::get(&token_url, &env.info.ca_cert, &[("authorization", &basic)]).await.unwrap();
     let token: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
-    let bearer = format!("Bearer {}", token["token"].as_str().unwrap());
+    format!("Bearer {}", token["token"].as_str().unwrap())
+}
+
+/// The answer of a GET of `reference`'s manifest in `repo`, as the CI robot (any of `accept`).
+async fn get_manifest(env: &TestEnv, repo: &str, reference: &str, accept: &str) -> xtask::http::Reply {
+    let bearer = ci_bearer(env, repo).await;
     let url = format!("https://{}/v2/{repo}/manifests/{reference}", env.info.registry);
-    xtask::http::get(&url, ca, &[("authorization", &bearer), ("accept", accept)]).await.unwrap().status
+    xtask::http::get(&url, &env.info.ca_cert, &[("authorization", &bearer), ("accept", accept)]).await.unwrap()
+}
+
+async fn manifest_status(env: &TestEnv, repo: &str, reference: &str, accept: &str) -> u16 {
+    get_manifest(env, repo, reference, accept).await.status
 }
 
 /// Signatures stored as OCI 1.1 referrers (`cosign sign --registry-referrers-mode=oci-1-1`,
@@ -626,6 +634,30 @@ async fn a_signature_stored_as_an_oci_1_1_referrer_verifies_and_a_strangers_does
 
     cosign.sign_as_referrer("ci", &at);
     assert_eq!(manifest_status(env, &app.image_repo, &format!("sha256-{hex}.sig"), classic).await, 404, "still none");
+    // The index also lists, as a signature, a manifest that is none (the image's own: no
+    // subject): skipped, it does not hide the good signature beside it.
+    let tag = format!("sha256-{hex}");
+    let mut listed: serde_json::Value =
+        serde_json::from_str(&get_manifest(env, &app.image_repo, &tag, index).await.body).unwrap();
+    let own = get_manifest(env, &app.image_repo, &digest, classic).await;
+    assert_eq!(own.status, 200, "{}", own.body);
+    listed["manifests"].as_array_mut().unwrap().insert(
+        0,
+        serde_json::json!({"mediaType": classic, "size": own.body.len(), "digest": digest,
+            "artifactType": "application/vnd.dev.cosign.artifact.sig.v1+json"}),
+    );
+    let url = format!("https://{}/v2/{}/manifests/{tag}", env.info.registry, app.image_repo);
+    let bearer = ci_bearer(env, &app.image_repo).await;
+    let put = xtask::http::request_with_body(
+        "PUT",
+        &url,
+        &env.info.ca_cert,
+        &[("authorization", &bearer), ("content-type", index)],
+        listed.to_string().into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(put.status, 201, "{}", put.body);
     let (code, doc, human) = app.reconcile(&[]);
     assert_eq!((code, bundle(&doc, "web")["result"].as_str()), (Some(0), Some("rolledOut")), "{human}");
     let pinned = format!("{}:1.0.0@{digest}", app.image);
