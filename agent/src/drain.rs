@@ -51,8 +51,7 @@ pub async fn for_bundle(
 /// a policy that does not compile estimates nothing (its preflight blocks the bundle).
 pub fn estimates_room(policy: &shared::fleet::BundlePolicy, node_window: i64, manifests: &[Manifest]) -> bool {
     let Ok(drains) = shared::drain::compile(policy.drain_window, &policy.drain, node_window) else { return false };
-    let objects: Vec<Value> = manifests.iter().map(|m| m.object.clone()).collect();
-    shared::drain::estimates_room(&drains, &objects)
+    shared::drain::estimates_room(&drains, manifests.iter().map(|m| &m.object))
 }
 
 /// Shapes the bundle's workloads for their drain (`shared::drain::shape`) and returns the
@@ -60,8 +59,7 @@ pub fn estimates_room(policy: &shared::fleet::BundlePolicy, node_window: i64, ma
 /// a drain asks for it; when they cannot be listed the estimate says so and the plan surges
 /// (the rollout then fails at its progress deadline rather than cutting sessions).
 pub async fn shape(cluster: &Cluster, manifests: &mut [Manifest], drains: &[Drain]) -> Vec<Plan> {
-    let objects: Vec<Value> = manifests.iter().map(|m| m.object.clone()).collect();
-    let needs_room = shared::drain::estimates_room(drains, &objects);
+    let needs_room = shared::drain::estimates_room(drains, manifests.iter().map(|m| &m.object));
     let listed = if needs_room {
         let nodes = cluster.list_core("Node", None).await;
         let pods = cluster.list_core("Pod", None).await;

@@ -101,6 +101,22 @@ pub fn referrers_tag(digest: &str) -> Result<String, String> {
     Ok(format!("sha256-{hex}"))
 }
 
+/// What the answer to `GET /v2/<repo>/referrers/<digest>` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReferrersAnswer {
+    /// The registry serves the referrers API: the body is the index (even an empty one).
+    Index,
+    /// It does not (distribution 2.8 answers 404; others 400, 405, or something not an index):
+    /// the referrers are at the fallback tag ([`referrers_tag`]).
+    Fallback,
+}
+
+/// Reads the referrers API's answer from its status and `Content-Type` (parameters ignored).
+pub fn referrers_answer(status: u16, content_type: Option<&str>) -> ReferrersAnswer {
+    let is_index = content_type.and_then(|t| t.split(';').next()).map(str::trim) == Some(OCI_INDEX);
+    if status == 200 && is_index { ReferrersAnswer::Index } else { ReferrersAnswer::Fallback }
+}
+
 /// The digests of the cosign signature manifests a referrers index lists (entries of artifact
 /// type [`SIGNATURE_ARTIFACT`]; others, and more than [`MAX_REFERRERS`], are left alone). The
 /// registry may ignore an `artifactType` filter: it is applied here.
@@ -637,6 +653,17 @@ mod tests {
     /// `--registry-referrers-mode=oci-1-1` in a registry without the referrers API.
     #[test]
     fn a_referrers_index_lists_signature_manifests_and_a_referrer_must_be_what_it_was_asked_for() {
+        let answers = [
+            (200, Some(OCI_INDEX), ReferrersAnswer::Index),
+            (200, Some("application/vnd.oci.image.index.v1+json; charset=utf-8"), ReferrersAnswer::Index),
+            (404, Some("text/plain; charset=utf-8"), ReferrersAnswer::Fallback),
+            (200, Some("text/html"), ReferrersAnswer::Fallback),
+            (200, None, ReferrersAnswer::Fallback),
+            (405, Some(OCI_INDEX), ReferrersAnswer::Fallback),
+        ];
+        for (status, content_type, want) in answers {
+            assert_eq!(referrers_answer(status, content_type), want, "{status} {content_type:?}");
+        }
         let subject = "sha256:4c902e33baeac1c997d7aeace8ae61f61123ac95bf4d04476d79ff3b9f6a1b93";
         assert_eq!(referrers_tag(subject).unwrap(), format!("sha256-{}", &subject[7..]));
         assert!(referrers_tag("latest").is_err());

@@ -135,18 +135,14 @@ fn machine_checks(l: &Loaded, file: &Path, env: &dyn Fn(&str) -> Option<String>)
     // The files of `git.verify` parse, as the first poll would read them (an error there
     // would hold every commit back until a person looks).
     if let Some(v) = &c.git.verify {
-        let mut check = |field: &str, file: Option<&String>, parse: &dyn Fn(&str) -> Result<(), String>| {
-            if let Some(f) = file {
-                let read = std::fs::read_to_string(base.join(f)).map_err(|e| format!("cannot read: {e}"));
-                if let Err(e) = read.and_then(|text| parse(&text)) {
-                    problems.push(l.problem(&format!("git.verify.{field}"), format!("{f}: {e}")));
-                }
-            }
-        };
-        check("sshAllowedSigners", v.ssh_allowed_signers.as_ref(), &|t| {
-            shared::commit_sig::parse_allowed_signers(t).map(drop)
-        });
-        check("openpgpKeys", v.openpgp_keys.as_ref(), &|t| shared::commit_sig::parse_openpgp_keys(t).map(drop));
+        use crate::source::git::read_key_file;
+        use shared::commit_sig::{parse_allowed_signers, parse_openpgp_keys};
+        if let Err(e) = read_key_file(v.ssh_allowed_signers.as_deref(), base, parse_allowed_signers) {
+            problems.push(l.problem("git.verify.sshAllowedSigners", e));
+        }
+        if let Err(e) = read_key_file(v.openpgp_keys.as_deref(), base, parse_openpgp_keys) {
+            problems.push(l.problem("git.verify.openpgpKeys", e));
+        }
     }
     if let Some(kc) = &c.kube.kubeconfig
         && !base.join(kc).is_file()

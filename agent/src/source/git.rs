@@ -293,21 +293,12 @@ impl GitSource {
         base: &Path,
     ) -> Result<String, String> {
         use shared::commit_sig::{parse_allowed_signers, parse_openpgp_keys, verify_commit};
-        let read = |field: &str, file: &str| {
-            let path = base.join(file);
-            std::fs::read_to_string(&path).map_err(|e| format!("git.verify.{field} {}: {e}", path.display()))
-        };
-        let allowed = match spec.ssh_allowed_signers.as_deref() {
-            None => Vec::new(),
-            Some(f) => parse_allowed_signers(&read("sshAllowedSigners", f)?)
-                .map_err(|e| format!("git.verify.sshAllowedSigners {f}: {e}"))?,
-        };
-        let openpgp = match spec.openpgp_keys.as_deref() {
-            None => Vec::new(),
-            Some(f) => {
-                parse_openpgp_keys(&read("openpgpKeys", f)?).map_err(|e| format!("git.verify.openpgpKeys {f}: {e}"))?
-            }
-        };
+        let allowed = read_key_file(spec.ssh_allowed_signers.as_deref(), base, parse_allowed_signers)
+            .map_err(|e| format!("git.verify.sshAllowedSigners {e}"))?
+            .unwrap_or_default();
+        let openpgp = read_key_file(spec.openpgp_keys.as_deref(), base, parse_openpgp_keys)
+            .map_err(|e| format!("git.verify.openpgpKeys {e}"))?
+            .unwrap_or_default();
         let (signature, signed) = self.commit_signature(commit).map_err(|e| e.to_string())?;
         let verdict = verify_commit(signature.as_deref(), &signed, &allowed, &openpgp);
         let line = verdict.describe(commit);
@@ -658,4 +649,17 @@ fn walk(
 
 fn read_err(commit: &str, e: &dyn std::error::Error) -> GitError {
     GitError::Read { commit: commit.to_owned(), reason: error_chain(e) }
+}
+
+/// One of `git.verify`'s key files (relative to `base`) read and parsed: `None` when it is not
+/// set; the error names the file as written, and why (`agent validate` and each poll say the
+/// same).
+pub fn read_key_file<T>(
+    file: Option<&str>,
+    base: &Path,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<Option<T>, String> {
+    let Some(f) = file else { return Ok(None) };
+    let text = std::fs::read_to_string(base.join(f)).map_err(|e| format!("{f}: cannot read: {e}"))?;
+    parse(&text).map(Some).map_err(|e| format!("{f}: {e}"))
 }

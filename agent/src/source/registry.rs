@@ -377,15 +377,11 @@ impl Registry {
             url::form_urlencoded::byte_serialize(shared::cosign::SIGNATURE_ARTIFACT.as_bytes()).collect::<String>();
         let url = format!("{base}/referrers/{digest}?artifactType={artifact}");
         let reply = self.get_manifest("signature_referrers", &url, repository, shared::cosign::OCI_INDEX).await?;
-        let is_index = reply
-            .headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|t| t.split(';').next().map(str::trim) == Some(shared::cosign::OCI_INDEX));
-        if reply.status == 200 && is_index {
+        let content_type = reply.headers.get("content-type").and_then(|v| v.to_str().ok());
+        if shared::cosign::referrers_answer(reply.status, content_type) == shared::cosign::ReferrersAnswer::Index {
             return index_of(&url, &reply.body);
         }
-        // No referrers API (distribution 2.8 answers 404): the referrers tag schema.
+        // No referrers API: the referrers tag schema.
         let tag = shared::cosign::referrers_tag(digest)
             .map_err(|reason| RegistryError::Protocol { url: base.to_owned(), reason })?;
         let url = format!("{base}/manifests/{tag}");

@@ -396,8 +396,8 @@ pub fn drain_for<'a>(drains: &'a [Drain], object: &Value) -> Option<&'a Drain> {
 /// Whether shaping `objects` for `drains` estimates the room for a surge pod (a drain of one
 /// of them replaces `auto`). Two such bundles rolling out at once could each count the room the
 /// other's surge pod is about to take, so the agent runs them one after the other.
-pub fn estimates_room(drains: &[Drain], objects: &[Value]) -> bool {
-    objects.iter().any(|o| drain_for(drains, o).is_some_and(|d| d.replace == Replace::Auto))
+pub fn estimates_room<'a>(drains: &[Drain], objects: impl IntoIterator<Item = &'a Value>) -> bool {
+    objects.into_iter().any(|o| drain_for(drains, o).is_some_and(|d| d.replace == Replace::Auto))
 }
 
 /// Drains whose `workload` names nothing in `objects`, and preStop containers a matched workload
