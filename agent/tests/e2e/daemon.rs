@@ -204,6 +204,12 @@ pub(crate) fn signed(body: &[u8]) -> String {
     shared::webhook::signature(CANARY.as_bytes(), body)
 }
 
+/// A Gitea push webhook for `app`'s head, signed with the canary secret, as Gitea sends it.
+pub(crate) async fn post_gitea_push(d: &Daemon, app: &App) -> (u16, String) {
+    let body = gitea_push(app);
+    post(d, "gitea", &[("x-gitea-event", "push".to_owned()), ("x-gitea-signature", signed(&body))], body).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_trigger_applies_with_polling_set_to_an_hour_and_nothing_leaks() {
     let env = TestEnv::get();
@@ -563,9 +569,7 @@ async fn sigterm_mid_rollout_persists_the_step_and_the_next_start_finishes_it_th
     app.set_tag("1.1.0");
     app.commit(env, "web 1.1.0");
     let cycles = d.cycles().await;
-    let body = gitea_push(&app);
-    let (code, _) =
-        post(&d, "gitea", &[("x-gitea-event", "push".to_owned()), ("x-gitea-signature", signed(&body))], body).await;
+    let (code, _) = post_gitea_push(&d, &app).await;
     assert_eq!(code, 202);
     wait_for("the webhook's reconcile", Duration::from_secs(60), || async {
         let n = d.cycles().await;

@@ -160,10 +160,8 @@ async fn run_row(env: &'static TestEnv, row: Row) -> Outcome {
             proxy = Some(p);
         }
         Target::Registry => {
-            let p = env.fault_proxy(Upstream::Registry).await;
-            let host = p.addr().to_string();
-            app.edit_config(&format!("- host: {}\n", env.info.registry), &format!("- host: {host}\n"));
-            image = format!("{host}/{}", app.image_repo);
+            let (p, through) = app.through_registry_proxy(env).await;
+            image = through;
             proxy = Some(p);
         }
         Target::TokenService => {

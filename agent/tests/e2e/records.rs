@@ -15,7 +15,7 @@ use xtask::support::TestEnv;
 
 use agent::state::{StateStore, Superseded, decode_secret_data};
 
-use crate::daemon::{Daemon, gitea_push, post, serve, signed, tail};
+use crate::daemon::{Daemon, post_gitea_push, serve, tail};
 use crate::rollout::{App, DEPLOYMENT, agent, text};
 use crate::util::wait_for;
 
@@ -137,9 +137,7 @@ async fn a_rollback_during_a_daemons_rollout_goes_through_the_daemon_and_loses_n
     app.write("apps/web/deployment.yaml", &slow);
     app.commit(env, "web 1.1.0, slow to start");
     let second = app.head();
-    let body = gitea_push(&app);
-    let (code, answer) =
-        post(&d, "gitea", &[("x-gitea-event", "push".to_owned()), ("x-gitea-signature", signed(&body))], body).await;
+    let (code, answer) = post_gitea_push(&d, &app).await;
     assert_eq!(code, 202, "{answer}");
     wait_for("the daemon mid-rollout of the second commit", Duration::from_secs(60), || async {
         let r = app.file_record();
@@ -253,12 +251,7 @@ async fn a_daemon_sees_its_state_secret_deleted_through_its_watch_and_writes_it_
     let lists =
         || api_proxy.count(|s| s.method == "GET" && s.target.contains("/secrets?") && !s.target.contains("watch=true"));
     let (lists_before, cycles_before) = (lists(), d.cycles().await);
-    let push = || {
-        let body = gitea_push(&app);
-        ([("x-gitea-event", "push".to_owned()), ("x-gitea-signature", signed(&body))], body)
-    };
-    let (headers, body) = push();
-    let (code, answer) = post(&d, "gitea", &headers, body).await;
+    let (code, answer) = post_gitea_push(&d, &app).await;
     assert_eq!(code, 202, "{answer}");
     wait_for("a cycle after the webhook", Duration::from_secs(30), || async {
         if d.cycles().await > cycles_before { Ok(()) } else { Err(tail(&d.logs())) }
@@ -278,8 +271,7 @@ async fn a_daemon_sees_its_state_secret_deleted_through_its_watch_and_writes_it_
         .name
         .unwrap();
     secrets.delete(&name, &Default::default()).await.unwrap();
-    let (headers, body) = push();
-    let (code, answer) = post(&d, "gitea", &headers, body).await;
+    let (code, answer) = post_gitea_push(&d, &app).await;
     assert_eq!(code, 202, "{answer}");
     wait_for("the state Secret written again", Duration::from_secs(30), || async {
         match secrets.get_opt(&name).await {

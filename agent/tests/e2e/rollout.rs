@@ -417,6 +417,16 @@ impl App {
         (proxy, dir)
     }
 
+    /// Points the agent's registry at a fault proxy of the test's own: the proxy, and the
+    /// app's image as named through it (commit it to use it; the registry behind is the same).
+    pub(crate) async fn through_registry_proxy(&self, env: &TestEnv) -> (FaultProxy, String) {
+        let proxy = env.fault_proxy(Upstream::Registry).await;
+        let host = proxy.addr().to_string();
+        self.edit_config(&format!("- host: {}\n", env.info.registry), &format!("- host: {host}\n"));
+        let image = format!("{host}/{}", self.image_repo);
+        (proxy, image)
+    }
+
     /// Replaces `from` with `to` in the agent's config file.
     pub(crate) fn edit_config(&self, from: &str, to: &str) {
         let text = std::fs::read_to_string(&self.config).unwrap();

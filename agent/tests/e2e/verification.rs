@@ -129,6 +129,14 @@ fn require_signatures(app: &App, config: &str, keys: &[(&str, &Path)]) {
     std::fs::write(&app.config, format!("{head}{verify}kube:\n{tail}")).unwrap();
 }
 
+/// A new app whose registry requires images signed by `key` (named `ci-2026`).
+async fn app_trusting(env: &TestEnv, hint: &str, key: &Path) -> App {
+    let app = App::new(env, hint).await;
+    let config = std::fs::read_to_string(&app.config).unwrap();
+    require_signatures(&app, &config, &[("ci-2026", key)]);
+    app
+}
+
 fn blocked_message(app: &App, reason: &str) -> String {
     let (code, doc, human) = app.reconcile(&[]);
     assert_eq!(code, Some(3), "{human}");
@@ -373,9 +381,7 @@ async fn the_daemon_applies_once_commit_and_image_are_signed_and_its_status_says
     let env = TestEnv::get();
     let cosign = Cosign::new(env);
     let trusted = cosign.key_pair("ci");
-    let app = App::new(env, "sig-daemon").await;
-    let config = std::fs::read_to_string(&app.config).unwrap();
-    require_signatures(&app, &config, &[("ci-2026", &trusted)]);
+    let app = app_trusting(env, "sig-daemon", &trusted).await;
     let keys = tempfile::tempdir().unwrap();
     let (ci, ci_public) = ssh_key(keys.path(), "ci");
     let allowed = keys.path().join("allowed_signers");
@@ -466,9 +472,7 @@ async fn the_daemon_applies_once_commit_and_image_are_signed_and_its_status_says
     app.set_tag("1.1.0");
     app.commit(env, "1.1.0, commit unsigned");
     let writes = app.writes(env).await;
-    let body = crate::daemon::gitea_push(&app);
-    let headers = [("x-gitea-event", "push".to_owned()), ("x-gitea-signature", crate::daemon::signed(&body))];
-    let (code, answer) = crate::daemon::post(&d, "gitea", &headers, body).await;
+    let (code, answer) = crate::daemon::post_gitea_push(&d, &app).await;
     assert_eq!(code, 202, "{answer}");
     let unsigned = format!("commit {} unsigned", &app.head()[..12]);
     wait_for("the unsigned tip reported after the webhook", Duration::from_secs(60), || async {
@@ -485,18 +489,12 @@ async fn the_daemon_applies_once_commit_and_image_are_signed_and_its_status_says
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_to_a_verified_last_known_good_needs_no_registry() {
     use xtask::fault_proxy::Fault;
-    use xtask::support::Upstream;
     let env = TestEnv::get();
     let cosign = Cosign::new(env);
     let trusted = cosign.key_pair("ci");
-    let app = App::new(env, "sig-rollback").await;
-    let config = std::fs::read_to_string(&app.config).unwrap();
-    require_signatures(&app, &config, &[("ci-2026", &trusted)]);
+    let app = app_trusting(env, "sig-rollback", &trusted).await;
     // The agent reaches the registry through a proxy of the test's own.
-    let proxy = env.fault_proxy(Upstream::Registry).await;
-    let host = proxy.addr().to_string();
-    app.edit_config(&format!("- host: {}\n", env.info.registry), &format!("- host: {host}\n"));
-    let image = format!("{host}/{}", app.image_repo);
+    let (proxy, image) = app.through_registry_proxy(env).await;
     let release = |tag: &str| {
         let digest = env.push_image(&app.image_repo, tag);
         cosign.sign("ci", &format!("{}@{digest}", app.image));
@@ -611,9 +609,7 @@ async fn a_signature_stored_as_an_oci_1_1_referrer_verifies_and_a_strangers_does
     let cosign = Cosign::new(env);
     let trusted = cosign.key_pair("ci");
     cosign.key_pair("stranger");
-    let app = App::new(env, "sig-referrer").await;
-    let config = std::fs::read_to_string(&app.config).unwrap();
-    require_signatures(&app, &config, &[("ci-2026", &trusted)]);
+    let app = app_trusting(env, "sig-referrer", &trusted).await;
     let digest = env.push_image(&app.image_repo, "1.0.0");
     let at = format!("{}@{digest}", app.image);
     let hex = digest.trim_start_matches("sha256:");
